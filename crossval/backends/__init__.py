@@ -1,0 +1,1 @@
+"""Backends: every engine answers the same questions (DESIGN §3)."""

@@ -1,0 +1,195 @@
+"""The llama.cpp reference, through llama-cpp-python's low-level C API (ctypes).
+
+One llama_context with every position's logits requested in a single batch (teacher forcing),
+greedy generation token by token, tokenize/detokenize with llama.cpp's own vocab code, and the
+provenance a receipt needs (version, library sha256, system_info). The KV cache type is
+selectable: "f16" is llama.cpp's default, "f32" is what exactness checks use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+GGML_TYPE = {"f32": 0, "f16": 1}
+
+
+class LlamaCppError(RuntimeError):
+    pass
+
+
+def _lib():
+    try:
+        import llama_cpp
+    except Exception as e:  # ImportError, or OSError when the shared library fails to load
+        raise LlamaCppError(f"llama-cpp-python is not importable: {e}") from None
+    return llama_cpp
+
+
+_LOG_CB = None
+
+
+def _silence(llama_cpp) -> None:
+    global _LOG_CB
+    if _LOG_CB is None:
+        _LOG_CB = llama_cpp.llama_log_callback(lambda level, text, user: None)
+        llama_cpp.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+
+    def __init__(self, model_path: str | os.PathLike, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16",
+                 flash_attn: bool = False, vocab_only: bool = False, n_batch: int | None = None):  # fmt: skip
+        lc = self.lc = _lib()
+        _silence(lc)
+        if kv_type not in GGML_TYPE:
+            raise ValueError(f"kv_type must be f16 or f32, not {kv_type!r}")
+        self.model_path = str(model_path)
+        if not Path(self.model_path).is_file():
+            raise LlamaCppError(f"{self.model_path}: no such file")
+        mp = lc.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        mp.vocab_only = vocab_only
+        self.model = lc.llama_model_load_from_file(self.model_path.encode(), mp)
+        if not self.model:
+            raise LlamaCppError(f"llama.cpp could not load {self.model_path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.ctx = None
+        self.n_ctx, self.threads, self.kv_type = n_ctx, threads, kv_type
+        if not vocab_only:
+            cp = lc.llama_context_default_params()
+            cp.n_ctx = n_ctx
+            cp.n_batch = cp.n_ubatch = n_batch or n_ctx
+            cp.n_seq_max = 1
+            cp.n_threads = cp.n_threads_batch = threads
+            cp.type_k = cp.type_v = GGML_TYPE[kv_type]
+            cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            cp.no_perf = True
+            self.ctx = lc.llama_init_from_model(self.model, cp)
+            if not self.ctx:
+                self.close()
+                raise LlamaCppError(f"llama.cpp could not create a context for {self.model_path}")
+        self.n_past = 0
+
+    # --- tokenizer -----------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (self.lc.llama_token * cap)()
+        n = self.lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (self.lc.llama_token * cap)()
+            n = self.lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, parse_special)
+        return list(buf[:n])
+
+    def token_to_piece(self, token: int, special: bool = True) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self.lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.lc.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, ids: list[int], remove_special: bool = False, unparse_special: bool = False) -> str:
+        arr = (self.lc.llama_token * max(1, len(ids)))(*ids)
+        cap = 16 * len(ids) + 16
+        out = ctypes.create_string_buffer(cap)
+        n = self.lc.llama_detokenize(self.vocab, arr, len(ids), out, cap, remove_special, unparse_special)
+        if n < 0:
+            cap = -n
+            out = ctypes.create_string_buffer(cap)
+            n = self.lc.llama_detokenize(self.vocab, arr, len(ids), out, cap, remove_special, unparse_special)
+        return out.raw[:n].decode("utf-8", errors="replace")
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
+        self.n_past = 0
+
+    def _decode(self, ids: list[int], all_logits: bool) -> np.ndarray:
+        lc, n = self.lc, len(ids)
+        if self.n_past + n > self.n_ctx:
+            raise LlamaCppError(f"context full: {self.n_past} + {n} > n_ctx {self.n_ctx}")
+        batch = lc.llama_batch_init(n, 0, 1)
+        try:
+            for i, t in enumerate(ids):
+                batch.token[i] = t
+                batch.pos[i] = self.n_past + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = all_logits or i == n - 1
+            batch.n_tokens = n
+            rc = lc.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise LlamaCppError(f"llama_decode failed with code {rc}")
+        finally:
+            lc.llama_batch_free(batch)
+        self.n_past += n
+        rows = range(n) if all_logits else [n - 1]
+        out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
+        for j, i in enumerate(rows):
+            ptr = lc.llama_get_logits_ith(self.ctx, i)
+            out[j] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        return out
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Teacher-forced logits of every position, fresh cache: (n, n_vocab) float32."""
+        self.reset()
+        return self._decode(list(ids), all_logits=True)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        return self._decode(list(ids), all_logits=False)[0]
+
+    def decode_step(self, token: int) -> np.ndarray:
+        return self._decode([int(token)], all_logits=True)[0]
+
+    def generate(self, ids: list[int], steps: int, keep_logits: bool = False):
+        """Greedy continuation (argmax) after a fresh prefill; → (tokens, per-step logits)."""
+        self.reset()
+        last = self.prefill(ids)
+        toks, logs = [], []
+        for i in range(steps):
+            if keep_logits:
+                logs.append(last)
+            t = int(np.argmax(last))
+            toks.append(t)
+            if i + 1 < steps:
+                last = self.decode_step(t)
+        return toks, logs
+
+    # --- provenance ----------------------------------------------------------------------------
+    def provenance(self) -> dict:
+        lc = self.lc
+        libdir = Path(lc.__file__).parent / "lib"
+        lib = libdir / "libllama.so"
+        sha = hashlib.sha256(lib.read_bytes()).hexdigest() if lib.exists() else None
+        return {
+            "name": "llama.cpp",
+            "version": f"llama-cpp-python {lc.__version__}",
+            "library_sha256": sha,
+            "system_info": lc.llama_print_system_info().decode(errors="replace").strip(),
+            "kv_type": self.kv_type,
+            "threads": self.threads,
+        }
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            self.lc.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            self.lc.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,73 @@
+"""Prompt sets: JSON lines files in this directory, one prompt per line.
+
+A line is {"id", "kind", "text"} or {"id", "kind", "messages": [{"role", "content"}, ...]}; a
+messages prompt is rendered with the model's chat template (tokenizer.chat_template) the way
+llama-cpp-python renders it (Jinja2 sandbox, trim_blocks, lstrip_blocks, add_generation_prompt),
+or, for a model without a template, as plain "role: content" lines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROMPT_DIR = Path(__file__).parent
+
+
+class PromptError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    kind: str
+    text: str | None = None
+    messages: tuple[dict, ...] = field(default_factory=tuple)
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(self.messages)
+
+
+def available_sets() -> list[str]:
+    return sorted(p.stem for p in PROMPT_DIR.glob("*.jsonl"))
+
+
+def load_set(name: str) -> list[Prompt]:
+    p = PROMPT_DIR / f"{name}.jsonl"
+    if not p.is_file():
+        raise PromptError(f"unknown prompt set {name!r}; available: {', '.join(available_sets())}")
+    return load_file(p)
+
+
+def load_file(path: str | Path) -> list[Prompt]:
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if "messages" in d:
+            out.append(Prompt(d.get("id", f"line{n}"), d.get("kind", "chat"), None, tuple(d["messages"])))
+        elif "text" in d:
+            out.append(Prompt(d.get("id", f"line{n}"), d.get("kind", "text"), d["text"]))
+        else:
+            raise PromptError(f"{path}:{n}: a prompt needs 'text' or 'messages'")
+    return out
+
+
+def render(prompt: Prompt, chat_template: str | None, bos_token: str = "", eos_token: str = "") -> str:
+    """The text to tokenize: the prompt's text, or its messages through the chat template."""
+    if not prompt.is_chat:
+        return prompt.text or ""
+    if not chat_template:
+        return "".join(f"{m['role']}: {m['content']}\n" for m in prompt.messages) + "assistant:"
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    tpl = env.from_string(chat_template)
+    return tpl.render(messages=list(prompt.messages), bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True)

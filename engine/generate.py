@@ -1,0 +1,98 @@
+"""The public engine API: Engine(path) → prefill(ids) / decode_step(id) / logits(ids) / generate().
+
+    eng = Engine("model.gguf")              # mmap + metadata; weights dequantized on first use
+    last = eng.prefill([1, 2, 3])           # (n_vocab,) logits of the last prompt token
+    nxt = eng.decode_step(int(last.argmax()))
+    all_pos = eng.logits([1, 2, 3])          # (3, n_vocab), teacher-forced, fresh cache
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from engine.gguf_model import GGUFError, ModelConfig, open_gguf, read_config
+from engine.kv_cache import KVCache
+from engine.models import build_model
+from engine.sampling import greedy
+
+Tap = Callable[[int, str, np.ndarray], None]
+MODES = ("float",)
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    logits: list[np.ndarray] = field(default_factory=list)  # per step, (n_vocab,) each
+
+
+class Engine:
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 2048, kv_type: str = "f32", mode: str = "float", tap: Tap | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.path = str(path)
+        self.gguf = open_gguf(path)
+        self.config: ModelConfig = read_config(self.gguf)
+        self.model = build_model(self.gguf, self.config)
+        self.mode = mode
+        self.tap = tap
+        c = self.config
+        self.n_ctx = n_ctx
+        self.cache = KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, kv_type)
+
+    def load(self) -> "Engine":
+        """Dequantize every weight now (otherwise done lazily on first forward)."""
+        self.model.load_all()
+        return self
+
+    @property
+    def n_past(self) -> int:
+        return self.cache.n_past
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def _ids(self, ids) -> np.ndarray:
+        a = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if a.size == 0:
+            raise ValueError("empty token list")
+        if a.min() < 0 or a.max() >= self.config.n_vocab:
+            raise ValueError(f"token id out of range [0, {self.config.n_vocab})")
+        return a
+
+    def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Append ids to the cache in one batch; the last position's logits (n_vocab,), or every
+        position's (n, n_vocab) with all_logits."""
+        out = self.model.forward(self._ids(ids), self.cache, self.tap, all_logits=all_logits)
+        return out if all_logits else out[-1]
+
+    def decode_step(self, token: int) -> np.ndarray:
+        """One token at position n_past → its logits (n_vocab,)."""
+        return self.model.forward(self._ids([token]), self.cache, self.tap, all_logits=True)[0]
+
+    def logits(self, ids) -> np.ndarray:
+        """Teacher-forced logits for every position of ids, from an empty cache: (n, n_vocab)."""
+        self.reset()
+        return self.prefill(ids, all_logits=True)
+
+    def generate(self, ids, steps: int, keep_logits: bool = False, stop: set[int] | None = None) -> Generation:
+        """Greedy continuation of `steps` tokens after a fresh prefill of ids."""
+        self.reset()
+        last = self.prefill(ids)
+        gen = Generation(tokens=[])
+        for i in range(steps):
+            if keep_logits:
+                gen.logits.append(last)
+            t = greedy(last)
+            gen.tokens.append(t)
+            if stop and t in stop:
+                break
+            if i + 1 < steps:
+                last = self.decode_step(t)
+        return gen
+
+
+__all__ = ["Engine", "Generation", "GGUFError"]

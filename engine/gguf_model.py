@@ -1,0 +1,461 @@
+"""Open a GGUF file: metadata → ModelConfig, tensors as zero-copy views of the mapped file.
+
+Why not gguf.GGUFReader for opening: it builds one numpy memmap slice per array *element*, so the
+token lists of our real models take 5 s (SmolLM2, 49k tokens) and 24 s (gemma-3, 262k tokens) to
+open. This module walks the same format (spec: gguf-py/gguf/constants.py, ggml/src/gguf.cpp) with
+struct.unpack_from, keeps numeric arrays as numpy views of the mmap, and decodes string arrays only
+when asked. Everything else comes from the gguf package: type enums, block sizes
+(GGML_QUANT_SIZES), and dequantization (engine/quants.py). tests/test_gguf_model.py checks that
+this reader and GGUFReader agree field by field and tensor by tensor.
+
+Every malformed-file condition raises GGUFError with a one-line message; nothing is allocated in
+proportion to a count the header claims until that count has been checked against the file size.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+GGUF_MAGIC = 0x46554747  # b"GGUF" little-endian
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+class GGUFError(ValueError):
+    """The file is not a usable GGUF (one-line, user-facing message)."""
+
+
+_SCALAR = {
+    GGUFValueType.UINT8: ("<B", 1),
+    GGUFValueType.INT8: ("<b", 1),
+    GGUFValueType.UINT16: ("<H", 2),
+    GGUFValueType.INT16: ("<h", 2),
+    GGUFValueType.UINT32: ("<I", 4),
+    GGUFValueType.INT32: ("<i", 4),
+    GGUFValueType.FLOAT32: ("<f", 4),
+    GGUFValueType.BOOL: ("<?", 1),
+    GGUFValueType.UINT64: ("<Q", 8),
+    GGUFValueType.INT64: ("<q", 8),
+    GGUFValueType.FLOAT64: ("<d", 8),
+}
+_NP = {
+    GGUFValueType.UINT8: np.uint8,
+    GGUFValueType.INT8: np.int8,
+    GGUFValueType.UINT16: np.uint16,
+    GGUFValueType.INT16: np.int16,
+    GGUFValueType.UINT32: np.uint32,
+    GGUFValueType.INT32: np.int32,
+    GGUFValueType.FLOAT32: np.float32,
+    GGUFValueType.BOOL: np.bool_,
+    GGUFValueType.UINT64: np.uint64,
+    GGUFValueType.INT64: np.int64,
+    GGUFValueType.FLOAT64: np.float64,
+}
+
+
+class StringArray:
+    """A GGUF array of strings, decoded on first access (token lists are large)."""
+
+    def __init__(self, buf: memoryview, offset: int, count: int, end: int):
+        self._buf, self._offset, self._count, self._end = buf, offset, count, end
+        self._items: list[str] | None = None
+        self._raw: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def raw(self) -> list[bytes]:
+        if self._raw is None:
+            buf, pos, out = self._buf, self._offset, []
+            unpack = struct.Struct("<Q").unpack_from
+            for _ in range(self._count):
+                (n,) = unpack(buf, pos)
+                pos += 8
+                out.append(bytes(buf[pos : pos + n]))
+                pos += n
+            self._raw = out
+        return self._raw
+
+    def tolist(self) -> list[str]:
+        if self._items is None:
+            self._items = [b.decode("utf-8", errors="replace") for b in self.raw()]
+        return self._items
+
+    def __getitem__(self, i):
+        return self.tolist()[i]
+
+    def __iter__(self):
+        return iter(self.tolist())
+
+    def __eq__(self, other):
+        return list(self) == list(other)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    ne: tuple[int, ...]  # ggml order: ne[0] is the contiguous (row) length
+    type: GGMLQuantizationType
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """numpy order (rows last-to-first): e.g. a weight [n_in, n_out] in ggml → (n_out, n_in)."""
+        return tuple(reversed(self.ne))
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.ne, dtype=np.int64)) if self.ne else 1
+
+
+@dataclass
+class GGUFFile:
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    value_types: dict[str, GGUFValueType]
+    tensors: dict[str, TensorInfo]
+    alignment: int
+    data_offset: int
+    file_size: int
+    _mm: mmap.mmap | None = field(default=None, repr=False)
+
+    # --- tensor access -------------------------------------------------------------------------
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor's bytes as stored, zero-copy: float types as their dtype in numpy shape,
+        block-quantized types as uint8 rows of shape (…, bytes_per_row)."""
+        t = self.tensor(name)
+        buf = np.frombuffer(self._mm, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        if t.type == GGMLQuantizationType.F32:
+            return buf.view(np.float32).reshape(t.shape)
+        if t.type == GGMLQuantizationType.F16:
+            return buf.view(np.float16).reshape(t.shape)
+        block, size = GGML_QUANT_SIZES[t.type]
+        rows = t.shape[:-1] or (1,)
+        return buf.reshape(*rows, t.ne[0] // block * size)
+
+    def tensor(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise GGUFError(f"{self.path.name}: missing tensor {name!r}") from None
+
+    def dequantize(self, name: str) -> np.ndarray:
+        """float32 copy of a tensor in numpy shape (see engine/quants.py)."""
+        from engine.quants import dequantize
+
+        t = self.tensor(name)
+        return dequantize(self.raw(name), t.type).reshape(t.shape)
+
+    # --- metadata ------------------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+    def require(self, key: str) -> Any:
+        if key not in self.metadata:
+            raise GGUFError(f"{self.path.name}: missing metadata key {key!r}")
+        return self.metadata[key]
+
+    @property
+    def arch(self) -> str:
+        return str(self.require("general.architecture"))
+
+    def close(self) -> None:
+        # numpy views may still reference the map; let the GC unmap it when they die
+        self._mm = None
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview, size: int, name: str):
+        self.buf, self.pos, self.size, self.name = buf, 0, size, name
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise GGUFError(f"{self.name}: truncated while reading {what} at byte {self.pos}")
+
+    def scalar(self, vtype: GGUFValueType, what: str):
+        fmt, n = _SCALAR[vtype]
+        self.need(n, what)
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return v
+
+    def u32(self, what: str) -> int:
+        return self.scalar(GGUFValueType.UINT32, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar(GGUFValueType.UINT64, what)
+
+    def string(self, what: str) -> str:
+        n = self.u64(what + " length")
+        self.need(n, what)
+        s = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return s.decode("utf-8")
+        except UnicodeDecodeError:
+            raise GGUFError(f"{self.name}: {what} is not valid UTF-8") from None
+
+    def value_type(self, what: str) -> GGUFValueType:
+        v = self.u32(what)
+        try:
+            return GGUFValueType(v)
+        except ValueError:
+            raise GGUFError(f"{self.name}: unknown metadata value type {v} for {what}") from None
+
+    def value(self, vtype: GGUFValueType, key: str):
+        if vtype == GGUFValueType.STRING:
+            return self.string(f"value of {key!r}")
+        if vtype == GGUFValueType.ARRAY:
+            etype = self.value_type(f"element type of {key!r}")
+            count = self.u64(f"array length of {key!r}")
+            if etype == GGUFValueType.STRING:
+                # each string needs at least its 8-byte length: reject lying counts before looping
+                self.need(count * 8, f"array {key!r}")
+                start = self.pos
+                unpack = struct.Struct("<Q").unpack_from
+                buf, pos, size = self.buf, self.pos, self.size
+                for _ in range(count):
+                    if pos + 8 > size:
+                        raise GGUFError(f"{self.name}: truncated while reading array {key!r}")
+                    (n,) = unpack(buf, pos)
+                    pos += 8 + n
+                    if pos > size:
+                        raise GGUFError(f"{self.name}: truncated while reading array {key!r}")
+                self.pos = pos
+                return StringArray(self.buf, start, count, pos)
+            if etype == GGUFValueType.ARRAY:
+                raise GGUFError(f"{self.name}: nested arrays are not supported ({key!r})")
+            _, n = _SCALAR[etype]
+            self.need(count * n, f"array {key!r}")
+            arr = np.frombuffer(self.buf, dtype=np.dtype(_NP[etype]).newbyteorder("<"), count=count, offset=self.pos)
+            self.pos += count * n
+            return arr
+        return self.scalar(vtype, f"value of {key!r}")
+
+
+def open_gguf(path: str | os.PathLike) -> GGUFFile:
+    """Parse header, metadata and tensor infos; map the file read-only. Raises GGUFError."""
+    path = Path(path)
+    name = path.name
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise GGUFError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise GGUFError(f"{path}: is a directory, not a GGUF file") from None
+    except PermissionError:
+        raise GGUFError(f"{path}: permission denied") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:
+            raise GGUFError(f"{name}: file too short ({size} bytes) to be GGUF")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    buf = memoryview(mm)
+    try:
+        c = _Cursor(buf, size, name)
+        magic = c.u32("magic")
+        if magic != GGUF_MAGIC:
+            raise GGUFError(f"{name}: bad magic {bytes(buf[:4])!r}, not a GGUF file")
+        version = c.u32("version")
+        if version not in (2, 3):
+            raise GGUFError(f"{name}: unsupported GGUF version {version} (need 2 or 3)")
+        n_tensors = c.u64("tensor count")
+        n_kv = c.u64("metadata count")
+        # every KV pair takes ≥ 8+4 bytes, every tensor info ≥ 8+4+8+4+8
+        if n_kv * 12 > size or n_tensors * 32 > size:
+            raise GGUFError(f"{name}: header claims {n_tensors} tensors / {n_kv} metadata keys, more than the file can hold")
+        metadata: dict[str, Any] = {}
+        vtypes: dict[str, GGUFValueType] = {}
+        for i in range(n_kv):
+            key = c.string(f"metadata key #{i}")
+            vt = c.value_type(key)
+            metadata[key] = c.value(vt, key)
+            vtypes[key] = vt
+        alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise GGUFError(f"{name}: general.alignment {alignment} is not a power of two")
+        infos = []
+        for i in range(n_tensors):
+            tname = c.string(f"tensor name #{i}")
+            n_dims = c.u32(f"dimension count of {tname!r}")
+            if n_dims > MAX_DIMS:
+                raise GGUFError(f"{name}: tensor {tname!r} has {n_dims} dimensions (max {MAX_DIMS})")
+            ne = tuple(c.u64(f"dimensions of {tname!r}") for _ in range(n_dims))
+            traw = c.u32(f"type of {tname!r}")
+            try:
+                ttype = GGMLQuantizationType(traw)
+            except ValueError:
+                raise GGUFError(f"{name}: tensor {tname!r} has unknown ggml type {traw}") from None
+            off = c.u64(f"offset of {tname!r}")
+            infos.append((tname, ne, ttype, off))
+        data_offset = (c.pos + alignment - 1) // alignment * alignment
+        tensors: dict[str, TensorInfo] = {}
+        spans = []
+        for tname, ne, ttype, off in infos:
+            if tname in tensors:
+                raise GGUFError(f"{name}: duplicate tensor name {tname!r}")
+            if any(d <= 0 for d in ne) or any(d > size * 8 for d in ne):
+                raise GGUFError(f"{name}: tensor {tname!r} has invalid dimensions {list(ne)}")
+            if ttype not in GGML_QUANT_SIZES:
+                raise GGUFError(f"{name}: tensor {tname!r} has unsupported ggml type {ttype.name}")
+            block, bsize = GGML_QUANT_SIZES[ttype]
+            if ne[0] % block:
+                raise GGUFError(f"{name}: tensor {tname!r} row of {ne[0]} is not a multiple of {ttype.name}'s block {block}")
+            n_el = 1
+            for d in ne:
+                n_el *= d
+            nbytes = n_el // block * bsize
+            if off % alignment:
+                raise GGUFError(f"{name}: tensor {tname!r} offset {off} is not aligned to {alignment}")
+            start = data_offset + off
+            if start + nbytes > size:
+                raise GGUFError(f"{name}: tensor {tname!r} data ({nbytes} bytes at {start}) runs past end of file ({size} bytes); truncated?")
+            tensors[tname] = TensorInfo(tname, ne, ttype, start, nbytes)
+            spans.append((start, start + nbytes, tname))
+        spans.sort()
+        for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise GGUFError(f"{name}: tensors {n0!r} and {n1!r} overlap")
+    except GGUFError:
+        metadata = infos = None  # drop numpy views of the map, then unmap
+        try:
+            buf.release()
+            mm.close()
+        except BufferError:  # a view is still referenced by the traceback; the GC unmaps later
+            pass
+        raise
+    return GGUFFile(path, version, metadata, vtypes, tensors, alignment, data_offset, size, mm)
+
+
+# --------------------------------------------------------------------------------------------
+# ModelConfig: hyper-parameters read from metadata (keys as in llama.cpp src/llama-arch.cpp)
+# --------------------------------------------------------------------------------------------
+
+SUPPORTED_ARCHS = ("llama", "gemma", "gemma2", "gemma3", "bitnet")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int  # key_length (n_embd_head_k)
+    head_dim_v: int  # value_length
+    n_vocab: int
+    n_ctx_train: int
+    rms_eps: float
+    rope_base: float
+    rope_base_swa: float  # rope base of sliding-window layers (gemma2/3)
+    rope_dim: int  # n_rot
+    rope_neox: bool  # gemma: rotate halves (NEOX); llama/bitnet: adjacent pairs (NORM)
+    sliding_window: int  # 0 = none
+    swa_layers: tuple[bool, ...]  # per layer: True if it uses the sliding window
+    attn_scale: float  # scale applied to Q before QK^T
+    attn_softcap: float  # 0 = none (gemma2)
+    final_softcap: float  # 0 = none (gemma2, optional in gemma3)
+    embd_scale: float  # gemma: sqrt(n_embd) on the input embeddings; 1 otherwise
+    tied_output: bool  # no output.weight: token_embd doubles as the LM head
+
+    @property
+    def n_rep(self) -> int:
+        return self.n_head // self.n_head_kv
+
+
+def _swa_pattern(n_layer: int, n_pattern: int) -> tuple[bool, ...]:
+    # llama.cpp src/llama-hparams.cpp set_swa_pattern (dense_first = false):
+    # layer il is sliding-window when il % n_pattern < n_pattern - 1
+    return tuple(n_pattern == 0 or (il % n_pattern < n_pattern - 1) for il in range(n_layer))
+
+
+def read_config(g: GGUFFile) -> ModelConfig:
+    arch = g.arch
+    if arch not in SUPPORTED_ARCHS:
+        raise GGUFError(f"{g.path.name}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHS)})")
+
+    def key(k: str, default: Any = ...) -> Any:
+        full = f"{arch}.{k}"
+        if full in g.metadata:
+            v = g.metadata[full]
+            if isinstance(v, np.ndarray):  # per-layer arrays: we support uniform values only
+                if v.size == 0 or not np.all(v == v.flat[0]):
+                    raise GGUFError(f"{g.path.name}: per-layer {full!r} values are not supported")
+                v = v.flat[0].item()
+            return v
+        if default is ...:
+            raise GGUFError(f"{g.path.name}: missing metadata key {full!r}")
+        return default
+
+    n_layer = int(key("block_count"))
+    n_embd = int(key("embedding_length"))
+    n_head = int(key("attention.head_count"))
+    n_head_kv = int(key("attention.head_count_kv", n_head))
+    if n_layer <= 0 or n_embd <= 0 or n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
+        raise GGUFError(f"{g.path.name}: inconsistent hyper-parameters (layers {n_layer}, embd {n_embd}, heads {n_head}/{n_head_kv})")
+    head_dim = int(key("attention.key_length", n_embd // n_head))
+    head_dim_v = int(key("attention.value_length", head_dim))
+    emb = g.tensor("token_embd.weight")
+    n_vocab = int(key("vocab_size", emb.ne[1]))
+    rope_base = float(key("rope.freq_base", 10000.0))
+    gemma = arch.startswith("gemma")
+
+    sliding_window, swa = 0, (False,) * n_layer
+    rope_base_swa = rope_base
+    attn_softcap = final_softcap = 0.0
+    attn_scale = 1.0 / float(np.sqrt(head_dim))
+    if arch == "gemma2":
+        # llama.cpp src/models/gemma2.cpp: SWA on every other layer, window 4096 by default,
+        # attention and final logit soft-capping (defaults 50 / 30 in llama-hparams.h)
+        sliding_window = int(key("attention.sliding_window", 4096))
+        swa = _swa_pattern(n_layer, int(key("attention.sliding_window_pattern", 2)))
+        rope_base_swa = float(key("rope.freq_base_swa", rope_base))
+        attn_softcap = float(key("attn_logit_softcapping", 50.0))
+        final_softcap = float(key("final_logit_softcapping", 30.0))
+    elif arch == "gemma3":
+        # llama.cpp src/models/gemma3.cpp: 5 local layers to 1 global; local rope base defaults to
+        # 10000 (rope_freq_base_train_swa in llama-hparams.h), global uses rope.freq_base
+        sliding_window = int(key("attention.sliding_window", 0))
+        if sliding_window > 0:
+            swa = _swa_pattern(n_layer, int(key("attention.sliding_window_pattern", 6)))
+            rope_base_swa = float(key("rope.freq_base_swa", 10000.0))
+        final_softcap = float(key("final_logit_softcapping", 0.0))
+    if arch in ("gemma2", "gemma3") and n_layer in ({"gemma2": 46, "gemma3": 62}[arch],):
+        # 27B variants scale by n_embd/n_head instead of head_dim (gemma2.cpp / gemma3.cpp)
+        attn_scale = 1.0 / float(np.sqrt(n_embd // n_head))
+
+    return ModelConfig(
+        arch=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_ff=int(key("feed_forward_length")),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        head_dim_v=head_dim_v,
+        n_vocab=n_vocab,
+        n_ctx_train=int(key("context_length", 2048)),
+        rms_eps=float(key("attention.layer_norm_rms_epsilon")),
+        rope_base=rope_base,
+        rope_base_swa=rope_base_swa,
+        rope_dim=int(key("rope.dimension_count", head_dim)),
+        rope_neox=gemma,
+        sliding_window=sliding_window,
+        swa_layers=swa,
+        attn_scale=attn_scale,
+        attn_softcap=attn_softcap,
+        final_softcap=final_softcap,
+        embd_scale=float(np.sqrt(np.float32(n_embd))) if gemma else 1.0,
+        tied_output="output.weight" not in g.tensors,
+    )

@@ -1,0 +1,21 @@
+"""Architecture → model class."""
+
+from __future__ import annotations
+
+from engine.gguf_model import GGUFError, GGUFFile, ModelConfig
+from engine.models.gemma import GemmaModel
+from engine.models.llama import LlamaModel
+
+MODEL_CLASSES = {
+    "llama": LlamaModel,
+    "gemma": GemmaModel,
+    "gemma2": GemmaModel,
+    "gemma3": GemmaModel,
+}
+
+
+def build_model(g: GGUFFile, cfg: ModelConfig):
+    cls = MODEL_CLASSES.get(cfg.arch)
+    if cls is None:
+        raise GGUFError(f"{g.path.name}: architecture {cfg.arch!r} has no forward pass yet")
+    return cls(g, cfg)

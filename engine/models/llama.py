@@ -1,0 +1,91 @@
+"""llama (and SmolLM2, which is a llama): one reading-order forward pass.
+
+Follows llama.cpp src/models/llama.cpp:
+  x = token_embd[ids]
+  per layer: h = x + wo · attn(rope(wq·rmsnorm(x)), rope(wk·…), wv·…)
+             x = h + ffn_down · (silu(ffn_gate · rmsnorm(h)) * ffn_up · rmsnorm(h))
+  logits = output · rmsnorm(x)      (output = token_embd when the GGUF has no output.weight)
+Shapes: x (n, n_embd); q (n, n_head, head_dim); k, v (n, n_head_kv, head_dim).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.attention import attention, attention_mask
+from engine.gguf_model import GGUFFile, ModelConfig
+from engine.kv_cache import KVCache
+from engine.ops import rms_norm, rope, rope_cache, silu
+from engine.weights import FloatWeights
+
+
+class LlamaModel:
+    def __init__(self, g: GGUFFile, cfg: ModelConfig):
+        self.g, self.cfg = g, cfg
+        self.w = FloatWeights(g)
+
+    def load_all(self) -> None:
+        """Dequantize every weight now (float mode) instead of on first use."""
+        for il in range(self.cfg.n_layer):
+            self._layer(il)
+        self._output()
+
+    def _layer(self, il: int):
+        p, w = f"blk.{il}.", self.w
+        return (
+            w[p + "attn_norm.weight"],
+            w.concat([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
+            w[p + "attn_output.weight"],
+            w[p + "ffn_norm.weight"],
+            w.concat([p + "ffn_gate.weight", p + "ffn_up.weight"]),
+            w[p + "ffn_down.weight"],
+        )
+
+    def _output(self):
+        name = "token_embd.weight" if self.cfg.tied_output else "output.weight"
+        return self.w["output_norm.weight"], self.w[name]
+
+    def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True) -> np.ndarray:
+        """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32
+        (only the last row, shape (1, n_vocab), when all_logits is False)."""
+        c = self.cfg
+        n = len(ids)
+        cache.check_room(n)
+        pos = np.arange(cache.n_past, cache.n_past + n)
+        cos, sin = rope_cache(pos, c.rope_dim, c.rope_base)
+        mask = attention_mask(pos, cache.n_past + n)
+        nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        x = self.w.embedding_rows("token_embd.weight", ids)  # (n, n_embd)
+        for il in range(c.n_layer):
+            attn_norm, wqkv, wo, ffn_norm, wgu, wdown = self._layer(il)
+            h = rms_norm(x, attn_norm, c.rms_eps)
+            qkv = h @ wqkv.T
+            q = qkv[:, :nq].reshape(n, c.n_head, c.head_dim)
+            k = qkv[:, nq : nq + nkv].reshape(n, c.n_head_kv, c.head_dim)
+            v = qkv[:, nq + nkv :].reshape(n, c.n_head_kv, c.head_dim_v)
+            q = rope(q, cos, sin, neox=False)
+            k = rope(k, cos, sin, neox=False)
+            ks, vs = cache.store(il, k, v)
+            # kq_scale applied inside the softmax (llama.cpp src/models/llama.cpp passes it to build_attn)
+            a = attention(q, ks, vs, mask, scale=c.attn_scale, f16_operands=cache.dtype == "f16").reshape(n, -1)
+            if tap:
+                tap(il, "kqv_out", a)
+            x = x + a @ wo.T
+            if tap:
+                tap(il, "ffn_inp", x)
+            h = rms_norm(x, ffn_norm, c.rms_eps)
+            gu = h @ wgu.T
+            f = (silu(gu[:, : c.n_ff]) * gu[:, c.n_ff :]) @ wdown.T
+            if tap:
+                tap(il, "ffn_out", f)
+            x = x + f
+            if tap:
+                tap(il, "l_out", x)
+        cache.advance(n)
+        out_norm, w_out = self._output()
+        if not all_logits:
+            x = x[-1:]
+        x = rms_norm(x, out_norm, c.rms_eps)
+        if tap:
+            tap(-1, "result_norm", x)
+        return x @ w_out.T

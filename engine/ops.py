@@ -1,0 +1,77 @@
+"""Pure float32 array functions shared by the model files (shapes in comments).
+
+Each follows ggml's CPU arithmetic where that arithmetic is observable at float32 precision;
+the comment names the upstream file (llama.cpp vendor tree, ggml/src/ggml-cpu/).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
+    """x: (..., d) → x / sqrt(mean(x²) + eps) · w.  ops.cpp ggml_compute_forward_rms_norm_f32
+    accumulates the sum of squares in double and scales by 1/sqrtf(mean + eps) in float."""
+    ss = np.einsum("...i,...i->...", x, x, dtype=np.float64) / x.shape[-1]
+    scale = (1.0 / np.sqrt((ss + eps).astype(F32))).astype(F32)
+    y = x * scale[..., None]
+    return y * w if w is not None else y
+
+
+def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of shape (n_pos, n_rot/2). ops.cpp ggml_rope_cache_init: theta_scale =
+    powf(base, -2/n_rot) and theta for pair i is pos·theta_scale^i by repeated float multiplication."""
+    theta_scale = F32(np.power(F32(base), F32(-2.0) / F32(n_rot), dtype=F32))
+    steps = np.empty((len(positions), n_rot // 2), dtype=F32)
+    steps[:, 0] = positions.astype(F32)
+    steps[:, 1:] = theta_scale
+    theta = np.cumprod(steps, axis=1, dtype=F32)
+    return np.cos(theta.astype(np.float64)).astype(F32), np.sin(theta.astype(np.float64)).astype(F32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """x: (n_pos, n_heads, head_dim); cos/sin: (n_pos, n_rot/2). Rotates the first n_rot dims.
+    NORM (llama, bitnet): adjacent pairs (x[2i], x[2i+1]) — GGUF Q/K rows are permuted by the
+    converter so this matches HF's rotate_half. NEOX (gemma): pairs (x[i], x[i + n_rot/2])."""
+    n_rot = cos.shape[-1] * 2
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = x.copy()
+    if neox:
+        a, b = x[..., : n_rot // 2], x[..., n_rot // 2 : n_rot]
+        out[..., : n_rot // 2] = a * c - b * s
+        out[..., n_rot // 2 : n_rot] = a * s + b * c
+    else:
+        a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = a * c - b * s
+        out[..., 1:n_rot:2] = a * s + b * c
+    return out
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (F32(1.0) + np.exp(-x))
+
+
+_SQRT_2_OVER_PI = F32(0.79788456080286535587989211986876)
+_GELU_COEF_A = F32(0.044715)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU (tanh approximation) as ggml's CPU backend computes it for f32 (vec.h, GGML_GELU_FP16):
+    x is rounded to fp16, looked up in a table of fp16(gelu(x)), and x ≤ -10 → 0, x ≥ 10 → x."""
+    xh = x.astype(np.float16).astype(F32)
+    g = F32(0.5) * xh * (F32(1.0) + np.tanh(_SQRT_2_OVER_PI * xh * (F32(1.0) + _GELU_COEF_A * xh * xh)))
+    g = g.astype(np.float16).astype(F32)
+    return np.where(x <= -10.0, F32(0.0), np.where(x >= 10.0, x, g)).astype(F32)
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """gemma2 soft-capping: cap · tanh(x / cap)."""
+    return (np.tanh(x * F32(1.0 / cap)) * F32(cap)).astype(F32)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
