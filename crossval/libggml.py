@@ -66,3 +66,42 @@ def from_float_ref(values: np.ndarray, ggml_type: int) -> np.ndarray:
     out = np.zeros(x.size // tr.blck_size * tr.type_size, dtype=np.uint8)
     _from_float_t(tr.from_float_ref)(x.ctypes.data, out.ctypes.data, x.size)
     return out
+
+
+# --- the CPU backend's activation quantizers (SIMD paths, what llama.cpp really runs) ------------
+_Q8_LAYOUT = {  # name: (block elements, block bytes)
+    "q8_0": (32, 34),
+    "q8_1": (32, 36),
+    "q8_K": (256, 292),
+}
+
+
+@lru_cache(maxsize=1)
+def _cpu_lib() -> ctypes.CDLL:
+    _lib()  # libggml-cpu depends on libggml-base: load it first
+    return ctypes.CDLL(str(library_path().with_name("libggml-cpu.so")))
+
+
+def cpu_quantize_row(x: np.ndarray, kind: str) -> np.ndarray:
+    """libggml-cpu's quantize_row_{q8_0,q8_1,q8_K} of one float32 row → raw block bytes."""
+    bs, ts = _Q8_LAYOUT[kind]
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.zeros(x.size // bs * ts, dtype=np.uint8)
+    fn = getattr(_cpu_lib(), f"quantize_row_{kind}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
+    fn(x.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
+def decode_q8_row(raw: np.ndarray, kind: str) -> np.ndarray:
+    """The values a row of q8_0 / q8_1 / q8_K blocks represents: q · d (float32)."""
+    bs, ts = _Q8_LAYOUT[kind]
+    b = raw.reshape(-1, ts)
+    if kind == "q8_K":
+        d = b[:, :4].copy().view(np.float32)
+        qs = b[:, 4 : 4 + 256].view(np.int8)
+    else:
+        d = b[:, :2].copy().view(np.float16).astype(np.float32)
+        qs = b[:, ts - 32 :].view(np.int8)
+    return (qs.astype(np.float32) * d).reshape(-1)

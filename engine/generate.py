@@ -20,7 +20,11 @@ from engine.models import build_model
 from engine.sampling import greedy
 
 Tap = Callable[[int, str, np.ndarray], None]
-MODES = ("float",)
+# float: dequantized f32 weights × f32 activations (the clean reference).
+# q8: as float, but each matmul's activations rounded the way ggml's CPU backend quantizes them for
+#     the weight's type (Q8_0 / Q8_1 / Q8_K, engine/act_quant.py) — llama.cpp's quantized arithmetic
+#     up to summation order. (The native "faithful" kernels are a later issue.)
+MODES = ("float", "q8")
 
 
 @dataclass
@@ -36,7 +40,7 @@ class Engine:
         self.path = str(path)
         self.gguf = open_gguf(path)
         self.config: ModelConfig = read_config(self.gguf)
-        self.model = build_model(self.gguf, self.config)
+        self.model = build_model(self.gguf, self.config, act_quant=mode == "q8")
         self.mode = mode
         self.tap = tap
         c = self.config

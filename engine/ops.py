@@ -12,10 +12,12 @@ F32 = np.float32
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
-    """x: (..., d) → x / sqrt(mean(x²) + eps) · w.  ops.cpp ggml_compute_forward_rms_norm_f32
-    accumulates the sum of squares in double and scales by 1/sqrtf(mean + eps) in float."""
-    ss = np.einsum("...i,...i->...", x, x, dtype=np.float64) / x.shape[-1]
-    scale = (1.0 / np.sqrt((ss + eps).astype(F32))).astype(F32)
+    """x: (..., d) → x / sqrt(mean(x²) + eps) · w, in ggml's arithmetic (ops.cpp
+    ggml_compute_forward_rms_norm_f32): squares in float, summed in double, mean rounded to
+    float, scale = 1.0f/sqrtf(mean + eps) in float, then x·scale and ·w in float."""
+    ss = np.sum((x * x).astype(np.float64), axis=-1)
+    mean = (ss / x.shape[-1]).astype(F32)
+    scale = F32(1.0) / np.sqrt(mean + F32(eps))
     y = x * scale[..., None]
     return y * w if w is not None else y
 

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from gguf import GGMLQuantizationType as Q
+
 from engine.gguf_model import GGUFFile
 
 
 class FloatWeights:
-    def __init__(self, g: GGUFFile):
+    """act_quant: round each matmul's activations as ggml's CPU backend quantizes them for the
+    weight's type (engine/act_quant.py) — llama.cpp's quantized arithmetic up to summation order."""
+
+    def __init__(self, g: GGUFFile, act_quant: bool = False):
         self.g = g
+        self.act_quant = act_quant
         self._cache: dict[str, np.ndarray] = {}
+        self._groups: dict[tuple[str, ...], list] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.g.tensors
@@ -30,6 +37,45 @@ class FloatWeights:
             for n in names:
                 self._cache.pop(n, None)
         return w
+
+    def prepare(self, names: tuple[str, ...]) -> list:
+        """Dequantize the weights of one matmul: [(stacked weight, activation rounding or None)],
+        one entry per run of weights sharing an activation rounding."""
+        groups = self._groups.get(names)
+        if groups is None:
+            from engine.act_quant import roundtrip_for
+
+            runs: list[tuple[list[str], object]] = []
+            for n in names:
+                rt = roundtrip_for(self.g.tensor(n).type) if self.act_quant else None
+                if runs and runs[-1][1] is rt:
+                    runs[-1][0].append(n)
+                else:
+                    runs.append(([n], rt))
+            groups = []
+            for ns, rt in runs:
+                w = self[ns[0]] if len(ns) == 1 else self.concat(ns)
+                mins = None
+                if self.act_quant and all(self.g.tensor(n).type in (Q.Q4_1, Q.Q5_1) for n in ns):
+                    from engine.act_quant import q8_1_mins
+
+                    mins = np.concatenate([q8_1_mins(self.g.raw(n), self.g.tensor(n).type) for n in ns])
+                groups.append((w, rt, mins))
+            self._groups[names] = groups
+        return groups
+
+    def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """x (n, n_in) @ [W_names stacked]ᵀ → (n, Σ n_out)."""
+        outs = []
+        for w, rt, mins in self.prepare(names):
+            xq = rt(x) if rt is not None else x
+            y = xq @ w.T
+            if mins is not None:  # Q8_1's fp16 block sums (engine/act_quant.py q8_1_sum_error)
+                from engine.act_quant import q8_1_sum_error
+
+                y += q8_1_sum_error(x) @ mins.T
+            outs.append(y)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
 
     def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows of an embedding table without dequantizing the whole table (get_rows)."""

@@ -22,6 +22,40 @@ class LlamaCppError(RuntimeError):
     pass
 
 
+class GGMLTensor(ctypes.Structure):
+    """struct ggml_tensor (ggml/include/ggml.h), enough of it to read a computed tensor."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+def _read_tensor(t: GGMLTensor) -> np.ndarray | None:
+    """Copy an F32/F16 tensor out of host memory → numpy in (ne[3], ne[2], ne[1], ne[0]) order."""
+    dt = {0: np.float32, 1: np.float16}.get(t.type)
+    if dt is None or not t.data:
+        return None
+    ne, nb = list(t.ne), list(t.nb)
+    span = sum((n - 1) * b for n, b in zip(ne, nb)) + np.dtype(dt).itemsize
+    raw = (ctypes.c_char * span).from_address(t.data)
+    base = np.frombuffer(raw, dtype=np.uint8)
+    arr = np.ndarray(shape=tuple(reversed(ne)), dtype=dt, buffer=base, strides=tuple(reversed(nb)))
+    return arr.astype(np.float32)
+
+
 def _lib():
     try:
         import llama_cpp
@@ -45,7 +79,8 @@ class LlamaCppBackend:
     name = "llamacpp"
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16",
-                 flash_attn: bool = False, vocab_only: bool = False, n_batch: int | None = None):  # fmt: skip
+                 flash_attn: bool = False, vocab_only: bool = False, n_batch: int | None = None,
+                 capture: bool = False):  # fmt: skip
         lc = self.lc = _lib()
         _silence(lc)
         if kv_type not in GGML_TYPE:
@@ -72,6 +107,27 @@ class LlamaCppBackend:
             cp.type_k = cp.type_v = GGML_TYPE[kv_type]
             cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
             cp.no_perf = True
+            self.captured: dict[str, np.ndarray] = {}
+            self._capture_filter = None
+            if capture:
+                # ggml's scheduler asks (ask=True) whether we want a tensor, then calls again when it
+                # has been computed; returning True keeps the graph running
+                def cb(tp, ask, _user):
+                    t = ctypes.cast(tp, ctypes.POINTER(GGMLTensor)).contents
+                    name = t.name.decode(errors="replace")
+                    flt = self._capture_filter
+                    if flt is None or not flt(name):
+                        return not ask
+                    if ask:
+                        return True
+                    arr = _read_tensor(t)
+                    if arr is not None:
+                        self.captured[name] = arr
+                    return True
+
+                self._cb = lc.ggml_backend_sched_eval_callback(cb)
+                cp.cb_eval = self._cb
+                cp.cb_eval_user_data = None
             self.ctx = lc.llama_init_from_model(self.model, cp)
             if not self.ctx:
                 self.close()
@@ -164,6 +220,19 @@ class LlamaCppBackend:
             if i + 1 < steps:
                 last = self.decode_step(t)
         return toks, logs
+
+    def capture_logits(self, ids: list[int], want) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Teacher-forced logits plus every graph tensor whose name satisfies want(name)
+        (e.g. 'l_out-3', 'ffn_out-3', 'kqv_out-3', 'result_norm'). Needs capture=True."""
+        if not hasattr(self, "_cb"):
+            raise LlamaCppError("backend was created without capture=True")
+        self.captured = {}
+        self._capture_filter = want
+        try:
+            out = self.logits(ids)
+        finally:
+            self._capture_filter = None
+        return out, dict(self.captured)
 
     # --- provenance ----------------------------------------------------------------------------
     def provenance(self) -> dict:

@@ -14,8 +14,8 @@ MODEL_CLASSES = {
 }
 
 
-def build_model(g: GGUFFile, cfg: ModelConfig):
+def build_model(g: GGUFFile, cfg: ModelConfig, act_quant: bool = False):
     cls = MODEL_CLASSES.get(cfg.arch)
     if cls is None:
         raise GGUFError(f"{g.path.name}: architecture {cfg.arch!r} has no forward pass yet")
-    return cls(g, cfg)
+    return cls(g, cfg, act_quant=act_quant)

@@ -29,38 +29,40 @@ from engine.weights import FloatWeights
 
 
 class GemmaModel:
-    def __init__(self, g: GGUFFile, cfg: ModelConfig):
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, act_quant: bool = False):
         self.g, self.cfg = g, cfg
-        self.w = FloatWeights(g)
+        self.w = FloatWeights(g, act_quant)
         self.v2 = cfg.arch in ("gemma2", "gemma3")  # post-attention / post-FFN norms
         self.v3 = cfg.arch == "gemma3"  # q/k norms
 
     def load_all(self) -> None:
+        """Dequantize every weight now instead of on first use."""
         for il in range(self.cfg.n_layer):
-            self._layer(il)
-        self._output()
+            for names in self._layer(il).values():
+                self.w.prepare(names) if isinstance(names, tuple) else self.w[names]
+        self.w[self._output()[0]], self.w.prepare(self._output()[1])
 
-    def _layer(self, il: int) -> dict[str, np.ndarray]:
-        p, w = f"blk.{il}.", self.w
-        L = {
-            "attn_norm": w[p + "attn_norm.weight"],
-            "wqkv": w.concat([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
-            "wo": w[p + "attn_output.weight"],
-            "ffn_norm": w[p + "ffn_norm.weight"],
-            "wgu": w.concat([p + "ffn_gate.weight", p + "ffn_up.weight"]),
-            "wdown": w[p + "ffn_down.weight"],
+    def _layer(self, il: int) -> dict[str, str | tuple[str, ...]]:
+        """GGUF tensor names of layer il: a str for a norm weight, a tuple for one matmul."""
+        p = f"blk.{il}."
+        L: dict[str, str | tuple[str, ...]] = {
+            "attn_norm": p + "attn_norm.weight",
+            "wqkv": (p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
+            "wo": (p + "attn_output.weight",),
+            "ffn_norm": p + "ffn_norm.weight",
+            "wgu": (p + "ffn_gate.weight", p + "ffn_up.weight"),
+            "wdown": (p + "ffn_down.weight",),
         }
         if self.v2:
-            L["attn_post_norm"] = w[p + "post_attention_norm.weight"]
-            L["ffn_post_norm"] = w[p + "post_ffw_norm.weight"]
+            L["attn_post_norm"] = p + "post_attention_norm.weight"
+            L["ffn_post_norm"] = p + "post_ffw_norm.weight"
         if self.v3:
-            L["q_norm"] = w[p + "attn_q_norm.weight"]
-            L["k_norm"] = w[p + "attn_k_norm.weight"]
+            L["q_norm"] = p + "attn_q_norm.weight"
+            L["k_norm"] = p + "attn_k_norm.weight"
         return L
 
     def _output(self):
-        name = "token_embd.weight" if self.cfg.tied_output else "output.weight"
-        return self.w["output_norm.weight"], self.w[name]
+        return "output_norm.weight", ("token_embd.weight" if self.cfg.tied_output else "output.weight",)
 
     def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True) -> np.ndarray:
         """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32
@@ -78,18 +80,23 @@ class GemmaModel:
         x = self.w.embedding_rows("token_embd.weight", ids) * np.float32(c.embd_scale)  # (n, n_embd)
         for il in range(c.n_layer):
             L = self._layer(il)
+            W, mm = self.w, self.w.matmul
             local = c.swa_layers[il]
             cos, sin = rope_local if local else rope_global
-            h = rms_norm(x, L["attn_norm"], c.rms_eps)
-            qkv = h @ L["wqkv"].T
+            h = rms_norm(x, W[L["attn_norm"]], c.rms_eps)
+            if tap:
+                tap(il, "attn_norm", h)
+            qkv = mm(h, L["wqkv"])
             q = qkv[:, :nq].reshape(n, c.n_head, c.head_dim)
             k = qkv[:, nq : nq + nkv].reshape(n, c.n_head_kv, c.head_dim)
             v = qkv[:, nq + nkv :].reshape(n, c.n_head_kv, c.head_dim_v)
             if self.v3:
-                q = rms_norm(q, L["q_norm"], c.rms_eps)
-                k = rms_norm(k, L["k_norm"], c.rms_eps)
+                q = rms_norm(q, W[L["q_norm"]], c.rms_eps)
+                k = rms_norm(k, W[L["k_norm"]], c.rms_eps)
             q = rope(q, cos, sin, neox=True)
             k = rope(k, cos, sin, neox=True)
+            if tap:
+                tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
             ks, vs = cache.store(il, k, v)
             # gemma scales q before attention and passes kq_scale 1 (gemma*.cpp: ggml_scale(Qcur, …))
             mask = mask_local if local else mask_global
@@ -97,17 +104,17 @@ class GemmaModel:
             a = a.reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
-            a = a @ L["wo"].T
+            a = mm(a, L["wo"])
             if self.v2:
-                a = rms_norm(a, L["attn_post_norm"], c.rms_eps)
+                a = rms_norm(a, W[L["attn_post_norm"]], c.rms_eps)
             x = x + a
             if tap:
                 tap(il, "ffn_inp", x)
-            h = rms_norm(x, L["ffn_norm"], c.rms_eps)
-            gu = h @ L["wgu"].T
-            f = (gelu_tanh(gu[:, : c.n_ff]) * gu[:, c.n_ff :]) @ L["wdown"].T
+            h = rms_norm(x, W[L["ffn_norm"]], c.rms_eps)
+            gu = mm(h, L["wgu"])
+            f = mm(gelu_tanh(gu[:, : c.n_ff]) * gu[:, c.n_ff :], L["wdown"])
             if self.v2:
-                f = rms_norm(f, L["ffn_post_norm"], c.rms_eps)
+                f = rms_norm(f, W[L["ffn_post_norm"]], c.rms_eps)
             if tap:
                 tap(il, "ffn_out", f)
             x = x + f
@@ -117,10 +124,10 @@ class GemmaModel:
         out_norm, w_out = self._output()
         if not all_logits:
             x = x[-1:]
-        x = rms_norm(x, out_norm, c.rms_eps)
+        x = rms_norm(x, self.w[out_norm], c.rms_eps)
         if tap:
             tap(-1, "result_norm", x)
-        logits = x @ w_out.T
+        logits = self.w.matmul(x, w_out)
         if c.final_softcap:
             logits = softcap(logits, c.final_softcap)
         return logits

@@ -20,30 +20,30 @@ from engine.weights import FloatWeights
 
 
 class LlamaModel:
-    def __init__(self, g: GGUFFile, cfg: ModelConfig):
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, act_quant: bool = False):
         self.g, self.cfg = g, cfg
-        self.w = FloatWeights(g)
-
-    def load_all(self) -> None:
-        """Dequantize every weight now (float mode) instead of on first use."""
-        for il in range(self.cfg.n_layer):
-            self._layer(il)
-        self._output()
+        self.w = FloatWeights(g, act_quant)
 
     def _layer(self, il: int):
-        p, w = f"blk.{il}.", self.w
+        p = f"blk.{il}."
         return (
-            w[p + "attn_norm.weight"],
-            w.concat([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
-            w[p + "attn_output.weight"],
-            w[p + "ffn_norm.weight"],
-            w.concat([p + "ffn_gate.weight", p + "ffn_up.weight"]),
-            w[p + "ffn_down.weight"],
+            p + "attn_norm.weight",
+            (p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
+            (p + "attn_output.weight",),
+            p + "ffn_norm.weight",
+            (p + "ffn_gate.weight", p + "ffn_up.weight"),
+            (p + "ffn_down.weight",),
         )
 
     def _output(self):
-        name = "token_embd.weight" if self.cfg.tied_output else "output.weight"
-        return self.w["output_norm.weight"], self.w[name]
+        return "output_norm.weight", ("token_embd.weight" if self.cfg.tied_output else "output.weight",)
+
+    def load_all(self) -> None:
+        """Dequantize every weight now instead of on first use."""
+        for il in range(self.cfg.n_layer):
+            for names in self._layer(il):
+                self.w.prepare(names) if isinstance(names, tuple) else self.w[names]
+        self.w[self._output()[0]], self.w.prepare(self._output()[1])
 
     def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True) -> np.ndarray:
         """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32
@@ -58,24 +58,29 @@ class LlamaModel:
         x = self.w.embedding_rows("token_embd.weight", ids)  # (n, n_embd)
         for il in range(c.n_layer):
             attn_norm, wqkv, wo, ffn_norm, wgu, wdown = self._layer(il)
-            h = rms_norm(x, attn_norm, c.rms_eps)
-            qkv = h @ wqkv.T
+            mm = self.w.matmul
+            h = rms_norm(x, self.w[attn_norm], c.rms_eps)
+            if tap:
+                tap(il, "attn_norm", h)
+            qkv = mm(h, wqkv)
             q = qkv[:, :nq].reshape(n, c.n_head, c.head_dim)
             k = qkv[:, nq : nq + nkv].reshape(n, c.n_head_kv, c.head_dim)
             v = qkv[:, nq + nkv :].reshape(n, c.n_head_kv, c.head_dim_v)
             q = rope(q, cos, sin, neox=False)
             k = rope(k, cos, sin, neox=False)
+            if tap:
+                tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
             ks, vs = cache.store(il, k, v)
             # kq_scale applied inside the softmax (llama.cpp src/models/llama.cpp passes it to build_attn)
             a = attention(q, ks, vs, mask, scale=c.attn_scale, f16_operands=cache.dtype == "f16").reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
-            x = x + a @ wo.T
+            x = x + mm(a, wo)
             if tap:
                 tap(il, "ffn_inp", x)
-            h = rms_norm(x, ffn_norm, c.rms_eps)
-            gu = h @ wgu.T
-            f = (silu(gu[:, : c.n_ff]) * gu[:, c.n_ff :]) @ wdown.T
+            h = rms_norm(x, self.w[ffn_norm], c.rms_eps)
+            gu = mm(h, wgu)
+            f = mm(silu(gu[:, : c.n_ff]) * gu[:, c.n_ff :], wdown)
             if tap:
                 tap(il, "ffn_out", f)
             x = x + f
@@ -85,7 +90,7 @@ class LlamaModel:
         out_norm, w_out = self._output()
         if not all_logits:
             x = x[-1:]
-        x = rms_norm(x, out_norm, c.rms_eps)
+        x = rms_norm(x, self.w[out_norm], c.rms_eps)
         if tap:
             tap(-1, "result_norm", x)
-        return x @ w_out.T
+        return self.w.matmul(x, w_out)
