@@ -33,6 +33,18 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return toks, scores, [int(t) for t in types]
 
 
+def _quantize(arr: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """gguf-py's quantizer where it has one; libggml's reference quantizer otherwise (K-quants)."""
+    from gguf.quants import quantize
+
+    try:
+        return quantize(arr, qtype)
+    except NotImplementedError:
+        from crossval import libggml
+
+        return libggml.from_float_ref(arr, qtype).reshape(arr.shape[0], -1)
+
+
 def write_tiny_model(path: str | Path, arch: str = "llama", *, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
                      n_head_kv: int = 2, head_dim: int | None = None, n_ff: int = 128, sliding_window: int = 4,
                      seed: int = 0, weight_type: GGMLQuantizationType = GGMLQuantizationType.F32,
@@ -86,9 +98,7 @@ def write_tiny_model(path: str | Path, arch: str = "llama", *, n_layer: int = 2,
             new = tensor_edit(name, arr)
             arr = arr if new is None else new
         if arr.ndim >= 2 and weight_type != GGMLQuantizationType.F32:
-            from gguf.quants import quantize
-
-            w.add_tensor(name, quantize(arr, weight_type), raw_dtype=weight_type)
+            w.add_tensor(name, _quantize(arr, weight_type), raw_dtype=weight_type)
         else:
             w.add_tensor(name, arr)
 
