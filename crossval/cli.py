@@ -25,6 +25,12 @@ def _console():
     return Console(stderr=False, highlight=False)
 
 
+def _console_err():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 def _err(msg: str) -> None:
     print(f"crossval: error: {msg}", file=sys.stderr)
 
@@ -87,6 +93,118 @@ def cmd_convert(args) -> int:
     return EXIT_OK
 
 
+# --- run / validate / diff ----------------------------------------------------------------------
+def _models_arg(args) -> list[str]:
+    from crossval.models import DEFAULT_MODEL, REAL_MODELS
+
+    if args.models:
+        return [m for m in args.models.split(",") if m]
+    if args.model:
+        return [args.model]
+    return list(REAL_MODELS) if args.all_models else [DEFAULT_MODEL]
+
+
+def _prompts_arg(args):
+    from crossval.prompts import PromptError, load_file, load_set
+
+    try:
+        if args.prompt_file:
+            return load_file(args.prompt_file), None
+        return load_set(args.prompts), args.prompts
+    except (PromptError, OSError, UnicodeDecodeError) as e:
+        raise InputError(str(e).splitlines()[0]) from None
+
+
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from crossval.run import InputError as RunInputError
+    from crossval.run import RunConfig, run
+
+    prompts, set_name = _prompts_arg(args)
+    perturb = None
+    if args.perturb_layer is not None:
+        perturb = (args.perturb_layer, args.perturb_scale)
+    if args.deterministic:
+        args.threads = 1
+    cfg = RunConfig(
+        models=_models_arg(args), prompts=prompts, prompt_set=set_name, steps=args.steps, threads=args.threads,
+        seed=args.seed, n_ctx=args.n_ctx, mode=args.mode, kv_type=args.kv_type, reference=args.reference,
+        timeout=args.timeout, out_dir=Path(args.out), require_reference=args.require_reference,
+        deterministic=args.deterministic, llama_lib=args.llama_lib, thresholds_file=args.thresholds, perturb=perturb,
+    )  # fmt: skip
+    con = _console()
+    total = len(cfg.models) * len(prompts)
+    quiet = args.json or not con.is_terminal
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_console_err(), disable=quiet, transient=True) as prog:  # fmt: skip
+        task = prog.add_task("crossval run", total=total)
+
+        def progress(event, info):
+            if event == "model":
+                prog.update(task, description=f"{info['model']}")
+            elif event == "receipt":
+                prog.advance(task)
+
+        try:
+            res = run(cfg, progress)
+        except RunInputError as e:
+            raise InputError(str(e)) from None
+    summary = json.loads(res.summary_path.read_text())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return res.exit_code
+    t = Table("model", "prompt", "tokens", "min cosine", "exact match", "first div", "KLD mean", "status", title=f"run {res.run_id}")
+    for r in res.rows:
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        tok = "-" if r["tokens_match"] is None else ("match" if r["tokens_match"] else "DIFF")
+        st = r["status"] if r["passed"] else f"[red]{r['status']}[/red]"
+        t.add_row(r["model"], r["prompt"], tok, fmt(r["cosine_similarity"], ".6f"), fmt(r["exact_match_rate"], ".3f"),
+                  "-" if r["first_divergence_step"] is None else str(r["first_divergence_step"]), fmt(r["kld_mean"], ".2e"), st)  # fmt: skip
+    con.print(t)
+    con.print(f"receipts: {res.out_dir}  ·  {summary['total_s']:.1f} s  ·  exit {res.exit_code}")
+    for r in res.rows:
+        for f in r["failures"]:
+            con.print(f"[red]FAIL[/red] {r['model']}/{r['prompt']}: {f}", markup=True)
+    return res.exit_code
+
+
+def cmd_validate(args) -> int:
+    from crossval.receipts import ReceiptError, read_valid
+
+    bad = 0
+    for p in args.paths:
+        try:
+            read_valid(p)
+            if not args.quiet:
+                print(f"ok    {p}")
+        except ReceiptError as e:
+            bad += 1
+            print(f"FAIL  {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_diff(args) -> int:
+    from rich.table import Table
+
+    from crossval.diff import diff_receipts
+    from crossval.receipts import read_valid
+
+    a, b = read_valid(args.old), read_valid(args.new)
+    changes = diff_receipts(a, b)
+    if args.json:
+        print(json.dumps(changes, indent=2))
+        return 0
+    t = Table("field", "old", "new", "change", title=f"{args.old} → {args.new}")
+    for c in changes:
+        t.add_row(c["field"], str(c["old"]), str(c["new"]), c.get("direction", ""))
+    _console().print(t if changes else "no differences")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crossval", description="Engine vs llama.cpp parity harness.", epilog=EPILOG)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -109,6 +227,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
 
+    r = sub.add_parser("run", help="compare the engine with a reference on a prompt set; write receipts", epilog=EPILOG)
+    r.add_argument("--model", help="one model: short name (smollm2, gemma3-270m) or GGUF path")
+    r.add_argument("--models", help="several models, comma-separated")
+    r.add_argument("--all-models", action="store_true", help="both real models (default: smollm2)")
+    r.add_argument("--prompts", default="default", help="prompt set name (default, chat)")
+    r.add_argument("--prompt-file", help="JSON-lines prompt file ({id, text} or {id, messages})")
+    r.add_argument("--steps", type=int, default=32)
+    r.add_argument("--mode", choices=["float", "q8"], default="float")
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--n-ctx", type=int, default=2048)
+    r.add_argument("--kv-type", choices=["f16", "f32"], default="f16", help="KV cache type of both engines")
+    r.add_argument("--reference", default="llamacpp", help="reference backend (llamacpp)")
+    r.add_argument("--llama-lib", help="directory holding another libllama build (LLAMA_CPP_LIB_PATH), e.g. bitnet.cpp's")
+    r.add_argument("--timeout", type=float, default=120.0, help="seconds per reference request (default 120)")
+    r.add_argument("--out", default="receipts/runs", help="receipts go to OUT/<run_id>/")
+    r.add_argument("--thresholds", help="JSON file overriding threshold fields")
+    r.add_argument("--require-reference", action="store_true", help="exit 3 when the reference is unavailable")
+    r.add_argument("--deterministic", action="store_true", help="threads=1, fixed seed (recorded in receipts)")
+    r.add_argument("--json", action="store_true", help="print the run summary as JSON instead of a table")
+    r.add_argument("--perturb-layer", type=int, default=None, help=argparse.SUPPRESS)  # test hook
+    r.add_argument("--perturb-scale", type=float, default=1.5, help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check receipts against their schema (exit 1 on any invalid file)", epilog=EPILOG)
+    v.add_argument("paths", nargs="+")
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=cmd_validate)
+
+    d = sub.add_parser("diff", help="what moved between two receipts", epilog=EPILOG)
+    d.add_argument("old")
+    d.add_argument("new")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_diff)
+
     c = sub.add_parser("convert", help="write an F32/F16 copy of a GGUF (tensors dequantized)", epilog=EPILOG)
     c.add_argument("--model", required=True)
     c.add_argument("--type", choices=["f32", "f16"], default="f32")
@@ -120,13 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from crossval.backends.llamacpp import LlamaCppError
     from crossval.models import ModelFetchError
+    from crossval.receipts import ReceiptError
+    from crossval.thresholds import ThresholdsError
     from engine.gguf_model import GGUFError
     from engine.quants import UnsupportedTypeError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (GGUFError, UnsupportedTypeError, ModelFetchError, InputError, ValueError) as e:
+    except (GGUFError, UnsupportedTypeError, ModelFetchError, InputError, ThresholdsError, ReceiptError, ValueError) as e:
         _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return EXIT_INPUT
     except LlamaCppError as e:

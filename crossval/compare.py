@@ -1,19 +1,27 @@
-"""Pure metric functions (DESIGN §4): arrays in, numbers out. No I/O, no backends."""
+"""Pure metric functions (DESIGN §4): arrays in, numbers out. No I/O, no backends.
+
+Logit arrays are (n_positions, n_vocab); softmaxes and sums run in float64.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+NEAR_TIE_LOGPROB_GAP = 1e-3  # DESIGN §4: a divergence with |logprob gap| below this is a near-tie
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of matching rows of two (n, vocab) arrays, computed in float64 → (n,)."""
+    """Cosine similarity of matching rows of two (n, vocab) arrays, computed in float64 → (n,).
+    Two all-zero rows count as identical (1.0); one zero row against a non-zero one as 0.0."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     num = np.einsum("ij,ij->i", a, b)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
-    return out
+    return np.clip(out, -1.0, 1.0)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -23,13 +31,94 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def kld_rows(ref: np.ndarray, eng: np.ndarray) -> np.ndarray:
-    """KL(ref ‖ eng) of the softmaxes, per row → (n,) (nats)."""
+    """KL(ref ‖ eng) of the softmaxes, per row → (n,), in nats (never negative)."""
     lp, lq = log_softmax(ref), log_softmax(eng)
     return np.maximum(0.0, (np.exp(lp) * (lp - lq)).sum(axis=-1))
 
 
+def max_abs_diff_rows(ref: np.ndarray, eng: np.ndarray) -> np.ndarray:
+    return np.abs(np.asarray(ref, np.float64) - np.asarray(eng, np.float64)).max(axis=-1)
+
+
 def top1_agreement(ref: np.ndarray, eng: np.ndarray) -> float:
     return float(np.mean(np.argmax(ref, axis=-1) == np.argmax(eng, axis=-1)))
+
+
+def topk_overlap_rows(ref: np.ndarray, eng: np.ndarray, k: int) -> np.ndarray:
+    """|topk(ref) ∩ topk(eng)| / k per row → (n,)."""
+    k = min(k, ref.shape[-1])
+    a = np.argpartition(-np.asarray(ref), k - 1, axis=-1)[:, :k]
+    b = np.argpartition(-np.asarray(eng), k - 1, axis=-1)[:, :k]
+    return np.array([len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b)])
+
+
+def rank_of(logits: np.ndarray, token: int) -> int:
+    """0-based rank of token in a logit row (0 = the argmax; ties rank by lower index first)."""
+    row = np.asarray(logits)
+    v = row[token]
+    return int(np.sum(row > v) + np.sum(row[:token] == v))
+
+
+def ref_top1_rank_rows(ref: np.ndarray, eng: np.ndarray) -> np.ndarray:
+    """Rank, in our logits, of the reference's top-1 token, per row → (n,) ints."""
+    return np.array([rank_of(e, int(np.argmax(r))) for r, e in zip(ref, eng)], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    """Per-position and summary metrics of teacher-forced logits (reference vs engine)."""
+
+    cosine: np.ndarray
+    kld: np.ndarray
+    max_abs: np.ndarray
+    top1: np.ndarray  # bool per position
+    top5: np.ndarray
+    top10: np.ndarray
+    ref_top1_rank: np.ndarray
+
+    def summary(self) -> dict:
+        return {
+            "positions": int(len(self.cosine)),
+            "cosine_similarity": float(self.cosine.min()),
+            "cosine_mean": float(self.cosine.mean()),
+            "cosine_min_position": int(self.cosine.argmin()),
+            "max_abs_diff": float(self.max_abs.max()),
+            "kld_mean": float(self.kld.mean()),
+            "kld_max": float(self.kld.max()),
+            "top1_agreement": float(self.top1.mean()),
+            "top5_overlap": float(self.top5.mean()),
+            "top10_overlap": float(self.top10.mean()),
+            "ref_top1_rank_max": int(self.ref_top1_rank.max()),
+        }
+
+    def rows(self) -> list[dict]:
+        return [
+            {
+                "position": i,
+                "cosine": float(self.cosine[i]),
+                "kld": float(self.kld[i]),
+                "max_abs_diff": float(self.max_abs[i]),
+                "top1_match": bool(self.top1[i]),
+                "top5_overlap": float(self.top5[i]),
+                "top10_overlap": float(self.top10[i]),
+                "ref_top1_rank": int(self.ref_top1_rank[i]),
+            }
+            for i in range(len(self.cosine))
+        ]
+
+
+def teacher_forced(ref: np.ndarray, eng: np.ndarray) -> TeacherForced:
+    if ref.shape != eng.shape:
+        raise ValueError(f"logit shapes differ: reference {ref.shape} vs engine {eng.shape}")
+    return TeacherForced(
+        cosine=cosine_rows(ref, eng),
+        kld=kld_rows(ref, eng),
+        max_abs=max_abs_diff_rows(ref, eng),
+        top1=np.argmax(ref, axis=-1) == np.argmax(eng, axis=-1),
+        top5=topk_overlap_rows(ref, eng, 5),
+        top10=topk_overlap_rows(ref, eng, 10),
+        ref_top1_rank=ref_top1_rank_rows(ref, eng),
+    )
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -38,3 +127,29 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def exact_match_rate(ref: list[int], eng: list[int], steps: int) -> float:
+    """Matched steps ÷ steps, comparing step by step (a missing step counts as a mismatch)."""
+    if steps <= 0:
+        return 1.0
+    return sum(1 for i in range(steps) if i < len(ref) and i < len(eng) and ref[i] == eng[i]) / steps
+
+
+def divergence_detail(ref_tok: int, eng_tok: int, ref_logits: np.ndarray, eng_logits: np.ndarray) -> dict:
+    """At the first divergent step: each token's rank and logprob in both backends' logits, and
+    whether it is a near-tie (either backend's logprob gap between the two tokens < 1e-3)."""
+    lr, le = log_softmax(ref_logits[None])[0], log_softmax(eng_logits[None])[0]
+    gap_ref = float(lr[ref_tok] - lr[eng_tok])
+    gap_eng = float(le[eng_tok] - le[ref_tok])
+    return {
+        "reference_token": int(ref_tok),
+        "engine_token": int(eng_tok),
+        "reference_token_rank_in_engine": rank_of(eng_logits, ref_tok),
+        "engine_token_rank_in_reference": rank_of(ref_logits, eng_tok),
+        "reference_logprobs": {"reference_token": float(lr[ref_tok]), "engine_token": float(lr[eng_tok])},
+        "engine_logprobs": {"reference_token": float(le[ref_tok]), "engine_token": float(le[eng_tok])},
+        "logprob_gap_reference": gap_ref,
+        "logprob_gap_engine": gap_eng,
+        "near_tie": bool(abs(gap_ref) < NEAR_TIE_LOGPROB_GAP or abs(gap_eng) < NEAR_TIE_LOGPROB_GAP),
+    }

@@ -1,0 +1,77 @@
+"""Our engine as a Backend (in-process)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from crossval.backends.base import BackendError, Capabilities, GenerateResult
+
+
+class EngineBackend:
+    name = "engine"
+
+    def __init__(self, model_path, n_ctx: int = 2048, kv_type: str = "f16", mode: str = "float",
+                 perturb: tuple[int, float] | None = None):  # fmt: skip
+        from engine.generate import Engine
+
+        t = time.perf_counter()
+        self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode).load()
+        self.load_s = time.perf_counter() - t
+        self.mode, self.kv_type = mode, kv_type
+        self.perturb = perturb
+        if perturb is not None:
+            # test hook: scale one layer's FFN output by scaling its down projection
+            layer, scale = perturb
+            name = f"blk.{layer}.ffn_down.weight"
+            if name not in self.engine.gguf.tensors:
+                raise BackendError(f"perturbation: model has no tensor {name}")
+            w = self.engine.model.w
+            w._groups.pop((name,), None)
+            w._cache[name] = w[name] * np.float32(scale)
+        # the engine's own tokenizer is a later issue; until then ids come from the reference
+        self.capabilities = Capabilities(tokenize=False, logits=True, generate=True)
+
+    def tokenize(self, text: str, add_bos: bool, parse_special: bool) -> list[int]:
+        raise BackendError("the engine has no tokenizer yet")
+
+    def detokenize(self, ids: list[int]) -> str:
+        raise BackendError("the engine has no tokenizer yet")
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.engine.logits(ids)
+
+    def generate(self, ids: list[int], steps: int) -> GenerateResult:
+        t = time.perf_counter()
+        g = self.engine.generate(ids, steps, keep_logits=True)
+        return GenerateResult(g.tokens, np.stack(g.logits) if g.logits else None, time.perf_counter() - t)
+
+    def provenance(self) -> dict:
+        import crossval
+
+        return {
+            "name": "engine",
+            "version": f"crossval-engine {crossval.__version__}",
+            "library_sha256": None,
+            "commit": _git_commit(),
+            "system_info": None,
+            "mode": self.mode,
+            "kv_type": self.kv_type,
+            "threads": None,
+            "capabilities": self.capabilities.to_dict(),
+        }
+
+    def close(self) -> None:
+        self.engine = None
+
+
+def _git_commit() -> str | None:
+    import subprocess
+    from pathlib import Path
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None

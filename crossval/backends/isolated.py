@@ -1,0 +1,284 @@
+"""Run the llama.cpp backend in a child process, so a crash or hang ends one comparison in a
+diagnostic receipt instead of ending the harness (DESIGN §3).
+
+Parent and child speak JSON lines over the child's stdin/stdout; large arrays (logits) travel as
+.npy files in a private temporary directory. Every request has a deadline: past it the child's
+process group is killed and BackendTimeout is raised; a child that dies or prints something that
+is not a protocol line raises BackendCrashed. Both carry the stage (the request) and the tail of
+the child's stderr.
+
+Test hook: CROSSVAL_CHILD_FAULT="<fault>@<op>" makes the child misbehave when it receives <op>:
+fault is hang, segv, abort, garbage or exit. It exists so tests can prove each failure path.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crossval.backends.base import BackendCrashed, BackendError, BackendTimeout, BackendUnavailable, Capabilities, GenerateResult
+
+PROTOCOL = "crossval-isolated/1"
+
+
+class IsolatedLlamaCpp:
+    """Parent side: the llama.cpp Backend, answered by a child process."""
+
+    name = "llamacpp"
+
+    def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
+                 llama_lib: str | None = None, env: dict | None = None):  # fmt: skip
+        self.timeout = timeout
+        self._tmp = tempfile.TemporaryDirectory(prefix="crossval-child-")
+        self._stderr = collections.deque(maxlen=40)
+        child_env = dict(os.environ if env is None else env)
+        if llama_lib:
+            child_env["LLAMA_CPP_LIB_PATH"] = str(llama_lib)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "crossval.backends.isolated"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=child_env, start_new_session=True,
+        )  # fmt: skip
+        self._buf = b""
+        self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._t_err.start()
+        self.capabilities = Capabilities()
+        t = time.perf_counter()
+        info = self._call("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self.load_s = time.perf_counter() - t
+        self.n_vocab = info["n_vocab"]
+        self._provenance = info["provenance"]
+
+    # --- transport ----------------------------------------------------------------------------
+    def _drain_stderr(self) -> None:
+        for line in iter(self._proc.stderr.readline, b""):
+            self._stderr.append(line.decode("utf-8", errors="replace").rstrip())
+
+    def stderr_tail(self) -> list[str]:
+        time.sleep(0.05)  # let the drain thread catch the last lines of a dying child
+        return list(self._stderr)
+
+    def _kill(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self._proc.kill()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _readline(self, deadline: float, stage: str) -> bytes:
+        fd = self._proc.stdout.fileno()
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._kill()
+                    raise BackendTimeout(stage, self.timeout, self.stderr_tail())
+                if not sel.select(timeout=min(left, 1.0)):
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    rc = self._proc.wait(timeout=5) if self._proc.poll() is None else self._proc.returncode
+                    raise BackendCrashed(stage, _describe_exit(rc), rc, self.stderr_tail())
+                self._buf += chunk
+        finally:
+            sel.close()
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def _call(self, op: str, **args):
+        if self._proc.poll() is not None:
+            raise BackendCrashed(op, "child is not running", self._proc.returncode, self.stderr_tail())
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._proc.stdin.write((json.dumps({"op": op, "args": args}) + "\n").encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            rc = self._proc.wait(timeout=5)
+            raise BackendCrashed(op, _describe_exit(rc), rc, self.stderr_tail()) from None
+        line = self._readline(deadline, op)
+        try:
+            msg = json.loads(line)
+            if not isinstance(msg, dict) or msg.get("protocol") != PROTOCOL:
+                raise ValueError("not a protocol message")
+        except ValueError:
+            self._kill()
+            raise BackendCrashed(op, f"protocol error: unexpected output {line[:80]!r}", self._proc.returncode, self.stderr_tail()) from None
+        if not msg.get("ok"):
+            err = msg.get("error", "unknown error")
+            if msg.get("unavailable"):
+                raise BackendUnavailable(err)
+            raise BackendError(err)
+        return msg.get("result")
+
+    def _npy(self, name: str) -> str:
+        return str(Path(self._tmp.name) / f"{name}.npy")
+
+    # --- Backend ------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
+        return self._call("tokenize", text=text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self._call("detokenize", ids=[int(i) for i in ids])
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        out = self._npy("logits")
+        self._call("logits", ids=[int(i) for i in ids], out=out)
+        arr = np.load(out)
+        os.unlink(out)
+        return arr
+
+    def generate(self, ids: list[int], steps: int) -> GenerateResult:
+        out = self._npy("gen")
+        r = self._call("generate", ids=[int(i) for i in ids], steps=steps, out=out)
+        arr = np.load(out) if steps > 0 else None
+        if steps > 0:
+            os.unlink(out)
+        return GenerateResult(r["tokens"], arr, r["seconds"])
+
+    def provenance(self) -> dict:
+        return dict(self._provenance)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write((json.dumps({"op": "close", "args": {}}) + "\n").encode())
+                self._proc.stdin.flush()
+                self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                pass
+        self._kill()
+        for f in (self._proc.stdin, self._proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._t_err.join(timeout=2)
+        try:
+            self._proc.stderr.close()
+        except OSError:
+            pass
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _describe_exit(rc: int | None) -> str:
+    if rc is None:
+        return "child closed its output"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
+# --- child side ------------------------------------------------------------------------------
+def _fault(op: str) -> None:
+    spec = os.environ.get("CROSSVAL_CHILD_FAULT", "")
+    if "@" not in spec:
+        return
+    kind, where = spec.split("@", 1)
+    if where != op:
+        return
+    print(f"crossval child: injecting fault {kind} at {op}", file=sys.stderr, flush=True)
+    if kind == "hang":
+        while True:
+            time.sleep(3600)
+    if kind == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if kind == "abort":
+        os.abort()
+    if kind == "garbage":
+        sys.stdout.write("this is not json\n")
+        sys.stdout.flush()
+        while True:
+            time.sleep(3600)
+    if kind == "exit":
+        os._exit(3)
+
+
+def child_main() -> int:
+    out = sys.stdout
+    # anything llama.cpp or Python prints must not corrupt the protocol stream
+    sys.stdout = sys.stderr
+
+    def reply(ok: bool, result=None, error: str | None = None, unavailable: bool = False):
+        msg = {"protocol": PROTOCOL, "ok": ok}
+        if ok:
+            msg["result"] = result
+        else:
+            msg["error"] = error
+            msg["unavailable"] = unavailable
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
+    backend = None
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            op, a = req["op"], req.get("args", {})
+        except (ValueError, KeyError):
+            reply(False, error="malformed request")
+            continue
+        _fault(op)
+        try:
+            if op == "close":
+                break
+            if op == "load":
+                from crossval.backends.llamacpp import LlamaCppBackend, LlamaCppError
+
+                try:
+                    backend = LlamaCppBackend(a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"])
+                except LlamaCppError as e:
+                    reply(False, error=str(e), unavailable="not importable" in str(e))
+                    continue
+                reply(True, {"n_vocab": backend.n_vocab, "provenance": backend.provenance()})
+            elif backend is None:
+                reply(False, error=f"{op} before load")
+            elif op == "tokenize":
+                reply(True, backend.tokenize(a["text"], a["add_bos"], a["parse_special"]))
+            elif op == "detokenize":
+                reply(True, backend.detokenize(a["ids"]))
+            elif op == "logits":
+                np.save(a["out"], backend.logits(a["ids"]))
+                reply(True, {"ok": True})
+            elif op == "generate":
+                t = time.perf_counter()
+                toks, logs = backend.generate(a["ids"], a["steps"], keep_logits=True)
+                sec = time.perf_counter() - t
+                if logs:
+                    np.save(a["out"], np.stack(logs))
+                reply(True, {"tokens": toks, "seconds": sec})
+            else:
+                reply(False, error=f"unknown op {op!r}")
+        except Exception as e:  # report, keep serving: the parent decides what an error means
+            reply(False, error=f"{type(e).__name__}: {e}")
+    if backend is not None:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

@@ -1,0 +1,112 @@
+"""Receipts: validate against schemas/ (JSON Schema 2020-12) and write atomically.
+
+A receipt is validated before it is written; the write goes to a unique temporary file in the
+target directory, is fsynced, then renamed over the target — a reader sees the old file or the new
+one, never a partial one, and concurrent writers never share a temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_VERSION = "1.0"
+SCHEMAS = {"parity": "receipt.schema.json", "run-summary": "summary.schema.json"}
+
+
+class ReceiptError(ValueError):
+    """A receipt is missing, unreadable or does not match its schema (one-line message)."""
+
+
+@lru_cache(maxsize=None)
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((SCHEMA_DIR / SCHEMAS[kind]).read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _where(err: jsonschema.ValidationError) -> str:
+    return "/".join(str(p) for p in err.absolute_path) or "(top level)"
+
+
+def validate(obj: dict) -> None:
+    """Raise ReceiptError naming the first offending field; pass silently when valid."""
+    if not isinstance(obj, dict):
+        raise ReceiptError("a receipt must be a JSON object")
+    kind = obj.get("kind")
+    if kind not in SCHEMAS:
+        raise ReceiptError(f"kind: unknown receipt kind {kind!r} (expected one of {', '.join(SCHEMAS)})")
+    errors = sorted(_validator(kind).iter_errors(obj), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ReceiptError(f"{_where(e)}: {e.message}{more}")
+
+
+def read(path: str | os.PathLike) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReceiptError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReceiptError(f"{path}: cannot read ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ReceiptError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def read_valid(path: str | os.PathLike) -> dict:
+    obj = read(path)
+    try:
+        validate(obj)
+    except ReceiptError as e:
+        raise ReceiptError(f"{path}: {e}") from None
+    return obj
+
+
+def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def write(path: str | os.PathLike, obj: dict) -> Path:
+    """Validate, then write atomically. Invalid receipts are never written."""
+    validate(obj)
+    return atomic_write_json(path, obj)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

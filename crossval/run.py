@@ -1,0 +1,314 @@
+"""`crossval run`: the same prompts through the engine and a reference, compared, one receipt each.
+
+For each (model, prompt): the prompt is rendered (chat template for messages), tokenized by the
+reference (the engine's tokenizer is compared when it exists), then
+  teacher-forced: both backends' logits for prompt + the reference's greedy continuation,
+  free-running: both backends generate `steps` greedy tokens; first divergence, exact-match rate,
+                and at the divergence each token's rank and logprob in both backends.
+A receipt is built, validated and written atomically; reference crashes and timeouts become
+diagnostic receipts and the next prompt gets a fresh reference process.
+Nothing here prints: progress goes through the `progress` callback the CLI hands in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from crossval import compare, provenance, receipts, thresholds
+from crossval.backends.base import BackendCrashed, BackendError, BackendTimeout, BackendUnavailable
+from crossval.prompts import Prompt, render
+
+EXIT_OK, EXIT_PARITY, EXIT_INPUT, EXIT_NO_REFERENCE, EXIT_CRASH = 0, 1, 2, 3, 4
+
+
+@dataclass
+class RunConfig:
+    models: list[str]
+    prompts: list[Prompt]
+    prompt_set: str | None
+    steps: int = 32
+    threads: int = 1
+    seed: int = 42
+    n_ctx: int = 2048
+    mode: str = "float"
+    kv_type: str = "f16"
+    reference: str = "llamacpp"
+    timeout: float = 120.0
+    out_dir: Path = Path("receipts/runs")
+    require_reference: bool = False
+    deterministic: bool = True
+    llama_lib: str | None = None
+    thresholds_file: str | None = None
+    perturb: tuple[int, float] | None = None  # test hook: (layer, scale) of the engine's FFN output
+    per_position: bool = True
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    out_dir: Path
+    exit_code: int
+    rows: list[dict] = field(default_factory=list)
+    summary_path: Path | None = None
+
+
+class InputError(ValueError):
+    pass
+
+
+def _model_path(name: str) -> Path:
+    from crossval.models import ModelFetchError, resolve_model
+
+    try:
+        return resolve_model(name)
+    except ModelFetchError as e:
+        raise InputError(str(e)) from None
+
+
+def _reference(cfg: RunConfig, path: Path):
+    from crossval.backends.isolated import IsolatedLlamaCpp
+
+    if cfg.reference != "llamacpp":
+        raise InputError(f"unknown reference {cfg.reference!r} (available: llamacpp)")
+    return IsolatedLlamaCpp(path, n_ctx=cfg.n_ctx, threads=cfg.threads, kv_type=cfg.kv_type, timeout=cfg.timeout, llama_lib=cfg.llama_lib)
+
+
+def _tokenization(ref_ids: list[int], eng_ids: list[int] | None, reason: str | None) -> dict:
+    if eng_ids is None:
+        return {"compared": False, "match": None, "reason": reason, "ids": ref_ids, "engine_ids": None,
+                "first_mismatch_index": None, "context": None}  # fmt: skip
+    i = compare.first_divergence(ref_ids, eng_ids)
+    ctx = None if i is None else {"reference": ref_ids[max(0, i - 4) : i + 4], "engine": eng_ids[max(0, i - 4) : i + 4]}
+    return {"compared": True, "match": i is None, "reason": None, "ids": ref_ids, "engine_ids": eng_ids,
+            "first_mismatch_index": i, "context": ctx}  # fmt: skip
+
+
+def _empty_parity(status: str) -> dict:
+    return {
+        "status": status, "cosine_similarity": None, "cosine_mean": None, "cosine_min_position": None,
+        "exact_match_rate": None, "first_divergence_step": None, "kld_mean": None, "kld_max": None,
+        "max_abs_diff": None, "top1_agreement": None, "top5_overlap": None, "top10_overlap": None,
+        "ref_top1_rank_max": None, "positions": None, "steps_compared": None, "reference_tokens": None,
+        "engine_tokens": None, "reference_text": None, "engine_text": None, "divergence": None,
+    }  # fmt: skip
+
+
+def compare_one(eng, ref, ids: list[int], steps: int) -> tuple[dict, list[dict], dict]:
+    """Both comparisons for one prompt → (parity section, per-position rows, timing)."""
+    timing = {}
+    t = time.perf_counter()
+    rg = ref.generate(ids, steps)
+    timing["reference_generate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    eg = eng.generate(ids, steps)
+    timing["engine_generate_s"] = time.perf_counter() - t
+    forced = ids + rg.tokens[:-1] if steps > 0 else ids  # prompt + the reference's continuation
+    t = time.perf_counter()
+    rl = ref.logits(forced)
+    timing["reference_logits_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    el = eng.logits(forced)
+    timing["engine_logits_s"] = time.perf_counter() - t
+    tf = compare.teacher_forced(rl, el)
+    p = _empty_parity("ok")
+    p.update(tf.summary())
+    div = compare.first_divergence(rg.tokens, eg.tokens)
+    p["first_divergence_step"] = div
+    p["exact_match_rate"] = compare.exact_match_rate(rg.tokens, eg.tokens, steps)
+    p["steps_compared"] = steps
+    p["reference_tokens"], p["engine_tokens"] = rg.tokens, eg.tokens
+    if div is not None and div < min(len(rg.tokens), len(eg.tokens)):
+        d = compare.divergence_detail(rg.tokens[div], eg.tokens[div], rg.logits[div], eg.logits[div])
+        p["divergence"] = {"step": div, **d}
+    if steps:
+        timing["reference_decode_tok_s"] = steps / max(rg.seconds or timing["reference_generate_s"], 1e-9)
+        timing["engine_decode_tok_s"] = steps / max(timing["engine_generate_s"], 1e-9)
+    return p, tf.rows(), timing
+
+
+def _receipt(cfg, run_id, model_sec, tok_sec, prompt: Prompt, text: str, tmpl_kind, n_tokens, backends, tokenization,
+             parity, rows, thr, env, timing, diagnostics=None) -> dict:  # fmt: skip
+    failures = thresholds.evaluate(thr, parity, tokenization) if parity["status"] in ("ok", "divergence") else []
+    if parity["status"] in ("ok", "divergence"):
+        parity["status"] = "ok" if not failures else "divergence"
+    elif parity["status"] in ("timeout", "crashed", "error"):
+        failures = [f"{parity['status']}: {diagnostics['error']}" if diagnostics else parity["status"]]
+    r = {
+        "schema_version": receipts.SCHEMA_VERSION,
+        "kind": "parity",
+        "run_id": run_id,
+        "timestamp": receipts.utc_now(),
+        "model": model_sec,
+        "tokenizer": tok_sec,
+        "prompt": {
+            "set": cfg.prompt_set, "id": prompt.id, "kind": prompt.kind, "text": text,
+            "messages": list(prompt.messages) if prompt.is_chat else None,
+            "blake3": provenance.blake3_text(prompt.text if not prompt.is_chat else _messages_text(prompt)),
+            "formatted_blake3": provenance.blake3_text(text), "chat_template": tmpl_kind, "n_tokens": n_tokens,
+        },  # fmt: skip
+        "config": {
+            "steps": cfg.steps, "threads": cfg.threads, "seed": cfg.seed,
+            "sampling": {"method": "greedy", "temperature": None, "top_k": None, "top_p": None, "min_p": None},
+            "n_ctx": cfg.n_ctx, "mode": cfg.mode, "kv_type": cfg.kv_type, "deterministic": cfg.deterministic,
+            "timeout_s": cfg.timeout, "perturbation": {"layer": cfg.perturb[0], "scale": cfg.perturb[1]} if cfg.perturb else None,
+        },  # fmt: skip
+        "backends": backends,
+        "tokenization": tokenization,
+        "parity": parity,
+        "per_position": rows if cfg.per_position else [],
+        "thresholds": thr.to_dict(),
+        "verdict": {"passed": not failures and parity["status"] in ("ok", "engine_only"), "failures": failures},
+        "environment": env,
+        "timing": timing,
+    }
+    if diagnostics:
+        r["diagnostics"] = diagnostics
+    return r
+
+
+def _messages_text(p: Prompt) -> str:
+    import json
+
+    return json.dumps(list(p.messages), ensure_ascii=False, sort_keys=True)
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:80]
+
+
+def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> RunResult:
+    """Run every (model, prompt); write receipts + summary under cfg.out_dir/<run_id>/."""
+    import crossval
+    from crossval.backends.engine import EngineBackend
+    from engine.gguf_model import GGUFError, open_gguf
+
+    progress = progress or (lambda event, info: None)
+    run_id = receipts.new_run_id()
+    out = Path(cfg.out_dir) / run_id
+    t_run = time.perf_counter()
+    env = {**provenance.environment(cfg.threads), "crossval_version": crossval.__version__}
+    rows: list[dict] = []
+    codes: list[int] = []
+    paths = {m: _model_path(m) for m in cfg.models}  # every model resolves before any work starts
+    for mname, path in paths.items():
+        try:
+            g = open_gguf(path)
+            g.arch  # noqa: B018 — a missing general.architecture is bad input, reported now
+        except GGUFError as e:
+            raise InputError(str(e)) from None
+        model_sec = {**provenance.model_facts(g, path, mname), "float_weights": provenance.float_weights(g)}
+        tok_fp = provenance.tokenizer_fingerprint(g)
+        thr = thresholds.select(model_sec["float_weights"], cfg.mode)
+        if cfg.thresholds_file:
+            thr = thresholds.load_overrides(thr, cfg.thresholds_file)
+        tmpl = g.get("tokenizer.chat_template")
+        progress("model", {"model": mname, "prompts": len(cfg.prompts)})
+        try:
+            eng = EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb)
+        except GGUFError as e:
+            raise InputError(str(e)) from None
+        ref, ref_unavailable = None, None
+        for prompt in cfg.prompts:
+            t0 = time.perf_counter()
+            text = render(prompt, tmpl)
+            tmpl_kind = ("model" if tmpl else "fallback") if prompt.is_chat else None
+            diagnostics, stage = None, "start reference"
+            timing: dict = {"engine_load_s": eng.load_s, "reference_load_s": None}
+            parity, prow, ids = _empty_parity("ok"), [], []
+            tokenization = _tokenization([], None, "not reached")
+            ref_prov = None
+            try:
+                if ref is None and ref_unavailable is None:
+                    try:
+                        ref = _reference(cfg, path)
+                        timing["reference_load_s"] = ref.load_s
+                    except BackendUnavailable as e:
+                        ref_unavailable = str(e)
+                if ref is None:
+                    raise BackendUnavailable(ref_unavailable)
+                ref_prov = ref.provenance()
+                stage = "tokenize"
+                ids = ref.tokenize(text, add_bos=True, parse_special=prompt.is_chat)
+                if len(ids) + cfg.steps > cfg.n_ctx:
+                    raise InputError(f"prompt {prompt.id!r}: {len(ids)} tokens + {cfg.steps} steps exceed --n-ctx {cfg.n_ctx}")
+                tokenization = _tokenization(ids, None, "the engine has no tokenizer yet; both backends use the reference's ids")
+                stage = "compare"
+                parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps)
+                timing.update(t2)
+            except BackendUnavailable as e:
+                parity = _empty_parity("engine_only")
+                tokenization = _tokenization([], None, f"reference unavailable: {e}")
+                diagnostics = None
+                codes.append(EXIT_NO_REFERENCE if cfg.require_reference else EXIT_OK)
+            except BackendTimeout as e:
+                parity = _empty_parity("timeout")
+                diagnostics = {"stage": e.stage, "error": str(e), "stderr_tail": e.stderr_tail, "returncode": None}
+                ref = _drop(ref)
+            except BackendCrashed as e:
+                parity = _empty_parity("crashed")
+                diagnostics = {"stage": e.stage, "error": str(e), "stderr_tail": e.stderr_tail, "returncode": e.returncode}
+                ref = _drop(ref)
+            except BackendError as e:
+                parity = _empty_parity("error")
+                diagnostics = {"stage": stage, "error": str(e), "stderr_tail": ref.stderr_tail() if ref else [], "returncode": None}
+            timing["total_s"] = time.perf_counter() - t0
+            for k in ("engine_logits_s", "reference_logits_s", "engine_generate_s", "reference_generate_s",
+                      "engine_decode_tok_s", "reference_decode_tok_s"):  # fmt: skip
+                timing.setdefault(k, None)
+            backends = {"engine": eng.provenance(), "reference": ref_prov}
+            tok_sec = {**tok_fp, "parse_special": prompt.is_chat}
+            rec = _receipt(cfg, run_id, model_sec, tok_sec, prompt, text, tmpl_kind, len(ids), backends, tokenization,
+                           parity, prow, thr, env, timing, diagnostics)  # fmt: skip
+            fname = f"{_safe(mname)}__{_safe(prompt.id)}.json"
+            receipts.write(out / fname, rec)
+            status = rec["parity"]["status"]
+            if status in ("timeout", "crashed"):
+                codes.append(EXIT_CRASH)
+            elif status == "error" or not rec["verdict"]["passed"] and status != "engine_only":
+                codes.append(EXIT_PARITY)
+            row = {
+                "file": fname, "model": mname, "prompt": prompt.id, "status": status, "passed": rec["verdict"]["passed"],
+                "tokens_match": tokenization["match"], "cosine_similarity": parity["cosine_similarity"],
+                "exact_match_rate": parity["exact_match_rate"], "first_divergence_step": parity["first_divergence_step"],
+                "kld_mean": parity["kld_mean"], "failures": rec["verdict"]["failures"],
+            }  # fmt: skip
+            rows.append(row)
+            progress("receipt", row)
+        if ref is not None:
+            ref.close()
+        eng.close()
+    exit_code = max(codes, default=EXIT_OK, key=_severity)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    summary = {
+        "schema_version": receipts.SCHEMA_VERSION, "kind": "run-summary", "run_id": run_id, "timestamp": receipts.utc_now(),
+        "exit_code": exit_code, "passed": exit_code == EXIT_OK, "counts": counts, "receipts": rows,
+        "total_s": time.perf_counter() - t_run,
+        "config": {"models": cfg.models, "prompt_set": cfg.prompt_set, "steps": cfg.steps, "threads": cfg.threads,
+                   "seed": cfg.seed, "mode": cfg.mode, "kv_type": cfg.kv_type, "n_ctx": cfg.n_ctx,
+                   "reference": cfg.reference, "timeout_s": cfg.timeout},
+    }  # fmt: skip
+    sp = receipts.write(out / "summary.json", summary)
+    return RunResult(run_id, out, exit_code, rows, sp)
+
+
+_SEVERITY = {EXIT_OK: 0, EXIT_PARITY: 1, EXIT_NO_REFERENCE: 2, EXIT_CRASH: 3}
+
+
+def _severity(code: int) -> int:
+    return _SEVERITY.get(code, 0)
+
+
+def _drop(ref):
+    if ref is not None:
+        try:
+            ref.close()
+        except Exception:
+            pass
+    return None

@@ -1,0 +1,72 @@
+"""Metric functions on hand-made arrays with closed-form answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from crossval import compare as C
+
+
+def test_identical_logits():
+    x = np.random.default_rng(0).standard_normal((4, 50)).astype(np.float32)
+    tf = C.teacher_forced(x, x.copy())
+    s = tf.summary()
+    assert s["cosine_similarity"] == pytest.approx(1.0, abs=1e-12)
+    assert s["kld_mean"] == pytest.approx(0.0, abs=1e-12) and s["kld_max"] == pytest.approx(0.0, abs=1e-12)
+    assert s["top1_agreement"] == 1.0 and s["top5_overlap"] == 1.0 and s["top10_overlap"] == 1.0
+    assert s["max_abs_diff"] == 0.0 and s["ref_top1_rank_max"] == 0
+
+
+def test_cosine_closed_form():
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    b = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(C.cosine_rows(a, b), [0.0, 1 / math.sqrt(2), 1.0, 0.0])
+
+
+def test_swapped_top1_known_values():
+    """Two tokens with logits (1, 0) vs (0, 1): KL = (p - q)·(log p - log q) with p = σ(1)."""
+    ref = np.array([[1.0, 0.0, -50.0]])
+    eng = np.array([[0.0, 1.0, -50.0]])
+    p = 1 / (1 + math.exp(-1))
+    want_kl = p * math.log(p / (1 - p)) + (1 - p) * math.log((1 - p) / p)
+    assert C.kld_rows(ref, eng)[0] == pytest.approx(want_kl, rel=1e-9)
+    assert C.top1_agreement(ref, eng) == 0.0
+    assert C.ref_top1_rank_rows(ref, eng)[0] == 1
+    assert C.max_abs_diff_rows(ref, eng)[0] == 1.0
+
+
+def test_topk_overlap():
+    ref = np.array([[10, 9, 8, 7, 6, 5, 0, 0, 0, 0, 0, 0.0]])
+    eng = np.array([[10, 9, 8, 0, 0, 0, 7, 6, 5, 0, 0, 0.0]])
+    assert C.topk_overlap_rows(ref, eng, 5)[0] == pytest.approx(3 / 5)
+
+
+def test_rank_and_ties():
+    row = np.array([1.0, 3.0, 3.0, 2.0])
+    assert C.rank_of(row, 1) == 0 and C.rank_of(row, 2) == 1 and C.rank_of(row, 3) == 2 and C.rank_of(row, 0) == 3
+
+
+def test_generation_metrics():
+    assert C.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert C.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert C.first_divergence([1, 2], [1, 2, 3]) == 2
+    assert C.exact_match_rate([1, 2, 3, 4], [1, 9, 3, 9], 4) == 0.5
+    assert C.exact_match_rate([1, 2], [1, 2], 4) == 0.5
+
+
+def test_divergence_detail_near_tie():
+    ref = np.array([2.0, 2.0 - 1e-4, -1.0])
+    eng = np.array([2.0 - 1e-4, 2.0, -1.0])
+    d = C.divergence_detail(0, 1, ref, eng)
+    assert d["near_tie"] is True
+    assert d["reference_token_rank_in_engine"] == 1 and d["engine_token_rank_in_reference"] == 1
+    far = C.divergence_detail(0, 2, np.array([5.0, 0.0, 0.0]), np.array([0.0, 0.0, 5.0]))
+    assert far["near_tie"] is False and far["logprob_gap_reference"] == pytest.approx(5.0, rel=1e-6)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shapes differ"):
+        C.teacher_forced(np.zeros((2, 3)), np.zeros((3, 3)))
