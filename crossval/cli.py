@@ -124,12 +124,17 @@ def cmd_run(args) -> int:
     from crossval.run import InputError as RunInputError
     from crossval.run import RunConfig, run
 
+    if args.deterministic:
+        args.threads = 1
+    # numpy's BLAS reads its thread count when first loaded: match the reference's threads
+    import os
+
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
     prompts, set_name = _prompts_arg(args)
     perturb = None
     if args.perturb_layer is not None:
         perturb = (args.perturb_layer, args.perturb_scale)
-    if args.deterministic:
-        args.threads = 1
     cfg = RunConfig(
         models=_models_arg(args), prompts=prompts, prompt_set=set_name, steps=args.steps, threads=args.threads,
         seed=args.seed, n_ctx=args.n_ctx, mode=args.mode, kv_type=args.kv_type, reference=args.reference,

@@ -31,9 +31,18 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def kld_rows(ref: np.ndarray, eng: np.ndarray) -> np.ndarray:
-    """KL(ref ‖ eng) of the softmaxes, per row → (n,), in nats (never negative)."""
-    lp, lq = log_softmax(ref), log_softmax(eng)
-    return np.maximum(0.0, (np.exp(lp) * (lp - lq)).sum(axis=-1))
+    """KL(ref ‖ eng) of the softmaxes, per row → (n,), in nats (never negative).
+    With c = max + log Σ exp(x − max): log p − log q = (r − e) − c_r + c_e, so
+    KL = Σ p·(r − e) − c_r + c_e, which needs one exp pass per side."""
+    r = np.asarray(ref, dtype=np.float64)
+    e = np.asarray(eng, dtype=np.float64)
+    mr, me = r.max(axis=-1, keepdims=True), e.max(axis=-1, keepdims=True)
+    pr = np.exp(r - mr)
+    zr = pr.sum(axis=-1)
+    ze = np.exp(e - me).sum(axis=-1)
+    cross = np.einsum("ij,ij->i", pr, r - e) / zr
+    kl = cross - (mr[:, 0] + np.log(zr)) + (me[:, 0] + np.log(ze))
+    return np.maximum(0.0, kl)
 
 
 def max_abs_diff_rows(ref: np.ndarray, eng: np.ndarray) -> np.ndarray:
@@ -107,18 +116,37 @@ class TeacherForced:
         ]
 
 
-def teacher_forced(ref: np.ndarray, eng: np.ndarray) -> TeacherForced:
+def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> TeacherForced:
+    """Every per-position metric, computed in row chunks (float64 inside a chunk) so that a
+    (1000, 262144) pair costs two passes over memory, not a dozen float64 copies."""
     if ref.shape != eng.shape:
         raise ValueError(f"logit shapes differ: reference {ref.shape} vs engine {eng.shape}")
-    return TeacherForced(
-        cosine=cosine_rows(ref, eng),
-        kld=kld_rows(ref, eng),
-        max_abs=max_abs_diff_rows(ref, eng),
-        top1=np.argmax(ref, axis=-1) == np.argmax(eng, axis=-1),
-        top5=topk_overlap_rows(ref, eng, 5),
-        top10=topk_overlap_rows(ref, eng, 10),
-        ref_top1_rank=ref_top1_rank_rows(ref, eng),
-    )
+    n = ref.shape[0]
+    out = {k: np.empty(n) for k in ("cosine", "kld", "max_abs", "top5", "top10")}
+    top1 = np.empty(n, dtype=bool)
+    rank = np.empty(n, dtype=np.int64)
+    k = min(10, ref.shape[1])
+    for s in range(0, n, chunk):
+        r = np.asarray(ref[s : s + chunk], dtype=np.float64)
+        e = np.asarray(eng[s : s + chunk], dtype=np.float64)
+        sl = slice(s, s + len(r))
+        out["cosine"][sl] = cosine_rows(r, e)
+        out["kld"][sl] = kld_rows(r, e)
+        out["max_abs"][sl] = np.abs(r - e).max(axis=1)
+        rt = np.argpartition(-r, k - 1, axis=1)[:, :k]
+        et = np.argpartition(-e, k - 1, axis=1)[:, :k]
+        # order each top-k by value (ties: lower id first) so top-5 is a prefix of top-10
+        rt = np.take_along_axis(rt, np.lexsort((rt, -np.take_along_axis(r, rt, 1)), axis=1), 1)
+        et = np.take_along_axis(et, np.lexsort((et, -np.take_along_axis(e, et, 1)), axis=1), 1)
+        for j in range(len(r)):
+            out["top5"][s + j] = len(set(rt[j, :5].tolist()) & set(et[j, :5].tolist())) / min(5, k)
+            out["top10"][s + j] = len(set(rt[j].tolist()) & set(et[j].tolist())) / k
+        ref_top = np.argmax(r, axis=1)
+        top1[sl] = ref_top == np.argmax(e, axis=1)
+        v = e[np.arange(len(r)), ref_top][:, None]
+        ids = np.arange(r.shape[1])[None, :]
+        rank[sl] = np.sum(e > v, axis=1) + np.sum((e == v) & (ids < ref_top[:, None]), axis=1)
+    return TeacherForced(out["cosine"], out["kld"], out["max_abs"], top1, out["top5"], out["top10"], rank)
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

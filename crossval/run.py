@@ -99,35 +99,52 @@ def _empty_parity(status: str) -> dict:
 
 
 def compare_one(eng, ref, ids: list[int], steps: int) -> tuple[dict, list[dict], dict]:
-    """Both comparisons for one prompt → (parity section, per-position rows, timing)."""
-    timing = {}
+    """Both comparisons for one prompt → (parity section, per-position rows, timing).
+
+    The reference prefills the prompt (every position's logits) and generates `steps` greedy
+    tokens; its per-step logits are its teacher-forced logits over its own continuation. The
+    engine does the same at the same time (the reference runs in its own process), then is
+    teacher-forced through the reference's continuation from the first divergence on. Teacher-
+    forced positions cover the prompt and the reference's continuation; free-running generation
+    is compared step by step. Timings of the two overlap."""
     t = time.perf_counter()
-    rg = ref.generate(ids, steps)
-    timing["reference_generate_s"] = time.perf_counter() - t
+    if hasattr(ref, "send_compare_pass"):  # a child process: let it work while the engine does
+        ref.send_compare_pass(ids, steps)
+        ep = eng.compare_pass(ids, steps)
+        t_eng = time.perf_counter() - t
+        rp = ref.receive_compare_pass()
+        t_ref = time.perf_counter() - t
+    else:
+        rp = ref.compare_pass(ids, steps)
+        t_ref = time.perf_counter() - t
+        ep = eng.compare_pass(ids, steps)
+        t_eng = time.perf_counter() - t - t_ref
     t = time.perf_counter()
-    eg = eng.generate(ids, steps)
-    timing["engine_generate_s"] = time.perf_counter() - t
-    forced = ids + rg.tokens[:-1] if steps > 0 else ids  # prompt + the reference's continuation
-    t = time.perf_counter()
-    rl = ref.logits(forced)
-    timing["reference_logits_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    el = eng.logits(forced)
-    timing["engine_logits_s"] = time.perf_counter() - t
+    forced = eng.forced_suffix(len(ids), ep, rp.tokens)
+    t_eng += time.perf_counter() - t
+    rl, el = rp.prompt_logits, ep.prompt_logits
+    if steps > 1:
+        rl = np.concatenate([rl, rp.step_logits[1:]])
+        el = np.concatenate([el, forced])
     tf = compare.teacher_forced(rl, el)
     p = _empty_parity("ok")
     p.update(tf.summary())
-    div = compare.first_divergence(rg.tokens, eg.tokens)
+    div = compare.first_divergence(rp.tokens, ep.tokens)
     p["first_divergence_step"] = div
-    p["exact_match_rate"] = compare.exact_match_rate(rg.tokens, eg.tokens, steps)
+    p["exact_match_rate"] = compare.exact_match_rate(rp.tokens, ep.tokens, steps)
     p["steps_compared"] = steps
-    p["reference_tokens"], p["engine_tokens"] = rg.tokens, eg.tokens
-    if div is not None and div < min(len(rg.tokens), len(eg.tokens)):
-        d = compare.divergence_detail(rg.tokens[div], eg.tokens[div], rg.logits[div], eg.logits[div])
+    p["reference_tokens"], p["engine_tokens"] = rp.tokens, ep.tokens
+    if div is not None and div < min(len(rp.tokens), len(ep.tokens)):
+        d = compare.divergence_detail(rp.tokens[div], ep.tokens[div], rp.step_logits[div], ep.step_logits[div])
         p["divergence"] = {"step": div, **d}
-    if steps:
-        timing["reference_decode_tok_s"] = steps / max(rg.seconds or timing["reference_generate_s"], 1e-9)
-        timing["engine_decode_tok_s"] = steps / max(timing["engine_generate_s"], 1e-9)
+    timing = {
+        "reference_logits_s": rp.seconds.get("prefill_s"), "engine_logits_s": ep.seconds.get("prefill_s"),
+        "reference_generate_s": rp.seconds.get("generate_s"), "engine_generate_s": ep.seconds.get("generate_s"),
+        "reference_pass_s": t_ref, "engine_pass_s": t_eng,
+    }  # fmt: skip
+    if steps > 1:
+        timing["reference_decode_tok_s"] = (steps - 1) / max(rp.seconds["generate_s"], 1e-9)
+        timing["engine_decode_tok_s"] = (steps - 1) / max(ep.seconds["generate_s"], 1e-9)
     return p, tf.rows(), timing
 
 
@@ -258,7 +275,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 diagnostics = {"stage": stage, "error": str(e), "stderr_tail": ref.stderr_tail() if ref else [], "returncode": None}
             timing["total_s"] = time.perf_counter() - t0
             for k in ("engine_logits_s", "reference_logits_s", "engine_generate_s", "reference_generate_s",
-                      "engine_decode_tok_s", "reference_decode_tok_s"):  # fmt: skip
+                      "engine_decode_tok_s", "reference_decode_tok_s", "engine_pass_s", "reference_pass_s"):  # fmt: skip
                 timing.setdefault(k, None)
             backends = {"engine": eng.provenance(), "reference": ref_prov}
             tok_sec = {**tok_fp, "parse_special": prompt.is_chat}

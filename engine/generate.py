@@ -59,6 +59,12 @@ class Engine:
     def reset(self) -> None:
         self.cache.reset()
 
+    def truncate(self, n_past: int) -> None:
+        """Forget every position ≥ n_past (the cache rows stay but are never read again)."""
+        if not 0 <= n_past <= self.cache.n_past:
+            raise ValueError(f"cannot truncate to {n_past} with {self.cache.n_past} positions cached")
+        self.cache.n_past = n_past
+
     def _ids(self, ids) -> np.ndarray:
         a = np.asarray(ids, dtype=np.int64).reshape(-1)
         if a.size == 0:

@@ -1,7 +1,9 @@
 """KV cache: per layer, keys (after rope) and values for positions [0, n_past).
 
-Storage is f32 or f16 (llama.cpp's default KV type is F16; the harness selects F32 for exactness
-checks). Shapes: k[layer] (n_ctx, n_head_kv, head_dim), v[layer] (n_ctx, n_head_kv, head_dim_v).
+The cache type is f32 or f16 (llama.cpp's default KV type is F16; the harness selects F32 for
+exactness checks). An f16 cache holds values rounded to f16 but kept in float32 arrays, so
+attention reads them without converting the whole prefix at every step; the numbers are exactly
+the f16 values. Shapes: k[layer] (n_ctx, n_head_kv, head_dim), v[layer] (n_ctx, n_head_kv, head_dim_v).
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ class KVCache:
             raise ValueError(f"kv cache type must be one of {list(KV_DTYPES)}, not {dtype!r}")
         self.dtype = dtype
         self.n_ctx = n_ctx
-        dt = KV_DTYPES[dtype]
-        self.k = [np.zeros((n_ctx, n_head_kv, head_dim), dtype=dt) for _ in range(n_layer)]
-        self.v = [np.zeros((n_ctx, n_head_kv, head_dim_v), dtype=dt) for _ in range(n_layer)]
+        self.k = [np.zeros((n_ctx, n_head_kv, head_dim), dtype=np.float32) for _ in range(n_layer)]
+        self.v = [np.zeros((n_ctx, n_head_kv, head_dim_v), dtype=np.float32) for _ in range(n_layer)]
         self.n_past = 0
 
     def reset(self) -> None:
@@ -36,12 +37,11 @@ class KVCache:
     def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Write the new rows at [n_past, n_past + n); return all keys/values so far as float32."""
         p0, n = self.n_past, k.shape[0]
+        if self.dtype == "f16":
+            k, v = k.astype(np.float16), v.astype(np.float16)
         self.k[layer][p0 : p0 + n] = k
         self.v[layer][p0 : p0 + n] = v
-        ks, vs = self.k[layer][: p0 + n], self.v[layer][: p0 + n]
-        if self.dtype != "f32":
-            ks, vs = ks.astype(np.float32), vs.astype(np.float32)
-        return ks, vs
+        return self.k[layer][: p0 + n], self.v[layer][: p0 + n]
 
     def advance(self, n: int) -> None:
         self.n_past += n

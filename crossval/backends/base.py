@@ -47,6 +47,44 @@ class GenerateResult:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class ComparePass:
+    """One prefill serving both comparisons (see Backend.compare_pass)."""
+
+    prompt_logits: np.ndarray  # (n_prompt, n_vocab), teacher-forced over the prompt
+    tokens: list[int]  # free-running greedy continuation
+    step_logits: np.ndarray | None  # (steps, n_vocab): what each continuation token was chosen from
+    forced_logits: np.ndarray | None  # (len(forced), n_vocab): logits after each forced token
+    seconds: dict = field(default_factory=dict)
+
+
+def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None) -> ComparePass:
+    """compare_pass for a backend with reset/prefill(all_logits)/decode_step/truncate/n_past."""
+    import time
+
+    t = time.perf_counter()
+    b.reset()
+    prompt = b.prefill_all(ids)
+    sec = {"prefill_s": time.perf_counter() - t}
+    n0 = len(ids)
+    forced_logits = None
+    if forced:
+        t = time.perf_counter()
+        forced_logits = np.stack([b.decode_step(tok) for tok in forced])
+        sec["forced_s"] = time.perf_counter() - t
+        b.truncate(n0)
+    t = time.perf_counter()
+    last, toks, logs = prompt[-1], [], []
+    for i in range(steps):
+        logs.append(last)
+        tok = int(np.argmax(last))
+        toks.append(tok)
+        if i + 1 < steps:
+            last = b.decode_step(tok)
+    sec["generate_s"] = time.perf_counter() - t
+    return ComparePass(prompt, toks, np.stack(logs) if logs else None, forced_logits, sec)
+
+
 class Backend(Protocol):
     name: str
     capabilities: Capabilities
@@ -60,6 +98,11 @@ class Backend(Protocol):
         ...
 
     def generate(self, ids: list[int], steps: int) -> GenerateResult: ...
+
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> ComparePass:
+        """One prefill of ids (all positions' logits), then — if forced — one decode step per
+        forced token, rolled back, then `steps` greedy steps from the end of the prompt."""
+        ...
 
     def provenance(self) -> dict: ...
 

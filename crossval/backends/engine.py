@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from crossval.backends.base import BackendError, Capabilities, GenerateResult
+from crossval.backends.base import BackendError, Capabilities, ComparePass, GenerateResult, greedy_compare_pass
 
 
 class EngineBackend:
@@ -47,6 +47,27 @@ class EngineBackend:
         g = self.engine.generate(ids, steps, keep_logits=True)
         return GenerateResult(g.tokens, np.stack(g.logits) if g.logits else None, time.perf_counter() - t)
 
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> ComparePass:
+        return greedy_compare_pass(_EngineSteps(self.engine), ids, steps, forced)
+
+    def forced_suffix(self, n_prompt: int, free: ComparePass, ref_tokens: list[int]) -> np.ndarray | None:
+        """Logits after each of ref_tokens[:-1], following a compare_pass without `forced` (the
+        cache still holds the free run). Rows before the first divergence are the free run's own
+        step logits (same context, same computation); the rest are decoded after rolling the cache
+        back to the divergence."""
+        from crossval.compare import first_divergence
+
+        steps = len(ref_tokens)
+        if steps <= 1:
+            return None
+        div = first_divergence(ref_tokens, free.tokens)
+        upto = steps - 1 if div is None else min(div, steps - 1)
+        rows = list(free.step_logits[1 : upto + 1])
+        if upto < steps - 1:
+            self.engine.truncate(n_prompt + upto)
+            rows += [self.engine.decode_step(t) for t in ref_tokens[upto : steps - 1]]
+        return np.stack(rows)
+
     def provenance(self) -> dict:
         import crossval
 
@@ -75,3 +96,22 @@ def _git_commit() -> str | None:
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+class _EngineSteps:
+    """The step interface greedy_compare_pass drives, over an engine.generate.Engine."""
+
+    def __init__(self, e):
+        self.e = e
+
+    def reset(self):
+        self.e.reset()
+
+    def prefill_all(self, ids):
+        return self.e.prefill(ids, all_logits=True)
+
+    def decode_step(self, tok):
+        return self.e.decode_step(tok)
+
+    def truncate(self, n):
+        self.e.truncate(n)

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crossval.backends.base import BackendCrashed, BackendError, BackendTimeout, BackendUnavailable, Capabilities, GenerateResult
+from crossval.backends.base import (
+    BackendCrashed, BackendError, BackendTimeout, BackendUnavailable, Capabilities, ComparePass, GenerateResult,
+)  # fmt: skip
 
 PROTOCOL = "crossval-isolated/1"
 
@@ -40,7 +42,10 @@ class IsolatedLlamaCpp:
     def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
                  llama_lib: str | None = None, env: dict | None = None):  # fmt: skip
         self.timeout = timeout
-        self._tmp = tempfile.TemporaryDirectory(prefix="crossval-child-")
+        # logits travel through files: in shared memory when the system has it
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self._tmp = tempfile.TemporaryDirectory(prefix="crossval-child-", dir=shm)
+        self._pending: tuple[str, float] | None = None
         self._stderr = collections.deque(maxlen=40)
         child_env = dict(os.environ if env is None else env)
         if llama_lib:
@@ -102,16 +107,24 @@ class IsolatedLlamaCpp:
         line, self._buf = self._buf.split(b"\n", 1)
         return line
 
-    def _call(self, op: str, **args):
+    def _send(self, op: str, **args) -> None:
         if self._proc.poll() is not None:
             raise BackendCrashed(op, "child is not running", self._proc.returncode, self.stderr_tail())
-        deadline = time.monotonic() + self.timeout
+        self._pending = (op, time.monotonic() + self.timeout)
         try:
             self._proc.stdin.write((json.dumps({"op": op, "args": args}) + "\n").encode())
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):
             rc = self._proc.wait(timeout=5)
             raise BackendCrashed(op, _describe_exit(rc), rc, self.stderr_tail()) from None
+
+    def _call(self, op: str, **args):
+        self._send(op, **args)
+        return self._receive()
+
+    def _receive(self):
+        op, deadline = self._pending
+        self._pending = None
         line = self._readline(deadline, op)
         try:
             msg = json.loads(line)
@@ -128,7 +141,7 @@ class IsolatedLlamaCpp:
         return msg.get("result")
 
     def _npy(self, name: str) -> str:
-        return str(Path(self._tmp.name) / f"{name}.npy")
+        return str(Path(self._tmp.name) / (f"{name}.npz" if name == "pass" else f"{name}.npy"))
 
     # --- Backend ------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
@@ -151,6 +164,22 @@ class IsolatedLlamaCpp:
         if steps > 0:
             os.unlink(out)
         return GenerateResult(r["tokens"], arr, r["seconds"])
+
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> ComparePass:
+        self.send_compare_pass(ids, steps, forced)
+        return self.receive_compare_pass()
+
+    def send_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> None:
+        """Start a compare_pass in the child and return at once (receive_compare_pass waits)."""
+        self._send("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []], out=self._npy("pass"))
+
+    def receive_compare_pass(self) -> ComparePass:
+        r = self._receive()
+        out = self._npy("pass")
+        with np.load(out) as z:
+            arrs = {k: z[k] for k in z.files}
+        os.unlink(out)
+        return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
 
     def provenance(self) -> dict:
         return dict(self._provenance)
@@ -271,6 +300,18 @@ def child_main() -> int:
                 if logs:
                     np.save(a["out"], np.stack(logs))
                 reply(True, {"tokens": toks, "seconds": sec})
+            elif op == "compare_pass":
+                from crossval.backends.base import greedy_compare_pass
+
+                cp = greedy_compare_pass(backend, a["ids"], a["steps"], a["forced"] or None)
+                arrs = {"prompt": cp.prompt_logits}
+                if cp.step_logits is not None:
+                    arrs["steps"] = cp.step_logits
+                if cp.forced_logits is not None:
+                    arrs["forced"] = cp.forced_logits
+                with open(a["out"], "wb") as f:
+                    np.savez(f, **arrs)
+                reply(True, {"tokens": cp.tokens, "seconds": cp.seconds})
             else:
                 reply(False, error=f"unknown op {op!r}")
         except Exception as e:  # report, keep serving: the parent decides what an error means

@@ -201,6 +201,14 @@ class LlamaCppBackend:
         self.reset()
         return self._decode(list(ids), all_logits=True)
 
+    def prefill_all(self, ids: list[int]) -> np.ndarray:
+        return self._decode(list(ids), all_logits=True)
+
+    def truncate(self, n_past: int) -> None:
+        """Drop cached positions ≥ n_past (llama_memory_seq_rm)."""
+        self.lc.llama_memory_seq_rm(self.lc.llama_get_memory(self.ctx), 0, n_past, -1)
+        self.n_past = n_past
+
     def prefill(self, ids: list[int]) -> np.ndarray:
         return self._decode(list(ids), all_logits=False)[0]
 
