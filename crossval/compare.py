@@ -116,6 +116,12 @@ class TeacherForced:
         ]
 
 
+def teacher_forced_parts(parts: list[tuple[np.ndarray, np.ndarray]]) -> TeacherForced:
+    """teacher_forced over consecutive blocks of positions, without concatenating the logits."""
+    done = [teacher_forced(r, e) for r, e in parts if len(r)]
+    return TeacherForced(*(np.concatenate([getattr(t, f) for t in done]) for f in TeacherForced.__dataclass_fields__))
+
+
 def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> TeacherForced:
     """Every per-position metric, computed in row chunks (float64 inside a chunk) so that a
     (1000, 262144) pair costs two passes over memory, not a dozen float64 copies."""

@@ -122,11 +122,10 @@ def compare_one(eng, ref, ids: list[int], steps: int) -> tuple[dict, list[dict],
     t = time.perf_counter()
     forced = eng.forced_suffix(len(ids), ep, rp.tokens)
     t_eng += time.perf_counter() - t
-    rl, el = rp.prompt_logits, ep.prompt_logits
+    parts = [(rp.prompt_logits, ep.prompt_logits)]
     if steps > 1:
-        rl = np.concatenate([rl, rp.step_logits[1:]])
-        el = np.concatenate([el, forced])
-    tf = compare.teacher_forced(rl, el)
+        parts.append((rp.step_logits[1:], forced))
+    tf = compare.teacher_forced_parts(parts)
     p = _empty_parity("ok")
     p.update(tf.summary())
     div = compare.first_divergence(rp.tokens, ep.tokens)

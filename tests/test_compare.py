@@ -70,3 +70,16 @@ def test_divergence_detail_near_tie():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shapes differ"):
         C.teacher_forced(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_teacher_forced_parts_equal_whole():
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((70, 40)), rng.standard_normal((70, 40))
+    whole = C.teacher_forced(a, b, chunk=8)
+    parts = C.teacher_forced_parts([(a[:33], b[:33]), (a[33:], b[33:])])
+    for f in ("cosine", "kld", "max_abs", "top1", "top5", "top10", "ref_top1_rank"):
+        np.testing.assert_array_equal(getattr(whole, f), getattr(parts, f))
+    # and the chunked code agrees with the one-row-at-a-time definitions
+    np.testing.assert_allclose(whole.cosine, C.cosine_rows(a, b))
+    np.testing.assert_allclose(whole.top5, C.topk_overlap_rows(a, b, 5))
+    np.testing.assert_array_equal(whole.ref_top1_rank, C.ref_top1_rank_rows(a, b))
