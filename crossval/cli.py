@@ -95,13 +95,13 @@ def cmd_convert(args) -> int:
 
 # --- run / validate / diff ----------------------------------------------------------------------
 def _models_arg(args) -> list[str]:
-    from crossval.models import DEFAULT_MODEL, REAL_MODELS
+    from crossval.models import REAL_MODELS
 
     if args.models:
         return [m for m in args.models.split(",") if m]
     if args.model:
         return [args.model]
-    return list(REAL_MODELS) if args.all_models else [DEFAULT_MODEL]
+    return list(REAL_MODELS)
 
 
 def _prompts_arg(args):
@@ -234,8 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="compare the engine with a reference on a prompt set; write receipts", epilog=EPILOG)
     r.add_argument("--model", help="one model: short name (smollm2, gemma3-270m) or GGUF path")
-    r.add_argument("--models", help="several models, comma-separated")
-    r.add_argument("--all-models", action="store_true", help="both real models (default: smollm2)")
+    r.add_argument("--models", help="several models, comma-separated (default: both real models)")
     r.add_argument("--prompts", default="default", help="prompt set name (default, chat)")
     r.add_argument("--prompt-file", help="JSON-lines prompt file ({id, text} or {id, messages})")
     r.add_argument("--steps", type=int, default=32)

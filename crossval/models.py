@@ -58,7 +58,6 @@ REAL_MODELS: dict[str, RealModel] = {
     ),
 }
 
-DEFAULT_MODEL = "smollm2"
 
 
 def cache_dir() -> Path:

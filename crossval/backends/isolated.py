@@ -224,7 +224,7 @@ def _describe_exit(rc: int | None) -> str:
 
 
 # --- child side ------------------------------------------------------------------------------
-def _fault(op: str) -> None:
+def _fault(op: str, protocol_out) -> None:
     spec = os.environ.get("CROSSVAL_CHILD_FAULT", "")
     if "@" not in spec:
         return
@@ -240,8 +240,8 @@ def _fault(op: str) -> None:
     if kind == "abort":
         os.abort()
     if kind == "garbage":
-        sys.stdout.write("this is not json\n")
-        sys.stdout.flush()
+        protocol_out.write("this is not json\n")
+        protocol_out.flush()
         while True:
             time.sleep(3600)
     if kind == "exit":
@@ -249,8 +249,10 @@ def _fault(op: str) -> None:
 
 
 def child_main() -> int:
-    out = sys.stdout
-    # anything llama.cpp or Python prints must not corrupt the protocol stream
+    # the protocol gets a private copy of fd 1; fd 1 itself (and sys.stdout) then point at stderr,
+    # so nothing llama.cpp or Python prints can corrupt the protocol stream
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
 
     def reply(ok: bool, result=None, error: str | None = None, unavailable: bool = False):
@@ -271,7 +273,7 @@ def child_main() -> int:
         except (ValueError, KeyError):
             reply(False, error="malformed request")
             continue
-        _fault(op)
+        _fault(op, out)
         try:
             if op == "close":
                 break
