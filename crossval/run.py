@@ -256,6 +256,9 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 stage = "compare"
                 parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps)
                 timing.update(t2)
+                stage = "detokenize"
+                parity["reference_text"] = ref.detokenize(parity["reference_tokens"])
+                parity["engine_text"] = ref.detokenize(parity["engine_tokens"])
             except BackendUnavailable as e:
                 parity = _empty_parity("engine_only")
                 tokenization = _tokenization([], None, f"reference unavailable: {e}")
