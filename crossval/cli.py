@@ -20,9 +20,12 @@ class InputError(Exception):
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # tables keep their columns when piped or captured (CI logs), not only in a terminal
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def _console_err():
