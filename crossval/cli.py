@@ -42,10 +42,11 @@ def _err(msg: str) -> None:
 def cmd_models_fetch(args) -> int:
     from crossval import models
 
-    names = args.names or list(models.REAL_MODELS)
+    names = args.names or [*models.REAL_MODELS, "llama-data"]
     con = _console()
     for n in names:
-        p = models.fetch(n, progress=lambda msg: con.print(f"[dim]{n}: {msg}[/dim]"))
+        say = lambda msg, n=n: con.print(f"[dim]{n}: {msg}[/dim]")  # noqa: E731
+        p = models.fetch_llama_data(progress=say) if n == "llama-data" else models.fetch(n, progress=say)
         con.print(f"{n}: {p}")
     return EXIT_OK
 
@@ -220,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="fetch or list the real models (from PyPI packages)", epilog=EPILOG)
     msub = m.add_subparsers(dest="models_cmd", required=True)
     f = msub.add_parser("fetch", help="download the real models into the cache")
-    f.add_argument("names", nargs="*", help="model short names (default: all)")
+    f.add_argument("names", nargs="*", help="smollm2, gemma3-270m, llama-data (llama.cpp's vocab test files "
+                   "and chat templates from the llama-cpp-python sdist); default: all")
     f.set_defaults(func=cmd_models_fetch)
     ls = msub.add_parser("list", help="list known real models and whether they are cached")
     ls.add_argument("--json", action="store_true")

@@ -202,3 +202,58 @@ def list_models() -> list[dict]:
             }
         )
     return rows
+
+
+# --- llama.cpp's own test data, from the llama-cpp-python sdist (DESIGN §6) -----------------------
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # keep equal to the pin in pyproject.toml
+
+
+def llama_data_dir() -> Path:
+    """Cache dir holding vendor/llama.cpp/models/ggml-vocab-*.gguf(.inp/.out) and templates/*.jinja."""
+    return cache_dir() / f"llama.cpp-data-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def fetch_llama_data(progress=None) -> Path:
+    """Extract llama.cpp's vocab test files and chat templates from the llama-cpp-python sdist."""
+    import tarfile
+
+    dest = llama_data_dir()
+    done = dest / ".complete"
+    if done.exists():
+        return dest
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".fetch-") as tmp:
+        spec = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
+        if progress:
+            progress(f"downloading {spec} (source)")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q", "-d", tmp, spec]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise ModelFetchError(f"cannot download {spec} source: {tail}")
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"), None)
+        if sdist is None:
+            raise ModelFetchError(f"pip downloaded no sdist for {spec}")
+        staging = Path(tmp) / "data"
+        (staging / "vocab").mkdir(parents=True)
+        (staging / "templates").mkdir()
+        with tarfile.open(sdist) as tf:
+            for m in tf.getmembers():
+                parts = m.name.split("/")
+                if not m.isfile() or "vendor" not in parts:
+                    continue
+                if "models" in parts and parts[-1].startswith("ggml-vocab-"):
+                    target = staging / "vocab" / parts[-1]
+                elif "templates" in parts and parts[-1].endswith(".jinja"):
+                    target = staging / "templates" / parts[-1]
+                else:
+                    continue
+                with tf.extractfile(m) as src, open(target, "wb") as out:
+                    out.write(src.read())
+        if dest.exists():
+            import shutil
+
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+        done.write_text(spec + "\n")
+    return dest
