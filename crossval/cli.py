@@ -88,6 +88,54 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
+def cmd_tokenize(args) -> int:
+    """Our tokenizer's ids and pieces; with --compare, against llama.cpp line by line."""
+    from rich.table import Table
+
+    from crossval.models import resolve_model
+    from engine.gguf_model import open_gguf
+    from engine.tokenizer import Tokenizer
+
+    path = resolve_model(args.model)
+    tok = Tokenizer.from_gguf(open_gguf(path))
+    con = _console()
+    add, special = not args.no_bos, args.parse_special
+    if args.file:
+        try:
+            lines = open(args.file, encoding="utf-8").read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read {args.file}: {e}") from None
+    elif args.text is not None:
+        lines = [args.text]
+    else:
+        raise InputError("give TEXT or --file F")
+    if not args.compare:
+        for line in lines:
+            ids = tok.encode(line, add, special)
+            if args.json:
+                print(json.dumps({"text": line, "ids": ids, "pieces": [tok.token_to_piece(i).decode("utf-8", "replace") for i in ids]}))
+            else:
+                con.print(" ".join(f"{i}:{tok.token_to_piece(i).decode('utf-8', 'replace')!r}" for i in ids), markup=False)
+        return EXIT_OK
+    from crossval.backends.llamacpp import LlamaCppBackend
+
+    bad = []
+    with LlamaCppBackend(path, vocab_only=True) as ref:
+        for n, line in enumerate(lines, 1):
+            a, b = tok.encode(line, add, special), ref.tokenize(line, add, special)
+            if a != b:
+                bad.append((n, line, a, b))
+    print(f"{len(lines) - len(bad)}/{len(lines)} lines match")
+    for n, line, a, b in bad[: args.show]:
+        i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        t = Table("", "index", "ours", "llama.cpp", title=f"line {n}: {line[:60]!r} (first difference at token {i})")
+        for k in range(max(0, i - 4), i + 4):
+            fmt = lambda ids: f"{ids[k]} {tok.token_to_piece(ids[k]).decode('utf-8', 'replace')!r}" if k < len(ids) else "-"  # noqa: E731
+            t.add_row(">" if k == i else "", str(k), fmt(a), fmt(b))
+        con.print(t)
+    return EXIT_PARITY if bad else EXIT_OK
+
+
 def cmd_convert(args) -> int:
     from crossval.models import resolve_model
     from engine.convert import write_float_copy
@@ -271,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_diff)
 
+    tk = sub.add_parser("tokenize", help="our tokenizer's ids and pieces; --compare checks llama.cpp", epilog=EPILOG)
+    tk.add_argument("text", nargs="?")
+    tk.add_argument("--model", required=True, help="short name or GGUF path (vocab-only files work)")
+    tk.add_argument("--file", help="tokenize every line of this file")
+    tk.add_argument("--compare", action="store_true", help="compare with llama.cpp; print N/M lines match, exit 1 on any mismatch")
+    tk.add_argument("--parse-special", action="store_true")
+    tk.add_argument("--no-bos", action="store_true", help="do not add BOS/EOS (add_special=false)")
+    tk.add_argument("--show", type=int, default=5, help="mismatching lines to show")
+    tk.add_argument("--json", action="store_true")
+    tk.set_defaults(func=cmd_tokenize)
+
     c = sub.add_parser("convert", help="write an F32/F16 copy of a GGUF (tensors dequantized)", epilog=EPILOG)
     c.add_argument("--model", required=True)
     c.add_argument("--type", choices=["f32", "f16"], default="f32")
@@ -285,12 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     from crossval.receipts import ReceiptError
     from crossval.thresholds import ThresholdsError
     from engine.gguf_model import GGUFError
+    from engine.tokenizer.chat import ChatTemplateError
     from engine.quants import UnsupportedTypeError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (GGUFError, UnsupportedTypeError, ModelFetchError, InputError, ThresholdsError, ReceiptError, ValueError) as e:
+    except (GGUFError, UnsupportedTypeError, ModelFetchError, InputError, ThresholdsError, ReceiptError, ChatTemplateError,
+            ValueError) as e:
         _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return EXIT_INPUT
     except LlamaCppError as e:

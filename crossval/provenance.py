@@ -58,47 +58,13 @@ def float_weights(g) -> bool:
 
 
 def tokenizer_fingerprint(g) -> dict:
-    """`tokenizer` receipt facts from GGUF metadata. tokenizer_blob_sha256 hashes, in this order:
-    each token piece (u32 length + UTF-8 bytes), then the scores as little-endian f32, the token
-    types as little-endian i32, and each merge (u32 length + bytes) — absent arrays contribute
-    nothing. The same bytes give the same hash regardless of how the GGUF was written."""
-    import struct
+    """`tokenizer` receipt facts (engine/tokenizer/fingerprint.py documents the blob hash)."""
+    from engine.tokenizer.fingerprint import fingerprint
 
-    import numpy as np
-
-    md = g.metadata
-    h = hashlib.sha256()
-    toks = md.get("tokenizer.ggml.tokens")
-    for b in toks.raw() if toks is not None else []:
-        h.update(struct.pack("<I", len(b)) + b)
-    for key, dt in (("tokenizer.ggml.scores", "<f4"), ("tokenizer.ggml.token_type", "<i4")):
-        arr = md.get(key)
-        if arr is not None:
-            h.update(np.asarray(arr).astype(dt).tobytes())
-    merges = md.get("tokenizer.ggml.merges")
-    for b in merges.raw() if merges is not None else []:
-        h.update(struct.pack("<I", len(b)) + b)
-
-    def opt_int(key):
-        v = md.get(key)
-        return int(v) if v is not None else None
-
-    def opt_bool(key):
-        v = md.get(key)
-        return bool(v) if v is not None else None
-
-    return {
-        "model": md.get("tokenizer.ggml.model"),
-        "pre": md.get("tokenizer.ggml.pre"),
-        "vocab_size": len(toks) if toks is not None else None,
-        "bos_id": opt_int("tokenizer.ggml.bos_token_id"),
-        "eos_id": opt_int("tokenizer.ggml.eos_token_id"),
-        "eot_id": opt_int("tokenizer.ggml.eot_token_id"),
-        "add_bos": opt_bool("tokenizer.ggml.add_bos_token"),
-        "merges_count": len(merges) if merges is not None else 0,
-        "chat_template_blake3": blake3_text(md["tokenizer.chat_template"]) if "tokenizer.chat_template" in md else None,
-        "tokenizer_blob_sha256": h.hexdigest(),
-    }
+    fp = fingerprint(g)
+    ct = g.get("tokenizer.chat_template")
+    fp["chat_template_blake3"] = blake3_text(ct) if ct else None
+    return fp
 
 
 def _libc() -> str:

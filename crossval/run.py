@@ -187,6 +187,17 @@ def _receipt(cfg, run_id, model_sec, tok_sec, prompt: Prompt, text: str, tmpl_ki
     return r
 
 
+def _special_texts(g) -> tuple[str, str]:
+    """BOS/EOS token strings for chat templates (llama-cpp-python passes the vocab's texts)."""
+    toks = g.get("tokenizer.ggml.tokens")
+
+    def text(key):
+        i = g.get(key)
+        return toks[int(i)] if toks is not None and i is not None and 0 <= int(i) < len(toks) else ""
+
+    return text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id")
+
+
 def _messages_text(p: Prompt) -> str:
     import json
 
@@ -223,6 +234,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         if cfg.thresholds_file:
             thr = thresholds.load_overrides(thr, cfg.thresholds_file)
         tmpl = g.get("tokenizer.chat_template")
+        bos_text, eos_text = _special_texts(g)
         progress("model", {"model": mname, "prompts": len(cfg.prompts)})
         try:
             eng = EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb)
@@ -231,7 +243,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         ref, ref_unavailable = None, None
         for prompt in cfg.prompts:
             t0 = time.perf_counter()
-            text = render(prompt, tmpl)
+            text = render(prompt, tmpl, bos_text, eos_text)
             tmpl_kind = ("model" if tmpl else "fallback") if prompt.is_chat else None
             diagnostics, stage = None, "start reference"
             timing: dict = {"engine_load_s": eng.load_s, "reference_load_s": None}
@@ -252,7 +264,10 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 ids = ref.tokenize(text, add_bos=True, parse_special=prompt.is_chat)
                 if len(ids) + cfg.steps > cfg.n_ctx:
                     raise InputError(f"prompt {prompt.id!r}: {len(ids)} tokens + {cfg.steps} steps exceed --n-ctx {cfg.n_ctx}")
-                tokenization = _tokenization(ids, None, "the engine has no tokenizer yet; both backends use the reference's ids")
+                if eng.capabilities.tokenize:
+                    tokenization = _tokenization(ids, eng.tokenize(text, add_bos=True, parse_special=prompt.is_chat), None)
+                else:
+                    tokenization = _tokenization(ids, None, "the engine has no tokenizer for this model's vocabulary")
                 stage = "compare"
                 parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps)
                 timing.update(t2)

@@ -30,14 +30,23 @@ class EngineBackend:
             w = self.engine.model.w
             w._groups.pop((name,), None)
             w._cache[name] = w[name] * np.float32(scale)
-        # the engine's own tokenizer is a later issue; until then ids come from the reference
-        self.capabilities = Capabilities(tokenize=False, logits=True, generate=True)
+        from engine.tokenizer import Tokenizer, TokenizerError
+
+        try:
+            self.tokenizer = Tokenizer.from_gguf(self.engine.gguf)
+        except TokenizerError:
+            self.tokenizer = None  # e.g. an unsupported pre-tokenizer: ids then come from the reference
+        self.capabilities = Capabilities(tokenize=self.tokenizer is not None, logits=True, generate=True)
 
     def tokenize(self, text: str, add_bos: bool, parse_special: bool) -> list[int]:
-        raise BackendError("the engine has no tokenizer yet")
+        if self.tokenizer is None:
+            raise BackendError("the engine has no tokenizer for this model")
+        return self.tokenizer.encode(text, add_special=add_bos, parse_special=parse_special)
 
     def detokenize(self, ids: list[int]) -> str:
-        raise BackendError("the engine has no tokenizer yet")
+        if self.tokenizer is None:
+            raise BackendError("the engine has no tokenizer for this model")
+        return self.tokenizer.detokenize(ids)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.engine.logits(ids)

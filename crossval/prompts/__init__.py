@@ -62,12 +62,11 @@ def load_file(path: str | Path) -> list[Prompt]:
 
 def render(prompt: Prompt, chat_template: str | None, bos_token: str = "", eos_token: str = "") -> str:
     """The text to tokenize: the prompt's text, or its messages through the chat template."""
+    from engine.tokenizer.chat import fallback
+    from engine.tokenizer.chat import render as render_chat
+
     if not prompt.is_chat:
         return prompt.text or ""
     if not chat_template:
-        return "".join(f"{m['role']}: {m['content']}\n" for m in prompt.messages) + "assistant:"
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    tpl = env.from_string(chat_template)
-    return tpl.render(messages=list(prompt.messages), bos_token=bos_token, eos_token=eos_token, add_generation_prompt=True)
+        return fallback(list(prompt.messages))
+    return render_chat(chat_template, list(prompt.messages), bos_token=bos_token, eos_token=eos_token)

@@ -27,8 +27,10 @@ CONTROL_LOOKING = EOT_TEXTS + (
     "<reponame>", "<turn|>", "<|calls|>", "<|call|>", "<|code_middle|>", "<|code_prefix|>", "<|code_suffix|>",
     "<|file_sep|>", "<|fim_middle|>", "<|fim_pad|>", "<|fim_prefix|>", "<|fim_repo|>", "<|fim_suffix|>", "<|flush|>",
     "<|middle|>", "<|prefix|>", "<|repo_name|>", "<|return|>", "<|suffix|>", "<|tool_response>", "<｜fim▁begin｜>",
-    "<｜fim▁end｜>", "<｜fim▁hole｜>", "[EOS]", "[PAD]", "[e~[", "▁<MID>", "▁<PRE>", "▁<SUF>",
+    "<｜fim▁end｜>", "<｜fim▁hole｜>", "[EOS]", "[PAD]", "[e~[", "▁<MID>", "▁<PRE>", "▁<SUF>", "</s>",
 )  # fmt: skip
+# with one of these in the vocabulary, "</s>" is an ordinary token (llama-vocab.cpp, EOG clean-up)
+NORMAL_S_MARKERS = ("<|tool_response>", "<|plamo:eos|>")
 
 
 class TokenizerError(ValueError):
@@ -116,6 +118,8 @@ def load_vocab(g: GGUFFile) -> Vocab:
             v.attrs[j] |= ATTR_CONTROL
             if v.eot is None and t in EOT_TEXTS:
                 v.eot = j
+    if b"</s>" in token_to_id and any(m.encode() in token_to_id for m in NORMAL_S_MARKERS):
+        v.attrs[token_to_id[b"</s>"]] = ATTR_NORMAL
     special = [i for i, a in enumerate(v.attrs) if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
     special.sort(key=lambda i: -len(texts[i]))  # stable: equal lengths keep id order
     v.special_ids = special
