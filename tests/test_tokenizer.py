@@ -174,3 +174,24 @@ def test_tokenize_cli_reports_mismatches(tmp_path, tiny_model, monkeypatch, caps
     assert cli.main(["tokenize", "--model", str(tiny_model("llama")), "--file", str(f), "--compare"]) == 1
     out = capsys.readouterr().out
     assert "1/2 lines match" in out and "difference" in out and "line 2" in out
+
+
+@pytest.mark.real_model
+@needs_llamacpp
+@pytest.mark.parametrize("model, family", [("smollm2", None), ("gemma3-270m", None), (None, "llama-spm"), (None, "llama-bpe"),
+                                           (None, "phi-3"), (None, "qwen2")], ids=lambda x: x or "")  # fmt: skip
+def test_token_to_piece_matches_llamacpp(model, family):
+    """Every token's piece, with and without special rendering (a stride sample for big vocabs)."""
+    from crossval.backends.llamacpp import LlamaCppBackend
+
+    path = real_model_path(model) if model else vocab_path(family)
+    tok = Tokenizer.from_gguf(open_gguf(path))
+    n = tok.vocab.n_tokens
+    ids = range(0, n, max(1, n // 20000))
+    with LlamaCppBackend(path, vocab_only=True) as ref:
+        for i in ids:
+            for special in (True, False):
+                assert tok.token_to_piece(i, special) == ref.token_to_piece(i, special), (i, special)
+        sample = list(range(0, n, max(1, n // 500)))
+        for rs, us in ((False, False), (True, True), (True, False)):
+            assert tok.detokenize(sample, rs, us) == ref.detokenize(sample, rs, us)

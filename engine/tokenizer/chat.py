@@ -37,6 +37,7 @@ def fallback(messages: list[dict]) -> str:
 
 
 def stop_tokens(vocab) -> set[int]:
-    """End-of-generation ids: EOS and, when the vocabulary has one, EOT (LLaMA-3's <|eot_id|>,
-    ChatML's <|im_end|>, gemma's <end_of_turn>) — chat turns end with EOT, documents with EOS."""
-    return {t for t in (vocab.eos, vocab.eot) if t is not None}
+    """End-of-generation ids: EOS and, when the vocabulary has them, EOT (LLaMA-3's <|eot_id|>,
+    ChatML's <|im_end|>, gemma's <end_of_turn>) and EOM (LLaMA-3.1's <|eom_id|>) — chat turns end
+    with EOT, documents with EOS."""
+    return {t for t in (vocab.eos, vocab.eot, vocab.eom) if t is not None}

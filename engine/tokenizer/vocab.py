@@ -56,6 +56,7 @@ class Vocab:
     ignore_merges: bool = False
     clean_spaces: bool = False
     special_ids: list[int] = field(default_factory=list)  # longest text first
+    eom: int | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -105,6 +106,8 @@ def load_vocab(g: GGUFFile) -> Vocab:
                   tok_id("tokenizer.ggml.eos_token_id", 11), tok_id("tokenizer.ggml.eot_token_id", None),
                   tok_id("tokenizer.ggml.unknown_token_id", None), add_bos, False, False, merges,
                   ignore_merges, clean_spaces)  # fmt: skip
+    if "tokenizer.ggml.eom_token_id" in md:
+        v.eom = tok_id("tokenizer.ggml.eom_token_id", None)
     if "tokenizer.ggml.add_bos_token" in md:
         v.add_bos = bool(md["tokenizer.ggml.add_bos_token"])
     if "tokenizer.ggml.add_eos_token" in md:
@@ -118,6 +121,8 @@ def load_vocab(g: GGUFFile) -> Vocab:
             v.attrs[j] |= ATTR_CONTROL
             if v.eot is None and t in EOT_TEXTS:
                 v.eot = j
+            if v.eom is None and t == "<|eom_id|>":
+                v.eom = j
     if b"</s>" in token_to_id and any(m.encode() in token_to_id for m in NORMAL_S_MARKERS):
         v.attrs[token_to_id[b"</s>"]] = ATTR_NORMAL
     special = [i for i, a in enumerate(v.attrs) if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
