@@ -27,6 +27,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 GGUF_MAGIC = 0x46554747  # b"GGUF" little-endian
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME_LEN = 65536  # keys and tensor names are identifiers; a longer one is a corrupt length
 
 
 class GGUFError(ValueError):
@@ -195,15 +196,19 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return self.scalar(GGUFValueType.UINT64, what)
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, max_len: int | None = None) -> str:
         n = self.u64(what + " length")
+        if max_len is not None and n > max_len:
+            raise GGUFError(f"{self.name}: {what} is {n} bytes long (limit {max_len})")
         self.need(n, what)
-        s = bytes(self.buf[self.pos : self.pos + n])
+        view = self.buf[self.pos : self.pos + n]
         self.pos += n
         try:
-            return s.decode("utf-8")
+            return str(view, "utf-8")  # decoded straight from the map: no intermediate copy
         except UnicodeDecodeError:
             raise GGUFError(f"{self.name}: {what} is not valid UTF-8") from None
+        finally:
+            view.release()
 
     def value_type(self, what: str) -> GGUFValueType:
         v = self.u32(what)
@@ -277,16 +282,18 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         metadata: dict[str, Any] = {}
         vtypes: dict[str, GGUFValueType] = {}
         for i in range(n_kv):
-            key = c.string(f"metadata key #{i}")
+            key = c.string(f"metadata key #{i}", max_len=MAX_NAME_LEN)
             vt = c.value_type(key)
             metadata[key] = c.value(vt, key)
             vtypes[key] = vt
-        alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if isinstance(alignment, (bool, str, float, StringArray, np.ndarray)) or not isinstance(alignment, int):
+            raise GGUFError(f"{name}: general.alignment has type {vtypes.get('general.alignment', '?')!s}, not an integer")
         if alignment <= 0 or alignment & (alignment - 1):
             raise GGUFError(f"{name}: general.alignment {alignment} is not a power of two")
         infos = []
         for i in range(n_tensors):
-            tname = c.string(f"tensor name #{i}")
+            tname = c.string(f"tensor name #{i}", max_len=MAX_NAME_LEN)
             n_dims = c.u32(f"dimension count of {tname!r}")
             if n_dims > MAX_DIMS:
                 raise GGUFError(f"{name}: tensor {tname!r} has {n_dims} dimensions (max {MAX_DIMS})")
@@ -304,7 +311,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         for tname, ne, ttype, off in infos:
             if tname in tensors:
                 raise GGUFError(f"{name}: duplicate tensor name {tname!r}")
-            if any(d <= 0 for d in ne) or any(d > size * 8 for d in ne):
+            if not ne or any(d <= 0 for d in ne) or any(d > size * 8 for d in ne):
                 raise GGUFError(f"{name}: tensor {tname!r} has invalid dimensions {list(ne)}")
             if ttype not in GGML_QUANT_SIZES:
                 raise GGUFError(f"{name}: tensor {tname!r} has unsupported ggml type {ttype.name}")
@@ -381,7 +388,19 @@ def _swa_pattern(n_layer: int, n_pattern: int) -> tuple[bool, ...]:
 
 
 def read_config(g: GGUFFile) -> ModelConfig:
+    """Hyper-parameters from metadata. Raises GGUFError for missing or ill-typed values."""
+    try:
+        return _read_config(g)
+    except (TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, GGUFError):
+            raise
+        raise GGUFError(f"{g.path.name}: bad hyper-parameter value ({e})") from None
+
+
+def _read_config(g: GGUFFile) -> ModelConfig:
     arch = g.arch
+    if not isinstance(arch, str):
+        raise GGUFError(f"{g.path.name}: general.architecture is not a string")
     if arch not in SUPPORTED_ARCHS:
         raise GGUFError(f"{g.path.name}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHS)})")
 
@@ -407,6 +426,15 @@ def read_config(g: GGUFFile) -> ModelConfig:
     head_dim = int(key("attention.key_length", n_embd // n_head))
     head_dim_v = int(key("attention.value_length", head_dim))
     emb = g.tensor("token_embd.weight")
+    # a header can lie; the tensors cannot without failing the size checks: cross-check them
+    if not all(f"blk.{il}.attn_norm.weight" in g.tensors for il in (0, n_layer - 1)) or f"blk.{n_layer}.attn_norm.weight" in g.tensors:
+        raise GGUFError(f"{g.path.name}: block_count {n_layer} does not match the blk.N tensors in the file")
+    if emb.ne[0] != n_embd:
+        raise GGUFError(f"{g.path.name}: embedding_length {n_embd} but token_embd.weight rows have {emb.ne[0]}")
+    for t, rows in (("attn_q", n_head * head_dim), ("attn_k", n_head_kv * head_dim), ("attn_v", n_head_kv * head_dim_v)):
+        ti = g.tensors.get(f"blk.0.{t}.weight")
+        if ti is not None and (len(ti.ne) != 2 or ti.ne != (n_embd, rows)):
+            raise GGUFError(f"{g.path.name}: blk.0.{t}.weight has shape {list(ti.ne)}, expected [{n_embd}, {rows}] from the head counts")
     n_vocab = int(key("vocab_size", emb.ne[1]))
     rope_base = float(key("rope.freq_base", 10000.0))
     gemma = arch.startswith("gemma")
@@ -431,7 +459,7 @@ def read_config(g: GGUFFile) -> ModelConfig:
             swa = _swa_pattern(n_layer, int(key("attention.sliding_window_pattern", 6)))
             rope_base_swa = float(key("rope.freq_base_swa", 10000.0))
         final_softcap = float(key("final_logit_softcapping", 0.0))
-    if arch in ("gemma2", "gemma3") and n_layer in ({"gemma2": 46, "gemma3": 62}[arch],):
+    if (arch, n_layer) in (("gemma2", 46), ("gemma3", 62)):
         # 27B variants scale by n_embd/n_head instead of head_dim (gemma2.cpp / gemma3.cpp)
         attn_scale = 1.0 / float(np.sqrt(n_embd // n_head))
 

@@ -75,9 +75,13 @@ def load_vocab(g: GGUFFile) -> Vocab:
     texts = md["tokenizer.ggml.tokens"].raw()
     texts = [t if t else f"[EMPTY_{i}]".encode() for i, t in enumerate(texts)]
     n = len(texts)
-    scores = np.asarray(md.get("tokenizer.ggml.scores", np.zeros(n, np.float32)), dtype=np.float32)
+    scores = md.get("tokenizer.ggml.scores", np.zeros(n, np.float32))
     types = md.get("tokenizer.ggml.token_type")
-    attrs = [ATTR_NORMAL] * n if types is None else [_TYPE_TO_ATTR.get(int(t), ATTR_UNDEFINED) for t in types]
+    for key, arr in (("scores", scores), ("token_type", types)):
+        if arr is not None and (not isinstance(arr, np.ndarray) or len(arr) < n):
+            raise TokenizerError(f"{g.path.name}: tokenizer.ggml.{key} is not a numeric array of at least {n} entries")
+    scores = np.asarray(scores[:n], dtype=np.float32)
+    attrs = [ATTR_NORMAL] * n if types is None else [_TYPE_TO_ATTR.get(int(t), ATTR_UNDEFINED) for t in types[:n].tolist()]
     token_to_id = {t: i for i, t in enumerate(texts)}
     pre = md.get("tokenizer.ggml.pre")
 
