@@ -192,6 +192,7 @@ def cmd_run(args) -> int:
         seed=args.seed, n_ctx=args.n_ctx, mode=args.mode, kv_type=args.kv_type, reference=args.reference,
         timeout=args.timeout, out_dir=Path(args.out), require_reference=args.require_reference,
         deterministic=args.deterministic, llama_lib=args.llama_lib, thresholds_file=args.thresholds, perturb=perturb,
+        keep_going=args.keep_going,
     )  # fmt: skip
     con = _console()
     total = len(cfg.models) * len(prompts)
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--thresholds", help="JSON file overriding threshold fields")
     r.add_argument("--require-reference", action="store_true", help="exit 3 when the reference is unavailable")
     r.add_argument("--deterministic", action="store_true", help="threads=1, fixed seed (recorded in receipts)")
+    r.add_argument("--keep-going", action="store_true", help="after a reference timeout or crash, go on with the next prompt")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON instead of a table")
     r.add_argument("--perturb-layer", type=int, default=None, help=argparse.SUPPRESS)  # test hook
     r.add_argument("--perturb-scale", type=float, default=1.5, help=argparse.SUPPRESS)

@@ -51,6 +51,25 @@ def validate(obj: dict) -> None:
         raise ReceiptError(f"{_where(e)}: {e.message}{more}")
 
 
+def content_hash(obj: dict) -> str:
+    """blake3 of the canonical JSON (sorted keys, no whitespace, UTF-8) of every field except
+    receipt_blake3 itself."""
+    from blake3 import blake3
+
+    body = {k: v for k, v in obj.items() if k != "receipt_blake3"}
+    return blake3(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")).hexdigest()
+
+
+def seal(obj: dict) -> dict:
+    obj["receipt_blake3"] = content_hash(obj)
+    return obj
+
+
+def check_seal(obj: dict) -> None:
+    if obj.get("receipt_blake3") != content_hash(obj):
+        raise ReceiptError("receipt_blake3: does not match the receipt's content (edited after it was written?)")
+
+
 def read(path: str | os.PathLike) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -68,6 +87,7 @@ def read_valid(path: str | os.PathLike) -> dict:
     obj = read(path)
     try:
         validate(obj)
+        check_seal(obj)
     except ReceiptError as e:
         raise ReceiptError(f"{path}: {e}") from None
     return obj
@@ -99,7 +119,8 @@ def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
 
 
 def write(path: str | os.PathLike, obj: dict) -> Path:
-    """Validate, then write atomically. Invalid receipts are never written."""
+    """Seal (receipt_blake3), validate, then write atomically. Invalid receipts are never written."""
+    seal(obj)
     validate(obj)
     return atomic_write_json(path, obj)
 

@@ -45,6 +45,7 @@ class RunConfig:
     llama_lib: str | None = None
     thresholds_file: str | None = None
     perturb: tuple[int, float] | None = None  # test hook: (layer, scale) of the engine's FFN output
+    keep_going: bool = False  # after a reference timeout/crash, go on with the next prompt
     per_position: bool = True
 
 
@@ -262,6 +263,8 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 ref_prov = ref.provenance()
                 stage = "tokenize"
                 ids = ref.tokenize(text, add_bos=True, parse_special=prompt.is_chat)
+                if not ids:
+                    raise InputError(f"prompt {prompt.id!r} is empty after tokenization")
                 if len(ids) + cfg.steps > cfg.n_ctx:
                     raise InputError(f"prompt {prompt.id!r}: {len(ids)} tokens + {cfg.steps} steps exceed --n-ctx {cfg.n_ctx}")
                 if eng.capabilities.tokenize:
@@ -313,9 +316,13 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
             }  # fmt: skip
             rows.append(row)
             progress("receipt", row)
+            if status in ("timeout", "crashed") and not cfg.keep_going:
+                break
         if ref is not None:
             ref.close()
         eng.close()
+        if rows and rows[-1]["status"] in ("timeout", "crashed") and not cfg.keep_going:
+            break  # without --keep-going a crash or timeout ends the run (its receipt is written)
     exit_code = max(codes, default=EXIT_OK, key=_severity)
     counts: dict[str, int] = {}
     for r in rows:

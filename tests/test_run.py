@@ -83,13 +83,14 @@ def test_perturbed_engine_fails_with_exit_1(tmp_path, tiny_model):
     assert any("cosine_similarity" in f for f in rec["verdict"]["failures"])
 
 
-@pytest.mark.parametrize("fault, status", [("hang", "timeout"), ("segv", "crashed"), ("abort", "crashed"), ("garbage", "crashed"), ("exit", "crashed")])
+@pytest.mark.parametrize("fault, status", [("hang", "timeout"), ("segv", "crashed"), ("abort", "crashed"), ("garbage", "crashed"),
+                                          ("exit", "crashed"), ("kill", "crashed")])  # fmt: skip
 def test_reference_faults_become_diagnostic_receipts(tmp_path, tiny_model, fault, status):
     out = tmp_path / "out"
     op = "tokenize" if fault == "garbage" else "compare_pass"
     t = time.monotonic()
     r = crossval("run", "--model", tiny_model("llama"), "--prompt-file", _prompt_file(tmp_path, 2), "--steps", 4, "--out", out,
-                 "--timeout", 3, env={"CROSSVAL_CHILD_FAULT": f"{fault}@{op}"})  # fmt: skip
+                 "--timeout", 3, "--keep-going", env={"CROSSVAL_CHILD_FAULT": f"{fault}@{op}"})  # fmt: skip
     elapsed = time.monotonic() - t
     assert r.returncode == 4, r.stderr + r.stdout
     recs = _receipts(out)
@@ -99,6 +100,19 @@ def test_reference_faults_become_diagnostic_receipts(tmp_path, tiny_model, fault
     assert any("injecting fault" in line for line in d["stderr_tail"])
     if fault == "hang":
         assert elapsed < 2 * (3 + 5) + 10  # two prompts, each within timeout + 5 s (+ startup)
+    if fault == "kill":
+        assert d["returncode"] == -9 and "SIGKILL" in d["error"]
+
+
+def test_without_keep_going_a_crash_ends_the_run(tmp_path, tiny_model):
+    out = tmp_path / "out"
+    r = crossval("run", "--model", tiny_model("llama"), "--prompt-file", _prompt_file(tmp_path, 3), "--steps", 4, "--out", out,
+                 env={"CROSSVAL_CHILD_FAULT": "segv@compare_pass"})  # fmt: skip
+    assert r.returncode == 4
+    recs = _receipts(out)
+    assert [x["parity"]["status"] for x in recs] == ["crashed"]
+    summary = receipts.read_valid(next(out.rglob("summary.json")))
+    assert summary["exit_code"] == 4 and summary["counts"] == {"crashed": 1}
 
 
 def test_reference_unavailable_is_engine_only(tmp_path, tiny_model):
@@ -162,6 +176,11 @@ def test_validate_rejects_tampered_and_malformed(tmp_path, tiny_model):
     bad.write_text(json.dumps(rec))
     r = crossval("validate", good, bad)
     assert r.returncode == 1 and "parity/cosine_similarity" in r.stderr
+    edited = json.loads(good.read_text())
+    edited["parity"]["cosine_similarity"] = 0.5  # still schema-valid: only the seal catches it
+    bad.write_text(json.dumps(edited))
+    r = crossval("validate", bad)
+    assert r.returncode == 1 and "receipt_blake3" in r.stderr
     typo = json.loads(good.read_text())
     typo["parity"]["cosine_similarit"] = 1.0
     bad.write_text(json.dumps(typo))

@@ -8,7 +8,7 @@ is not a protocol line raises BackendCrashed. Both carry the stage (the request)
 the child's stderr.
 
 Test hook: CROSSVAL_CHILD_FAULT="<fault>@<op>" makes the child misbehave when it receives <op>:
-fault is hang, segv, abort, garbage or exit. It exists so tests can prove each failure path.
+fault is hang, segv, abort, garbage, exit or kill (SIGKILL, as the OOM killer sends). It exists so tests can prove each failure path.
 """
 
 from __future__ import annotations
@@ -216,6 +216,8 @@ def _describe_exit(rc: int | None) -> str:
     if rc is None:
         return "child closed its output"
     if rc < 0:
+        if -rc == signal.SIGKILL:
+            return "killed by SIGKILL (out of memory, or killed from outside)"
         try:
             return f"killed by {signal.Signals(-rc).name}"
         except ValueError:
@@ -246,6 +248,8 @@ def _fault(op: str, protocol_out) -> None:
             time.sleep(3600)
     if kind == "exit":
         os._exit(3)
+    if kind == "kill":  # what the kernel's OOM killer does
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def child_main() -> int:
