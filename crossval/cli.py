@@ -187,12 +187,17 @@ def cmd_run(args) -> int:
     perturb = None
     if args.perturb_layer is not None:
         perturb = (args.perturb_layer, args.perturb_scale)
+    sampling = None
+    if args.temperature is not None and args.temperature > 0:
+        from engine.sampling import SamplingParams
+
+        sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
     cfg = RunConfig(
         models=_models_arg(args), prompts=prompts, prompt_set=set_name, steps=args.steps, threads=args.threads,
         seed=args.seed, n_ctx=args.n_ctx, mode=args.mode, kv_type=args.kv_type, reference=args.reference,
         timeout=args.timeout, out_dir=Path(args.out), require_reference=args.require_reference,
         deterministic=args.deterministic, llama_lib=args.llama_lib, thresholds_file=args.thresholds, perturb=perturb,
-        keep_going=args.keep_going,
+        keep_going=args.keep_going, sampling=sampling,
     )  # fmt: skip
     con = _console()
     total = len(cfg.models) * len(prompts)
@@ -294,7 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=32)
     r.add_argument("--mode", choices=["float", "q8"], default="float")
     r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--seed", type=int, default=42, help="seed of the sampler chain (std::mt19937)")
+    r.add_argument("--temperature", type=float, default=None, help="sample instead of greedy (llama.cpp's chain: "
+                   "top-k → top-p → min-p → temperature → dist); 0 or unset = greedy")
+    r.add_argument("--top-k", type=int, default=40)
+    r.add_argument("--top-p", type=float, default=0.95)
+    r.add_argument("--min-p", type=float, default=0.05)
     r.add_argument("--n-ctx", type=int, default=2048)
     r.add_argument("--kv-type", choices=["f16", "f32"], default="f16", help="KV cache type of both engines")
     r.add_argument("--reference", default="llamacpp", help="reference backend (llamacpp)")

@@ -46,6 +46,7 @@ class RunConfig:
     thresholds_file: str | None = None
     perturb: tuple[int, float] | None = None  # test hook: (layer, scale) of the engine's FFN output
     keep_going: bool = False  # after a reference timeout/crash, go on with the next prompt
+    sampling: object | None = None  # engine.sampling.SamplingParams; None = greedy
     per_position: bool = True
 
 
@@ -99,7 +100,7 @@ def _empty_parity(status: str) -> dict:
     }  # fmt: skip
 
 
-def compare_one(eng, ref, ids: list[int], steps: int) -> tuple[dict, list[dict], dict]:
+def compare_one(eng, ref, ids: list[int], steps: int, sampling=None) -> tuple[dict, list[dict], dict]:
     """Both comparisons for one prompt → (parity section, per-position rows, timing).
 
     The reference prefills the prompt (every position's logits) and generates `steps` greedy
@@ -110,15 +111,15 @@ def compare_one(eng, ref, ids: list[int], steps: int) -> tuple[dict, list[dict],
     is compared step by step. Timings of the two overlap."""
     t = time.perf_counter()
     if hasattr(ref, "send_compare_pass"):  # a child process: let it work while the engine does
-        ref.send_compare_pass(ids, steps)
-        ep = eng.compare_pass(ids, steps)
+        ref.send_compare_pass(ids, steps, sampling=sampling)
+        ep = eng.compare_pass(ids, steps, sampling=sampling)
         t_eng = time.perf_counter() - t
         rp = ref.receive_compare_pass()
         t_ref = time.perf_counter() - t
     else:
-        rp = ref.compare_pass(ids, steps)
+        rp = ref.compare_pass(ids, steps, sampling=sampling)
         t_ref = time.perf_counter() - t
-        ep = eng.compare_pass(ids, steps)
+        ep = eng.compare_pass(ids, steps, sampling=sampling)
         t_eng = time.perf_counter() - t - t_ref
     t = time.perf_counter()
     forced = eng.forced_suffix(len(ids), ep, rp.tokens)
@@ -170,7 +171,8 @@ def _receipt(cfg, run_id, model_sec, tok_sec, prompt: Prompt, text: str, tmpl_ki
         },  # fmt: skip
         "config": {
             "steps": cfg.steps, "threads": cfg.threads, "seed": cfg.seed,
-            "sampling": {"method": "greedy", "temperature": None, "top_k": None, "top_p": None, "min_p": None},
+            "sampling": {"method": "greedy", "temperature": None, "top_k": None, "top_p": None, "min_p": None,
+                         "typical_p": None, "seed": None} if cfg.sampling is None else {"method": "sampled", **cfg.sampling.to_dict()},
             "n_ctx": cfg.n_ctx, "mode": cfg.mode, "kv_type": cfg.kv_type, "deterministic": cfg.deterministic,
             "timeout_s": cfg.timeout, "perturbation": {"layer": cfg.perturb[0], "scale": cfg.perturb[1]} if cfg.perturb else None,
         },  # fmt: skip
@@ -272,7 +274,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 else:
                     tokenization = _tokenization(ids, None, "the engine has no tokenizer for this model's vocabulary")
                 stage = "compare"
-                parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps)
+                parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps, cfg.sampling)
                 timing.update(t2)
                 stage = "detokenize"
                 parity["reference_text"] = ref.detokenize(parity["reference_tokens"])
@@ -333,7 +335,8 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         "total_s": time.perf_counter() - t_run,
         "config": {"models": cfg.models, "prompt_set": cfg.prompt_set, "steps": cfg.steps, "threads": cfg.threads,
                    "seed": cfg.seed, "mode": cfg.mode, "kv_type": cfg.kv_type, "n_ctx": cfg.n_ctx,
-                   "reference": cfg.reference, "timeout_s": cfg.timeout},
+                   "reference": cfg.reference, "timeout_s": cfg.timeout,
+                   "sampling": None if cfg.sampling is None else cfg.sampling.to_dict()},
     }  # fmt: skip
     sp = receipts.write(out / "summary.json", summary)
     return RunResult(run_id, out, exit_code, rows, sp)

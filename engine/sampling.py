@@ -1,10 +1,155 @@
-"""Token selection. Greedy is the default: argmax, first index on ties (llama.cpp's greedy sampler
-keeps the first maximum, src/llama-sampler.cpp)."""
+"""Token selection. Greedy (argmax, first index on ties — llama.cpp's greedy sampler keeps the first
+maximum) is the default; seeded sampling reproduces llama.cpp's sampler chain as
+llama-cpp-python builds it (llama.py _init_sampler): top-k → typical → top-p → min-p →
+temperature → dist, with std::mt19937 seeded by `seed` and libstdc++'s arithmetic, so a seeded
+sampled run gives the same tokens as llama.cpp's (src/llama-sampler.cpp):
+
+- top-k: the k largest logits, sorted descending (k ≤ 0: everything, unsorted).
+- typical: only p ≥ 1 (a no-op) is supported.
+- top-p: softmax in float (expf, float running sum), then the shortest sorted prefix whose float
+  cumulative probability reaches p (at least min_keep).
+- min-p: keep logits ≥ max_logit + logf(min_p) (at least min_keep).
+- temperature: logits / t in float (t ≤ 0 keeps only the argmax).
+- dist: p_i = expf(l_i − max) in float, summed in double; one
+  std::uniform_real_distribution<double>(0, 1) draw = generate_canonical<double, 53> (two
+  mt19937 outputs, r1 + r2·2³² in double, divided by 2⁶⁴); the first token whose double running
+  sum reaches sum·u is chosen.
+gemma.cpp's mode (DESIGN §8: top_k defaults to 1 = argmax, temperature 1.0) is `gemmacpp_defaults`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+F32 = np.float32
 
 
 def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
+
+
+class MT19937:
+    """std::mt19937 (32-bit Mersenne Twister, seeded as std::mersenne_twister_engine(seed))."""
+
+    N, M = 624, 397
+
+    def __init__(self, seed: int):
+        mt = [0] * self.N
+        mt[0] = seed & 0xFFFFFFFF
+        for i in range(1, self.N):
+            mt[i] = (1812433253 * (mt[i - 1] ^ (mt[i - 1] >> 30)) + i) & 0xFFFFFFFF
+        self.mt, self.idx = mt, self.N
+
+    def _twist(self) -> None:
+        mt, n, m = self.mt, self.N, self.M
+        for i in range(n):
+            y = (mt[i] & 0x80000000) | (mt[(i + 1) % n] & 0x7FFFFFFF)
+            mt[i] = mt[(i + m) % n] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
+        self.idx = 0
+
+    def __call__(self) -> int:
+        if self.idx >= self.N:
+            self._twist()
+        y = self.mt[self.idx]
+        self.idx += 1
+        y ^= y >> 11
+        y ^= (y << 7) & 0x9D2C5680
+        y ^= (y << 15) & 0xEFC60000
+        y ^= y >> 18
+        return y & 0xFFFFFFFF
+
+    def canonical(self) -> float:
+        """libstdc++ generate_canonical<double, 53>: two draws, (r1 + r2·2³²) / 2⁶⁴ in double."""
+        r1 = float(self())
+        s = r1 + float(self()) * 4294967296.0
+        u = s / 18446744073709551616.0
+        return u if u < 1.0 else float(np.nextafter(1.0, 0.0))
+
+
+def _logf(x: float) -> F32:
+    return F32(np.log(np.float64(F32(x))))
+
+
+def _expf(x: np.ndarray) -> np.ndarray:
+    """float expf: exp in double rounded to float (the correctly rounded value)."""
+    return np.exp(x.astype(np.float64)).astype(F32)
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    seed: int = 42
+    min_keep: int = 1
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p,
+                "typical_p": self.typical_p, "seed": self.seed}  # fmt: skip
+
+
+def gemmacpp_defaults(seed: int = 42) -> SamplingParams:
+    """gemma.cpp's sampling defaults: top_k 1 (argmax), temperature 1.0, no top-p/min-p."""
+    return SamplingParams(temperature=1.0, top_k=1, top_p=1.0, min_p=0.0, seed=seed)
+
+
+class Sampler:
+    """llama.cpp's default sampler chain with its RNG; one instance per generation."""
+
+    def __init__(self, params: SamplingParams):
+        if params.typical_p < 1.0:
+            raise ValueError("typical sampling (typical_p < 1) is not supported")
+        self.p = params
+        self.rng = MT19937(params.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        p = self.p
+        logit = np.asarray(logits, dtype=F32)
+        ids = np.arange(len(logit))
+        is_sorted = False
+        # top-k (llama_sampler_top_k_impl): k largest, descending; ties keep the lower id first
+        if p.top_k > 0:
+            k = min(p.top_k, len(logit))
+            part = np.argpartition(-logit, k - 1)[:k] if k < len(logit) else ids
+            order = part[np.lexsort((part, -logit[part]))]
+            ids, logit, is_sorted = order, logit[order], True
+        # top-p (llama_sampler_top_p_apply)
+        if p.top_p < 1.0:
+            if not is_sorted:
+                order = np.lexsort((ids, -logit))
+                ids, logit, is_sorted = ids[order], logit[order], True
+            e = _expf(logit - logit[0])
+            probs = e / np.cumsum(e, dtype=F32)[-1]
+            cum = np.cumsum(probs, dtype=F32)
+            hit = np.nonzero((cum >= F32(p.top_p)) & (np.arange(1, len(cum) + 1) >= p.min_keep))[0]
+            last = int(hit[0]) + 1 if len(hit) else len(cum)
+            ids, logit = ids[:last], logit[:last]
+        # min-p (llama_sampler_min_p_apply)
+        if p.min_p > 0.0 and len(logit):
+            if is_sorted:
+                min_logit = logit[0] + _logf(p.min_p)
+                below = np.nonzero((logit < min_logit) & (np.arange(len(logit)) >= max(1, p.min_keep)))[0]
+                n = int(below[0]) if len(below) else len(logit)
+                ids, logit = ids[:n], logit[:n]
+            else:
+                min_logit = logit.max() + _logf(p.min_p)
+                keep = logit >= min_logit
+                if keep.sum() >= p.min_keep:
+                    ids, logit = ids[keep], logit[keep]
+        # temperature (llama_sampler_temp_impl)
+        if p.temperature <= 0.0:
+            j = int(np.argmax(logit))
+            return int(ids[j])
+        logit = logit / F32(p.temperature)
+        # dist (llama_sampler_dist_apply)
+        u = self.rng.canonical()
+        if len(logit) == 1:
+            return int(ids[0])
+        max_l = logit[0] if is_sorted else logit.max()
+        run = np.cumsum(_expf(logit - max_l).astype(np.float64))  # sequential double sums, in order
+        j = int(np.searchsorted(run, run[-1] * u, side="left"))
+        return int(ids[min(j, len(ids) - 1)])

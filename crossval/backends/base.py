@@ -58,10 +58,12 @@ class ComparePass:
     seconds: dict = field(default_factory=dict)
 
 
-def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None) -> ComparePass:
-    """compare_pass for a backend with reset/prefill(all_logits)/decode_step/truncate/n_past."""
+def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None, choose=None) -> ComparePass:
+    """compare_pass for a backend with reset/prefill(all_logits)/decode_step/truncate/n_past.
+    choose(logits) → token picks each step (default: argmax)."""
     import time
 
+    choose = choose or (lambda row: int(np.argmax(row)))
     t = time.perf_counter()
     b.reset()
     prompt = b.prefill_all(ids)
@@ -77,7 +79,7 @@ def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None)
     last, toks, logs = prompt[-1], [], []
     for i in range(steps):
         logs.append(last)
-        tok = int(np.argmax(last))
+        tok = choose(last)
         toks.append(tok)
         if i + 1 < steps:
             last = b.decode_step(tok)
@@ -99,9 +101,10 @@ class Backend(Protocol):
 
     def generate(self, ids: list[int], steps: int) -> GenerateResult: ...
 
-    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> ComparePass:
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
         """One prefill of ids (all positions' logits), then — if forced — one decode step per
-        forced token, rolled back, then `steps` greedy steps from the end of the prompt."""
+        forced token, rolled back, then `steps` steps from the end of the prompt: greedy, or the
+        backend's own seeded sampler chain when `sampling` (engine.sampling.SamplingParams)."""
         ...
 
     def provenance(self) -> dict: ...

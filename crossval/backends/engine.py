@@ -56,8 +56,11 @@ class EngineBackend:
         g = self.engine.generate(ids, steps, keep_logits=True)
         return GenerateResult(g.tokens, np.stack(g.logits) if g.logits else None, time.perf_counter() - t)
 
-    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> ComparePass:
-        return greedy_compare_pass(_EngineSteps(self.engine), ids, steps, forced)
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
+        from engine.sampling import Sampler
+
+        choose = Sampler(sampling) if sampling is not None else None
+        return greedy_compare_pass(_EngineSteps(self.engine), ids, steps, forced, choose)
 
     def forced_suffix(self, n_prompt: int, free: ComparePass, ref_tokens: list[int]) -> np.ndarray | None:
         """Logits after each of ref_tokens[:-1], following a compare_pass without `forced` (the

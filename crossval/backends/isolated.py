@@ -165,13 +165,14 @@ class IsolatedLlamaCpp:
             os.unlink(out)
         return GenerateResult(r["tokens"], arr, r["seconds"])
 
-    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> ComparePass:
-        self.send_compare_pass(ids, steps, forced)
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
+        self.send_compare_pass(ids, steps, forced, sampling)
         return self.receive_compare_pass()
 
-    def send_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None) -> None:
+    def send_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
         """Start a compare_pass in the child and return at once (receive_compare_pass waits)."""
-        self._send("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []], out=self._npy("pass"))
+        self._send("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
+                   out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
 
     def receive_compare_pass(self) -> ComparePass:
         r = self._receive()
@@ -309,7 +310,17 @@ def child_main() -> int:
             elif op == "compare_pass":
                 from crossval.backends.base import greedy_compare_pass
 
-                cp = greedy_compare_pass(backend, a["ids"], a["steps"], a["forced"] or None)
+                choose, chain = None, None
+                if a.get("sampling"):
+                    from engine.sampling import SamplingParams
+
+                    chain = backend.sampler_chain(SamplingParams(**a["sampling"]))
+                    choose = lambda row, chain=chain: backend.sample_logits(chain, row)  # noqa: E731
+                try:
+                    cp = greedy_compare_pass(backend, a["ids"], a["steps"], a["forced"] or None, choose)
+                finally:
+                    if chain is not None:
+                        backend.lc.llama_sampler_free(chain)
                 arrs = {"prompt": cp.prompt_logits}
                 if cp.step_logits is not None:
                     arrs["steps"] = cp.step_logits

@@ -242,6 +242,33 @@ class LlamaCppBackend:
             self._capture_filter = None
         return out, dict(self.captured)
 
+    # --- sampling (llama.cpp's own chain) -------------------------------------------------------------
+    def sampler_chain(self, params):
+        """The chain llama-cpp-python builds (llama.py _init_sampler): top-k → typical → top-p →
+        min-p → temperature → dist(seed). Free it with llama_sampler_free."""
+        lc = self.lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(params.top_k))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_typical(params.typical_p, params.min_keep))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, params.min_keep))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(params.min_p, params.min_keep))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(params.seed))
+        return chain
+
+    def sample_logits(self, chain, logits: np.ndarray) -> int:
+        """Apply a sampler chain to a logits vector (llama_sampler_apply on a token-data array)."""
+        lc = self.lc
+        n = len(logits)
+        data = (lc.llama_token_data * n)()
+        for i, v in enumerate(np.asarray(logits, dtype=np.float32).tolist()):
+            data[i].id, data[i].logit, data[i].p = i, v, 0.0
+        arr = lc.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+        lc.llama_sampler_apply(chain, ctypes.byref(arr))
+        tok = data[arr.selected].id
+        lc.llama_sampler_accept(chain, tok)
+        return int(tok)
+
     # --- provenance ----------------------------------------------------------------------------
     def provenance(self) -> dict:
         lc = self.lc
