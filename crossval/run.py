@@ -137,6 +137,15 @@ def compare_one(eng, ref, ids: list[int], steps: int, sampling=None) -> tuple[di
     p["reference_tokens"], p["engine_tokens"] = rp.tokens, ep.tokens
     if div is not None and div < min(len(rp.tokens), len(ep.tokens)):
         d = compare.divergence_detail(rp.tokens[div], ep.tokens[div], rp.step_logits[div], ep.step_logits[div])
+        d["sampling_margin"] = None
+        trace = ep.extra.get("sampling_trace")
+        if trace and div < len(trace) and trace[div]["u"] is not None:
+            # sampled: both draw the same u (same seed, one draw per step); how far u fell from the
+            # edge of the engine token's cumulative interval says whether tiny probability
+            # differences could move the pick — a sampling near-tie
+            t = trace[div]
+            d["sampling_margin"] = min(t["u"] - t["lo"], t["hi"] - t["u"])
+            d["near_tie"] = bool(d["near_tie"] or d["sampling_margin"] < compare.NEAR_TIE_LOGPROB_GAP)
         p["divergence"] = {"step": div, **d}
     timing = {
         "reference_logits_s": rp.seconds.get("prefill_s"), "engine_logits_s": ep.seconds.get("prefill_s"),
@@ -205,6 +214,13 @@ def _messages_text(p: Prompt) -> str:
     import json
 
     return json.dumps(list(p.messages), ensure_ascii=False, sort_keys=True)
+
+
+def _label(m: str) -> str:
+    """A model's short name, or its file stem when given as a path."""
+    from crossval.models import REAL_MODELS
+
+    return m if m in REAL_MODELS else Path(m).stem
 
 
 def _safe(s: str) -> str:
@@ -303,7 +319,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
             tok_sec = {**tok_fp, "parse_special": prompt.is_chat}
             rec = _receipt(cfg, run_id, model_sec, tok_sec, prompt, text, tmpl_kind, len(ids), backends, tokenization,
                            parity, prow, thr, env, timing, diagnostics)  # fmt: skip
-            fname = f"{_safe(mname)}__{_safe(prompt.id)}.json"
+            fname = f"{_safe(_label(mname))}__{_safe(prompt.id)}.json"
             receipts.write(out / fname, rec)
             status = rec["parity"]["status"]
             if status in ("timeout", "crashed"):

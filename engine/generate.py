@@ -88,15 +88,19 @@ class Engine:
         self.reset()
         return self.prefill(ids, all_logits=True)
 
-    def generate(self, ids, steps: int, keep_logits: bool = False, stop: set[int] | None = None) -> Generation:
-        """Greedy continuation of `steps` tokens after a fresh prefill of ids."""
+    def generate(self, ids, steps: int, keep_logits: bool = False, stop: set[int] | None = None, sampling=None) -> Generation:
+        """Continuation of `steps` tokens after a fresh prefill of ids: greedy, or seeded sampling
+        with llama.cpp's chain when `sampling` (engine.sampling.SamplingParams) is given."""
+        from engine.sampling import Sampler
+
+        choose = Sampler(sampling) if sampling is not None else greedy
         self.reset()
         last = self.prefill(ids)
         gen = Generation(tokens=[])
         for i in range(steps):
             if keep_logits:
                 gen.logits.append(last)
-            t = greedy(last)
+            t = choose(last)
             gen.tokens.append(t)
             if stop and t in stop:
                 break

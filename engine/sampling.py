@@ -15,6 +15,8 @@ sampled run gives the same tokens as llama.cpp's (src/llama-sampler.cpp):
   mt19937 outputs, r1 + r2·2³² in double, divided by 2⁶⁴); the first token whose double running
   sum reaches sum·u is chosen.
 gemma.cpp's mode (DESIGN §8: top_k defaults to 1 = argmax, temperature 1.0) is `gemmacpp_defaults`.
+Known difference: exactly tied logits are ordered lower id first here, while llama.cpp orders them
+by std::partial_sort's heap mechanics; a tie inside the candidate set can change a sampled pick.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class Sampler:
             raise ValueError("typical sampling (typical_p < 1) is not supported")
         self.p = params
         self.rng = MT19937(params.seed)
+        # per call: the uniform draw u and the chosen token's interval [lo, hi) of cumulative
+        # probability — how close u came to picking a neighbour (crossval reports it at divergences)
+        self.trace: list[dict] = []
 
     def __call__(self, logits: np.ndarray) -> int:
         p = self.p
@@ -143,13 +148,16 @@ class Sampler:
         # temperature (llama_sampler_temp_impl)
         if p.temperature <= 0.0:
             j = int(np.argmax(logit))
+            self.trace.append({"u": None, "lo": 0.0, "hi": 1.0})
             return int(ids[j])
         logit = logit / F32(p.temperature)
         # dist (llama_sampler_dist_apply)
         u = self.rng.canonical()
         if len(logit) == 1:
+            self.trace.append({"u": u, "lo": 0.0, "hi": 1.0})
             return int(ids[0])
         max_l = logit[0] if is_sorted else logit.max()
         run = np.cumsum(_expf(logit - max_l).astype(np.float64))  # sequential double sums, in order
-        j = int(np.searchsorted(run, run[-1] * u, side="left"))
-        return int(ids[min(j, len(ids) - 1)])
+        j = min(int(np.searchsorted(run, run[-1] * u, side="left")), len(ids) - 1)
+        self.trace.append({"u": u, "lo": float(run[j - 1] / run[-1]) if j else 0.0, "hi": float(run[j] / run[-1])})
+        return int(ids[j])

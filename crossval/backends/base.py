@@ -56,6 +56,7 @@ class ComparePass:
     step_logits: np.ndarray | None  # (steps, n_vocab): what each continuation token was chosen from
     forced_logits: np.ndarray | None  # (len(forced), n_vocab): logits after each forced token
     seconds: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None, choose=None) -> ComparePass:

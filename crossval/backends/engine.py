@@ -60,7 +60,10 @@ class EngineBackend:
         from engine.sampling import Sampler
 
         choose = Sampler(sampling) if sampling is not None else None
-        return greedy_compare_pass(_EngineSteps(self.engine), ids, steps, forced, choose)
+        cp = greedy_compare_pass(_EngineSteps(self.engine), ids, steps, forced, choose)
+        if choose is not None:
+            cp.extra = {"sampling_trace": choose.trace}
+        return cp
 
     def forced_suffix(self, n_prompt: int, free: ComparePass, ref_tokens: list[int]) -> np.ndarray | None:
         """Logits after each of ref_tokens[:-1], following a compare_pass without `forced` (the
