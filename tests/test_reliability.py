@@ -129,3 +129,13 @@ def test_reliability_doc_names_every_test():
               "test_concurrent_runs_into_one_directory", "test_validate_rejects_tampered_and_malformed",
               "test_engine_load_free_100x_rss_bounded", "test_llamacpp_load_generate_free_100x"):  # fmt: skip
         assert t in doc, t
+
+
+@needs_llamacpp
+def test_plain_text_prompt_file(tmp_path, tiny_model):
+    f = tmp_path / "prompts.txt"
+    f.write_text("the cat sat\n\na dog ran\n", encoding="utf-8")
+    out = tmp_path / "o"
+    r = crossval("run", "--model", tiny_model("llama"), "--prompt-file", f, "--out", out, "--steps", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [x["prompt"] for x in json.loads(r.stdout)["receipts"]] == ["line1", "line2"]

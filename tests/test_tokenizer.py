@@ -195,3 +195,13 @@ def test_token_to_piece_matches_llamacpp(model, family):
         sample = list(range(0, n, max(1, n // 500)))
         for rs, us in ((False, False), (True, True), (True, False)):
             assert tok.detokenize(sample, rs, us) == ref.detokenize(sample, rs, us)
+
+
+@pytest.mark.real_model
+@needs_llamacpp
+def test_tokenize_cli_on_a_vocab_only_file(tmp_path):
+    f = tmp_path / "lines.txt"
+    f.write_text("Hello world\n  tabs\tand spaces  \n<|begin_of_text|> x\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "tokenize", "--model", str(vocab_path("llama-bpe")), "--file", str(f),
+                        "--compare", "--parse-special"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "3/3 lines match" in r.stdout, r.stderr

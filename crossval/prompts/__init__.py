@@ -43,20 +43,37 @@ def load_set(name: str) -> list[Prompt]:
 
 
 def load_file(path: str | Path) -> list[Prompt]:
+    """A .jsonl/.json file holds JSON lines; any other file holds one plain-text prompt per line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise PromptError(f"{path}: cannot read ({e.strerror})") from None
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        lines = [x for x in text.splitlines() if x.strip()]
+        if not lines:
+            raise PromptError(f"{path}: no prompts")
+        return [Prompt(f"line{n}", "text", x) for n, x in enumerate(lines, 1)]
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
         except json.JSONDecodeError as e:
             raise PromptError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(d, dict):
+            raise PromptError(f"{path}:{n}: a prompt line must be a JSON object")
         if "messages" in d:
             out.append(Prompt(d.get("id", f"line{n}"), d.get("kind", "chat"), None, tuple(d["messages"])))
         elif "text" in d:
             out.append(Prompt(d.get("id", f"line{n}"), d.get("kind", "text"), d["text"]))
         else:
             raise PromptError(f"{path}:{n}: a prompt needs 'text' or 'messages'")
+    if not out:
+        raise PromptError(f"{path}: no prompts")
     return out
 
 
