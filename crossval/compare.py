@@ -116,6 +116,24 @@ class TeacherForced:
         ]
 
 
+def _cosine32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    den = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64) * np.einsum("ij,ij->i", b, b, dtype=np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
+    return np.clip(out, -1.0, 1.0)
+
+
+def _kld32(r: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """kld_rows with float32 exponentials and float64 sums (same formula)."""
+    mr, me = r.max(axis=-1, keepdims=True), e.max(axis=-1, keepdims=True)
+    pr = np.exp(r - mr)
+    zr = pr.sum(axis=-1, dtype=np.float64)
+    ze = np.exp(e - me).sum(axis=-1, dtype=np.float64)
+    cross = np.einsum("ij,ij->i", pr, r - e, dtype=np.float64) / zr
+    return np.maximum(0.0, cross - (mr[:, 0] + np.log(zr)) + (me[:, 0] + np.log(ze)))
+
+
 def teacher_forced_parts(parts: list[tuple[np.ndarray, np.ndarray]]) -> TeacherForced:
     """teacher_forced over consecutive blocks of positions, without concatenating the logits."""
     done = [teacher_forced(r, e) for r, e in parts if len(r)]
@@ -133,11 +151,13 @@ def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> Teacher
     rank = np.empty(n, dtype=np.int64)
     k = min(10, ref.shape[1])
     for s in range(0, n, chunk):
-        r = np.asarray(ref[s : s + chunk], dtype=np.float64)
-        e = np.asarray(eng[s : s + chunk], dtype=np.float64)
+        # float32 operands, float64 accumulation: exact enough for every metric (the tests compare
+        # with the float64 row functions) at half the memory traffic
+        r = np.asarray(ref[s : s + chunk], dtype=np.float32)
+        e = np.asarray(eng[s : s + chunk], dtype=np.float32)
         sl = slice(s, s + len(r))
-        out["cosine"][sl] = cosine_rows(r, e)
-        out["kld"][sl] = kld_rows(r, e)
+        out["cosine"][sl] = _cosine32(r, e)
+        out["kld"][sl] = _kld32(r, e)
         out["max_abs"][sl] = np.abs(r - e).max(axis=1)
         rt = np.argpartition(-r, k - 1, axis=1)[:, :k]
         et = np.argpartition(-e, k - 1, axis=1)[:, :k]

@@ -33,7 +33,18 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file; for a cached real model, the digest its fetch verified and recorded
+    (crossval/models.py writes <file>.json) when size and modification time still agree."""
+    import json
+
     st = os.stat(path)
+    manifest = Path(str(path) + ".json")
+    try:
+        rec = json.loads(manifest.read_text())
+        if rec.get("size") == st.st_size and manifest.stat().st_mtime_ns >= st.st_mtime_ns and len(rec.get("sha256", "")) == 64:
+            return rec["sha256"]
+    except (OSError, ValueError):
+        pass
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 

@@ -255,11 +255,17 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         tmpl = g.get("tokenizer.chat_template")
         bos_text, eos_text = _special_texts(g)
         progress("model", {"model": mname, "prompts": len(cfg.prompts)})
+        ref, ref_unavailable = None, None
+        try:
+            ref = _reference(cfg, path)  # starts loading in its own process while the engine loads
+        except BackendUnavailable as e:
+            ref_unavailable = str(e)
         try:
             eng = EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb)
         except GGUFError as e:
+            ref = _drop(ref)
             raise InputError(str(e)) from None
-        ref, ref_unavailable = None, None
+        first = True
         for prompt in cfg.prompts:
             t0 = time.perf_counter()
             text = render(prompt, tmpl, bos_text, eos_text)
@@ -273,11 +279,15 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 if ref is None and ref_unavailable is None:
                     try:
                         ref = _reference(cfg, path)
-                        timing["reference_load_s"] = ref.load_s
                     except BackendUnavailable as e:
                         ref_unavailable = str(e)
                 if ref is None:
                     raise BackendUnavailable(ref_unavailable)
+                stage = "load"
+                ref.wait_loaded()
+                if first:
+                    timing["reference_load_s"] = ref.load_s
+                    first = False
                 ref_prov = ref.provenance()
                 stage = "tokenize"
                 ids = ref.tokenize(text, add_bos=True, parse_special=prompt.is_chat)

@@ -80,6 +80,16 @@ def test_teacher_forced_parts_equal_whole():
     for f in ("cosine", "kld", "max_abs", "top1", "top5", "top10", "ref_top1_rank"):
         np.testing.assert_array_equal(getattr(whole, f), getattr(parts, f))
     # and the chunked code agrees with the one-row-at-a-time definitions
-    np.testing.assert_allclose(whole.cosine, C.cosine_rows(a, b))
+    np.testing.assert_allclose(whole.cosine, C.cosine_rows(a, b), atol=1e-6)  # float32 operands
     np.testing.assert_allclose(whole.top5, C.topk_overlap_rows(a, b, 5))
     np.testing.assert_array_equal(whole.ref_top1_rank, C.ref_top1_rank_rows(a, b))
+
+
+def test_chunked_float32_metrics_agree_with_float64_definitions():
+    rng = np.random.default_rng(9)
+    a = (rng.standard_normal((20, 5000)) * 4).astype(np.float32)
+    b = (a + 0.05 * rng.standard_normal(a.shape)).astype(np.float32)
+    tf = C.teacher_forced(a, b)
+    np.testing.assert_allclose(tf.cosine, C.cosine_rows(a, b), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(tf.kld, C.kld_rows(a, b), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(C.teacher_forced(a, a.copy()).kld, 0.0, atol=1e-9)

@@ -59,11 +59,18 @@ class IsolatedLlamaCpp:
         self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
         self._t_err.start()
         self.capabilities = Capabilities()
-        t = time.perf_counter()
-        info = self._call("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
-        self.load_s = time.perf_counter() - t
-        self.n_vocab = info["n_vocab"]
-        self._provenance = info["provenance"]
+        # the child loads the model while the caller does other work (e.g. loads the engine);
+        # the first request waits for it
+        self._t0 = time.perf_counter()
+        self._send("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self._info = None
+
+    def wait_loaded(self) -> None:
+        if self._info is None:
+            self._info = self._receive()
+            self.load_s = time.perf_counter() - self._t0
+            self.n_vocab = self._info["n_vocab"]
+            self._provenance = self._info["provenance"]
 
     # --- transport ----------------------------------------------------------------------------
     def _drain_stderr(self) -> None:
@@ -122,6 +129,10 @@ class IsolatedLlamaCpp:
         self._send(op, **args)
         return self._receive()
 
+    def _send_ready(self, op: str, **args) -> None:
+        self.wait_loaded()
+        self._send(op, **args)
+
     def _receive(self):
         op, deadline = self._pending
         self._pending = None
@@ -145,12 +156,15 @@ class IsolatedLlamaCpp:
 
     # --- Backend ------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
+        self.wait_loaded()
         return self._call("tokenize", text=text, add_bos=add_bos, parse_special=parse_special)
 
     def detokenize(self, ids: list[int]) -> str:
+        self.wait_loaded()
         return self._call("detokenize", ids=[int(i) for i in ids])
 
     def logits(self, ids: list[int]) -> np.ndarray:
+        self.wait_loaded()
         out = self._npy("logits")
         self._call("logits", ids=[int(i) for i in ids], out=out)
         arr = np.load(out)
@@ -158,6 +172,7 @@ class IsolatedLlamaCpp:
         return arr
 
     def generate(self, ids: list[int], steps: int) -> GenerateResult:
+        self.wait_loaded()
         out = self._npy("gen")
         r = self._call("generate", ids=[int(i) for i in ids], steps=steps, out=out)
         arr = np.load(out) if steps > 0 else None
@@ -171,7 +186,7 @@ class IsolatedLlamaCpp:
 
     def send_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
         """Start a compare_pass in the child and return at once (receive_compare_pass waits)."""
-        self._send("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
+        self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
                    out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
 
     def receive_compare_pass(self) -> ComparePass:
@@ -183,9 +198,12 @@ class IsolatedLlamaCpp:
         return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
 
     def provenance(self) -> dict:
+        self.wait_loaded()
         return dict(self._provenance)
 
     def close(self) -> None:
+        if self._pending is not None and self._proc.poll() is None:
+            self._kill()  # a request (e.g. the load) is still under way: do not wait for it
         if self._proc.poll() is None:
             try:
                 self._proc.stdin.write((json.dumps({"op": "close", "args": {}}) + "\n").encode())
