@@ -1,6 +1,7 @@
-"""Scaled dot-product attention over the KV cache, with causal and sliding-window masks.
+"""Scaled dot-product attention over the KV cache: masks (causal, sliding window, prefix-LM),
+naive and flash (tiled online-softmax) kernels, and gemma.cpp's ring-buffer view of the cache.
 
-q: (n_q, n_head, d) at positions q_pos; k, v: (n_kv, n_head_kv, d) at positions 0..n_kv-1.
+q: (n_q, n_head, d) at positions q_pos; k, v: (n_kv, n_head_kv, d) at positions k_pos.
 Query head h reads kv head h // (n_head / n_head_kv) (ggml_mul_mat broadcasting, GQA).
 """
 
@@ -14,14 +15,28 @@ from engine.ops import softmax
 NEG_INF = np.float32(-np.inf)
 
 
-def attention_mask(q_pos: np.ndarray, n_kv: int, window: int = 0) -> np.ndarray:
-    """(n_q, n_kv) additive mask: 0 where visible, -inf elsewhere. Causal (k ≤ q); with a window,
-    llama.cpp's LLAMA_SWA_TYPE_STANDARD also hides keys with q - k >= window (llama-hparams.h)."""
-    k_pos = np.arange(n_kv)
-    visible = k_pos[None, :] <= q_pos[:, None]
+def attention_mask(q_pos: np.ndarray, n_kv: int, window: int = 0, prefix_end: int = 0, k_pos: np.ndarray | None = None) -> np.ndarray:
+    """(n_q, n_kv) additive mask: 0 where visible, -inf elsewhere.
+
+    Causal: key k is visible to query q when k ≤ last(q). With a window (llama.cpp's
+    LLAMA_SWA_TYPE_STANDARD, llama-hparams.h) keys with q - k ≥ window are hidden: the span starts
+    at q - min(window - 1, q), as gemma.cpp writes it. prefix_end (gemma.cpp gemma/attention.cc,
+    prefix-LM): last(q) = prefix_end - 1 when prefix_end > 0 and prefix_end - 1 > q, so tokens of
+    the prefix see the whole prefix; otherwise last(q) = q."""
+    k_pos = np.arange(n_kv) if k_pos is None else k_pos
+    q = q_pos[:, None]
+    last = q
+    if prefix_end > 0:
+        last = np.where(prefix_end - 1 > q, prefix_end - 1, q)
+    visible = k_pos[None, :] <= last
     if window > 0:
-        visible &= (q_pos[:, None] - k_pos[None, :]) < window
+        visible &= k_pos[None, :] >= q - np.minimum(window - 1, q)
     return np.where(visible, np.float32(0.0), NEG_INF).astype(np.float32)
+
+
+def _group(q: np.ndarray, n_head_kv: int) -> np.ndarray:
+    n_q, n_head, d = q.shape
+    return q.reshape(n_q, n_head_kv, n_head // n_head_kv, d).transpose(1, 2, 0, 3)  # (hkv, rep, n_q, d)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float = 1.0,
@@ -35,8 +50,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, sca
         q = q.astype(np.float16).astype(np.float32)
     n_q, n_head, d = q.shape
     n_kv, n_head_kv, _ = k.shape
-    rep = n_head // n_head_kv
-    qg = q.reshape(n_q, n_head_kv, rep, d).transpose(1, 2, 0, 3)  # (hkv, rep, n_q, d)
+    qg = _group(q, n_head_kv)
     kt = k.transpose(1, 2, 0)[:, None]  # (hkv, 1, d, n_kv)
     scores = np.matmul(qg, kt)  # (hkv, rep, n_q, n_kv)
     if softcap:
@@ -49,3 +63,58 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, sca
         p = p.astype(np.float16).astype(np.float32)
     out = np.matmul(p, v.transpose(1, 0, 2)[:, None])  # (hkv, rep, n_q, d_v)
     return out.transpose(2, 0, 1, 3).reshape(n_q, n_head, v.shape[-1])
+
+
+def flash_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float = 1.0,
+                    softcap: float = 0.0, tile: int = 64) -> np.ndarray:  # fmt: skip
+    """The same result as attention(), computed over key tiles with an online softmax: a running
+    max m, running normaliser l and running output o per query, rescaled by exp(m_old - m_new)
+    as each tile arrives, so no (n_q, n_kv) score matrix is ever held whole."""
+    n_q, n_head, d = q.shape
+    n_kv, n_head_kv, dv = v.shape
+    qg = _group(q, n_head_kv)  # (hkv, rep, n_q, d)
+    rep = n_head // n_head_kv
+    m = np.full((n_head_kv, rep, n_q, 1), -np.inf, dtype=np.float32)
+    l = np.zeros((n_head_kv, rep, n_q, 1), dtype=np.float32)
+    o = np.zeros((n_head_kv, rep, n_q, dv), dtype=np.float32)
+    for s in range(0, n_kv, tile):
+        kt = k[s : s + tile].transpose(1, 2, 0)[:, None]  # (hkv, 1, d, t)
+        sc = np.matmul(qg, kt)
+        if softcap:
+            sc = _softcap(sc, softcap)
+        if scale != 1.0:
+            sc = sc * np.float32(scale)
+        sc = sc + mask[:, s : s + tile]
+        m_new = np.maximum(m, sc.max(axis=-1, keepdims=True))
+        # rows whose keys so far are all masked keep m = -inf: use 0 there to avoid inf - inf
+        m_safe = np.where(np.isfinite(m_new), m_new, np.float32(0.0))
+        p = np.exp(sc - m_safe)
+        alpha = np.exp(np.where(np.isfinite(m), m - m_safe, -np.inf)).astype(np.float32)
+        l = l * alpha + p.sum(axis=-1, keepdims=True)
+        o = o * alpha + np.matmul(p, v[s : s + tile].transpose(1, 0, 2)[:, None])
+        m = m_new
+    out = o / l
+    return out.transpose(2, 0, 1, 3).reshape(n_q, n_head, dv)
+
+
+class RingKV:
+    """gemma.cpp's KV cache (gemma/attention.cc): `seq_len` rows, position p stored at row
+    p % seq_len. A query at pos attends the positions [start, last] of its mask that are still
+    in the ring — the span is clamped to the newest min(last + 1, seq_len) positions ("rolling
+    clamp"); older rows have been overwritten."""
+
+    def __init__(self, seq_len: int, n_head_kv: int, d: int, dv: int | None = None):
+        self.seq_len = seq_len
+        self.k = np.zeros((seq_len, n_head_kv, d), dtype=np.float32)
+        self.v = np.zeros((seq_len, n_head_kv, dv or d), dtype=np.float32)
+        self.row_pos = np.full(seq_len, -1, dtype=np.int64)  # which position each row holds
+
+    def store(self, pos: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        rows = pos % self.seq_len
+        self.k[rows], self.v[rows], self.row_pos[rows] = k, v, pos
+
+    def view(self, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(k, v, positions) of every live row holding a position < upto, oldest first."""
+        live = (self.row_pos >= 0) & (self.row_pos < upto)
+        order = np.argsort(self.row_pos[live], kind="stable")
+        return self.k[live][order], self.v[live][order], self.row_pos[live][order]

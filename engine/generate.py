@@ -73,29 +73,44 @@ class Engine:
             raise ValueError(f"token id out of range [0, {self.config.n_vocab})")
         return a
 
-    def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
+    def prefill(self, ids, all_logits: bool = False, prefix_end: int = 0) -> np.ndarray:
         """Append ids to the cache in one batch; the last position's logits (n_vocab,), or every
-        position's (n, n_vocab) with all_logits."""
-        out = self.model.forward(self._ids(ids), self.cache, self.tap, all_logits=all_logits)
+        position's (n, n_vocab) with all_logits. prefix_end > 0: positions before it attend the
+        whole prefix bidirectionally (prefix-LM, gemma.cpp semantics; the prefix must lie in
+        this batch)."""
+        a = self._ids(ids)
+        if prefix_end > self.cache.n_past + len(a):
+            raise ValueError(f"prefix_end {prefix_end} lies beyond this batch (positions up to {self.cache.n_past + len(a)})")
+        out = self.model.forward(a, self.cache, self.tap, all_logits=all_logits, prefix_end=prefix_end)
         return out if all_logits else out[-1]
 
     def decode_step(self, token: int) -> np.ndarray:
         """One token at position n_past → its logits (n_vocab,)."""
         return self.model.forward(self._ids([token]), self.cache, self.tap, all_logits=True)[0]
 
-    def logits(self, ids) -> np.ndarray:
+    def logits(self, ids, prefix_end: int = 0) -> np.ndarray:
         """Teacher-forced logits for every position of ids, from an empty cache: (n, n_vocab)."""
         self.reset()
-        return self.prefill(ids, all_logits=True)
+        return self.prefill(ids, all_logits=True, prefix_end=prefix_end)
 
-    def generate(self, ids, steps: int, keep_logits: bool = False, stop: set[int] | None = None, sampling=None) -> Generation:
+    def generate(self, ids, steps: int, keep_logits: bool = False, stop: set[int] | None = None, sampling=None,
+                 prefix_end: int = 0) -> Generation:  # fmt: skip
         """Continuation of `steps` tokens after a fresh prefill of ids: greedy, or seeded sampling
-        with llama.cpp's chain when `sampling` (engine.sampling.SamplingParams) is given."""
+        with llama.cpp's chain when `sampling` (engine.sampling.SamplingParams) is given.
+
+        With prefix_end (gemma.cpp gemma/gemma.cc): the prompt minus its last token is prefilled
+        and the last token goes through decode, except when prefix_end == len(ids): then the
+        whole prompt is prefilled in one batch (the prefix must see itself whole)."""
         from engine.sampling import Sampler
 
         choose = Sampler(sampling) if sampling is not None else greedy
         self.reset()
-        last = self.prefill(ids)
+        ids = list(ids)
+        if 0 < prefix_end < len(ids):
+            self.prefill(ids[:-1], prefix_end=prefix_end)
+            last = self.decode_step(ids[-1])
+        else:
+            last = self.prefill(ids, prefix_end=prefix_end)
         gen = Generation(tokens=[])
         for i in range(steps):
             if keep_logits:

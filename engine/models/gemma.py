@@ -64,7 +64,7 @@ class GemmaModel:
     def _output(self):
         return "output_norm.weight", ("token_embd.weight" if self.cfg.tied_output else "output.weight",)
 
-    def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True) -> np.ndarray:
+    def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True, prefix_end: int = 0) -> np.ndarray:
         """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32
         (only the last row when all_logits is False)."""
         c = self.cfg
@@ -74,8 +74,8 @@ class GemmaModel:
         n_kv = cache.n_past + n
         rope_global = rope_cache(pos, c.rope_dim, c.rope_base)
         rope_local = rope_cache(pos, c.rope_dim, c.rope_base_swa) if any(c.swa_layers) else rope_global
-        mask_global = attention_mask(pos, n_kv)
-        mask_local = attention_mask(pos, n_kv, c.sliding_window) if any(c.swa_layers) else mask_global
+        mask_global = attention_mask(pos, n_kv, prefix_end=prefix_end)
+        mask_local = attention_mask(pos, n_kv, c.sliding_window, prefix_end) if any(c.swa_layers) else mask_global
         nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.w.embedding_rows("token_embd.weight", ids) * np.float32(c.embd_scale)  # (n, n_embd)
         for il in range(c.n_layer):

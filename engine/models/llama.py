@@ -45,7 +45,7 @@ class LlamaModel:
                 self.w.prepare(names) if isinstance(names, tuple) else self.w[names]
         self.w[self._output()[0]], self.w.prepare(self._output()[1])
 
-    def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True) -> np.ndarray:
+    def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True, prefix_end: int = 0) -> np.ndarray:
         """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32
         (only the last row, shape (1, n_vocab), when all_logits is False)."""
         c = self.cfg
@@ -53,7 +53,7 @@ class LlamaModel:
         cache.check_room(n)
         pos = np.arange(cache.n_past, cache.n_past + n)
         cos, sin = rope_cache(pos, c.rope_dim, c.rope_base)
-        mask = attention_mask(pos, cache.n_past + n)
+        mask = attention_mask(pos, cache.n_past + n, prefix_end=prefix_end)
         nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.w.embedding_rows("token_embd.weight", ids)  # (n, n_embd)
         for il in range(c.n_layer):
