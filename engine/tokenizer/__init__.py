@@ -23,17 +23,34 @@ class Tokenizer:
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
         self._bpe = BPE(vocab) if vocab.model == "gpt2" else None
+        self._spm = spm.SPM(vocab) if vocab.model == "llama" else None
+        self._by_prefix: dict[bytes, list[int]] | None = None
 
     @classmethod
     def from_gguf(cls, g: GGUFFile) -> "Tokenizer":
         return cls(load_vocab(g))
 
     # --- encode ----------------------------------------------------------------------------------
+    def _candidates(self, text: bytes) -> list[int]:
+        """Special tokens that can occur in text, in cache order: a token occurs only if its
+        first two bytes do (most vocabularies have thousands of special tokens)."""
+        if self._by_prefix is None:
+            by: dict[bytes, list[int]] = {}
+            for rank, sid in enumerate(self.vocab.special_ids):
+                by.setdefault(self.vocab.texts[sid][:2], []).append(rank)
+            self._by_prefix = by
+        ranks = []
+        for pre, rs in self._by_prefix.items():
+            if pre in text:
+                ranks.extend(rs)
+        ranks.sort()
+        return [self.vocab.special_ids[r] for r in ranks]
+
     def _partition(self, text: bytes, parse_special: bool) -> list[bytes | int]:
         """Split raw text on special-token texts (tokenizer_st_partition): ints are token ids."""
         v = self.vocab
         frags: list[bytes | int] = [text] if text else []
-        for sid in v.special_ids:
+        for sid in self._candidates(text):
             attr = v.attrs[sid]
             if not parse_special and attr & (ATTR_CONTROL | ATTR_UNKNOWN):
                 continue
@@ -76,7 +93,7 @@ class Tokenizer:
                     is_prev_special = True
                     continue
                 t = (b" " if v.add_space_prefix and is_prev_special else b"") + f
-                out.extend(spm.tokenize(v, t.replace(b" ", "▁".encode())))
+                out.extend(self._spm.tokenize(t.replace(b" ", "▁".encode())))
                 is_prev_special = False
             if add_special and v.add_eos:
                 out.append(v.eos)

@@ -8,6 +8,8 @@ or split back along the merges that built it, or as <0xNN> byte tokens.
 from __future__ import annotations
 
 import heapq
+import re
+from functools import lru_cache
 
 from engine.tokenizer.vocab import TokenizerError, Vocab
 
@@ -83,3 +85,45 @@ def tokenize(v: Vocab, text: bytes) -> list[int]:
         resegment(i)
         i = syms[i][3]
     return out
+
+
+_SP = "▁".encode()
+_BOUNDARY = re.compile(rb"(?<!\xe2\x96\x81)\xe2\x96\x81")
+
+
+class SPM:
+    """tokenize() with a per-word cache. SentencePiece merges run over the whole text, but a merge
+    can only produce a vocabulary token, so no symbol ever spans a place where a non-▁ character
+    is followed by ▁ — unless some token itself contains such a place ("crossing" tokens, e.g.
+    gemma-3's ">▁</"). The text is cut at those places (except inside an occurrence of a crossing
+    token), each piece is tokenized alone (merges in different pieces never interact, and each
+    piece keeps its left-to-right tie order), and pieces repeat, so they are cached."""
+
+    def __init__(self, v: Vocab):
+        self.v = v
+        self.crossing = [t for t in v.texts if _BOUNDARY.search(t, 1) and _crosses(t)]
+        self._piece = lru_cache(maxsize=1 << 16)(lambda b: tuple(tokenize(v, b)))
+
+    def tokenize(self, text: bytes) -> list[int]:
+        if len(self.crossing) > 64:  # too many to track: no cutting
+            return tokenize(self.v, text)
+        cuts = [m.start() for m in _BOUNDARY.finditer(text) if m.start() > 0]
+        if self.crossing and cuts:
+            blocked = set()
+            for t in self.crossing:
+                start = text.find(t)
+                while start != -1:
+                    blocked.update(range(start + 1, start + len(t)))
+                    start = text.find(t, start + 1)
+            cuts = [c for c in cuts if c not in blocked]
+        out: list[int] = []
+        prev = 0
+        for c in cuts + [len(text)]:
+            out.extend(self._piece(text[prev:c]))
+            prev = c
+        return out
+
+
+def _crosses(t: bytes) -> bool:
+    """True if t holds a ▁ right after a character that is not ▁."""
+    return any(m.start() > 0 for m in _BOUNDARY.finditer(t))
