@@ -232,6 +232,9 @@ def cmd_run(args) -> int:
     for r in res.rows:
         for f in r["failures"]:
             con.print(f"[red]FAIL[/red] {r['model']}/{r['prompt']}: {f}", markup=True)
+        if r.get("localised"):
+            loc = r["localised"]
+            con.print(f"      first diverging layer: {loc['layer']} ({loc['stage']}, NMSE {loc['nmse']:.3g})")
     return res.exit_code
 
 

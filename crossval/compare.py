@@ -207,3 +207,30 @@ def divergence_detail(ref_tok: int, eng_tok: int, ref_logits: np.ndarray, eng_lo
         "logprob_gap_engine": gap_eng,
         "near_tie": bool(abs(gap_ref) < NEAR_TIE_LOGPROB_GAP or abs(gap_eng) < NEAR_TIE_LOGPROB_GAP),
     }
+
+
+STAGE_ORDER = ("kqv_out", "ffn_inp", "l_out")
+
+
+def nmse(ours: np.ndarray, ref: np.ndarray) -> float:
+    """Normalised mean squared error: mean((a - r)²) / mean(r²) (0 when identical)."""
+    a, r = np.asarray(ours, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    den = float(np.mean(r * r))
+    return float(np.mean((a - r) ** 2) / den) if den > 0 else float(np.any(a != r))
+
+
+def localise(engine_rows: dict[str, np.ndarray], reference_rows: dict[str, np.ndarray], threshold: float) -> dict:
+    """Per-layer localisation at one position: rows are keyed "<stage>-<layer>" (stage in
+    STAGE_ORDER). Returns every (layer, stage, nmse) in graph order and the first whose NMSE
+    exceeds threshold (None when none does)."""
+    rows = []
+    keys = [k for k in engine_rows if k in reference_rows and k.rsplit("-", 1)[0] in STAGE_ORDER]
+    keys.sort(key=lambda k: (int(k.rsplit("-", 1)[1]), STAGE_ORDER.index(k.rsplit("-", 1)[0])))
+    first = None
+    for k in keys:
+        stage, layer = k.rsplit("-", 1)
+        e = nmse(engine_rows[k], reference_rows[k])
+        rows.append({"layer": int(layer), "stage": stage, "nmse": e})
+        if first is None and e > threshold:
+            first = rows[-1]
+    return {"threshold": threshold, "first": first, "layers": rows}

@@ -47,6 +47,8 @@ class RunConfig:
     perturb: tuple[int, float] | None = None  # test hook: (layer, scale) of the engine's FFN output
     keep_going: bool = False  # after a reference timeout/crash, go on with the next prompt
     sampling: object | None = None  # engine.sampling.SamplingParams; None = greedy
+    localise: bool = True  # on a failed comparison, find the first layer that diverges
+    localise_threshold: float = 1e-2  # NMSE above which a layer's output counts as diverged
     per_position: bool = True
 
 
@@ -96,7 +98,7 @@ def _empty_parity(status: str) -> dict:
         "exact_match_rate": None, "first_divergence_step": None, "kld_mean": None, "kld_max": None,
         "max_abs_diff": None, "top1_agreement": None, "top5_overlap": None, "top10_overlap": None,
         "ref_top1_rank_max": None, "positions": None, "steps_compared": None, "reference_tokens": None,
-        "engine_tokens": None, "reference_text": None, "engine_text": None, "divergence": None,
+        "engine_tokens": None, "reference_text": None, "engine_text": None, "divergence": None, "localisation": None,
     }  # fmt: skip
 
 
@@ -155,7 +157,24 @@ def compare_one(eng, ref, ids: list[int], steps: int, sampling=None) -> tuple[di
     if steps > 1:
         timing["reference_decode_tok_s"] = (steps - 1) / max(rp.seconds["generate_s"], 1e-9)
         timing["engine_decode_tok_s"] = (steps - 1) / max(ep.seconds["generate_s"], 1e-9)
+    p["_teacher_forced_ids"] = list(ids) + list(rp.tokens[:-1]) if steps > 1 else list(ids)
     return p, tf.rows(), timing
+
+
+LOCALISE_PATTERN = r"^(kqv_out|ffn_inp|sa_out|l_out)-\d+$"
+
+
+def localise_divergence(eng, ref, parity: dict, rows: list[dict], threshold: float) -> dict:
+    """At the first teacher-forced position whose top-1 differs (else the lowest-cosine one),
+    compare every layer's attention output, post-attention residual and layer output with
+    llama.cpp's graph tensors; name the first whose NMSE exceeds the threshold."""
+    ids = parity["_teacher_forced_ids"]
+    pos = next((r["position"] for r in rows if not r["top1_match"]), parity["cosine_min_position"])
+    ours = eng.capture_rows(ids[: pos + 1], pos)
+    theirs = {k.replace("sa_out-", "ffn_inp-"): v for k, v in ref.capture_rows(ids[: pos + 1], pos, LOCALISE_PATTERN).items()}
+    out = compare.localise(ours, theirs, threshold)
+    out["position"] = int(pos)
+    return out
 
 
 def _receipt(cfg, run_id, model_sec, tok_sec, prompt: Prompt, text: str, tmpl_kind, n_tokens, backends, tokenization,
@@ -302,6 +321,10 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 stage = "compare"
                 parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps, cfg.sampling)
                 timing.update(t2)
+                parity["localisation"] = None
+                if cfg.localise and thresholds.evaluate(thr, parity, tokenization):
+                    stage = "localise"
+                    parity["localisation"] = localise_divergence(eng, ref, parity, prow, cfg.localise_threshold)
                 stage = "detokenize"
                 parity["reference_text"] = ref.detokenize(parity["reference_tokens"])
                 parity["engine_text"] = ref.detokenize(parity["engine_tokens"])
@@ -325,6 +348,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
             for k in ("engine_logits_s", "reference_logits_s", "engine_generate_s", "reference_generate_s",
                       "engine_decode_tok_s", "reference_decode_tok_s", "engine_pass_s", "reference_pass_s"):  # fmt: skip
                 timing.setdefault(k, None)
+            parity.pop("_teacher_forced_ids", None)
             backends = {"engine": eng.provenance(), "reference": ref_prov}
             tok_sec = {**tok_fp, "parse_special": prompt.is_chat}
             rec = _receipt(cfg, run_id, model_sec, tok_sec, prompt, text, tmpl_kind, len(ids), backends, tokenization,
@@ -337,10 +361,11 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
             elif status == "error" or not rec["verdict"]["passed"] and status != "engine_only":
                 codes.append(EXIT_PARITY)
             row = {
-                "file": fname, "model": mname, "prompt": prompt.id, "status": status, "passed": rec["verdict"]["passed"],
+                "file": fname, "model": _label(mname), "prompt": prompt.id, "status": status, "passed": rec["verdict"]["passed"],
                 "tokens_match": tokenization["match"], "cosine_similarity": parity["cosine_similarity"],
                 "exact_match_rate": parity["exact_match_rate"], "first_divergence_step": parity["first_divergence_step"],
                 "kld_mean": parity["kld_mean"], "failures": rec["verdict"]["failures"],
+                "localised": (parity.get("localisation") or {}).get("first"),
             }  # fmt: skip
             rows.append(row)
             progress("receipt", row)

@@ -93,3 +93,15 @@ def test_chunked_float32_metrics_agree_with_float64_definitions():
     np.testing.assert_allclose(tf.cosine, C.cosine_rows(a, b), rtol=0, atol=1e-9)
     np.testing.assert_allclose(tf.kld, C.kld_rows(a, b), rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(C.teacher_forced(a, a.copy()).kld, 0.0, atol=1e-9)
+
+
+def test_localise_first_layer_over_threshold():
+    rng = np.random.default_rng(3)
+    ref = {f"{st}-{il}": rng.standard_normal(16) for il in range(3) for st in C.STAGE_ORDER}
+    eng = {k: v.copy() for k, v in ref.items()}
+    eng["ffn_inp-1"] = eng["ffn_inp-1"] * 1.5  # NMSE exactly 0.25
+    eng["l_out-2"] = eng["l_out-2"] + 1e-4
+    out = C.localise(eng, ref, threshold=1e-2)
+    assert out["first"] == {"layer": 1, "stage": "ffn_inp", "nmse": pytest.approx(0.25)}
+    assert [(x["layer"], x["stage"]) for x in out["layers"]][:4] == [(0, "kqv_out"), (0, "ffn_inp"), (0, "l_out"), (1, "kqv_out")]
+    assert C.localise(ref, ref, 1e-12)["first"] is None

@@ -202,3 +202,17 @@ def test_diff_shows_what_moved(tmp_path, tiny_model):
     rows = {x["field"]: x for x in json.loads(r.stdout)}
     assert rows["parity.status"]["old"] == "ok" and rows["parity.status"]["new"] == "divergence"
     assert rows["parity.cosine_similarity"]["direction"] == "worse"
+
+
+@pytest.mark.parametrize("name, layer", [("llama", 1), ("gemma3", 4)])
+def test_localisation_names_the_perturbed_layer(tmp_path, tiny_model, name, layer):
+    out = tmp_path / "out"
+    r = crossval("run", "--model", tiny_model(name), "--prompt-file", _prompt_file(tmp_path, 1), "--steps", 8, "--out", out,
+                 "--perturb-layer", layer, "--perturb-scale", 3.0, "--n-ctx", 128)  # fmt: skip
+    assert r.returncode == 1, r.stderr + r.stdout
+    (rec,) = _receipts(out)
+    loc = rec["parity"]["localisation"]
+    assert loc["first"]["layer"] == layer and loc["first"]["stage"] == "l_out", loc["first"]
+    earlier = [x for x in loc["layers"] if x["layer"] < layer]
+    assert earlier and max(x["nmse"] for x in earlier) < 1e-6  # everything before it agrees
+    assert f"first diverging layer: {layer}" in r.stdout

@@ -22,11 +22,16 @@ class EngineBackend:
         self.mode, self.kv_type = mode, kv_type
         self.perturb = perturb
         if perturb is not None:
-            # test hook: scale one layer's FFN output by scaling its down projection
+            # test hook: scale one layer's FFN output — through the post-FFN norm weight where the
+            # model has one (gemma2/3 normalise the FFN output, so scaling ffn_down would vanish),
+            # else through the down projection
             layer, scale = perturb
-            name = f"blk.{layer}.ffn_down.weight"
-            if name not in self.engine.gguf.tensors:
-                raise BackendError(f"perturbation: model has no tensor {name}")
+            tensors = self.engine.gguf.tensors
+            name = f"blk.{layer}.post_ffw_norm.weight"
+            if name not in tensors:
+                name = f"blk.{layer}.ffn_down.weight"
+            if name not in tensors:
+                raise BackendError(f"perturbation: model has no layer {layer}")
             w = self.engine.model.w
             w._groups.pop((name,), None)
             w._cache[name] = w[name] * np.float32(scale)
@@ -64,6 +69,22 @@ class EngineBackend:
         if choose is not None:
             cp.extra = {"sampling_trace": choose.trace}
         return cp
+
+    def capture_rows(self, ids: list[int], position: int) -> dict[str, np.ndarray]:
+        """The engine's per-layer stage outputs at `position` for a teacher-forced pass over ids,
+        named as llama.cpp names them ("kqv_out-3", "ffn_inp-3", "l_out-3")."""
+        rows: dict[str, np.ndarray] = {}
+
+        def tap(il, stage, x):
+            if il >= 0 and x.ndim >= 2 and x.shape[0] == len(ids):
+                rows[f"{stage}-{il}"] = np.array(x.reshape(len(ids), -1)[position], dtype=np.float32)
+
+        old, self.engine.tap = self.engine.tap, tap
+        try:
+            self.engine.logits(ids)
+        finally:
+            self.engine.tap = old
+        return rows
 
     def forced_suffix(self, n_prompt: int, free: ComparePass, ref_tokens: list[int]) -> np.ndarray | None:
         """Logits after each of ref_tokens[:-1], following a compare_pass without `forced` (the

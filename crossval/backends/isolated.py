@@ -197,6 +197,17 @@ class IsolatedLlamaCpp:
         os.unlink(out)
         return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
 
+    def capture_rows(self, ids: list[int], position: int, pattern: str) -> dict[str, np.ndarray]:
+        """llama.cpp's named graph tensors (cb_eval) whose names match `pattern`, as the row of
+        `position`, for a teacher-forced pass over ids (a separate capturing context)."""
+        self.wait_loaded()
+        out = self._npy("capture").replace(".npy", ".npz")
+        self._call("capture", ids=[int(i) for i in ids], position=int(position), pattern=pattern, out=out)
+        with np.load(out) as z:
+            rows = {k: z[k] for k in z.files}
+        os.unlink(out)
+        return rows
+
     def provenance(self) -> dict:
         self.wait_loaded()
         return dict(self._provenance)
@@ -325,6 +336,23 @@ def child_main() -> int:
                 if logs:
                     np.save(a["out"], np.stack(logs))
                 reply(True, {"tokens": toks, "seconds": sec})
+            elif op == "capture":
+                import re as _re
+
+                from crossval.backends.llamacpp import LlamaCppBackend
+
+                pat = _re.compile(a["pattern"])
+                cap = LlamaCppBackend(backend.model_path, n_ctx=max(8, len(a["ids"]) + 1), threads=backend.threads,
+                                      kv_type=backend.kv_type, capture=True)  # fmt: skip
+                try:
+                    _, tensors = cap.capture_logits(a["ids"], lambda n: bool(pat.match(n)))
+                finally:
+                    cap.close()
+                n = len(a["ids"])
+                rows = {k: v.reshape(n, -1)[a["position"]] for k, v in tensors.items() if v.size % n == 0}
+                with open(a["out"], "wb") as f:
+                    np.savez(f, **rows)
+                reply(True, {"n": len(rows)})
             elif op == "compare_pass":
                 from crossval.backends.base import greedy_compare_pass
 
