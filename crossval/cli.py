@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-p", type=float, default=0.05)
     r.add_argument("--n-ctx", type=int, default=2048)
     r.add_argument("--kv-type", choices=["f16", "f32"], default="f16", help="KV cache type of both engines")
-    r.add_argument("--reference", default="llamacpp", help="reference backend (llamacpp)")
+    r.add_argument("--reference", default="llamacpp", help="reference backend: llamacpp, or external:CMD (a child "
+                   "process speaking the JSON-lines protocol of docs/backends.md, e.g. 'external:python -m engine.serve')")
     r.add_argument("--llama-lib", help="directory holding another libllama build (LLAMA_CPP_LIB_PATH), e.g. bitnet.cpp's")
     r.add_argument("--timeout", type=float, default=120.0, help="seconds per reference request (default 120)")
     r.add_argument("--out", default="receipts/runs", help="receipts go to OUT/<run_id>/")

@@ -77,8 +77,13 @@ def _model_path(name: str) -> Path:
 def _reference(cfg: RunConfig, path: Path):
     from crossval.backends.isolated import IsolatedLlamaCpp
 
+    if cfg.reference.startswith("external:"):
+        from crossval.backends.external import ExternalBackend
+
+        return ExternalBackend(cfg.reference[len("external:") :], path, n_ctx=cfg.n_ctx, threads=cfg.threads,
+                               kv_type=cfg.kv_type, timeout=cfg.timeout)  # fmt: skip
     if cfg.reference != "llamacpp":
-        raise InputError(f"unknown reference {cfg.reference!r} (available: llamacpp)")
+        raise InputError(f"unknown reference {cfg.reference!r} (available: llamacpp, external:CMD)")
     return IsolatedLlamaCpp(path, n_ctx=cfg.n_ctx, threads=cfg.threads, kv_type=cfg.kv_type, timeout=cfg.timeout, llama_lib=cfg.llama_lib)
 
 
@@ -274,11 +279,13 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         tmpl = g.get("tokenizer.chat_template")
         bos_text, eos_text = _special_texts(g)
         progress("model", {"model": mname, "prompts": len(cfg.prompts)})
-        ref, ref_unavailable = None, None
+        ref, ref_unavailable, ref_failure = None, None, None
         try:
             ref = _reference(cfg, path)  # starts loading in its own process while the engine loads
         except BackendUnavailable as e:
             ref_unavailable = str(e)
+        except BackendError as e:  # a timeout/crash while starting: the first prompt's receipt says so
+            ref_failure = e
         try:
             eng = EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb)
         except GGUFError as e:
@@ -295,6 +302,9 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
             tokenization = _tokenization([], None, "not reached")
             ref_prov = None
             try:
+                if ref_failure is not None:
+                    e, ref_failure = ref_failure, None
+                    raise e
                 if ref is None and ref_unavailable is None:
                     try:
                         ref = _reference(cfg, path)
@@ -322,7 +332,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps, cfg.sampling)
                 timing.update(t2)
                 parity["localisation"] = None
-                if cfg.localise and thresholds.evaluate(thr, parity, tokenization):
+                if cfg.localise and hasattr(ref, "capture_rows") and thresholds.evaluate(thr, parity, tokenization):
                     stage = "localise"
                     parity["localisation"] = localise_divergence(eng, ref, parity, prow, cfg.localise_threshold)
                 stage = "detokenize"

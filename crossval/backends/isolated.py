@@ -34,43 +34,22 @@ from crossval.backends.base import (
 PROTOCOL = "crossval-isolated/1"
 
 
-class IsolatedLlamaCpp:
-    """Parent side: the llama.cpp Backend, answered by a child process."""
+class ChildProcess:
+    """A child process speaking JSON lines on stdin/stdout, with a deadline per request, its
+    stderr kept (last 40 lines) for diagnostics, and its process group killed on timeout.
+    `protocol` is the value every reply's "protocol" field must carry."""
 
-    name = "llamacpp"
+    protocol = PROTOCOL
 
-    def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
-                 llama_lib: str | None = None, env: dict | None = None):  # fmt: skip
+    def _start(self, argv: list[str], env: dict, timeout: float) -> None:
         self.timeout = timeout
-        # logits travel through files: in shared memory when the system has it
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self._tmp = tempfile.TemporaryDirectory(prefix="crossval-child-", dir=shm)
         self._pending: tuple[str, float] | None = None
         self._stderr = collections.deque(maxlen=40)
-        child_env = dict(os.environ if env is None else env)
-        if llama_lib:
-            child_env["LLAMA_CPP_LIB_PATH"] = str(llama_lib)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "crossval.backends.isolated"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=child_env, start_new_session=True,
-        )  # fmt: skip
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env, start_new_session=True)  # fmt: skip
         self._buf = b""
         self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
         self._t_err.start()
-        self.capabilities = Capabilities()
-        # the child loads the model while the caller does other work (e.g. loads the engine);
-        # the first request waits for it
-        self._t0 = time.perf_counter()
-        self._send("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
-        self._info = None
-
-    def wait_loaded(self) -> None:
-        if self._info is None:
-            self._info = self._receive()
-            self.load_s = time.perf_counter() - self._t0
-            self.n_vocab = self._info["n_vocab"]
-            self._provenance = self._info["provenance"]
 
     # --- transport ----------------------------------------------------------------------------
     def _drain_stderr(self) -> None:
@@ -139,7 +118,7 @@ class IsolatedLlamaCpp:
         line = self._readline(deadline, op)
         try:
             msg = json.loads(line)
-            if not isinstance(msg, dict) or msg.get("protocol") != PROTOCOL:
+            if not isinstance(msg, dict) or msg.get("protocol") != self.protocol:
                 raise ValueError("not a protocol message")
         except ValueError:
             self._kill()
@@ -150,6 +129,57 @@ class IsolatedLlamaCpp:
                 raise BackendUnavailable(err)
             raise BackendError(err)
         return msg.get("result")
+
+    def _shutdown(self) -> None:
+        if self._pending is not None and self._proc.poll() is None:
+            self._kill()  # a request (e.g. the load) is still under way: do not wait for it
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write((json.dumps({"op": "close", "args": {}}) + "\n").encode())
+                self._proc.stdin.flush()
+                self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                pass
+        self._kill()
+        for f in (self._proc.stdin, self._proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._t_err.join(timeout=2)
+        try:
+            self._proc.stderr.close()
+        except OSError:
+            pass
+
+
+class IsolatedLlamaCpp(ChildProcess):
+    """Parent side: the llama.cpp Backend, answered by a child process."""
+
+    name = "llamacpp"
+
+    def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
+                 llama_lib: str | None = None, env: dict | None = None):  # fmt: skip
+        # logits travel through files: in shared memory when the system has it
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self._tmp = tempfile.TemporaryDirectory(prefix="crossval-child-", dir=shm)
+        child_env = dict(os.environ if env is None else env)
+        if llama_lib:
+            child_env["LLAMA_CPP_LIB_PATH"] = str(llama_lib)
+        self._start([sys.executable, "-m", "crossval.backends.isolated"], child_env, timeout)
+        self.capabilities = Capabilities()
+        # the child loads the model while the caller does other work (e.g. loads the engine);
+        # the first request waits for it
+        self._t0 = time.perf_counter()
+        self._send("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self._info = None
+
+    def wait_loaded(self) -> None:
+        if self._info is None:
+            self._info = self._receive()
+            self.load_s = time.perf_counter() - self._t0
+            self.n_vocab = self._info["n_vocab"]
+            self._provenance = self._info["provenance"]
 
     def _npy(self, name: str) -> str:
         return str(Path(self._tmp.name) / (f"{name}.npz" if name == "pass" else f"{name}.npy"))
@@ -213,26 +243,7 @@ class IsolatedLlamaCpp:
         return dict(self._provenance)
 
     def close(self) -> None:
-        if self._pending is not None and self._proc.poll() is None:
-            self._kill()  # a request (e.g. the load) is still under way: do not wait for it
-        if self._proc.poll() is None:
-            try:
-                self._proc.stdin.write((json.dumps({"op": "close", "args": {}}) + "\n").encode())
-                self._proc.stdin.flush()
-                self._proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired, ValueError):
-                pass
-        self._kill()
-        for f in (self._proc.stdin, self._proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
-        self._t_err.join(timeout=2)
-        try:
-            self._proc.stderr.close()
-        except OSError:
-            pass
+        self._shutdown()
         self._tmp.cleanup()
 
     def __enter__(self):
