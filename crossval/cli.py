@@ -69,18 +69,18 @@ def cmd_models_list(args) -> int:
 
 # --- generate / convert --------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    """Greedy generation with our engine. Text is tokenized with llama.cpp's vocabulary until the
-    engine's own tokenizer lands (issue "Tokenizers"); token ids are then engine-only."""
-    from crossval.backends.llamacpp import LlamaCppBackend
+    """Greedy generation with our engine and our tokenizer alone (no llama.cpp involved)."""
     from crossval.models import resolve_model
     from engine.generate import Engine
+    from engine.tokenizer import Tokenizer
+    from engine.tokenizer.chat import stop_tokens
 
     path = resolve_model(args.model)
     eng = Engine(path, n_ctx=args.n_ctx, kv_type=args.kv_type)
-    with LlamaCppBackend(path, vocab_only=True) as tok:
-        ids = tok.tokenize(args.prompt, add_bos=True, parse_special=False)
-        gen = eng.generate(ids, args.steps)
-        text = tok.detokenize(gen.tokens)
+    tok = Tokenizer.from_gguf(eng.gguf)
+    ids = tok.encode(args.prompt, add_special=True, parse_special=False)
+    gen = eng.generate(ids, args.steps, stop=stop_tokens(tok.vocab))
+    text = tok.detokenize(gen.tokens)
     if args.json:
         print(json.dumps({"model": str(path), "prompt_ids": ids, "tokens": gen.tokens, "text": text}))
     else:

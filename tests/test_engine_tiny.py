@@ -135,3 +135,18 @@ def test_float_copy_of_quantized_model(tmp_path, dtype):
             ids = ref.tokenize(PROMPT, add_bos=True)
             want = ref.logits(ids)
         assert cosine_rows(Engine(src, n_ctx=128).logits(ids), want).min() >= 0.99999
+
+
+def test_generate_cli_uses_engine_tokenizer_only(tiny_model, tmp_path):
+    """`crossval generate` needs no llama.cpp: it runs with the reference library unreachable."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(tmp_path / "none")}
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "generate", "--model", str(tiny_model("llama")), "--prompt", "the cat",
+                        "--steps", "4", "--json"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["prompt_ids"][0] == 1 and len(out["tokens"]) == 4
