@@ -376,10 +376,6 @@ class ModelConfig:
     embd_scale: float  # gemma: sqrt(n_embd) on the input embeddings; 1 otherwise
     tied_output: bool  # no output.weight: token_embd doubles as the LM head
 
-    @property
-    def n_rep(self) -> int:
-        return self.n_head // self.n_head_kv
-
 
 def _swa_pattern(n_layer: int, n_pattern: int) -> tuple[bool, ...]:
     # llama.cpp src/llama-hparams.cpp set_swa_pattern (dense_first = false):

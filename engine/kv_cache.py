@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KV_DTYPES = {"f32": np.float32, "f16": np.float16}
+KV_TYPES = ("f32", "f16")
 
 
 class KVCacheFull(RuntimeError):
@@ -19,8 +19,8 @@ class KVCacheFull(RuntimeError):
 
 class KVCache:
     def __init__(self, n_layer: int, n_ctx: int, n_head_kv: int, head_dim: int, head_dim_v: int, dtype: str = "f32"):
-        if dtype not in KV_DTYPES:
-            raise ValueError(f"kv cache type must be one of {list(KV_DTYPES)}, not {dtype!r}")
+        if dtype not in KV_TYPES:
+            raise ValueError(f"kv cache type must be one of {list(KV_TYPES)}, not {dtype!r}")
         self.dtype = dtype
         self.n_ctx = n_ctx
         self.k = [np.zeros((n_ctx, n_head_kv, head_dim), dtype=np.float32) for _ in range(n_layer)]
