@@ -68,11 +68,11 @@ def float_weights(g) -> bool:
     return all(t.type.name in ("F32", "F16", "BF16") for t in g.tensors.values() if len(t.ne) >= 2)
 
 
-def tokenizer_fingerprint(g) -> dict:
+def tokenizer_fingerprint(g, vocab=None) -> dict:
     """`tokenizer` receipt facts (engine/tokenizer/fingerprint.py documents the blob hash)."""
     from engine.tokenizer.fingerprint import fingerprint
 
-    fp = fingerprint(g)
+    fp = fingerprint(g, vocab)
     ct = g.get("tokenizer.chat_template")
     fp["chat_template_blake3"] = blake3_text(ct) if ct else None
     return fp

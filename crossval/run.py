@@ -272,7 +272,6 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         except GGUFError as e:
             raise InputError(str(e)) from None
         model_sec = {**provenance.model_facts(g, path, mname), "float_weights": provenance.float_weights(g)}
-        tok_fp = provenance.tokenizer_fingerprint(g)
         thr = thresholds.select(model_sec["float_weights"], cfg.mode)
         if cfg.thresholds_file:
             thr = thresholds.load_overrides(thr, cfg.thresholds_file)
@@ -291,6 +290,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         except GGUFError as e:
             ref = _drop(ref)
             raise InputError(str(e)) from None
+        tok_fp = provenance.tokenizer_fingerprint(g, eng.tokenizer.vocab if eng.tokenizer else None)
         first = True
         for prompt in cfg.prompts:
             t0 = time.perf_counter()

@@ -147,6 +147,10 @@ def test_fingerprint_is_stable_and_sensitive(tmp_path):
     a = fingerprint(open_gguf(write_tiny_model(tmp_path / "a.gguf", "llama", seed=1)))
     b = fingerprint(open_gguf(write_tiny_model(tmp_path / "b.gguf", "llama", seed=2)))  # other weights, same vocab
     assert a == b and len(a["tokenizer_blob_sha256"]) == 64
+    from engine.tokenizer.vocab import load_vocab
+
+    g = open_gguf(tmp_path / "a.gguf")
+    assert fingerprint(g, load_vocab(g)) == a  # a loaded vocabulary only saves work
     raw = (tmp_path / "a.gguf").read_bytes().replace(b"\xe2\x96\x81cat", b"\xe2\x96\x81cot", 1)
     (tmp_path / "c.gguf").write_bytes(raw)
     assert fingerprint(open_gguf(tmp_path / "c.gguf"))["tokenizer_blob_sha256"] != a["tokenizer_blob_sha256"]

@@ -14,7 +14,9 @@ import struct
 import numpy as np
 
 
-def fingerprint(g) -> dict:
+def fingerprint(g, vocab=None) -> dict:
+    """vocab: an already loaded engine.tokenizer.vocab.Vocab of g (saves loading it again for
+    the EOT id when the metadata does not name one)."""
     md = g.metadata
     h = hashlib.sha256()
     toks = md.get("tokenizer.ggml.tokens")
@@ -33,7 +35,9 @@ def fingerprint(g) -> dict:
         return int(v) if v is not None else None
 
     eot = opt_int("tokenizer.ggml.eot_token_id")
-    if eot is None and toks is not None and md.get("tokenizer.ggml.model") in ("llama", "gpt2"):
+    if eot is None and vocab is not None:
+        eot = vocab.eot
+    elif eot is None and toks is not None and md.get("tokenizer.ggml.model") in ("llama", "gpt2"):
         try:
             from engine.tokenizer.vocab import load_vocab
 
