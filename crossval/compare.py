@@ -13,12 +13,11 @@ NEAR_TIE_LOGPROB_GAP = 1e-3  # DESIGN §4: a divergence with |logprob gap| below
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of matching rows of two (n, vocab) arrays, computed in float64 → (n,).
+    """Cosine similarity of matching rows of two (n, vocab) arrays, accumulated in float64 → (n,).
     Two all-zero rows count as identical (1.0); one zero row against a non-zero one as 0.0."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    num = np.einsum("ij,ij->i", a, b)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    a, b = np.asarray(a), np.asarray(b)
+    num = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    den = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64) * np.einsum("ij,ij->i", b, b, dtype=np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
     return np.clip(out, -1.0, 1.0)
@@ -33,16 +32,15 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 def kld_rows(ref: np.ndarray, eng: np.ndarray) -> np.ndarray:
     """KL(ref ‖ eng) of the softmaxes, per row → (n,), in nats (never negative).
     With c = max + log Σ exp(x − max): log p − log q = (r − e) − c_r + c_e, so
-    KL = Σ p·(r − e) − c_r + c_e, which needs one exp pass per side."""
-    r = np.asarray(ref, dtype=np.float64)
-    e = np.asarray(eng, dtype=np.float64)
+    KL = Σ p·(r − e) − c_r + c_e, which needs one exp pass per side. Exponentials run in the
+    inputs' precision (float32 logits stay float32), every sum in float64."""
+    r, e = np.asarray(ref), np.asarray(eng)
     mr, me = r.max(axis=-1, keepdims=True), e.max(axis=-1, keepdims=True)
     pr = np.exp(r - mr)
-    zr = pr.sum(axis=-1)
-    ze = np.exp(e - me).sum(axis=-1)
-    cross = np.einsum("ij,ij->i", pr, r - e) / zr
-    kl = cross - (mr[:, 0] + np.log(zr)) + (me[:, 0] + np.log(ze))
-    return np.maximum(0.0, kl)
+    zr = pr.sum(axis=-1, dtype=np.float64)
+    ze = np.exp(e - me).sum(axis=-1, dtype=np.float64)
+    cross = np.einsum("ij,ij->i", pr, r - e, dtype=np.float64) / zr
+    return np.maximum(0.0, cross - (mr[:, 0] + np.log(zr)) + (me[:, 0] + np.log(ze)))
 
 
 def max_abs_diff_rows(ref: np.ndarray, eng: np.ndarray) -> np.ndarray:
@@ -116,24 +114,6 @@ class TeacherForced:
         ]
 
 
-def _cosine32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = np.einsum("ij,ij->i", a, b, dtype=np.float64)
-    den = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64) * np.einsum("ij,ij->i", b, b, dtype=np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
-    return np.clip(out, -1.0, 1.0)
-
-
-def _kld32(r: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """kld_rows with float32 exponentials and float64 sums (same formula)."""
-    mr, me = r.max(axis=-1, keepdims=True), e.max(axis=-1, keepdims=True)
-    pr = np.exp(r - mr)
-    zr = pr.sum(axis=-1, dtype=np.float64)
-    ze = np.exp(e - me).sum(axis=-1, dtype=np.float64)
-    cross = np.einsum("ij,ij->i", pr, r - e, dtype=np.float64) / zr
-    return np.maximum(0.0, cross - (mr[:, 0] + np.log(zr)) + (me[:, 0] + np.log(ze)))
-
-
 def teacher_forced_parts(parts: list[tuple[np.ndarray, np.ndarray]]) -> TeacherForced:
     """teacher_forced over consecutive blocks of positions, without concatenating the logits."""
     done = [teacher_forced(r, e) for r, e in parts if len(r)]
@@ -156,8 +136,8 @@ def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> Teacher
         r = np.asarray(ref[s : s + chunk], dtype=np.float32)
         e = np.asarray(eng[s : s + chunk], dtype=np.float32)
         sl = slice(s, s + len(r))
-        out["cosine"][sl] = _cosine32(r, e)
-        out["kld"][sl] = _kld32(r, e)
+        out["cosine"][sl] = cosine_rows(r, e)
+        out["kld"][sl] = kld_rows(r, e)
         out["max_abs"][sl] = np.abs(r - e).max(axis=1)
         rt = np.argpartition(-r, k - 1, axis=1)[:, :k]
         et = np.argpartition(-e, k - 1, axis=1)[:, :k]

@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.convert import sha256_file  # noqa: F401 — one hashing loop, re-exported for callers
+
 
 class ModelFetchError(RuntimeError):
     """A real model could not be fetched or verified (one-line message)."""
@@ -66,14 +68,6 @@ def cache_dir() -> Path:
 
 def models_dir() -> Path:
     return cache_dir() / "models"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _manifest_path(m: RealModel) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
@@ -25,11 +24,9 @@ def blake3_text(text: str) -> str:
 
 @lru_cache(maxsize=32)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from engine.convert import sha256_file as _hash
+
+    return _hash(path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
