@@ -67,6 +67,45 @@ def cmd_models_list(args) -> int:
     return EXIT_OK
 
 
+# --- gemmacpp ----------------------------------------------------------------------------------
+def cmd_gemmacpp_build(args) -> int:
+    import time
+
+    from crossval.gemmacpp_kit import ensure_built
+    from crossval.models import resolve_model
+
+    con = _console_err()
+    t = time.perf_counter()
+    with con.status("gemma.cpp kit") as st:
+        b = ensure_built(resolve_model(args.model), patched=not args.no_patches, jobs=args.jobs,
+                         progress=lambda line: st.update(f"gemma.cpp kit: {line[:100]}"))  # fmt: skip
+    info = {"dir": str(b.dir), "variant": b.variant, "sbs": str(b.sbs), "driver": str(b.driver), "capi": str(b.capi),
+            "built_s": b.built_s, "seconds": time.perf_counter() - t, **b.provenance()}  # fmt: skip
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        how = "reused" if b.built_s is None else f"built in {b.built_s:.0f} s"
+        _console().print(f"gemma.cpp {info['gemma_cpp_commit'][:12]} ({b.variant}, {info['simd_target']}): {how}\n  {b.dir}")
+    return EXIT_OK
+
+
+def cmd_gemmacpp_generate(args) -> int:
+    from crossval.backends.gemmacpp_capi import capi_generate
+    from crossval.gemmacpp_kit import ensure_built
+    from crossval.models import resolve_model
+
+    b = ensure_built(resolve_model(args.model), patched=not args.no_patches)
+    out = capi_generate(str(b.capi), str(b.sbs), args.prompt, args.max_tokens, repeat=args.repeat, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(out["text"])
+        c = out["cycles"]
+        print(f"[{len(c)} create/generate/destroy cycle(s), last {c[-1]['seconds']:.2f} s, RSS {c[0]['rss_mb']:.1f} → "
+              f"{c[-1]['rss_mb']:.1f} MB, all {out['nproc']} cores]", file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
 # --- generate / convert --------------------------------------------------------------------------
 def cmd_generate(args) -> int:
     """Greedy generation with our engine and our tokenizer alone (no llama.cpp involved)."""
@@ -197,7 +236,8 @@ def cmd_run(args) -> int:
         seed=args.seed, n_ctx=args.n_ctx, mode=args.mode, kv_type=args.kv_type, reference=args.reference,
         timeout=args.timeout, out_dir=Path(args.out), require_reference=args.require_reference,
         deterministic=args.deterministic, llama_lib=args.llama_lib, thresholds_file=args.thresholds, perturb=perturb,
-        keep_going=args.keep_going, sampling=sampling,
+        keep_going=args.keep_going, sampling=sampling, engine=args.engine, prefix_end=args.prefix_end,
+        gemmacpp_threads=args.gemmacpp_threads, gemmacpp_patched=not args.gemmacpp_no_patches, three_way=args.three_way,
     )  # fmt: skip
     con = _console()
     total = len(cfg.models) * len(prompts)
@@ -209,6 +249,8 @@ def cmd_run(args) -> int:
         def progress(event, info):
             if event == "model":
                 prog.update(task, description=f"{info['model']}")
+            elif event == "build":  # the gemma.cpp kit building (first use only)
+                prog.update(task, description=f"gemma.cpp kit: {info['line'][:70]}")
             elif event == "receipt":
                 prog.advance(task)
 
@@ -235,6 +277,8 @@ def cmd_run(args) -> int:
         if r.get("localised"):
             loc = r["localised"]
             con.print(f"      first diverging layer: {loc['layer']} ({loc['stage']}, NMSE {loc['nmse']:.3g})")
+        if r.get("odd_one_out"):
+            con.print(f"      {r['model']}/{r['prompt']}: odd one out at the first three-way divergence: {r['odd_one_out']}")
     return res.exit_code
 
 
@@ -285,6 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_models_list)
 
+    gc = sub.add_parser("gemmacpp", help="the real gemma.cpp reference (../shared/gemmacpp kit)", epilog=EPILOG)
+    gsub = gc.add_subparsers(dest="gemmacpp_cmd", required=True)
+    gb = gsub.add_parser("build", help="build the kit and convert the model into the crossval cache (reused when cached)")
+    gb.add_argument("--model", default="gemma3-270m", help="a Gemma-3-270M GGUF: short name or path")
+    gb.add_argument("--no-patches", action="store_true", help="upstream gemma.cpp without the kit's two fixes")
+    gb.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)")
+    gb.add_argument("--json", action="store_true")
+    gb.set_defaults(func=cmd_gemmacpp_build)
+    gg = gsub.add_parser("generate", help="greedy text through gemma.cpp's C API (cffi, in a child process)")
+    gg.add_argument("--model", default="gemma3-270m")
+    gg.add_argument("--prompt", default="The capital of France is")
+    gg.add_argument("--max-tokens", type=int, default=16)
+    gg.add_argument("--repeat", type=int, default=1, help="create/generate/destroy cycles in one process (lifecycle check)")
+    gg.add_argument("--no-patches", action="store_true")
+    gg.add_argument("--timeout", type=float, default=600.0)
+    gg.add_argument("--json", action="store_true")
+    gg.set_defaults(func=cmd_gemmacpp_generate)
+
     g = sub.add_parser("generate", help="greedy generation with the engine", epilog=EPILOG)
     g.add_argument("--model", required=True, help="short name (smollm2, gemma3-270m) or path to a GGUF")
     g.add_argument("--prompt", default="The capital of France is")
@@ -310,8 +372,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-p", type=float, default=0.05)
     r.add_argument("--n-ctx", type=int, default=2048)
     r.add_argument("--kv-type", choices=["f16", "f32"], default="f16", help="KV cache type of both engines")
-    r.add_argument("--reference", default="llamacpp", help="reference backend: llamacpp, or external:CMD (a child "
-                   "process speaking the JSON-lines protocol of docs/backends.md, e.g. 'external:python -m engine.serve')")
+    r.add_argument("--reference", default="llamacpp", help="reference backend: llamacpp, gemmacpp (the real gemma.cpp, "
+                   "built from ../shared/gemmacpp on first use), engine, or external:CMD (a child process speaking the "
+                   "JSON-lines protocol of docs/backends.md, e.g. 'external:python -m engine.serve')")
+    r.add_argument("--engine", default="engine", help="the side under test, any backend name as for --reference (default: engine)")
+    r.add_argument("--three-way", action="store_true", help="also run the third of engine/llamacpp/gemmacpp and name "
+                   "the odd one out wherever the three disagree")
+    r.add_argument("--prefix-end", type=int, default=0, help="prefix-LM attention: prompt positions before N attend "
+                   "to each other both ways (gemma.cpp semantics); 0 = causal")
+    r.add_argument("--gemmacpp-threads", type=int, default=2, help="gemma.cpp's --num_threads (its results depend on it; default 2)")
+    r.add_argument("--gemmacpp-no-patches", action="store_true", help="use upstream gemma.cpp without the kit's two fixes")
     r.add_argument("--llama-lib", help="directory holding another libllama build (LLAMA_CPP_LIB_PATH), e.g. bitnet.cpp's")
     r.add_argument("--timeout", type=float, default=120.0, help="seconds per reference request (default 120)")
     r.add_argument("--out", default="receipts/runs", help="receipts go to OUT/<run_id>/")
@@ -355,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from crossval.backends.gemmacpp_capi import CapiError
     from crossval.backends.llamacpp import LlamaCppError
+    from crossval.gemmacpp_kit import KitError
     from crossval.models import ModelFetchError
     from crossval.receipts import ReceiptError
     from crossval.thresholds import ThresholdsError
@@ -370,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             ValueError) as e:
         _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return EXIT_INPUT
-    except LlamaCppError as e:
+    except (LlamaCppError, KitError, CapiError) as e:
         _err(str(e))
         return EXIT_NO_REFERENCE
     except KeyboardInterrupt:

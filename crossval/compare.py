@@ -214,3 +214,53 @@ def localise(engine_rows: dict[str, np.ndarray], reference_rows: dict[str, np.nd
         if first is None and e > threshold:
             first = rows[-1]
     return {"threshold": threshold, "first": first, "layers": rows}
+
+
+def _odd_one_out(values: list, names: list[str]) -> str | None:
+    """Of three values, the name of the one that differs from the two that agree (None: all three
+    agree or all differ)."""
+    for i in range(3):
+        a, b = (values[j] for j in range(3) if j != i)
+        if a == b != values[i]:
+            return names[i]
+    return None
+
+
+def three_way(names: list[str], logits: list[np.ndarray], tokens: list[list[int]], first_position: int = 0,
+              max_listed: int = 32) -> dict:  # fmt: skip
+    """Three backends' teacher-forced logits over one sequence (same shape each) and their own
+    greedy continuations. Pairwise metrics; at every position where their top-1 tokens disagree,
+    the odd one out (the backend whose top-1 differs from the other two's); the same at the
+    first free-running step where the three continuations part; and the backend farthest from
+    the other two (lowest mean of its two pairwise mean cosines)."""
+    pairs, mean_cos = {}, {n: [] for n in names}
+    for i in range(3):
+        for j in range(i + 1, 3):
+            tf = teacher_forced(logits[i], logits[j])
+            pairs[f"{names[i]}~{names[j]}"] = {
+                "cosine_min": float(tf.cosine.min()), "cosine_mean": float(tf.cosine.mean()),
+                "kld_mean": float(tf.kld.mean()), "top1_agreement": float(tf.top1.mean()),
+                "first_divergence_step": first_divergence(tokens[i], tokens[j]),
+            }  # fmt: skip
+            mean_cos[names[i]].append(float(tf.cosine.mean()))
+            mean_cos[names[j]].append(float(tf.cosine.mean()))
+    top = [np.argmax(x, axis=1) for x in logits]
+    counts = {n: 0 for n in names} | {"all_differ": 0}
+    listed = []
+    for p in range(len(top[0])):
+        t = [int(top[k][p]) for k in range(3)]
+        if len(set(t)) == 1:
+            continue
+        odd = _odd_one_out(t, names)
+        counts[odd or "all_differ"] += 1
+        if len(listed) < max_listed:
+            listed.append({"position": p + first_position, "top1": dict(zip(names, t)), "odd_one_out": odd})
+    first = None
+    for s in range(min(len(t) for t in tokens)):
+        step = [int(tokens[k][s]) for k in range(3)]
+        if len(set(step)) > 1:
+            first = {"step": s, "tokens": dict(zip(names, step)), "odd_one_out": _odd_one_out(step, names)}
+            break
+    farthest = min(names, key=lambda n: sum(mean_cos[n]) / 2)
+    return {"backends": list(names), "pairs": pairs, "disagreements": listed, "odd_one_out_counts": counts,
+            "first_divergence": first, "farthest": farthest}  # fmt: skip

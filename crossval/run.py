@@ -50,6 +50,11 @@ class RunConfig:
     localise: bool = True  # on a failed comparison, find the first layer that diverges
     localise_threshold: float = 1e-2  # NMSE above which a layer's output counts as diverged
     per_position: bool = True
+    engine: str = "engine"  # the side under test: engine | llamacpp | gemmacpp | external:CMD
+    prefix_end: int = 0  # prefix-LM attention (gemma.cpp semantics, DESIGN §8); 0 = causal
+    gemmacpp_threads: int = 2  # gemma.cpp's results depend on it: pinned, recorded
+    gemmacpp_patched: bool = True  # False: upstream gemma.cpp (the kit's --no-patches build)
+    three_way: bool = False  # also run gemma.cpp and name the odd one out at each divergence
 
 
 @dataclass
@@ -74,17 +79,34 @@ def _model_path(name: str) -> Path:
         raise InputError(str(e)) from None
 
 
-def _reference(cfg: RunConfig, path: Path):
-    from crossval.backends.isolated import IsolatedLlamaCpp
+BACKENDS = "engine, llamacpp, gemmacpp, external:CMD"
 
-    if cfg.reference.startswith("external:"):
+
+def _backend(spec: str, cfg: RunConfig, path: Path, progress=None):
+    """A backend by name (--engine / --reference / --three-way)."""
+    if spec.startswith("external:"):
         from crossval.backends.external import ExternalBackend
 
-        return ExternalBackend(cfg.reference[len("external:") :], path, n_ctx=cfg.n_ctx, threads=cfg.threads,
+        return ExternalBackend(spec[len("external:") :], path, n_ctx=cfg.n_ctx, threads=cfg.threads,
                                kv_type=cfg.kv_type, timeout=cfg.timeout)  # fmt: skip
-    if cfg.reference != "llamacpp":
-        raise InputError(f"unknown reference {cfg.reference!r} (available: llamacpp, external:CMD)")
-    return IsolatedLlamaCpp(path, n_ctx=cfg.n_ctx, threads=cfg.threads, kv_type=cfg.kv_type, timeout=cfg.timeout, llama_lib=cfg.llama_lib)
+    if spec == "llamacpp":
+        from crossval.backends.isolated import IsolatedLlamaCpp
+
+        return IsolatedLlamaCpp(path, n_ctx=cfg.n_ctx, threads=cfg.threads, kv_type=cfg.kv_type, timeout=cfg.timeout, llama_lib=cfg.llama_lib)
+    if spec == "gemmacpp":
+        from crossval.backends.gemmacpp import GemmaCpp
+
+        return GemmaCpp(path, threads=cfg.gemmacpp_threads, timeout=cfg.timeout, patched=cfg.gemmacpp_patched,
+                        prefix_end=cfg.prefix_end, progress=(lambda line: progress("build", {"line": line})) if progress else None)  # fmt: skip
+    if spec == "engine":
+        from crossval.backends.engine import EngineBackend
+
+        return EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb, prefix_end=cfg.prefix_end)
+    raise InputError(f"unknown backend {spec!r} (available: {BACKENDS})")
+
+
+def _reference(cfg: RunConfig, path: Path, progress=None):
+    return _backend(cfg.reference, cfg, path, progress)
 
 
 def _tokenization(ref_ids: list[int], eng_ids: list[int] | None, reason: str | None) -> dict:
@@ -104,6 +126,7 @@ def _empty_parity(status: str) -> dict:
         "max_abs_diff": None, "top1_agreement": None, "top5_overlap": None, "top10_overlap": None,
         "ref_top1_rank_max": None, "positions": None, "steps_compared": None, "reference_tokens": None,
         "engine_tokens": None, "reference_text": None, "engine_text": None, "divergence": None, "localisation": None,
+        "reference_quirks": [],
     }  # fmt: skip
 
 
@@ -129,14 +152,32 @@ def compare_one(eng, ref, ids: list[int], steps: int, sampling=None) -> tuple[di
         ep = eng.compare_pass(ids, steps, sampling=sampling)
         t_eng = time.perf_counter() - t - t_ref
     t = time.perf_counter()
-    forced = eng.forced_suffix(len(ids), ep, rp.tokens)
+    forced = forced_suffix(eng, ids, ep, rp.tokens)
     t_eng += time.perf_counter() - t
-    parts = [(rp.prompt_logits, ep.prompt_logits)]
-    if steps > 1:
-        parts.append((rp.step_logits[1:], forced))
+    # a reference may report logits only from some prompt position on (gemma.cpp under prefix_end:
+    # positions inside the prefix see later tokens, and it does not expose them)
+    off = len(ids) - len(rp.prompt_logits)
+    parts = [(rp.prompt_logits, ep.prompt_logits[off:])]
+    if forced is not None:
+        parts.append((rp.step_logits[1 : len(rp.tokens)], forced))
     tf = compare.teacher_forced_parts(parts)
     p = _empty_parity("ok")
     p.update(tf.summary())
+    rows = tf.rows()
+    if off:
+        p["cosine_min_position"] += off
+        for r in rows:
+            r["position"] += off
+    p["reference_quirks"] = []
+    if rp.extra.get("position_shift"):
+        # gemma.cpp with prefix_end == prompt length runs the last prompt token again at position P
+        # (DESIGN §8): its step s predicts after prompt + [last token] + continuation[:s]
+        p["reference_quirks"].append({
+            "code": "reference_reran_last_prompt_token",
+            "message": f"the reference started decoding at position {rp.extra['pos'][0]}, not {len(ids)}: with prefix_end == "
+                       f"prompt length gemma.cpp runs the last prompt token again, so its continuation is predicted from "
+                       f"prompt + [last token]; the engine implements the intended semantics (DESIGN §8)",
+        })  # fmt: skip
     div = compare.first_divergence(rp.tokens, ep.tokens)
     p["first_divergence_step"] = div
     p["exact_match_rate"] = compare.exact_match_rate(rp.tokens, ep.tokens, steps)
@@ -163,7 +204,51 @@ def compare_one(eng, ref, ids: list[int], steps: int, sampling=None) -> tuple[di
         timing["reference_decode_tok_s"] = (steps - 1) / max(rp.seconds["generate_s"], 1e-9)
         timing["engine_decode_tok_s"] = (steps - 1) / max(ep.seconds["generate_s"], 1e-9)
     p["_teacher_forced_ids"] = list(ids) + list(rp.tokens[:-1]) if steps > 1 else list(ids)
-    return p, tf.rows(), timing
+    p["_tf"] = parts
+    return p, rows, timing
+
+
+THREE_WAY = ("engine", "llamacpp", "gemmacpp")
+
+
+def _third(cfg: RunConfig) -> str:
+    if cfg.engine not in THREE_WAY or cfg.reference not in THREE_WAY or cfg.engine == cfg.reference:
+        raise InputError(f"--three-way compares {', '.join(THREE_WAY)}: --engine and --reference must be two of them")
+    return next(b for b in THREE_WAY if b not in (cfg.engine, cfg.reference))
+
+
+def three_way(cfg: RunConfig, ids: list[int], parity: dict, third, third_error: str | None) -> dict:
+    """The third backend over the same teacher-forced sequence and its own greedy run; compare.three_way
+    names the odd one out wherever the three disagree."""
+    names = [cfg.engine, cfg.reference, _third(cfg)]
+    if third is None:
+        return {"backends": names, "status": "unavailable", "reason": third_error, "pairs": {}, "disagreements": [],
+                "odd_one_out_counts": {}, "first_divergence": None, "farthest": None}  # fmt: skip
+    if cfg.prefix_end:
+        raise BackendError("--three-way needs causal attention (prefix_end 0)")
+    parts = parity["_tf"]
+    tf_ids = parity["_teacher_forced_ids"]
+    ref_tf = np.concatenate([r for r, _ in parts])
+    eng_tf = np.concatenate([e for _, e in parts])
+    third_tf = third.logits(tf_ids)[len(tf_ids) - len(ref_tf) :]
+    third_tokens = third.generate(ids, cfg.steps).tokens
+    out = compare.three_way(names, [eng_tf, ref_tf, third_tf],
+                            [parity["engine_tokens"], parity["reference_tokens"], third_tokens],
+                            first_position=len(tf_ids) - len(ref_tf))  # fmt: skip
+    out["status"], out["reason"] = "ok", None
+    return out
+
+
+def forced_suffix(b, ids: list[int], free, ref_tokens: list[int]) -> np.ndarray | None:
+    """b's logits after each of ref_tokens[:-1] (teacher-forced through the reference's
+    continuation), by the cheapest means the backend offers."""
+    if len(ref_tokens) <= 1:
+        return None
+    if hasattr(b, "forced_suffix"):
+        return b.forced_suffix(len(ids), free, ref_tokens)
+    if hasattr(b, "forced_logits"):
+        return b.forced_logits(ids, ref_tokens)[1:]
+    return b.logits(list(ids) + list(ref_tokens[:-1]))[len(ids) :]
 
 
 LOCALISE_PATTERN = r"^(kqv_out|ffn_inp|sa_out|l_out)-\d+$"
@@ -185,6 +270,8 @@ def localise_divergence(eng, ref, parity: dict, rows: list[dict], threshold: flo
 def _receipt(cfg, run_id, model_sec, tok_sec, prompt: Prompt, text: str, tmpl_kind, n_tokens, backends, tokenization,
              parity, rows, thr, env, timing, diagnostics=None) -> dict:  # fmt: skip
     failures = thresholds.evaluate(thr, parity, tokenization) if parity["status"] in ("ok", "divergence") else []
+    if parity["status"] in ("ok", "divergence"):
+        failures += [q["message"] for q in parity.get("reference_quirks") or []]
     if parity["status"] in ("ok", "divergence"):
         parity["status"] = "ok" if not failures else "divergence"
     elif parity["status"] in ("timeout", "crashed", "error"):
@@ -208,6 +295,7 @@ def _receipt(cfg, run_id, model_sec, tok_sec, prompt: Prompt, text: str, tmpl_ki
                          "typical_p": None, "seed": None} if cfg.sampling is None else {"method": "sampled", **cfg.sampling.to_dict()},
             "n_ctx": cfg.n_ctx, "mode": cfg.mode, "kv_type": cfg.kv_type, "deterministic": cfg.deterministic,
             "timeout_s": cfg.timeout, "perturbation": {"layer": cfg.perturb[0], "scale": cfg.perturb[1]} if cfg.perturb else None,
+            "prefix_end": cfg.prefix_end, "three_way": cfg.three_way,
         },  # fmt: skip
         "backends": backends,
         "tokenization": tokenization,
@@ -272,7 +360,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         except GGUFError as e:
             raise InputError(str(e)) from None
         model_sec = {**provenance.model_facts(g, path, mname), "float_weights": provenance.float_weights(g)}
-        thr = thresholds.select(model_sec["float_weights"], cfg.mode)
+        thr = thresholds.select(model_sec["float_weights"], cfg.mode, (cfg.engine, cfg.reference))
         if cfg.thresholds_file:
             thr = thresholds.load_overrides(thr, cfg.thresholds_file)
         tmpl = g.get("tokenizer.chat_template")
@@ -280,17 +368,26 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         progress("model", {"model": mname, "prompts": len(cfg.prompts)})
         ref, ref_unavailable, ref_failure = None, None, None
         try:
-            ref = _reference(cfg, path)  # starts loading in its own process while the engine loads
+            ref = _reference(cfg, path, progress)  # starts loading in its own process while the engine loads
         except BackendUnavailable as e:
             ref_unavailable = str(e)
         except BackendError as e:  # a timeout/crash while starting: the first prompt's receipt says so
             ref_failure = e
         try:
-            eng = EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb)
-        except GGUFError as e:
+            eng = _backend(cfg.engine, cfg, path, progress)
+            if hasattr(eng, "wait_loaded"):
+                eng.wait_loaded()
+        except (GGUFError, BackendError) as e:
             ref = _drop(ref)
-            raise InputError(str(e)) from None
-        tok_fp = provenance.tokenizer_fingerprint(g, eng.tokenizer.vocab if eng.tokenizer else None)
+            raise InputError(f"--engine {cfg.engine}: {e}" if isinstance(e, BackendError) else str(e)) from None
+        third, third_error = None, None
+        if cfg.three_way:
+            try:
+                third = _backend(_third(cfg), cfg, path, progress)
+            except BackendError as e:
+                third_error = f"{_third(cfg)}: {e}"
+        eng_tok = getattr(eng, "tokenizer", None)
+        tok_fp = provenance.tokenizer_fingerprint(g, eng_tok.vocab if eng_tok else None)
         first = True
         for prompt in cfg.prompts:
             t0 = time.perf_counter()
@@ -307,7 +404,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                     raise e
                 if ref is None and ref_unavailable is None:
                     try:
-                        ref = _reference(cfg, path)
+                        ref = _reference(cfg, path, progress)
                     except BackendUnavailable as e:
                         ref_unavailable = str(e)
                 if ref is None:
@@ -332,9 +429,12 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps, cfg.sampling)
                 timing.update(t2)
                 parity["localisation"] = None
-                if cfg.localise and hasattr(ref, "capture_rows") and thresholds.evaluate(thr, parity, tokenization):
+                if cfg.localise and hasattr(ref, "capture_rows") and hasattr(eng, "capture_rows") and thresholds.evaluate(thr, parity, tokenization):
                     stage = "localise"
                     parity["localisation"] = localise_divergence(eng, ref, parity, prow, cfg.localise_threshold)
+                if cfg.three_way:
+                    stage = "three-way"
+                    parity["_three_way"] = three_way(cfg, ids, parity, third, third_error)
                 stage = "detokenize"
                 parity["reference_text"] = ref.detokenize(parity["reference_tokens"])
                 parity["engine_text"] = ref.detokenize(parity["engine_tokens"])
@@ -359,10 +459,13 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                       "engine_decode_tok_s", "reference_decode_tok_s", "engine_pass_s", "reference_pass_s"):  # fmt: skip
                 timing.setdefault(k, None)
             parity.pop("_teacher_forced_ids", None)
+            parity.pop("_tf", None)
+            tw = parity.pop("_three_way", None)
             backends = {"engine": eng.provenance(), "reference": ref_prov}
             tok_sec = {**tok_fp, "parse_special": prompt.is_chat}
             rec = _receipt(cfg, run_id, model_sec, tok_sec, prompt, text, tmpl_kind, len(ids), backends, tokenization,
                            parity, prow, thr, env, timing, diagnostics)  # fmt: skip
+            rec["three_way"] = tw
             fname = f"{_safe(_label(mname))}__{_safe(prompt.id)}.json"
             receipts.write(out / fname, rec)
             status = rec["parity"]["status"]
@@ -376,14 +479,15 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 "exact_match_rate": parity["exact_match_rate"], "first_divergence_step": parity["first_divergence_step"],
                 "kld_mean": parity["kld_mean"], "failures": rec["verdict"]["failures"],
                 "localised": (parity.get("localisation") or {}).get("first"),
+                "odd_one_out": tw and (tw["first_divergence"] or {}).get("odd_one_out"),
             }  # fmt: skip
             rows.append(row)
             progress("receipt", row)
             if status in ("timeout", "crashed") and not cfg.keep_going:
                 break
-        if ref is not None:
-            ref.close()
-        eng.close()
+        for b in (ref, eng, third):
+            if b is not None:
+                b.close()
         if rows and rows[-1]["status"] in ("timeout", "crashed") and not cfg.keep_going:
             break  # without --keep-going a crash or timeout ends the run (its receipt is written)
     exit_code = max(codes, default=EXIT_OK, key=_severity)
@@ -396,7 +500,8 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         "total_s": time.perf_counter() - t_run,
         "config": {"models": cfg.models, "prompt_set": cfg.prompt_set, "steps": cfg.steps, "threads": cfg.threads,
                    "seed": cfg.seed, "mode": cfg.mode, "kv_type": cfg.kv_type, "n_ctx": cfg.n_ctx,
-                   "reference": cfg.reference, "timeout_s": cfg.timeout,
+                   "reference": cfg.reference, "engine": cfg.engine, "prefix_end": cfg.prefix_end,
+                   "three_way": cfg.three_way, "timeout_s": cfg.timeout,
                    "sampling": None if cfg.sampling is None else cfg.sampling.to_dict()},
     }  # fmt: skip
     sp = receipts.write(out / "summary.json", summary)

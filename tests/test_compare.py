@@ -105,3 +105,22 @@ def test_localise_first_layer_over_threshold():
     assert out["first"] == {"layer": 1, "stage": "ffn_inp", "nmse": pytest.approx(0.25)}
     assert [(x["layer"], x["stage"]) for x in out["layers"]][:4] == [(0, "kqv_out"), (0, "ffn_inp"), (0, "l_out"), (1, "kqv_out")]
     assert C.localise(ref, ref, 1e-12)["first"] is None
+
+
+def test_three_way_names_the_odd_one_out():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(5, 50)).astype(np.float32)
+    a, b, c = base.copy(), base.copy(), base.copy()
+    # position 2: c's top-1 moves to token 7 → c is the odd one out there
+    c[2, 7] = base[2].max() + 1.0
+    # position 4: all three pick different tokens
+    b[4, 11] = base[4].max() + 1.0
+    c[4, 12] = base[4].max() + 2.0
+    out = C.three_way(["a", "b", "c"], [a, b, c], [[1, 2, 3], [1, 2, 4], [1, 2, 3]], first_position=10)
+    assert [d["position"] for d in out["disagreements"]] == [12, 14]
+    assert out["disagreements"][0]["odd_one_out"] == "c" and out["disagreements"][1]["odd_one_out"] is None
+    assert out["odd_one_out_counts"] == {"a": 0, "b": 0, "c": 1, "all_differ": 1}
+    assert out["first_divergence"] == {"step": 2, "tokens": {"a": 3, "b": 4, "c": 3}, "odd_one_out": "b"}
+    assert out["pairs"]["a~b"]["first_divergence_step"] == 2 and out["pairs"]["a~c"]["first_divergence_step"] is None
+    assert out["pairs"]["a~c"]["top1_agreement"] == 0.6
+    assert out["farthest"] == "c"  # c differs from both a and b at two positions; a and b share more

@@ -13,13 +13,14 @@ class EngineBackend:
     name = "engine"
 
     def __init__(self, model_path, n_ctx: int = 2048, kv_type: str = "f16", mode: str = "float",
-                 perturb: tuple[int, float] | None = None):  # fmt: skip
+                 perturb: tuple[int, float] | None = None, prefix_end: int = 0):  # fmt: skip
         from engine.generate import Engine
 
         t = time.perf_counter()
         self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode).load()
         self.load_s = time.perf_counter() - t
         self.mode, self.kv_type = mode, kv_type
+        self.prefix_end = prefix_end  # prefix-LM attention over the prompt (DESIGN §8); 0 = causal
         self.perturb = perturb
         if perturb is not None:
             # test hook: scale one layer's FFN output — through the post-FFN norm weight where the
@@ -65,7 +66,9 @@ class EngineBackend:
         from engine.sampling import Sampler
 
         choose = Sampler(sampling) if sampling is not None else None
-        cp = greedy_compare_pass(_EngineSteps(self.engine), ids, steps, forced, choose)
+        if self.prefix_end > len(ids):
+            raise BackendError(f"prefix_end {self.prefix_end} exceeds the prompt's {len(ids)} tokens")
+        cp = greedy_compare_pass(_EngineSteps(self.engine, self.prefix_end), ids, steps, forced, choose)
         if choose is not None:
             cp.extra = {"sampling_trace": choose.trace}
         return cp
@@ -137,14 +140,14 @@ def _git_commit() -> str | None:
 class _EngineSteps:
     """The step interface greedy_compare_pass drives, over an engine.generate.Engine."""
 
-    def __init__(self, e):
-        self.e = e
+    def __init__(self, e, prefix_end: int = 0):
+        self.e, self.prefix_end = e, prefix_end
 
     def reset(self):
         self.e.reset()
 
     def prefill_all(self, ids):
-        return self.e.prefill(ids, all_logits=True)
+        return self.e.prefill(ids, all_logits=True, prefix_end=self.prefix_end)
 
     def decode_step(self, tok):
         return self.e.decode_step(tok)
