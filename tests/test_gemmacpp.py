@@ -211,3 +211,67 @@ def test_no_patches_build_shows_the_rope_divergence(kit, tmp_path):
     # greedy: a divergence against upstream where the patched build matches every step
     assert any(got["patched"][p]["parity"]["first_divergence_step"] is None
                and got["upstream"][p]["parity"]["first_divergence_step"] is not None for p in got["patched"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engine_f():
+    from engine.generate import Engine
+
+    return Engine(real_model_path("gemma3-270m"), n_ctx=256, kv_type="f32", mode="float").load()
+
+
+def _cos(a, b):
+    from crossval.compare import cosine_rows
+
+    return cosine_rows(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_prefix_end_matches_real_gemmacpp(gemma, engine_f):
+    """prefix_end 0, 3 and P−1 on gemma3-270m: engine vs gemma.cpp teacher-forced logits (the last
+    prompt position and 8 forced continuation tokens), and how far each prefix run is from the
+    causal one."""
+    ids = gemma.tokenize(FRANCE)
+    P = len(ids)
+    cont = gemma.generate(ids, 8).tokens
+    causal = None
+    for n in (0, 3, P - 1):
+        _, theirs = gemma.run_driver(ids, force=cont, prefix_end=n)
+        engine_f.reset()
+        ours = engine_f.logits(ids + cont[:-1], prefix_end=n)[P - 1 :]
+        cos = _cos(theirs, ours)
+        if n == 0:
+            causal = ours
+            shift = 0.0
+        else:
+            shift = float(np.abs(ours - causal).max())
+        print(f"  prefix_end={n}: engine vs gemma.cpp min cos {cos.min():.6f}, max|d| {np.abs(theirs - ours).max():.3f}; "
+              f"vs causal max|d| {shift:.2f}, min cos {_cos(ours, causal).min():.5f}")
+        assert cos.min() >= 0.999, (n, cos)
+        assert (np.argmax(theirs, 1) == np.argmax(ours, 1)).mean() >= 0.875
+        if n:
+            # the prefix moves the logits far more than the two engines differ: in cosine distance
+            # (measured ≥ 150×) and in max |Δ| (≥ 11×)
+            assert 1 - _cos(ours, causal).min() > 20 * (1 - cos.min())
+            assert shift > 5 * np.abs(theirs - ours).max()
+
+
+@needs_llamacpp
+def test_prefix_end_equal_to_prompt_length_is_reported_with_its_reason(tmp_path, gemma, engine_f):
+    ids = gemma.tokenize(FRANCE)
+    P = len(ids)
+    pf = _prompt_file(tmp_path, {"france": FRANCE})
+    r, summary, recs = _run(tmp_path / "ok", "--reference", "gemmacpp", "--steps", "8", "--prompt-file", pf, "--prefix-end", "3")
+    assert r.returncode == 0, r.stderr
+    assert recs["france"]["parity"]["reference_quirks"] == [] and recs["france"]["verdict"]["passed"]
+    assert recs["france"]["per_position"][0]["position"] == P - 1  # gemma.cpp shows no prefix-internal rows
+    r, summary, recs = _run(tmp_path / "eq", "--reference", "gemmacpp", "--steps", "8", "--prompt-file", pf, "--prefix-end", str(P))
+    rec = recs["france"]
+    assert r.returncode == 1
+    q = rec["parity"]["reference_quirks"]
+    assert [x["code"] for x in q] == ["reference_reran_last_prompt_token"]
+    assert q[0]["message"] in rec["verdict"]["failures"] and f"position {P + 1}" in q[0]["message"]
+    # the reason is the right one: the engine fed prompt + [last token] reproduces gemma.cpp's first step
+    _, theirs = gemma.run_driver(ids, steps=1, prefix_end=P)
+    engine_f.reset()
+    ours = engine_f.logits(ids + [ids[-1]], prefix_end=P)[-1:]
+    assert _cos(theirs, ours).min() >= 0.999
