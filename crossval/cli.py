@@ -106,6 +106,63 @@ def cmd_gemmacpp_generate(args) -> int:
     return EXIT_OK
 
 
+# --- envelope ----------------------------------------------------------------------------------
+def cmd_envelope(args) -> int:
+    from importlib.resources import files
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from crossval.backends.base import BackendError, BackendUnavailable
+    from crossval.envelope import EnvelopeConfig, read_configs, read_prompts, run_envelope
+
+    pkg = files("crossval") / "prompts"
+    configs_file = args.configs or str(pkg / "sampling_configs.tsv")
+    prompts_file = args.prompts or str(pkg / "sampling_prompts.txt")
+    configs, prompts = read_configs(configs_file), read_prompts(prompts_file)
+    if args.only:
+        keep = set(args.only.split(","))
+        configs = [c for c in configs if c["name"] in keep]
+        if not configs:
+            raise InputError(f"--only {args.only}: no such config in {configs_file}")
+    cfg = EnvelopeConfig(model=args.model, configs=configs, prompts=prompts, reference=args.reference, seeds=args.seeds,
+                         seed0=args.seed, steps=args.steps, mode=args.mode, threads=args.threads, timeout=args.timeout,
+                         gemmacpp_threads=args.gemmacpp_threads, out_dir=Path(args.out), configs_file=configs_file,
+                         prompts_file=prompts_file)  # fmt: skip
+    from contextlib import nullcontext
+
+    con = _console_err()
+    live = not args.json and con.is_terminal
+    with con.status("crossval envelope") if live else nullcontext() as st:
+        say = (lambda ev, info: st.update(f"envelope: {info.get('name') or info.get('line', '')}")) if live else None
+        try:
+            path, rec = run_envelope(cfg, say)
+        except BackendUnavailable as e:
+            _err(f"reference unavailable: {e}")
+            return EXIT_NO_REFERENCE
+        except BackendError as e:
+            _err(str(e))
+            return EXIT_CRASH
+    code = EXIT_OK if rec["verdict"]["passed"] else EXIT_PARITY
+    if args.json:
+        print(json.dumps(rec, indent=2))
+        return code
+    t = Table("config", "T", "top-k", "samples", "exact seq", "min p (chi²)", "distinct-2 e/r", "mean logprob e/r", "passed",
+              title=f"envelope {rec['run_id']} · {rec['backends']['reference']['name']} ({rec['rng']} RNG)")  # fmt: skip
+    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for c in rec["configs"]:
+        t.add_row(c["name"], f"{c['temperature']:g}", str(c["top_k"]), str(c["samples"]), f(c["exact_sequence_match_rate"], ".3f"),
+                  f(c["min_p_value"], ".3g"), f"{f(c['distinct']['engine']['distinct_2'], '.2f')}/{f(c['distinct']['reference']['distinct_2'], '.2f')}",
+                  f"{f(c['mean_logprob']['engine'], '.2f')}/{f(c['mean_logprob']['reference'], '.2f')}",
+                  "yes" if c["passed"] else "[red]no[/red]")  # fmt: skip
+    out = _console()
+    out.print(t)
+    out.print(f"receipt: {path}  ·  {rec['timing']['total_s']:.1f} s  ·  exit {code}")
+    for msg in rec["verdict"]["failures"]:
+        out.print(f"[red]FAIL[/red] {msg}")
+    return code
+
+
 # --- generate / convert --------------------------------------------------------------------------
 def cmd_generate(args) -> int:
     """Greedy generation with our engine and our tokenizer alone (no llama.cpp involved)."""
@@ -329,6 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_models_list)
 
+    e = sub.add_parser("envelope", help="sampling compatibility envelope: configs × prompts × seeds on two backends", epilog=EPILOG)
+    e.add_argument("--model", default="gemma3-270m", help="short name or GGUF path")
+    e.add_argument("--configs", help="sampling configs TSV (name, temperature, top_k, top_p, min_p); default: the bundled set")
+    e.add_argument("--prompts", help="prompts, one per line; default: the bundled set")
+    e.add_argument("--only", help="comma-separated config names to run")
+    e.add_argument("--reference", choices=["llamacpp", "gemmacpp"], default="llamacpp")
+    e.add_argument("--seeds", type=int, default=8, help="seeds per config and prompt (K)")
+    e.add_argument("--seed", type=int, default=1, help="first seed")
+    e.add_argument("--steps", type=int, default=16)
+    e.add_argument("--mode", choices=["float", "q8"], default="float")
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--gemmacpp-threads", type=int, default=2)
+    e.add_argument("--timeout", type=float, default=300.0)
+    e.add_argument("--out", default="receipts/envelope")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_envelope)
+
     gc = sub.add_parser("gemmacpp", help="the real gemma.cpp reference (../shared/gemmacpp kit)", epilog=EPILOG)
     gsub = gc.add_subparsers(dest="gemmacpp_cmd", required=True)
     gb = gsub.add_parser("build", help="build the kit and convert the model into the crossval cache (reused when cached)")
@@ -439,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (GGUFError, UnsupportedTypeError, ModelFetchError, InputError, ThresholdsError, ReceiptError, ChatTemplateError,
-            ValueError) as e:
+            ValueError) as e:  # (crossval.envelope.EnvelopeInputError is a ValueError)
         _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return EXIT_INPUT
     except (LlamaCppError, KitError, CapiError) as e:

@@ -264,3 +264,51 @@ def three_way(names: list[str], logits: list[np.ndarray], tokens: list[list[int]
     farthest = min(names, key=lambda n: sum(mean_cos[n]) / 2)
     return {"backends": list(names), "pairs": pairs, "disagreements": listed, "odd_one_out_counts": counts,
             "first_divergence": first, "farthest": farthest}  # fmt: skip
+
+
+# --- sampling envelope statistics (crossval envelope) -------------------------------------------
+def distinct_n(sequences: list[list[int]], n: int) -> float | None:
+    """Distinct-n: distinct n-grams ÷ all n-grams over the sequences (None when there are none)."""
+    grams = [tuple(s[i : i + n]) for s in sequences for i in range(len(s) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def token_frequency_test(a: list, b: list, min_expected: float = 5.0) -> dict:
+    """Are two samples of categorical outcomes (here (prompt, token) pairs at one step) drawn from
+    the same distribution? Pearson's chi-square test of homogeneity on the 2 × m table of counts
+    (scipy.stats.chi2_contingency); categories whose pooled count is below min_expected are merged
+    into one "other" category per prompt (first element of the pair) so that expected counts stay
+    usable. Also the Jensen-Shannon divergence (nats) of the two frequency vectors."""
+    from collections import Counter
+
+    from scipy.stats import chi2_contingency
+
+    ca, cb = Counter(a), Counter(b)
+    pooled = ca + cb
+
+    def merge(k):
+        return k if pooled[k] >= min_expected else (k[0] if isinstance(k, tuple) else None, "other")
+
+    ma, mb = Counter(merge(k) for k in a), Counter(merge(k) for k in b)
+    cats = sorted(set(ma) | set(mb), key=repr)
+    table = np.array([[ma[c] for c in cats], [mb[c] for c in cats]], dtype=np.float64)
+    pa = np.array([ca[k] for k in pooled], dtype=np.float64) / max(len(a), 1)
+    pb = np.array([cb[k] for k in pooled], dtype=np.float64) / max(len(b), 1)
+    m = (pa + pb) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        js = 0.5 * np.nansum(np.where(pa > 0, pa * np.log(pa / m), 0)) + 0.5 * np.nansum(np.where(pb > 0, pb * np.log(pb / m), 0))
+    out = {"categories": len(cats), "chi2": None, "dof": None, "p_value": None, "js_divergence": float(js)}
+    if len(cats) >= 2 and table.sum(axis=1).all():
+        res = chi2_contingency(table, correction=False)
+        out.update(chi2=float(res.statistic), dof=int(res.dof), p_value=float(res.pvalue))
+    return out
+
+
+def welch_p_value(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) that a and b share a mean; None
+    with fewer than two values on a side or no variance at all."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
+        return None
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
