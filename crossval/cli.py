@@ -163,6 +163,18 @@ def cmd_envelope(args) -> int:
     return code
 
 
+# --- report ------------------------------------------------------------------------------------
+def cmd_report(args) -> int:
+    from crossval.report import ReportError, write_report
+
+    try:
+        page = write_report(args.run_dir, args.html)
+    except ReportError as e:
+        raise InputError(str(e)) from None
+    _console().print(f"report: {page}")
+    return EXIT_OK
+
+
 # --- generate / convert --------------------------------------------------------------------------
 def cmd_generate(args) -> int:
     """Greedy generation with our engine and our tokenizer alone (no llama.cpp involved)."""
@@ -295,6 +307,7 @@ def cmd_run(args) -> int:
         deterministic=args.deterministic, llama_lib=args.llama_lib, thresholds_file=args.thresholds, perturb=perturb,
         keep_going=args.keep_going, sampling=sampling, engine=args.engine, prefix_end=args.prefix_end,
         gemmacpp_threads=args.gemmacpp_threads, gemmacpp_patched=not args.gemmacpp_no_patches, three_way=args.three_way,
+        localise=args.localise,
     )  # fmt: skip
     con = _console()
     total = len(cfg.models) * len(prompts)
@@ -355,11 +368,29 @@ def cmd_validate(args) -> int:
 
 
 def cmd_diff(args) -> int:
+    from pathlib import Path
+
     from rich.table import Table
 
-    from crossval.diff import diff_receipts
+    from crossval.diff import diff_receipts, diff_runs
     from crossval.receipts import read_valid
 
+    if Path(args.old).is_dir() and Path(args.new).is_dir():
+        d = diff_runs(args.old, args.new)
+        if args.json:
+            print(json.dumps(d, indent=2))
+            return 0
+        t = Table("receipt", "field", "old", "new", "change", title=f"{args.old} → {args.new}")
+        for pair in d["pairs"]:
+            for c in pair["changes"]:
+                t.add_row(pair["file"], c["field"], _short(c["old"]), _short(c["new"]), _direction(c.get("direction", "")))
+        con = _console()
+        con.print(t if t.row_count else f"no differences in {len(d['pairs'])} paired receipts")
+        for f in d["only_old"]:
+            con.print(f"only in {args.old}: {f}")
+        for f in d["only_new"]:
+            con.print(f"only in {args.new}: {f}")
+        return 0
     a, b = read_valid(args.old), read_valid(args.new)
     changes = diff_receipts(a, b)
     if args.json:
@@ -367,8 +398,40 @@ def cmd_diff(args) -> int:
         return 0
     t = Table("field", "old", "new", "change", title=f"{args.old} → {args.new}")
     for c in changes:
-        t.add_row(c["field"], str(c["old"]), str(c["new"]), c.get("direction", ""))
+        t.add_row(c["field"], _short(c["old"]), _short(c["new"]), _direction(c.get("direction", "")))
     _console().print(t if changes else "no differences")
+    return 0
+
+
+def _short(v) -> str:
+    return format(v, ".6g") if isinstance(v, float) else str(v)
+
+
+def _direction(d: str) -> str:
+    return {"better": "[green]better[/green]", "worse": "[red]worse[/red]"}.get(d, d)
+
+
+def cmd_trend(args) -> int:
+    from rich.table import Table
+
+    from crossval.diff import TREND_METRICS, trend
+
+    metrics = args.metrics.split(",") if args.metrics else list(TREND_METRICS)
+    unknown = set(metrics) - set(TREND_METRICS)
+    if unknown:
+        raise InputError(f"--metrics: unknown metric(s) {', '.join(sorted(unknown))} (known: {', '.join(TREND_METRICS)})")
+    rows = trend(args.runs, metrics)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    t = Table("receipt", "metric", *[f"run {i + 1}" for i in range(len(args.runs))], "Δ first→last", "change",
+              title="trend: " + " → ".join(args.runs))  # fmt: skip
+    for r in rows:
+        if args.changed and r["direction"] == "same":
+            continue
+        t.add_row(r["file"], r["metric"], *[_short(v) if v is not None else "–" for v in r["values"]],
+                  "" if r["delta"] is None else format(r["delta"], "+.3g"), _direction(r["direction"]))  # fmt: skip
+    _console().print(t)
     return 0
 
 
@@ -385,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = msub.add_parser("list", help="list known real models and whether they are cached")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_models_list)
+
+    rp = sub.add_parser("report", help="self-contained HTML report (plots + tables) of a run's receipts", epilog=EPILOG)
+    rp.add_argument("run_dir", help="a run directory (receipts/runs/<run_id>)")
+    rp.add_argument("--html", required=True, metavar="OUT", help="output directory: OUT/index.html and OUT/plots/*.png")
+    rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("envelope", help="sampling compatibility envelope: configs × prompts × seeds on two backends", epilog=EPILOG)
     e.add_argument("--model", default="gemma3-270m", help="short name or GGUF path")
@@ -455,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prefix-end", type=int, default=0, help="prefix-LM attention: prompt positions before N attend "
                    "to each other both ways (gemma.cpp semantics); 0 = causal")
     r.add_argument("--gemmacpp-threads", type=int, default=2, help="gemma.cpp's --num_threads (its results depend on it; default 2)")
+    r.add_argument("--localise", choices=["auto", "always", "never"], default="auto", help="per-layer comparison with "
+                   "llama.cpp's graph tensors: auto = only when a comparison fails its thresholds (default)")
     r.add_argument("--gemmacpp-no-patches", action="store_true", help="use upstream gemma.cpp without the kit's two fixes")
     r.add_argument("--llama-lib", help="directory holding another libllama build (LLAMA_CPP_LIB_PATH), e.g. bitnet.cpp's")
     r.add_argument("--timeout", type=float, default=120.0, help="seconds per reference request (default 120)")
@@ -473,7 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_validate)
 
-    d = sub.add_parser("diff", help="what moved between two receipts", epilog=EPILOG)
+    tr = sub.add_parser("trend", help="metrics of the same receipts over several runs (oldest first), with direction", epilog=EPILOG)
+    tr.add_argument("runs", nargs="+", help="run directories, oldest first (e.g. receipts/baselines receipts/runs/<id>)")
+    tr.add_argument("--metrics", help="comma-separated parity metrics (default: min/mean cosine, KLD, top-1, exact match, first div)")
+    tr.add_argument("--changed", action="store_true", help="only rows whose metric moved")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_trend)
+
+    d = sub.add_parser("diff", help="what moved between two receipts, or two run directories (paired by model__prompt)", epilog=EPILOG)
     d.add_argument("old")
     d.add_argument("new")
     d.add_argument("--json", action="store_true")

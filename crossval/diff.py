@@ -46,3 +46,54 @@ def diff_receipts(a: dict, b: dict) -> list[dict]:
         if x != y:
             out.append({"field": ".".join(path), "old": x, "new": y, "direction": "provenance"})
     return out
+
+
+def _run_receipts(d) -> dict[str, dict]:
+    """A run directory's parity receipts by file name (model__prompt.json), validated."""
+    from pathlib import Path
+
+    from crossval.receipts import ReceiptError, read_valid
+
+    p = Path(d)
+    if not p.is_dir():
+        raise ReceiptError(f"not a run directory: {p}")
+    out = {f.name: read_valid(f) for f in sorted(p.glob("*.json")) if f.name != "summary.json"}
+    return {k: v for k, v in out.items() if v.get("kind") == "parity"}
+
+
+def diff_runs(old_dir, new_dir) -> dict:
+    """Receipts paired by file name (model__prompt): each pair's changes, and the unpaired."""
+    a, b = _run_receipts(old_dir), _run_receipts(new_dir)
+    return {
+        "pairs": [{"file": f, "changes": diff_receipts(a[f], b[f])} for f in sorted(set(a) & set(b))],
+        "only_old": sorted(set(a) - set(b)),
+        "only_new": sorted(set(b) - set(a)),
+    }
+
+
+TREND_METRICS = ("cosine_similarity", "cosine_mean", "kld_mean", "top1_agreement", "exact_match_rate", "first_divergence_step")
+
+
+def trend(dirs: list, metrics=TREND_METRICS) -> list[dict]:
+    """One row per (file, metric) over runs given oldest first: the values, the change from the
+    first run that has it to the last, and its direction (better / worse / same)."""
+    runs = [_run_receipts(d) for d in dirs]
+    files = sorted(set().union(*runs))
+    rows = []
+    for f in files:
+        for m in metrics:
+            vals = [_get(r.get(f), ("parity", m)) if f in r else None for r in runs]
+            present = [i for i, r in enumerate(runs) if f in r]
+            first, last = vals[present[0]], vals[present[-1]]
+            sign = METRICS[m]
+            if first == last:
+                direction = "same"
+            elif isinstance(first, (int, float)) and isinstance(last, (int, float)):
+                direction = "better" if (last - first) * sign > 0 else "worse"
+            elif m == "first_divergence_step":
+                direction = "better" if last is None else "worse"
+            else:
+                direction = "changed"
+            delta = last - first if isinstance(first, (int, float)) and isinstance(last, (int, float)) else None
+            rows.append({"file": f, "metric": m, "values": vals, "delta": delta, "direction": direction})
+    return rows

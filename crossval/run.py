@@ -47,7 +47,7 @@ class RunConfig:
     perturb: tuple[int, float] | None = None  # test hook: (layer, scale) of the engine's FFN output
     keep_going: bool = False  # after a reference timeout/crash, go on with the next prompt
     sampling: object | None = None  # engine.sampling.SamplingParams; None = greedy
-    localise: bool = True  # on a failed comparison, find the first layer that diverges
+    localise: str = "auto"  # auto: on a failed comparison, find the first layer that diverges; always; never
     localise_threshold: float = 1e-2  # NMSE above which a layer's output counts as diverged
     per_position: bool = True
     engine: str = "engine"  # the side under test: engine | llamacpp | gemmacpp | external:CMD
@@ -429,7 +429,8 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
                 parity, prow, t2 = compare_one(eng, ref, ids, cfg.steps, cfg.sampling)
                 timing.update(t2)
                 parity["localisation"] = None
-                if cfg.localise and hasattr(ref, "capture_rows") and hasattr(eng, "capture_rows") and thresholds.evaluate(thr, parity, tokenization):
+                wanted = cfg.localise == "always" or (cfg.localise == "auto" and thresholds.evaluate(thr, parity, tokenization))
+                if wanted and hasattr(ref, "capture_rows") and hasattr(eng, "capture_rows"):
                     stage = "localise"
                     parity["localisation"] = localise_divergence(eng, ref, parity, prow, cfg.localise_threshold)
                 if cfg.three_way:

@@ -216,3 +216,36 @@ def test_localisation_names_the_perturbed_layer(tmp_path, tiny_model, name, laye
     earlier = [x for x in loc["layers"] if x["layer"] < layer]
     assert earlier and max(x["nmse"] for x in earlier) < 1e-6  # everything before it agrees
     assert f"first diverging layer: {layer}" in r.stdout
+
+
+def test_diff_runs_and_trend_over_baselines(tmp_path):
+    """Run directories pair by model__prompt; a metric that moved shows with its direction."""
+    import json as _json
+    import shutil as _shutil
+
+    from crossval import receipts as R
+    from crossval.diff import diff_runs, trend
+
+    base = Path(__file__).resolve().parent.parent / "receipts" / "baselines"
+    old, new = tmp_path / "old", tmp_path / "new"
+    _shutil.copytree(base, old)
+    _shutil.copytree(base, new)
+    f = sorted(p.name for p in base.glob("*__*.json"))[0]
+    rec = _json.loads((new / f).read_text())
+    rec["parity"]["cosine_similarity"] -= 0.01
+    R.write(new / f, rec)
+    gone = sorted(p.name for p in base.glob("*__*.json"))[-1]
+    (new / gone).unlink()
+    d = diff_runs(old, new)
+    assert d["only_old"] == [gone] and d["only_new"] == []
+    changed = [p for p in d["pairs"] if p["changes"]]
+    assert [p["file"] for p in changed] == [f]
+    c = next(c for c in changed[0]["changes"] if c["field"] == "parity.cosine_similarity")
+    assert c["direction"] == "worse" and abs(c["delta"] + 0.01) < 1e-12
+    rows = trend([old, new], ["cosine_similarity", "kld_mean"])
+    moved = [r for r in rows if r["direction"] != "same"]
+    assert [(r["file"], r["metric"], r["direction"]) for r in moved] == [(f, "cosine_similarity", "worse")]
+    assert next(r for r in rows if r["file"] == gone)["values"][1] is None
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "trend", str(old), str(new), "--changed"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and "worse" in r.stdout and f[:20] in r.stdout
