@@ -163,6 +163,50 @@ def cmd_envelope(args) -> int:
     return code
 
 
+# --- sweep -------------------------------------------------------------------------------------
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from crossval.backends.base import BackendError
+    from crossval.sweep import SweepConfig, run_sweep
+
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    cfg = SweepConfig(model=args.model, threads=ints(args.threads), batches=ints(args.batches), context=args.context,
+                      prompt_tokens=args.prompt_tokens, mode=args.mode, kv_type=args.kv_type, out_dir=Path(args.out),
+                      kinds=tuple(args.kinds.split(",")))  # fmt: skip
+    if set(cfg.kinds) - {"threads", "batch", "context"} or min(cfg.threads + cfg.batches, default=1) < 1:
+        raise InputError("--kinds takes threads,batch,context; thread counts and batch sizes must be ≥ 1")
+    try:
+        path, rec = run_sweep(cfg)
+    except BackendError as e:
+        _err(str(e))
+        return EXIT_CRASH
+    code = EXIT_OK if rec["verdict"]["passed"] else EXIT_PARITY
+    if args.json:
+        print(json.dumps(rec, indent=2))
+        return code
+    t = Table("sweep", "setting", "min cosine", "mean cosine", "KLD mean", "top-1", "engine Δself", "llama.cpp Δself", "passed",
+              title=f"sweep {rec['run_id']} · {args.model}")  # fmt: skip
+    for kind in ("threads", "batch"):
+        for r in rec[kind] or []:
+            t.add_row(kind, str(r[kind]), f"{r['cosine_similarity']:.6f}", f"{r['cosine_mean']:.6f}", f"{r['kld_mean']:.2e}",
+                      f"{r['top1_agreement']:.3f}", f"{r['engine_self_max_abs']:.2g}", f"{r['reference_self_max_abs']:.2g}",
+                      "yes" if r["passed"] else "[red]no[/red]")  # fmt: skip
+    ctx = rec["context"]
+    for b in (ctx or {}).get("buckets", []):
+        t.add_row("context", f"{b['start']}–{b['end']}" + (" (beyond window)" if b["beyond_window"] else ""),
+                  f"{b['cosine_similarity']:.6f}", f"{b['cosine_mean']:.6f}", f"{b['kld_mean']:.2e}", f"{b['top1_agreement']:.3f}",
+                  "", "", "yes" if b["passed"] else "[red]no[/red]")  # fmt: skip
+    con = _console()
+    con.print(t)
+    if ctx:
+        con.print(f"context window: {ctx['window']} ({ctx['window_source']}); sequence {ctx['length']} tokens")
+    con.print(f"receipt: {path}  ·  {rec['timing']['total_s']:.1f} s  ·  exit {code}")
+    return code
+
+
 # --- report ------------------------------------------------------------------------------------
 def cmd_report(args) -> int:
     from crossval.report import ReportError, write_report
@@ -448,6 +492,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = msub.add_parser("list", help="list known real models and whether they are cached")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_models_list)
+
+    sw = sub.add_parser("sweep", help="invariance sweeps: threads, prefill batch sizes, context length", epilog=EPILOG)
+    sw.add_argument("--model", default="smollm2")
+    sw.add_argument("--kinds", default="threads,batch,context")
+    sw.add_argument("--threads", default="1,2")
+    sw.add_argument("--batches", default="512,64,7,1", help="prefill batch sizes (llama.cpp n_batch = n_ubatch; engine chunks)")
+    sw.add_argument("--context", type=int, default=1024, help="longest sequence of the context sweep")
+    sw.add_argument("--prompt-tokens", type=int, default=96, help="prompt length of the threads and batch sweeps")
+    sw.add_argument("--mode", choices=["float", "q8"], default="float")
+    sw.add_argument("--kv-type", choices=["f16", "f32"], default="f16")
+    sw.add_argument("--out", default="receipts/sweeps")
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="self-contained HTML report (plots + tables) of a run's receipts", epilog=EPILOG)
     rp.add_argument("run_dir", help="a run directory (receipts/runs/<run_id>)")

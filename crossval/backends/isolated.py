@@ -159,7 +159,7 @@ class IsolatedLlamaCpp(ChildProcess):
     name = "llamacpp"
 
     def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
-                 llama_lib: str | None = None, env: dict | None = None):  # fmt: skip
+                 llama_lib: str | None = None, env: dict | None = None, n_batch: int | None = None):  # fmt: skip
         # logits travel through files: in shared memory when the system has it
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self._tmp = tempfile.TemporaryDirectory(prefix="crossval-child-", dir=shm)
@@ -171,7 +171,7 @@ class IsolatedLlamaCpp(ChildProcess):
         # the child loads the model while the caller does other work (e.g. loads the engine);
         # the first request waits for it
         self._t0 = time.perf_counter()
-        self._send("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self._send("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch)
         self._info = None
 
     def wait_loaded(self) -> None:
@@ -326,7 +326,8 @@ def child_main() -> int:
                 from crossval.backends.llamacpp import LlamaCppBackend, LlamaCppError
 
                 try:
-                    backend = LlamaCppBackend(a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"])
+                    backend = LlamaCppBackend(a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"],
+                                              n_batch=a.get("n_batch"))  # fmt: skip
                 except LlamaCppError as e:
                     reply(False, error=str(e), unavailable="not importable" in str(e))
                     continue

@@ -98,6 +98,7 @@ class LlamaCppBackend:
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.ctx = None
         self.n_ctx, self.threads, self.kv_type = n_ctx, threads, kv_type
+        self.n_batch = n_batch or n_ctx  # at most this many tokens per llama_decode call
         if not vocab_only:
             cp = lc.llama_context_default_params()
             cp.n_ctx = n_ctx
@@ -171,6 +172,9 @@ class LlamaCppBackend:
         self.n_past = 0
 
     def _decode(self, ids: list[int], all_logits: bool) -> np.ndarray:
+        if len(ids) > self.n_batch:  # llama_decode takes at most n_batch tokens: feed it in batches
+            parts = [self._decode(ids[i : i + self.n_batch], all_logits) for i in range(0, len(ids), self.n_batch)]
+            return np.concatenate(parts) if all_logits else parts[-1]
         lc, n = self.lc, len(ids)
         if self.n_past + n > self.n_ctx:
             raise LlamaCppError(f"context full: {self.n_past} + {n} > n_ctx {self.n_ctx}")
