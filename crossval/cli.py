@@ -351,7 +351,7 @@ def cmd_run(args) -> int:
         deterministic=args.deterministic, llama_lib=args.llama_lib, thresholds_file=args.thresholds, perturb=perturb,
         keep_going=args.keep_going, sampling=sampling, engine=args.engine, prefix_end=args.prefix_end,
         gemmacpp_threads=args.gemmacpp_threads, gemmacpp_patched=not args.gemmacpp_no_patches, three_way=args.three_way,
-        localise=args.localise,
+        localise=args.localise, third=args.third,
     )  # fmt: skip
     con = _console()
     total = len(cfg.models) * len(prompts)
@@ -577,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", default="engine", help="the side under test, any backend name as for --reference (default: engine)")
     r.add_argument("--three-way", action="store_true", help="also run the third of engine/llamacpp/gemmacpp and name "
                    "the odd one out wherever the three disagree")
+    r.add_argument("--third", help="the third backend of --three-way: gemmacpp, llamacpp, engine, or transformers "
+                   "(Hugging Face, loads the GGUF itself; pip install -e '.[triangulate]')")
     r.add_argument("--prefix-end", type=int, default=0, help="prefix-LM attention: prompt positions before N attend "
                    "to each other both ways (gemma.cpp semantics); 0 = causal")
     r.add_argument("--gemmacpp-threads", type=int, default=2, help="gemma.cpp's --num_threads (its results depend on it; default 2)")

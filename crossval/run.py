@@ -54,7 +54,8 @@ class RunConfig:
     prefix_end: int = 0  # prefix-LM attention (gemma.cpp semantics, DESIGN §8); 0 = causal
     gemmacpp_threads: int = 2  # gemma.cpp's results depend on it: pinned, recorded
     gemmacpp_patched: bool = True  # False: upstream gemma.cpp (the kit's --no-patches build)
-    three_way: bool = False  # also run gemma.cpp and name the odd one out at each divergence
+    three_way: bool = False  # also run a third backend and name the odd one out at each divergence
+    third: str | None = None  # that backend (default: whichever of engine/llamacpp/gemmacpp is not in use)
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _model_path(name: str) -> Path:
         raise InputError(str(e)) from None
 
 
-BACKENDS = "engine, llamacpp, gemmacpp, external:CMD"
+BACKENDS = "engine, llamacpp, gemmacpp, transformers, external:CMD"
 
 
 def _backend(spec: str, cfg: RunConfig, path: Path, progress=None):
@@ -98,6 +99,10 @@ def _backend(spec: str, cfg: RunConfig, path: Path, progress=None):
 
         return GemmaCpp(path, threads=cfg.gemmacpp_threads, timeout=cfg.timeout, patched=cfg.gemmacpp_patched,
                         prefix_end=cfg.prefix_end, progress=(lambda line: progress("build", {"line": line})) if progress else None)  # fmt: skip
+    if spec == "transformers":
+        from crossval.backends.transformers_hf import TransformersBackend
+
+        return TransformersBackend(path, threads=cfg.threads)
     if spec == "engine":
         from crossval.backends.engine import EngineBackend
 
@@ -212,8 +217,12 @@ THREE_WAY = ("engine", "llamacpp", "gemmacpp")
 
 
 def _third(cfg: RunConfig) -> str:
+    if cfg.third:
+        if cfg.third in (cfg.engine, cfg.reference):
+            raise InputError(f"--third {cfg.third} is already the engine or the reference side")
+        return cfg.third
     if cfg.engine not in THREE_WAY or cfg.reference not in THREE_WAY or cfg.engine == cfg.reference:
-        raise InputError(f"--three-way compares {', '.join(THREE_WAY)}: --engine and --reference must be two of them")
+        raise InputError(f"--three-way without --third compares {', '.join(THREE_WAY)}: --engine and --reference must be two of them")
     return next(b for b in THREE_WAY if b not in (cfg.engine, cfg.reference))
 
 
@@ -231,6 +240,8 @@ def three_way(cfg: RunConfig, ids: list[int], parity: dict, third, third_error: 
     ref_tf = np.concatenate([r for r, _ in parts])
     eng_tf = np.concatenate([e for _, e in parts])
     third_tf = third.logits(tf_ids)[len(tf_ids) - len(ref_tf) :]
+    if third_tf.shape != ref_tf.shape:
+        raise BackendError(f"{names[2]} returned logits of shape {third_tf.shape}, the reference {ref_tf.shape}")
     third_tokens = third.generate(ids, cfg.steps).tokens
     out = compare.three_way(names, [eng_tf, ref_tf, third_tf],
                             [parity["engine_tokens"], parity["reference_tokens"], third_tokens],
