@@ -207,6 +207,51 @@ def cmd_sweep(args) -> int:
     return code
 
 
+# --- matrix ------------------------------------------------------------------------------------
+def cmd_matrix(args) -> int:
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from crossval.matrix import MatrixConfig, MatrixError, merge, parse_quants, parse_shard, run_shard
+
+    try:
+        if args.action:
+            if args.action[0] != "merge" or len(args.action) < 2:
+                raise InputError("usage: crossval matrix merge SHARD.json... --out DIR")
+            path, rec = merge(args.action[1:], args.out)
+        else:
+            prompts, set_name = _prompts_arg(args)
+            cfg = MatrixConfig(models=_models_arg(args), quants=parse_quants(args.quants), prompts=prompts, prompt_set=set_name,
+                               shard=parse_shard(args.shard or "1/1"), steps=args.steps, mode=args.mode, threads=args.threads,
+                               timeout=args.timeout, out_dir=Path(args.out))  # fmt: skip
+            con = _console_err()
+            say = (lambda ev, info: con.print(f"[dim]{ev}: {info.get('model')} {info.get('quant')} {info.get('prompt', '')}[/dim]")) if not args.json else None
+            spath, srec = run_shard(cfg, say)
+            if args.shard:  # one shard of several: merge happens later
+                if args.json:
+                    print(json.dumps(srec, indent=2))
+                else:
+                    _console().print(f"shard {args.shard}: {len(srec['cells'])} cells → {spath}")
+                return EXIT_OK if all(c["passed"] for c in srec["cells"]) else EXIT_PARITY
+            path, rec = merge([spath], args.out)
+    except MatrixError as e:
+        raise InputError(str(e)) from None
+    if args.json:
+        print(json.dumps(rec, indent=2))
+    else:
+        t = Table("model", "quant", "prompt", "status", "min cosine", "exact match", "first div", "KLD mean", title=f"matrix {rec['run_id']}")
+        f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        for c in rec["cells"]:
+            t.add_row(c["model"], c["quant"], c["prompt"], c["status"] if c["passed"] else f"[red]{c['status']}[/red]",
+                      f(c["cosine_similarity"], ".6f"), f(c["exact_match_rate"], ".3f"), f(c["first_divergence_step"], "d"),
+                      f(c["kld_mean"], ".2e"))  # fmt: skip
+        con = _console()
+        con.print(t)
+        con.print(f"matrix: {path} (Markdown: {path.parent / 'matrix.md'}) · {rec['counts']}")
+    return EXIT_OK if rec["passed"] else EXIT_PARITY
+
+
 # --- report ------------------------------------------------------------------------------------
 def cmd_report(args) -> int:
     from crossval.report import ReportError, write_report
@@ -492,6 +537,23 @@ def build_parser() -> argparse.ArgumentParser:
     ls = msub.add_parser("list", help="list known real models and whether they are cached")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_models_list)
+
+    mx = sub.add_parser("matrix", help="prompt × quant matrix (llama.cpp quantizes the variants); 'matrix merge' joins shards",
+                        epilog=EPILOG)  # fmt: skip
+    mx.add_argument("action", nargs="*", help="empty to run; or: merge SHARD.json...")
+    mx.add_argument("--model", help="one model: short name or GGUF path")
+    mx.add_argument("--models", help="comma-separated (default: both real models)")
+    mx.add_argument("--quants", default="Q8_0,Q6_K,Q5_K_M,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K,F16")
+    mx.add_argument("--prompts", default="default")
+    mx.add_argument("--prompt-file")
+    mx.add_argument("--shard", help="i/n: run the cells k with k mod n = i − 1 (then `matrix merge`)")
+    mx.add_argument("--steps", type=int, default=32)
+    mx.add_argument("--mode", choices=["float", "q8"], default="float")
+    mx.add_argument("--threads", type=int, default=1)
+    mx.add_argument("--timeout", type=float, default=300.0)
+    mx.add_argument("--out", default="receipts/matrix")
+    mx.add_argument("--json", action="store_true")
+    mx.set_defaults(func=cmd_matrix)
 
     sw = sub.add_parser("sweep", help="invariance sweeps: threads, prefill batch sizes, context length", epilog=EPILOG)
     sw.add_argument("--model", default="smollm2")

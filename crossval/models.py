@@ -98,7 +98,8 @@ def model_path(name: str) -> Path:
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """A short name of a real model (must be fetched) or a path to any GGUF file."""
+    """A short name of a real model (must be fetched), a synthetic model's name (crossval/synthetic.py),
+    or a path to any GGUF file."""
     if name_or_path in REAL_MODELS:
         p = model_path(name_or_path)
         if not p.exists():
@@ -106,9 +107,14 @@ def resolve_model(name_or_path: str) -> Path:
                 f"model {name_or_path!r} is not in the cache ({p}); run `crossval models fetch {name_or_path}`"
             )
         return p
+    from crossval.synthetic import SYNTHETIC, synthetic_path
+
+    if name_or_path in SYNTHETIC:
+        return synthetic_path(name_or_path)  # written into the cache on first use
     p = Path(name_or_path)
     if not p.is_file():
-        raise ModelFetchError(f"model {name_or_path!r}: no such file and not a known model name ({', '.join(REAL_MODELS)})")
+        raise ModelFetchError(f"model {name_or_path!r}: no such file and not a known model name "
+                              f"({', '.join([*REAL_MODELS, *SYNTHETIC])})")  # fmt: skip
     return p
 
 

@@ -474,7 +474,8 @@ def _read_config(g: GGUFFile) -> ModelConfig:
         rope_base=rope_base,
         rope_base_swa=rope_base_swa,
         rope_dim=int(key("rope.dimension_count", head_dim)),
-        rope_neox=gemma,
+        # llama.cpp src/llama-model.cpp llama_model_rope_type: gemma* and bitnet rotate halves (NEOX)
+        rope_neox=gemma or arch == "bitnet",
         sliding_window=sliding_window,
         swa_layers=swa,
         attn_scale=attn_scale,

@@ -72,3 +72,31 @@ def block_layout(qtype: GGMLQuantizationType) -> BlockLayout:
         raise UnsupportedTypeError(f"ggml type {qtype.name} is not supported by the engine")
     bs, ts = GGML_QUANT_SIZES[qtype]
     return BlockLayout(qtype, bs, ts, _VEC_DOT[qtype])
+
+
+# --- I2_S: bitnet.cpp's ternary layout (gguf-py and upstream ggml lack it) -----------------------
+# Not a ggml block type: a whole tensor is 2-bit codes followed by one float32 scale (then padding
+# to 32 bytes). Within each group of I2_S_GROUP elements (128 in bitnet.cpp's x86 build, 64 in its
+# ARM build), element j sits in byte j mod 32 of the group's 32-byte (x86) slice, at bit shift
+# 6 − 2·(j div 32); code 0 → −1, 1 → 0, 2 → +1, times the tensor's scale. Read from bitnet.cpp's
+# quantize_i2_s/dequantize_i2_s; NOT checked against a bitnet.cpp build (none is reachable here) —
+# the test decodes a fixture packed by hand from that description.
+I2_S_GROUP = 128
+_I2_S_CODES = np.array([-1.0, 0.0, 1.0, 0.0], dtype=np.float32)  # code 3 never written; read as 0
+
+
+def i2_s_nbytes(n_elements: int) -> int:
+    """Bytes of an I2_S tensor: n/4 code bytes + the float32 scale, padded as bitnet.cpp pads (32)."""
+    return n_elements // 4 + 32
+
+
+def dequantize_i2_s(raw: np.ndarray | bytes, n_elements: int, group: int = I2_S_GROUP) -> np.ndarray:
+    """I2_S bytes → float32 (n_elements,)."""
+    buf = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray)) else np.asarray(raw, dtype=np.uint8).reshape(-1)
+    if n_elements % group or buf.size < n_elements // 4 + 4:
+        raise UnsupportedTypeError(f"I2_S: {buf.size} bytes cannot hold {n_elements} elements in groups of {group}")
+    codes = buf[: n_elements // 4].reshape(-1, group // 4)  # (groups, bytes per group)
+    scale = np.frombuffer(buf[n_elements // 4 : n_elements // 4 + 4].tobytes(), dtype="<f4")[0]
+    shifts = np.array([6 - 2 * g for g in range(4)], dtype=np.uint8)  # sub-group g → bit shift
+    vals = (codes[:, None, :] >> shifts[None, :, None]) & 3  # (groups, 4 sub-groups, bytes)
+    return _I2_S_CODES[vals.reshape(-1)] * np.float32(scale)

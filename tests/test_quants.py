@@ -83,3 +83,35 @@ def test_unsupported_type_is_a_clear_error():
 
     with pytest.raises(UnsupportedTypeError, match="IQ2_XXS"):
         dequantize(np.zeros((1, 66), np.uint8), Q.IQ2_XXS)
+
+
+def test_i2_s_decodes_a_hand_packed_fixture():
+    """bitnet.cpp's I2_S layout (x86 build, groups of 128): element j of a group lives in byte
+    j mod 32 at shift 6 − 2·(j div 32); codes 0/1/2 → −1/0/+1; one float32 scale after the codes.
+    Packed here by hand, byte by byte, from that description (not by the code under test)."""
+    import struct
+
+    from engine.quants import dequantize_i2_s, i2_s_nbytes
+
+    want = np.array([(-1, 0, 1)[(7 * i + i // 5) % 3] for i in range(256)], dtype=np.float32)  # two groups
+    code = {-1.0: 0, 0.0: 1, 1.0: 2}
+    packed = bytearray()
+    for g in range(2):
+        for b in range(32):
+            byte = 0
+            for sub in range(4):
+                byte |= code[float(want[g * 128 + sub * 32 + b])] << (6 - 2 * sub)
+            packed.append(byte)
+    packed += struct.pack("<f", 0.375) + bytes(28)  # scale, then padding to 32 bytes
+    assert len(packed) == i2_s_nbytes(256)
+    got = dequantize_i2_s(bytes(packed), 256)
+    np.testing.assert_array_equal(got, want * np.float32(0.375))
+    # a byte holding codes (2, 1, 0, 2) → +1 at element 0, 0 at 32, −1 at 64, +1 at 96
+    one = bytearray(32 * 1)
+    one[0] = (2 << 6) | (1 << 4) | (0 << 2) | 2
+    one += struct.pack("<f", 2.0) + bytes(28)
+    got = dequantize_i2_s(bytes(one), 128)
+    assert (got[0], got[32], got[64], got[96]) == (2.0, 0.0, -2.0, 2.0)
+    assert set(np.unique(got[1:32])) == {-2.0}  # zero bytes are code 0 → −1 · scale
+    with pytest.raises(Exception, match="I2_S"):
+        dequantize_i2_s(bytes(10), 128)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.gguf_model import GGUFError, GGUFFile, ModelConfig
+from engine.models.bitnet import BitnetModel
 from engine.models.gemma import GemmaModel
 from engine.models.llama import LlamaModel
 
@@ -11,6 +12,7 @@ MODEL_CLASSES = {
     "gemma": GemmaModel,
     "gemma2": GemmaModel,
     "gemma3": GemmaModel,
+    "bitnet": BitnetModel,
 }
 
 

@@ -1,0 +1,231 @@
+"""`crossval matrix`: the prompt × quant matrix (DESIGN §2), shardable, merged into one matrix receipt.
+
+Quant variants are made here: the engine writes an F32 copy of the model (engine/convert.py), then
+llama.cpp's own quantizer (`llama_model_quantize`, in a child process — it aborts on shapes it
+cannot handle) writes each type. Variants are cached by (source sha256, type) under
+<cache>/quants/. llama.cpp picks a fallback type for tensors whose rows do not fit the requested
+type's blocks (e.g. 576-wide rows for 256-wide K-quant blocks); the receipts record the tensor types
+each variant really holds.
+
+Cells are the cross product models × quants × prompts in the order given; shard i/n takes cells
+k with k mod n = i − 1, so shards partition the matrix exactly. Each shard runs its cells with
+`crossval run`'s machinery (one parity receipt per cell) and writes a shard file; `merge` joins
+shard files into the matrix receipt (schemas/matrix.schema.json) plus a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossval import receipts
+
+QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
+          "Q2_K", "F16", "BF16", "TQ2_0", "TQ1_0")  # fmt: skip
+DEFAULT_QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "Q3_K_M", "Q2_K", "F16")
+CELL_FIELDS = ("status", "passed", "tokens_match", "cosine_similarity", "exact_match_rate", "first_divergence_step", "kld_mean")
+
+
+class MatrixError(ValueError):
+    pass
+
+
+@dataclass
+class MatrixConfig:
+    models: list[str]
+    quants: list[str]
+    prompts: list  # crossval.prompts.Prompt
+    prompt_set: str | None
+    shard: tuple[int, int] = (1, 1)
+    steps: int = 32
+    mode: str = "float"
+    threads: int = 1
+    timeout: float = 300.0
+    out_dir: Path = Path("receipts/matrix")
+    run_kwargs: dict = field(default_factory=dict)
+
+
+def parse_shard(s: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in s.split("/"))
+    except ValueError:
+        raise MatrixError(f"--shard {s!r}: expected i/n, e.g. 2/3") from None
+    if not 1 <= i <= n:
+        raise MatrixError(f"--shard {s!r}: need 1 ≤ i ≤ n")
+    return i, n
+
+
+def parse_quants(s: str) -> list[str]:
+    qs = [q.strip().upper() for q in s.split(",") if q.strip()]
+    bad = [q for q in qs if q not in QUANTS]
+    if bad or not qs:
+        raise MatrixError(f"--quants: unknown type(s) {', '.join(bad) or '(none)'} (known: {', '.join(QUANTS)})")
+    return qs
+
+
+def cells(models: list[str], quants: list[str], prompt_ids: list[str]) -> list[tuple[str, str, str]]:
+    return [(m, q, p) for m in models for q in quants for p in prompt_ids]
+
+
+def shard_cells(all_cells: list, shard: tuple[int, int]) -> list:
+    i, n = shard
+    return [c for k, c in enumerate(all_cells) if k % n == i - 1]
+
+
+def variant(model: str, quant: str, progress=None) -> Path:
+    """The model quantized to `quant` by llama.cpp (from the engine's F32 copy), cached."""
+    from crossval.models import cache_dir, resolve_model
+    from engine.convert import cached_float_copy, sha256_file
+
+    src = resolve_model(model)
+    f32 = cached_float_copy(src, cache_dir() / "float")
+    digest = sha256_file(src)[:16]
+    dst = cache_dir() / "quants" / digest / f"{src.stem}.{quant}.gguf"
+    if dst.exists():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress("quantize", {"model": model, "quant": quant})
+    tmp = dst.with_suffix(f".tmp{time.time_ns()}")
+    r = subprocess.run([sys.executable, "-m", "crossval.matrix", "quantize", str(f32), str(tmp), quant],
+                       capture_output=True, text=True, errors="replace", timeout=1800)  # fmt: skip
+    if r.returncode != 0 or not tmp.exists():
+        tmp.unlink(missing_ok=True)
+        tail = [ln for ln in r.stderr.splitlines() if ln.strip()][-1:] or [f"exit status {r.returncode}"]
+        raise MatrixError(f"llama.cpp could not quantize {model} to {quant}: {tail[0][:200]}")
+    tmp.replace(dst)
+    return dst
+
+
+def _quantize_main(src: str, dst: str, quant: str) -> int:
+    import os
+
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    p.nthread = os.cpu_count() or 1
+    return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p))
+
+
+def run_shard(cfg: MatrixConfig, progress=None) -> tuple[Path, dict]:
+    """Run this shard's cells; write OUT/shard-i-of-n.json (kind matrix-shard) and the receipts."""
+    from crossval.run import RunConfig, run
+
+    progress = progress or (lambda event, info: None)
+    t0 = time.perf_counter()
+    by_id = {p.id: p for p in cfg.prompts}
+    if len(by_id) != len(cfg.prompts):
+        raise MatrixError("prompt ids must be unique")
+    mine = shard_cells(cells(cfg.models, cfg.quants, list(by_id)), cfg.shard)
+    out_cells = []
+    groups: dict[tuple[str, str], list[str]] = {}
+    for m, q, p in mine:
+        groups.setdefault((m, q), []).append(p)
+    for (m, q), pids in groups.items():
+        path = variant(m, q, progress)
+        progress("group", {"model": m, "quant": q, "prompts": len(pids)})
+        rc = RunConfig(models=[str(path)], prompts=[by_id[p] for p in pids], prompt_set=cfg.prompt_set, steps=cfg.steps,
+                       mode=cfg.mode, threads=cfg.threads, timeout=cfg.timeout, out_dir=Path(cfg.out_dir) / "receipts",
+                       keep_going=True, **cfg.run_kwargs)  # fmt: skip
+        res = run(rc)
+        rows = {r["prompt"]: r for r in res.rows}
+        for p in pids:
+            r = rows.get(p)
+            cell = {"model": m, "quant": q, "prompt": p}
+            if r is None:
+                cell.update({k: None for k in CELL_FIELDS}, status="not_run", passed=False, failures=["the run stopped before this prompt"], receipt=None)
+            else:
+                cell.update({k: r[k] for k in CELL_FIELDS}, failures=r["failures"],
+                            receipt=str((res.out_dir / r["file"]).relative_to(cfg.out_dir)))  # fmt: skip
+            out_cells.append(cell)
+            progress("cell", cell)
+    i, n = cfg.shard
+    rec = {
+        "schema_version": receipts.SCHEMA_VERSION,
+        "kind": "matrix-shard",
+        "run_id": receipts.new_run_id(),
+        "timestamp": receipts.utc_now(),
+        "matrix": _identity(cfg),
+        "shard": {"index": i, "count": n},
+        "cells": out_cells,
+        "timing": {"total_s": time.perf_counter() - t0},
+    }
+    path = Path(cfg.out_dir) / f"shard-{i}-of-{n}.json"
+    receipts.write(path, rec)
+    return path, rec
+
+
+def _identity(cfg: MatrixConfig) -> dict:
+    """What makes two shards parts of the same matrix."""
+    return {"models": list(cfg.models), "quants": list(cfg.quants), "prompts": [p.id for p in cfg.prompts],
+            "prompt_set": cfg.prompt_set, "steps": cfg.steps, "mode": cfg.mode, "threads": cfg.threads}  # fmt: skip
+
+
+def merge(paths: list[str | Path], out_dir: str | Path) -> tuple[Path, dict]:
+    """Join shard files into OUT/matrix.json (kind matrix) and OUT/matrix.md."""
+    shards = [receipts.read_valid(p) for p in paths]
+    if not shards:
+        raise MatrixError("matrix merge: no shard files given")
+    ident = shards[0]["matrix"]
+    n = shards[0]["shard"]["count"]
+    for s, p in zip(shards, paths):
+        if s.get("kind") != "matrix-shard":
+            raise MatrixError(f"{p}: not a matrix shard (kind {s.get('kind')!r})")
+        if s["matrix"] != ident or s["shard"]["count"] != n:
+            raise MatrixError(f"{p}: belongs to a different matrix or shard count")
+    idx = sorted(s["shard"]["index"] for s in shards)
+    if idx != list(range(1, n + 1)):
+        raise MatrixError(f"matrix merge: have shards {idx} of {n}")
+    expected = cells(ident["models"], ident["quants"], ident["prompts"])
+    got = {(c["model"], c["quant"], c["prompt"]): c for s in shards for c in s["cells"]}
+    if sorted(got) != sorted(expected) or sum(len(s["cells"]) for s in shards) != len(expected):
+        raise MatrixError("matrix merge: the shards do not partition the matrix (cells missing or repeated)")
+    all_cells = [got[c] for c in expected]
+    counts: dict[str, int] = {}
+    for c in all_cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    rec = {
+        "schema_version": receipts.SCHEMA_VERSION,
+        "kind": "matrix",
+        "run_id": receipts.new_run_id(),
+        "timestamp": receipts.utc_now(),
+        "matrix": ident,
+        "shards": [{"index": s["shard"]["index"], "run_id": s["run_id"], "total_s": s["timing"]["total_s"]} for s in shards],
+        "counts": counts,
+        "passed": all(c["passed"] for c in all_cells),
+        "cells": all_cells,
+    }
+    out = Path(out_dir)
+    path = receipts.write(out / "matrix.json", rec)
+    tmp = out / f".matrix.md.{time.time_ns()}"
+    tmp.write_text(markdown(rec))
+    tmp.replace(out / "matrix.md")
+    return path, rec
+
+
+def _fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(rec: dict) -> str:
+    lines = [f"# crossval matrix {rec['run_id']}", "",
+             f"models {', '.join(rec['matrix']['models'])} · quants {', '.join(rec['matrix']['quants'])} · "
+             f"{len(rec['matrix']['prompts'])} prompts · mode {rec['matrix']['mode']} · {rec['counts']}", "",
+             "| model | quant | prompt | status | min cosine | exact match | first div | KLD mean |",
+             "|---|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for c in rec["cells"]:
+        st = c["status"] + ("" if c["passed"] else " ✗")
+        lines.append(f"| {c['model']} | {c['quant']} | {c['prompt']} | {st} | {_fmt(c['cosine_similarity'], '.6f')} | "
+                     f"{_fmt(c['exact_match_rate'], '.3f')} | {_fmt(c['first_divergence_step'], 'd')} | {_fmt(c['kld_mean'], '.2e')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "quantize":
+        sys.exit(_quantize_main(*sys.argv[2:]))
+    sys.exit("usage: python -m crossval.matrix quantize SRC DST TYPE")
