@@ -252,6 +252,56 @@ def cmd_matrix(args) -> int:
     return EXIT_OK if rec["passed"] else EXIT_PARITY
 
 
+# --- bench -------------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from crossval import bench
+
+    threads = [int(t) for t in args.threads.split(",") if t]
+    if not threads or min(threads) < 1:
+        raise InputError("--threads: comma-separated counts ≥ 1")
+    rec = bench.run_bench(args.model, threads, args.decode_steps, args.prefill_tokens, args.mode)
+    code = EXIT_OK
+    if args.check:
+        rec["check"] = bench.check(rec, bench.latest(rec["model"]["sha256"], Path(args.perf_dir)), args.tolerance)
+        code = EXIT_OK if rec["check"]["passed"] else EXIT_PARITY
+    receipts_validate(rec)
+    if args.record:
+        path = bench.record(rec, Path(args.perf_dir))
+    if args.json:
+        print(bench.summary_json(rec))
+        return code
+    from rich.table import Table
+
+    t = Table("threads", "engine decode", "llama.cpp decode", "decode ×", "engine prefill", "llama.cpp prefill", "prefill ×",
+              title=f"bench {args.model} (open {rec['open_s'] * 1e3:.0f} ms, load {rec['load_s']:.2f} s)")  # fmt: skip
+    for r in rec["results"]:
+        t.add_row(str(r["threads"]), f"{r['engine_decode_tok_s']:.1f}", f"{r['llamacpp_decode_tok_s']:.1f}", f"{r['decode_ratio']:.2f}",
+                  f"{r['engine_prefill_tok_s']:.0f}", f"{r['llamacpp_prefill_tok_s']:.0f}", f"{r['prefill_ratio']:.2f}")  # fmt: skip
+    con = _console()
+    con.print(t)
+    m = rec["micro"]
+    con.print(f"perf_matmul_decode {m['perf_matmul_decode']['type']} {m['perf_matmul_decode']['n_in']}→{m['perf_matmul_decode']['n_out']}: "
+              f"{m['perf_matmul_decode']['us']:.0f} µs ({m['perf_matmul_decode']['gflops']:.1f} GFLOP/s) · perf_attention_decode "
+              f"kv {m['perf_attention_decode']['kv_len']}: {m['perf_attention_decode']['us']:.0f} µs")  # fmt: skip
+    if args.record:
+        con.print(f"recorded: {path}")
+    if rec["check"]:
+        c = rec["check"]
+        con.print(f"check vs {c['baseline'] or '(none)'}: {'ok' if c['passed'] else 'REGRESSION'} {c['note'] or ''}")
+        for f in c["failures"]:
+            con.print(f"[red]FAIL[/red] {f}")
+    return code
+
+
+def receipts_validate(rec: dict) -> None:
+    from crossval import receipts
+
+    receipts.seal(rec)
+    receipts.validate(rec)
+
+
 # --- report ------------------------------------------------------------------------------------
 def cmd_report(args) -> int:
     from crossval.report import ReportError, write_report
@@ -537,6 +587,20 @@ def build_parser() -> argparse.ArgumentParser:
     ls = msub.add_parser("list", help="list known real models and whether they are cached")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_models_list)
+
+    b = sub.add_parser("bench", help="engine vs llama.cpp tok/s, same run and threads → perf receipt", epilog=EPILOG)
+    b.add_argument("--model", default="smollm2")
+    b.add_argument("--threads", default="1,2", help="thread counts, comma-separated (both engines use the same)")
+    b.add_argument("--decode-steps", type=int, default=64)
+    b.add_argument("--prefill-tokens", type=int, default=128)
+    b.add_argument("--mode", choices=["float", "q8"], default="float")
+    b.add_argument("--record", action="store_true", help="append the perf receipt to --perf-dir (the trend)")
+    b.add_argument("--check", action="store_true", help="exit 1 when a ratio fell more than --tolerance below the "
+                   "latest recorded receipt of this model")
+    b.add_argument("--tolerance", type=float, default=0.25)
+    b.add_argument("--perf-dir", default="receipts/perf")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     mx = sub.add_parser("matrix", help="prompt × quant matrix (llama.cpp quantizes the variants); 'matrix merge' joins shards",
                         epilog=EPILOG)  # fmt: skip

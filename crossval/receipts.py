@@ -19,7 +19,8 @@ import jsonschema
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_VERSION = "1.0"
 SCHEMAS = {"parity": "receipt.schema.json", "run-summary": "summary.schema.json", "envelope": "envelope.schema.json", "sweep": "sweep.schema.json",
-           "matrix": "matrix.schema.json", "matrix-shard": "matrix-shard.schema.json"}
+           "matrix": "matrix.schema.json", "matrix-shard": "matrix-shard.schema.json",
+           "perf": "perf.schema.json"}
 
 
 class ReceiptError(ValueError):

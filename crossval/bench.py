@@ -1,0 +1,179 @@
+"""`crossval bench`: engine vs llama.cpp speed in one process, same threads, same run → a perf receipt.
+
+End to end, per thread count: decode tok/s (greedy steps after a short prefill) and prefill tok/s
+(one batch) for both engines, and their ratios engine ÷ llama.cpp — the numbers that are compared
+over time, because absolute times move with the machine and ratios much less. Plus two engine
+micro-benchmarks: perf_matmul_decode (one token through the model's largest projection) and
+perf_attention_decode (one query over a KV cache). `--record` appends the receipt to
+receipts/perf/ (the trend); `--check` compares the ratios with the latest recorded receipt of the
+same model and fails (exit 1) when one fell by more than the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crossval import provenance, receipts
+
+PERF_DIR = Path("receipts/perf")
+DEFAULT_TOLERANCE = 0.25  # a ratio may fall by 25 % before --check calls it a regression
+
+
+class BenchError(ValueError):
+    pass
+
+
+def _timed(f, min_s: float = 0.2) -> float:
+    """Seconds per call of f, averaged over enough calls to fill min_s."""
+    f()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        f()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_s:
+            return dt / n
+
+
+def micro(eng, threads: int) -> dict:
+    """perf_matmul_decode and perf_attention_decode on the engine's own weights and kernels."""
+    from threadpoolctl import threadpool_limits
+
+    from engine.attention import attention
+
+    g, c = eng.gguf, eng.config
+    # the largest per-layer projection: the FFN's gate+up (as the forward pass runs it, fused)
+    names = tuple(n for n in ("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight") if n in g.tensors)
+    w = eng.model.w
+    w.prepare(names)
+    x = np.random.default_rng(0).standard_normal((1, c.n_embd)).astype(np.float32)
+    n_out = sum(g.tensor(n).ne[1] for n in names)
+    L = 512
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, c.n_head, c.head_dim)).astype(np.float32)
+    k = rng.standard_normal((L, c.n_head_kv, c.head_dim)).astype(np.float32)
+    v = rng.standard_normal((L, c.n_head_kv, c.head_dim_v)).astype(np.float32)
+    mask = np.zeros((1, L), dtype=np.float32)
+    with threadpool_limits(limits=threads):
+        t_mm = _timed(lambda: w.matmul(x, names))
+        t_at = _timed(lambda: attention(q, k, v, mask, scale=c.attn_scale))
+    return {
+        "perf_matmul_decode": {"weights": list(names), "type": g.tensor(names[0]).type.name, "n_in": int(c.n_embd),
+                               "n_out": int(n_out), "us": t_mm * 1e6, "gflops": 2 * c.n_embd * n_out / t_mm / 1e9},
+        "perf_attention_decode": {"kv_len": L, "n_head": int(c.n_head), "n_head_kv": int(c.n_head_kv),
+                                  "head_dim": int(c.head_dim), "us": t_at * 1e6},
+    }  # fmt: skip
+
+
+def end_to_end(eng, ref, threads: int, decode_steps: int, prefill_tokens: int) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    vocab = eng.config.n_vocab
+    prompt = [int(x) for x in np.random.default_rng(0).integers(100, min(vocab, 20000), prefill_tokens)]
+    row: dict = {"threads": threads}
+    for label, b in (("engine", eng), ("llamacpp", ref)):
+        with threadpool_limits(limits=threads):
+            b.reset()
+            b.prefill(prompt[:8])  # warm-up
+            b.reset()
+            t = time.perf_counter()
+            b.prefill(prompt)
+            row[f"{label}_prefill_tok_s"] = len(prompt) / (time.perf_counter() - t)
+            b.reset()
+            b.prefill(prompt[:16])
+            tok = prompt[16]
+            t = time.perf_counter()
+            for _ in range(decode_steps):
+                tok = int(np.argmax(b.decode_step(tok)))
+            row[f"{label}_decode_tok_s"] = decode_steps / (time.perf_counter() - t)
+    row["decode_ratio"] = row["engine_decode_tok_s"] / row["llamacpp_decode_tok_s"]
+    row["prefill_ratio"] = row["engine_prefill_tok_s"] / row["llamacpp_prefill_tok_s"]
+    return row
+
+
+def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_tokens: int = 128, mode: str = "float") -> dict:
+    import crossval
+    from crossval.backends.llamacpp import LlamaCppBackend
+    from crossval.models import resolve_model
+    from engine.generate import Engine
+    from engine.gguf_model import open_gguf, read_config
+
+    path = resolve_model(model)
+    t = time.perf_counter()
+    g = open_gguf(path)
+    read_config(g)
+    open_s = time.perf_counter() - t
+    t = time.perf_counter()
+    eng = Engine(path, n_ctx=512, kv_type="f16", mode=mode).load()
+    load_s = time.perf_counter() - t
+    results = []
+    for th in threads:
+        ref = LlamaCppBackend(path, n_ctx=512, threads=th, kv_type="f16")
+        try:
+            results.append(end_to_end(eng, ref, th, decode_steps, prefill_tokens))
+            prov = ref.provenance()
+        finally:
+            ref.close()
+    return {
+        "schema_version": receipts.SCHEMA_VERSION,
+        "kind": "perf",
+        "run_id": receipts.new_run_id(),
+        "timestamp": receipts.utc_now(),
+        "model": {**provenance.model_facts(g, path, model), "float_weights": provenance.float_weights(g)},
+        "engine": {"mode": mode, "kv_type": "f16", "version": crossval.__version__},
+        "reference": prov,
+        "config": {"decode_steps": decode_steps, "prefill_tokens": prefill_tokens},
+        "open_s": open_s,
+        "load_s": load_s,
+        "results": results,
+        "micro": micro(eng, threads[0]),
+        "check": None,
+        "environment": {**provenance.environment(max(threads)), "crossval_version": crossval.__version__},
+    }
+
+
+def latest(model_sha: str, perf_dir: Path = PERF_DIR) -> tuple[Path, dict] | None:
+    """The most recent recorded perf receipt of the same model file."""
+    found = []
+    for p in sorted(Path(perf_dir).glob("*.json")):
+        try:
+            r = receipts.read_valid(p)
+        except receipts.ReceiptError:
+            continue
+        if r["model"]["sha256"] == model_sha:
+            found.append((r["timestamp"], p, r))
+    return (found[-1][1], found[-1][2]) if found else None
+
+
+def check(rec: dict, baseline: tuple[Path, dict] | None, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Ratios against the baseline's at the same thread count: a fall beyond tolerance fails."""
+    if baseline is None:
+        return {"baseline": None, "tolerance": tolerance, "passed": True, "failures": [], "note": "no recorded baseline for this model"}
+    path, base = baseline
+    failures = []
+    for row in rec["results"]:
+        old = next((b for b in base["results"] if b["threads"] == row["threads"]), None)
+        if old is None:
+            continue
+        for k in ("decode_ratio", "prefill_ratio"):
+            if row[k] < old[k] * (1 - tolerance):
+                failures.append(f"{k} at {row['threads']} thread(s) fell from {old[k]:.3f} to {row[k]:.3f} (more than {tolerance:.0%})")
+    return {"baseline": str(path), "tolerance": tolerance, "passed": not failures, "failures": failures, "note": None}
+
+
+def record(rec: dict, perf_dir: Path = PERF_DIR) -> Path:
+    name = rec["model"]["name"] or Path(rec["model"]["path"]).stem
+    return receipts.write(Path(perf_dir) / f"{rec['run_id']}__{Path(name).stem}.json", rec)
+
+
+def summary_json(rec: dict) -> str:
+    """DESIGN §1: `bench --model NAME --json` prints one object with both engines' tok/s and the
+    ratios decode_ratio and prefill_ratio (those of the first thread count at top level)."""
+    first = rec["results"][0]
+    return json.dumps({**{k: first[k] for k in first}, "model": rec["model"]["name"], "load_s": rec["load_s"],
+                       "open_s": rec["open_s"], "results": rec["results"], "micro": rec["micro"], "check": rec["check"],
+                       "run_id": rec["run_id"]}, indent=2)  # fmt: skip
