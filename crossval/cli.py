@@ -113,7 +113,6 @@ def cmd_envelope(args) -> int:
 
     from rich.table import Table
 
-    from crossval.backends.base import BackendError, BackendUnavailable
     from crossval.envelope import EnvelopeConfig, read_configs, read_prompts, run_envelope
 
     pkg = files("crossval") / "prompts"
@@ -135,14 +134,7 @@ def cmd_envelope(args) -> int:
     live = not args.json and con.is_terminal
     with con.status("crossval envelope") if live else nullcontext() as st:
         say = (lambda ev, info: st.update(f"envelope: {info.get('name') or info.get('line', '')}")) if live else None
-        try:
-            path, rec = run_envelope(cfg, say)
-        except BackendUnavailable as e:
-            _err(f"reference unavailable: {e}")
-            return EXIT_NO_REFERENCE
-        except BackendError as e:
-            _err(str(e))
-            return EXIT_CRASH
+        path, rec = run_envelope(cfg, say)  # backend failures: main() maps them to exit 3 / 4
     code = EXIT_OK if rec["verdict"]["passed"] else EXIT_PARITY
     if args.json:
         print(json.dumps(rec, indent=2))
@@ -169,7 +161,6 @@ def cmd_sweep(args) -> int:
 
     from rich.table import Table
 
-    from crossval.backends.base import BackendError
     from crossval.sweep import SweepConfig, run_sweep
 
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
@@ -178,11 +169,7 @@ def cmd_sweep(args) -> int:
                       kinds=tuple(args.kinds.split(",")))  # fmt: skip
     if set(cfg.kinds) - {"threads", "batch", "context"} or min(cfg.threads + cfg.batches, default=1) < 1:
         raise InputError("--kinds takes threads,batch,context; thread counts and batch sizes must be ≥ 1")
-    try:
-        path, rec = run_sweep(cfg)
-    except BackendError as e:
-        _err(str(e))
-        return EXIT_CRASH
+    path, rec = run_sweep(cfg)
     code = EXIT_OK if rec["verdict"]["passed"] else EXIT_PARITY
     if args.json:
         print(json.dumps(rec, indent=2))
@@ -761,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from crossval.backends.base import BackendError, BackendUnavailable
     from crossval.backends.gemmacpp_capi import CapiError
     from crossval.backends.llamacpp import LlamaCppError
     from crossval.gemmacpp_kit import KitError
@@ -778,9 +766,12 @@ def main(argv: list[str] | None = None) -> int:
             ValueError) as e:  # (crossval.envelope.EnvelopeInputError is a ValueError)
         _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return EXIT_INPUT
-    except (LlamaCppError, KitError, CapiError) as e:
+    except (LlamaCppError, KitError, CapiError, BackendUnavailable) as e:
         _err(str(e))
         return EXIT_NO_REFERENCE
+    except BackendError as e:  # a reference timed out or crashed outside `crossval run`'s receipts
+        _err(str(e))
+        return EXIT_CRASH
     except KeyboardInterrupt:
         _err("interrupted")
         return 130

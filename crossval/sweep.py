@@ -97,42 +97,31 @@ def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
         failures.extend(f"{section} {label}: {f}" for f in fails)
         return not fails
 
+    def setting(kind: str, value: int, base: list, ref_kw: dict, chunk: int | None, blas_threads: int) -> dict:
+        """One setting: both backends' teacher-forced logits, metrics, and each against itself at
+        the sweep's first setting (base, filled on the first call)."""
+        nonlocal ref_prov
+        progress("setting", {"kind": kind, "value": value})
+        ref = reference(**ref_kw)
+        ref_prov = ref_prov or ref.provenance()
+        ids = tokens(ref, cfg.prompt_tokens)
+        r_log = ref.logits(ids)
+        ref.close()
+        with threadpool_limits(limits=blas_threads):
+            e_log = _engine_logits(eng, ids, chunk=chunk)
+        if not base:
+            base += [r_log, e_log]
+        m = _metrics(r_log, e_log)
+        return {kind: value, **m, "passed": judge(kind, str(value), m),
+                "reference_self_max_abs": float(np.abs(r_log - base[0]).max()),
+                "engine_self_max_abs": float(np.abs(e_log - base[1]).max())}  # fmt: skip
+
     if "threads" in cfg.kinds:
-        rows, base = [], None
-        for t in cfg.threads:
-            progress("setting", {"kind": "threads", "value": t})
-            ref = reference(threads=t)
-            ref_prov = ref_prov or ref.provenance()
-            ids = tokens(ref, cfg.prompt_tokens)
-            r_log = ref.logits(ids)
-            ref.close()
-            with threadpool_limits(limits=t):
-                e_log = _engine_logits(eng, ids)
-            if base is None:
-                base = (r_log, e_log)
-            m = _metrics(r_log, e_log)
-            rows.append({"threads": t, **m, "passed": judge("threads", str(t), m),
-                         "reference_self_max_abs": float(np.abs(r_log - base[0]).max()),
-                         "engine_self_max_abs": float(np.abs(e_log - base[1]).max())})  # fmt: skip
-        rec_sections["threads"] = rows
+        base: list = []
+        rec_sections["threads"] = [setting("threads", t, base, {"threads": t}, None, t) for t in cfg.threads]
     if "batch" in cfg.kinds:
-        rows, base = [], None
-        for b in cfg.batches:
-            progress("setting", {"kind": "batch", "value": b})
-            ref = reference(threads=1, n_batch=b)
-            ref_prov = ref_prov or ref.provenance()
-            ids = tokens(ref, cfg.prompt_tokens)
-            r_log = ref.logits(ids)
-            ref.close()
-            with threadpool_limits(limits=1):
-                e_log = _engine_logits(eng, ids, chunk=b)
-            if base is None:
-                base = (r_log, e_log)
-            m = _metrics(r_log, e_log)
-            rows.append({"batch": b, **m, "passed": judge("batch", str(b), m),
-                         "reference_self_max_abs": float(np.abs(r_log - base[0]).max()),
-                         "engine_self_max_abs": float(np.abs(e_log - base[1]).max())})  # fmt: skip
-        rec_sections["batch"] = rows
+        base = []
+        rec_sections["batch"] = [setting("batch", b, base, {"threads": 1, "n_batch": b}, b, 1) for b in cfg.batches]
     if "context" in cfg.kinds:
         progress("setting", {"kind": "context", "value": cfg.context})
         window, source = _window(mcfg)

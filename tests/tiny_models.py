@@ -11,26 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from crossval.synthetic import add_spm_tokenizer
 
 N_VOCAB = 320
-
-
-def _vocab() -> tuple[list[str], list[float], list[int]]:
-    toks = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
-    words = [
-        "▁", "▁the", "▁a", "▁cat", "▁dog", "▁sat", "▁on", "▁mat", "▁and", "▁ran", "e", "t", "a", "o", "n",
-        "s", "h", "r", "d", "l", "c", "u", "m", "▁in", "▁is", "▁it", ".", ",", "!", "?", "▁of", "▁to",
-    ]  # fmt: skip
-    i = 0
-    while len(toks) < N_VOCAB:
-        w = words[i] if i < len(words) else f"▁w{i}"
-        toks.append(w)
-        types.append(TokenType.NORMAL)
-        i += 1
-    scores = [0.0] * 259 + [-float(k) for k in range(N_VOCAB - 259)]
-    return toks, scores, [int(t) for t in types]
 
 
 def _quantize(arr: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -73,17 +58,7 @@ def write_tiny_model(path: str | Path, arch: str = "llama", *, n_layer: int = 2,
         w.add_attn_logit_softcapping(50.0)
         w.add_final_logit_softcapping(30.0)
     w.add_file_type(0 if weight_type == GGMLQuantizationType.F32 else 1)
-    toks, scores, types = _vocab()
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    add_spm_tokenizer(w, N_VOCAB)
     for k, v in (extra_kv or {}).items():
         w.add_key_value(k, v[0], v[1])
 
