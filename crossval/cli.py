@@ -211,7 +211,7 @@ def cmd_matrix(args) -> int:
             prompts, set_name = _prompts_arg(args)
             cfg = MatrixConfig(models=_models_arg(args), quants=parse_quants(args.quants), prompts=prompts, prompt_set=set_name,
                                shard=parse_shard(args.shard or "1/1"), steps=args.steps, mode=args.mode, threads=args.threads,
-                               timeout=args.timeout, out_dir=Path(args.out))  # fmt: skip
+                               timeout=args.timeout, n_ctx=args.n_ctx, out_dir=Path(args.out))  # fmt: skip
             con = _console_err()
             say = (lambda ev, info: con.print(f"[dim]{ev}: {info.get('model')} {info.get('quant')} {info.get('prompt', '')}[/dim]")) if not args.json else None
             spath, srec = run_shard(cfg, say)
@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", default="1,2", help="thread counts, comma-separated (both engines use the same)")
     b.add_argument("--decode-steps", type=int, default=64)
     b.add_argument("--prefill-tokens", type=int, default=128)
-    b.add_argument("--mode", choices=["float", "q8"], default="float")
+    b.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
     b.add_argument("--record", action="store_true", help="append the perf receipt to --perf-dir (the trend)")
     b.add_argument("--check", action="store_true", help="exit 1 when a ratio fell more than --tolerance below the "
                    "latest recorded receipt of this model")
@@ -599,9 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--prompt-file")
     mx.add_argument("--shard", help="i/n: run the cells k with k mod n = i − 1 (then `matrix merge`)")
     mx.add_argument("--steps", type=int, default=32)
-    mx.add_argument("--mode", choices=["float", "q8"], default="float")
+    mx.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
     mx.add_argument("--threads", type=int, default=1)
     mx.add_argument("--timeout", type=float, default=300.0)
+    mx.add_argument("--n-ctx", type=int, default=4096)
     mx.add_argument("--out", default="receipts/matrix")
     mx.add_argument("--json", action="store_true")
     mx.set_defaults(func=cmd_matrix)
@@ -613,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--batches", default="512,64,7,1", help="prefill batch sizes (llama.cpp n_batch = n_ubatch; engine chunks)")
     sw.add_argument("--context", type=int, default=1024, help="longest sequence of the context sweep")
     sw.add_argument("--prompt-tokens", type=int, default=96, help="prompt length of the threads and batch sweeps")
-    sw.add_argument("--mode", choices=["float", "q8"], default="float")
+    sw.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
     sw.add_argument("--kv-type", choices=["f16", "f32"], default="f16")
     sw.add_argument("--out", default="receipts/sweeps")
     sw.add_argument("--json", action="store_true")
@@ -633,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, default=8, help="seeds per config and prompt (K)")
     e.add_argument("--seed", type=int, default=1, help="first seed")
     e.add_argument("--steps", type=int, default=16)
-    e.add_argument("--mode", choices=["float", "q8"], default="float")
+    e.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--gemmacpp-threads", type=int, default=2)
     e.add_argument("--timeout", type=float, default=300.0)
@@ -674,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", default="default", help="prompt set name (default, chat)")
     r.add_argument("--prompt-file", help="JSON-lines prompt file ({id, text} or {id, messages})")
     r.add_argument("--steps", type=int, default=32)
-    r.add_argument("--mode", choices=["float", "q8"], default="float")
+    r.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--seed", type=int, default=42, help="seed of the sampler chain (std::mt19937)")
     r.add_argument("--temperature", type=float, default=None, help="sample instead of greedy (llama.cpp's chain: "

@@ -45,6 +45,7 @@ class MatrixConfig:
     mode: str = "float"
     threads: int = 1
     timeout: float = 300.0
+    n_ctx: int = 4096  # byte-fallback vocabularies (the synthetic models) make long prompts long
     out_dir: Path = Path("receipts/matrix")
     run_kwargs: dict = field(default_factory=dict)
 
@@ -130,7 +131,7 @@ def run_shard(cfg: MatrixConfig, progress=None) -> tuple[Path, dict]:
         path = variant(m, q, progress)
         progress("group", {"model": m, "quant": q, "prompts": len(pids)})
         rc = RunConfig(models=[str(path)], prompts=[by_id[p] for p in pids], prompt_set=cfg.prompt_set, steps=cfg.steps,
-                       mode=cfg.mode, threads=cfg.threads, timeout=cfg.timeout, out_dir=Path(cfg.out_dir) / "receipts",
+                       mode=cfg.mode, threads=cfg.threads, timeout=cfg.timeout, n_ctx=cfg.n_ctx, out_dir=Path(cfg.out_dir) / "receipts",
                        keep_going=True, **cfg.run_kwargs)  # fmt: skip
         res = run(rc)
         rows = {r["prompt"]: r for r in res.rows}

@@ -106,7 +106,8 @@ def _backend(spec: str, cfg: RunConfig, path: Path, progress=None):
     if spec == "engine":
         from crossval.backends.engine import EngineBackend
 
-        return EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb, prefix_end=cfg.prefix_end)
+        return EngineBackend(path, n_ctx=cfg.n_ctx, kv_type=cfg.kv_type, mode=cfg.mode, perturb=cfg.perturb, prefix_end=cfg.prefix_end,
+                             threads=cfg.threads)  # fmt: skip
     raise InputError(f"unknown backend {spec!r} (available: {BACKENDS})")
 
 

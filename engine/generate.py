@@ -23,8 +23,11 @@ Tap = Callable[[int, str, np.ndarray], None]
 # float: dequantized f32 weights × f32 activations (the clean reference).
 # q8: as float, but each matmul's activations rounded the way ggml's CPU backend quantizes them for
 #     the weight's type (Q8_0 / Q8_1 / Q8_K, engine/act_quant.py) — llama.cpp's quantized arithmetic
-#     up to summation order. (The native "faithful" kernels are a later issue.)
-MODES = ("float", "q8")
+#     up to summation order.
+# faithful: the native kernels (engine/kernels): quantized weights multiplied straight from the
+#     GGUF blocks by activations quantized as ggml does, integer dot products, ggml's per-block
+#     scale arithmetic; threads split the rows. Types the kernels lack fall back to q8.
+MODES = ("float", "q8", "faithful")
 
 
 @dataclass
@@ -34,13 +37,14 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, path: str | os.PathLike, n_ctx: int = 2048, kv_type: str = "f32", mode: str = "float", tap: Tap | None = None):
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 2048, kv_type: str = "f32", mode: str = "float", tap: Tap | None = None,
+                 threads: int = 1):  # fmt: skip
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.path = str(path)
         self.gguf = open_gguf(path)
         self.config: ModelConfig = read_config(self.gguf)
-        self.model = build_model(self.gguf, self.config, act_quant=mode == "q8")
+        self.model = build_model(self.gguf, self.config, mode=mode, threads=threads)
         self.mode = mode
         self.tap = tap
         c = self.config

@@ -85,3 +85,52 @@ class FloatWeights:
             return self._cache[name][ids]
         t = self.g.tensor(name)
         return dequantize(self.g.raw(name)[ids], t.type).reshape(len(ids), t.ne[0])
+
+
+class NativeWeights(FloatWeights):
+    """Faithful mode: matmuls of quantized weights run in the native kernels straight from the
+    GGUF's blocks (engine/kernels); weights of other types go through the q8 float path."""
+
+    def __init__(self, g: GGUFFile, threads: int = 1):
+        super().__init__(g, act_quant=True)
+        from engine import kernels
+
+        if not kernels.available():
+            raise RuntimeError(kernels.load_error())
+        self.kernels, self.threads = kernels, threads
+
+    def prepare(self, names: tuple[str, ...]) -> list:
+        groups = self._groups.get(("native",) + names)
+        if groups is None:
+            groups = []
+            for n in names:
+                t = self.g.tensor(n)
+                if self.kernels.supported(t.type):
+                    groups.append(("native", self.g.raw(n), t.type))
+                else:
+                    groups += [("float", g) for g in super().prepare((n,))]
+            self._groups[("native",) + names] = groups
+        return groups
+
+    def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        outs = []
+        for kind, *rest in self.prepare(names):
+            if kind == "native":
+                raw, qtype = rest
+                outs.append(self.kernels.matmul(raw, qtype, x.reshape(-1, x.shape[-1]), self.threads).reshape(*x.shape[:-1], -1))
+            else:
+                w, rt, mins = rest[0]
+                y = (rt(x) if rt is not None else x) @ w.T
+                if mins is not None:
+                    from engine.act_quant import q8_1_sum_error
+
+                    y += q8_1_sum_error(x) @ mins.T
+                outs.append(y)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
+
+
+def make_weights(g: GGUFFile, mode: str, threads: int = 1) -> FloatWeights:
+    """float: dequantized f32; q8: + ggml's activation rounding; faithful: the native kernels."""
+    if mode == "faithful":
+        return NativeWeights(g, threads)
+    return FloatWeights(g, act_quant=mode == "q8")

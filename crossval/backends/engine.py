@@ -13,11 +13,11 @@ class EngineBackend:
     name = "engine"
 
     def __init__(self, model_path, n_ctx: int = 2048, kv_type: str = "f16", mode: str = "float",
-                 perturb: tuple[int, float] | None = None, prefix_end: int = 0):  # fmt: skip
+                 perturb: tuple[int, float] | None = None, prefix_end: int = 0, threads: int = 1):  # fmt: skip
         from engine.generate import Engine
 
         t = time.perf_counter()
-        self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode).load()
+        self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads).load()
         self.load_s = time.perf_counter() - t
         self.mode, self.kv_type = mode, kv_type
         self.prefix_end = prefix_end  # prefix-LM attention over the prompt (DESIGN §8); 0 = causal
@@ -118,7 +118,7 @@ class EngineBackend:
             "system_info": None,
             "mode": self.mode,
             "kv_type": self.kv_type,
-            "threads": None,
+            "threads": self.engine.model.w.threads if self.mode == "faithful" else None,
             "capabilities": self.capabilities.to_dict(),
         }
 

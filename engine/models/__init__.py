@@ -16,8 +16,8 @@ MODEL_CLASSES = {
 }
 
 
-def build_model(g: GGUFFile, cfg: ModelConfig, act_quant: bool = False):
+def build_model(g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1):
     cls = MODEL_CLASSES.get(cfg.arch)
     if cls is None:
         raise GGUFError(f"{g.path.name}: architecture {cfg.arch!r} has no forward pass yet")
-    return cls(g, cfg, act_quant=act_quant)
+    return cls(g, cfg, mode=mode, threads=threads)

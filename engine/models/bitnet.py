@@ -21,13 +21,13 @@ from engine.attention import attention, attention_mask
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
 from engine.ops import rms_norm, rope, rope_cache, silu
-from engine.weights import FloatWeights
+from engine.weights import FloatWeights, make_weights
 
 
 class BitnetModel:
-    def __init__(self, g: GGUFFile, cfg: ModelConfig, act_quant: bool = False):
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1):
         self.g, self.cfg = g, cfg
-        self.w = FloatWeights(g, act_quant)
+        self.w: FloatWeights = make_weights(g, mode, threads)
 
     def _scale(self, weight_name: str) -> np.float32:
         name = weight_name.replace(".weight", ".scale")

@@ -25,13 +25,13 @@ from engine.attention import attention, attention_mask
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
 from engine.ops import gelu_tanh, rms_norm, rope, rope_cache, softcap
-from engine.weights import FloatWeights
+from engine.weights import FloatWeights, make_weights
 
 
 class GemmaModel:
-    def __init__(self, g: GGUFFile, cfg: ModelConfig, act_quant: bool = False):
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1):
         self.g, self.cfg = g, cfg
-        self.w = FloatWeights(g, act_quant)
+        self.w: FloatWeights = make_weights(g, mode, threads)
         self.v2 = cfg.arch in ("gemma2", "gemma3")  # post-attention / post-FFN norms
         self.v3 = cfg.arch == "gemma3"  # q/k norms
 

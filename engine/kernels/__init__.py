@@ -1,0 +1,63 @@
+"""Native quantized kernels (cffi, built at install time from qkernels.c by setup.py).
+
+`matmul(raw, wtype, x, threads)` multiplies the rows of a quantized GGUF tensor — its raw blocks,
+never a dequantized copy — by activations x quantized as ggml's CPU backend quantizes them
+(Q8_0 / Q8_1 / Q8_K), with integer block dot products and ggml's per-block scale arithmetic.
+Weight types: Q8_0, Q4_1, Q5_0, Q4_K, Q6_K (`supported(wtype)`). When the extension was not built
+(no C compiler at install time), `available()` is False and `load_error()` says why; the numpy
+engine modes still work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from engine.kernels._qkernels import ffi, lib
+
+    _ERROR = None
+except ImportError as e:  # not built: no compiler at install time, or an import from a bare checkout
+    ffi = lib = None
+    _ERROR = f"native kernels not built ({e}); reinstall with a C compiler (pip install -e .) or run python engine/kernels/build.py"
+
+
+def available() -> bool:
+    return lib is not None
+
+
+def load_error() -> str | None:
+    return _ERROR
+
+
+def supported(wtype: int) -> bool:
+    return lib is not None and bool(lib.cv_supported(int(wtype)))
+
+
+def _ptr(a: np.ndarray, ctype: str):
+    return ffi.cast(ctype, a.ctypes.data)
+
+
+def quantize_acts(wtype: int, x: np.ndarray) -> np.ndarray:
+    """x (n_tok, n_cols) float32 → the activation blocks a `wtype` matmul uses (raw bytes)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_tok, n_cols = x.shape
+    out = np.empty(lib.cv_act_bytes(int(wtype), n_cols, n_tok), dtype=np.uint8)
+    if lib.cv_quantize_acts(int(wtype), _ptr(x, "float *"), n_cols, n_tok, _ptr(out, "void *")):
+        raise ValueError(f"cannot quantize {n_cols} columns for ggml type {wtype}")
+    return out
+
+
+def matmul(raw: np.ndarray, wtype: int, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """raw (n_rows, row_bytes) uint8 blocks of a `wtype` tensor; x (n_tok, n_cols) float32 →
+    (n_tok, n_rows) float32 = x · Wᵀ in ggml's quantized arithmetic."""
+    if lib is None:
+        raise RuntimeError(_ERROR)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    raw = np.ascontiguousarray(raw)
+    n_tok, n_cols = x.shape
+    xq = quantize_acts(wtype, x)
+    y = np.empty((n_tok, raw.shape[0]), dtype=np.float32)
+    rc = lib.cv_matmul_q(int(wtype), _ptr(raw, "void *"), raw.shape[0], n_cols, _ptr(xq, "void *"), n_tok, _ptr(y, "float *"), int(threads))
+    if rc:
+        raise ValueError(f"ggml type {wtype} with {n_cols} columns is not supported by the native kernels")
+    return y

@@ -1,0 +1,79 @@
+"""Native kernels (engine/kernels) against libggml-cpu itself: activation quantization byte for byte,
+block dot products against ggml's vec_dot functions, and whole matmuls on the real models' tensors."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from crossval import libggml
+from engine import kernels as K
+from engine.quants import quantize
+
+pytestmark = pytest.mark.skipif(not K.available(), reason=K.load_error() or "")
+
+# weight type → (activation kind, ggml vec_dot name)
+DOTS = {Q.Q8_0: ("q8_0", "q8_0_q8_0"), Q.Q4_1: ("q8_1", "q4_1_q8_1"), Q.Q5_0: ("q8_0", "q5_0_q8_0"),
+        Q.Q4_K: ("q8_K", "q4_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
+
+
+def _vec_dot(name: str, n: int, w: np.ndarray, a: np.ndarray) -> float:
+    libggml._cpu_lib().ggml_cpu_init()  # fills the fp16 → fp32 table the vec_dot functions read
+    fn = getattr(libggml._cpu_lib(), f"ggml_vec_dot_{name}")
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                   ctypes.c_size_t, ctypes.c_int]  # fmt: skip
+    fn.restype = None
+    out = np.zeros(1, dtype=np.float32)
+    fn(n, out.ctypes.data, 0, w.ctypes.data, 0, a.ctypes.data, 0, 1)
+    return float(out[0])
+
+
+def _weights(qtype, rows: int, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, n)) * rng.uniform(0.01, 2.0, (rows, 1))).astype(np.float32)
+    w[0, :7] = 0.0  # an edge: zeros inside a block
+    try:
+        return quantize(w, qtype)
+    except NotImplementedError:
+        return libggml.from_float_ref(w, qtype).reshape(rows, -1)
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q8_1", "q8_K"])
+def test_activation_quantization_is_libggml_cpus_byte_for_byte(kind):
+    rng = np.random.default_rng(1)
+    for scale in (1e-3, 1.0, 300.0):
+        x = (rng.standard_normal(1024) * scale).astype(np.float32)
+        x[:32] = 0.0  # an all-zero block
+        ours = np.empty_like(libggml.cpu_quantize_row(x, kind))
+        getattr(K.lib, f"cv_quantize_{kind}")(K._ptr(x, "float *"), K._ptr(ours, "void *"), x.size)
+        np.testing.assert_array_equal(ours, libggml.cpu_quantize_row(x, kind))
+
+
+@pytest.mark.parametrize("qtype", list(DOTS), ids=lambda t: t.name)
+def test_block_dots_equal_ggml_vec_dot(qtype):
+    kind, name = DOTS[qtype]
+    n = 1024
+    w = _weights(qtype, 8, n, seed=int(qtype))
+    x = np.random.default_rng(2).standard_normal((1, n)).astype(np.float32)
+    a = libggml.cpu_quantize_row(x[0], kind)
+    y = K.matmul(w, qtype, x, threads=1)[0]
+    for r in range(w.shape[0]):
+        # what llama.cpp runs on this CPU: the same integer sums and scale products; only the
+        # order in which per-block float terms are added differs
+        simd = _vec_dot(name, n, np.ascontiguousarray(w[r]), a)
+        assert y[r] == pytest.approx(simd, rel=1e-5, abs=1e-5 * np.sqrt(n)), (r, y[r], simd)
+
+
+def test_matmul_threads_and_tokens_agree():
+    w = _weights(Q.Q4_K, 64, 512, seed=5)
+    x = np.random.default_rng(3).standard_normal((5, 512)).astype(np.float32)
+    one = K.matmul(w, Q.Q4_K, x, threads=1)
+    two = K.matmul(w, Q.Q4_K, x, threads=2)
+    np.testing.assert_array_equal(one, two)  # rows are split across threads, never a sum
+    for t in range(5):
+        np.testing.assert_array_equal(K.matmul(w, Q.Q4_K, x[t : t + 1])[0], one[t])
+    with pytest.raises(ValueError):
+        K.matmul(w, Q.Q4_K, x[:, :500])
