@@ -75,6 +75,7 @@ def end_to_end(eng, ref, threads: int, decode_steps: int, prefill_tokens: int) -
     vocab = eng.config.n_vocab
     prompt = [int(x) for x in np.random.default_rng(0).integers(100, min(vocab, 20000), prefill_tokens)]
     row: dict = {"threads": threads}
+    eng.set_threads(threads)  # the native kernels' threads (faithful mode), like llama.cpp's n_threads
     for label, b in (("engine", eng), ("llamacpp", ref)):
         with threadpool_limits(limits=threads):
             b.reset()
@@ -136,15 +137,15 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
     }
 
 
-def latest(model_sha: str, perf_dir: Path = PERF_DIR) -> tuple[Path, dict] | None:
-    """The most recent recorded perf receipt of the same model file."""
+def latest(model_sha: str, perf_dir: Path = PERF_DIR, mode: str | None = None) -> tuple[Path, dict] | None:
+    """The most recent recorded perf receipt of the same model file (and engine mode, if given)."""
     found = []
     for p in sorted(Path(perf_dir).glob("*.json")):
         try:
             r = receipts.read_valid(p)
         except receipts.ReceiptError:
             continue
-        if r["model"]["sha256"] == model_sha:
+        if r["model"]["sha256"] == model_sha and mode in (None, r["engine"]["mode"]):
             found.append((r["timestamp"], p, r))
     return (found[-1][1], found[-1][2]) if found else None
 

@@ -251,7 +251,7 @@ def cmd_bench(args) -> int:
     rec = bench.run_bench(args.model, threads, args.decode_steps, args.prefill_tokens, args.mode)
     code = EXIT_OK
     if args.check:
-        rec["check"] = bench.check(rec, bench.latest(rec["model"]["sha256"], Path(args.perf_dir)), args.tolerance)
+        rec["check"] = bench.check(rec, bench.latest(rec["model"]["sha256"], Path(args.perf_dir), args.mode), args.tolerance)
         code = EXIT_OK if rec["check"]["passed"] else EXIT_PARITY
     receipts_validate(rec)
     if args.record:

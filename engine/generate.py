@@ -51,6 +51,11 @@ class Engine:
         self.n_ctx = n_ctx
         self.cache = KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, kv_type)
 
+    def set_threads(self, n: int) -> None:
+        """Threads of the native kernels (faithful mode); numpy's BLAS has its own setting."""
+        if hasattr(self.model.w, "threads"):
+            self.model.w.threads = max(1, int(n))
+
     def load(self) -> "Engine":
         """Dequantize every weight now (otherwise done lazily on first forward)."""
         self.model.load_all()

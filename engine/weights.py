@@ -114,10 +114,16 @@ class NativeWeights(FloatWeights):
 
     def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         outs = []
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        xq: dict[int, np.ndarray] = {}  # activations quantized once per activation type (q, k, v share)
         for kind, *rest in self.prepare(names):
             if kind == "native":
                 raw, qtype = rest
-                outs.append(self.kernels.matmul(raw, qtype, x.reshape(-1, x.shape[-1]), self.threads).reshape(*x.shape[:-1], -1))
+                at = self.kernels.act_type(qtype)
+                if at not in xq:
+                    xq[at] = self.kernels.quantize_acts(qtype, x2)
+                y = self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads)
+                outs.append(y.reshape(*x.shape[:-1], -1))
             else:
                 w, rt, mins = rest[0]
                 y = (rt(x) if rt is not None else x) @ w.T

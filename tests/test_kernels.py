@@ -52,8 +52,18 @@ def test_activation_quantization_is_libggml_cpus_byte_for_byte(kind):
         np.testing.assert_array_equal(ours, libggml.cpu_quantize_row(x, kind))
 
 
+@pytest.fixture(params=["simd", "portable"])
+def simd(request):
+    """Each dot runs twice: the SIMD kernels this CPU selects, and the portable C ones."""
+    level = K.lib.cv_set_simd(-1 if request.param == "simd" else 0)
+    if request.param == "simd" and level == 0:
+        pytest.skip("no AVX2 on this CPU: the portable run covers it")
+    yield level
+    K.lib.cv_set_simd(-1)
+
+
 @pytest.mark.parametrize("qtype", list(DOTS), ids=lambda t: t.name)
-def test_block_dots_equal_ggml_vec_dot(qtype):
+def test_block_dots_equal_ggml_vec_dot(qtype, simd):
     kind, name = DOTS[qtype]
     n = 1024
     w = _weights(qtype, 8, n, seed=int(qtype))
@@ -67,7 +77,7 @@ def test_block_dots_equal_ggml_vec_dot(qtype):
         assert y[r] == pytest.approx(simd, rel=1e-5, abs=1e-5 * np.sqrt(n)), (r, y[r], simd)
 
 
-def test_matmul_threads_and_tokens_agree():
+def test_matmul_threads_and_tokens_agree(simd):
     w = _weights(Q.Q4_K, 64, 512, seed=5)
     x = np.random.default_rng(3).standard_normal((5, 512)).astype(np.float32)
     one = K.matmul(w, Q.Q4_K, x, threads=1)

@@ -34,7 +34,7 @@ def supported(wtype: int) -> bool:
 
 
 def _ptr(a: np.ndarray, ctype: str):
-    return ffi.cast(ctype, a.ctypes.data)
+    return ffi.cast(ctype, a.__array_interface__["data"][0])  # (a.ctypes.data builds a ctypes object: slow)
 
 
 def quantize_acts(wtype: int, x: np.ndarray) -> np.ndarray:
@@ -47,17 +47,24 @@ def quantize_acts(wtype: int, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def act_type(wtype: int) -> int:
+    """The activation block type a `wtype` matmul quantizes x to (weights sharing it share xq)."""
+    return {3: 9, 6: 8, 8: 8, 12: 15, 14: 15}[int(wtype)]  # Q4_1→Q8_1, Q5_0/Q8_0→Q8_0, K-quants→Q8_K
+
+
+def matmul_prequantized(raw: np.ndarray, wtype: int, xq: np.ndarray, n_tok: int, n_cols: int, threads: int = 1) -> np.ndarray:
+    """As matmul, with x already quantized by quantize_acts (for any weight of the same act_type)."""
+    y = np.empty((n_tok, raw.shape[0]), dtype=np.float32)
+    if lib.cv_matmul_q(int(wtype), _ptr(raw, "void *"), raw.shape[0], n_cols, _ptr(xq, "void *"), n_tok, _ptr(y, "float *"), int(threads)):
+        raise ValueError(f"ggml type {wtype} with {n_cols} columns is not supported by the native kernels")
+    return y
+
+
 def matmul(raw: np.ndarray, wtype: int, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """raw (n_rows, row_bytes) uint8 blocks of a `wtype` tensor; x (n_tok, n_cols) float32 →
     (n_tok, n_rows) float32 = x · Wᵀ in ggml's quantized arithmetic."""
     if lib is None:
         raise RuntimeError(_ERROR)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    raw = np.ascontiguousarray(raw)
     n_tok, n_cols = x.shape
-    xq = quantize_acts(wtype, x)
-    y = np.empty((n_tok, raw.shape[0]), dtype=np.float32)
-    rc = lib.cv_matmul_q(int(wtype), _ptr(raw, "void *"), raw.shape[0], n_cols, _ptr(xq, "void *"), n_tok, _ptr(y, "float *"), int(threads))
-    if rc:
-        raise ValueError(f"ggml type {wtype} with {n_cols} columns is not supported by the native kernels")
-    return y
+    return matmul_prequantized(np.ascontiguousarray(raw), wtype, quantize_acts(wtype, x), n_tok, n_cols, threads)

@@ -246,17 +246,193 @@ CV_CLONES static float dot_q6_K(const void *vw, const void *va, int nb) {
     return sumf;
 }
 
-/* ---- matmul: Y[t, r] = Σ_k W[r, k] · X[t, k] with X quantized as ggml would ------------------- */
+/* ---- AVX2 versions (x86-64 with AVX2+FMA+F16C, chosen at run time) --------------------------- */
+/* Per block: 32 int8 products summed in int16 pairs (maddubs) then int32 (madd), converted to
+ * float and accumulated with the block's scale in 8 lanes, summed at the end — so the float
+ * summation order is that of ggml's own AVX2 paths, not the scalar loop's. */
 typedef float (*dot_fn)(const void *, const void *, int);
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+
+AVX2_FN static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2_FN static inline __m256 sum_i8_pairs(__m256i x_u8, __m256i y_s8) {
+    const __m256i p16 = _mm256_maddubs_epi16(x_u8, y_s8);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+
+/* signed × signed: |x| times y with x's sign moved onto y */
+AVX2_FN static inline __m256 dot_s8(__m256i x, __m256i y) {
+    return sum_i8_pairs(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+/* 16 bytes of packed nibbles → 32 bytes: low nibbles (elements 0..15), then high (16..31) */
+AVX2_FN static inline __m256i nibbles(const uint8_t *q) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)q);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f));
+}
+
+AVX2_FN static float dot_q8_0_avx2(const void *vw, const void *va, int nb) {
+    const blk_q8_0 *w = vw, *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        const __m256i x = _mm256_loadu_si256((const __m256i *)w[b].qs), y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        acc = _mm256_fmadd_ps(d, dot_s8(x, y), acc);
+    }
+    return hsum8(acc);
+}
+
+AVX2_FN static float dot_q4_1_avx2(const void *vw, const void *va, int nb) {
+    const blk_q4_1 *w = vw;
+    const blk_q8_1 *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        summs += _cvtsh_ss(w[b].m) * _cvtsh_ss(a[b].s);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        acc = _mm256_fmadd_ps(d, sum_i8_pairs(nibbles(w[b].qs), y), acc);
+    }
+    return hsum8(acc) + summs;
+}
+
+AVX2_FN static float dot_q5_0_avx2(const void *vw, const void *va, int nb) {
+    const blk_q5_0 *w = vw;
+    const blk_q8_0 *a = va;
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+    const __m256i bitsel = _mm256_set1_epi64x(0x8040201008040201);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        /* bit e of qh → 0xff in byte e where set */
+        __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
+        hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bitsel), bitsel);
+        const __m256i v = _mm256_sub_epi8(_mm256_or_si256(nibbles(w[b].qs), _mm256_and_si256(hb, _mm256_set1_epi8(0x10))),
+                                          _mm256_set1_epi8(16));
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        acc = _mm256_fmadd_ps(d, dot_s8(v, _mm256_loadu_si256((const __m256i *)a[b].qs)), acc);
+    }
+    return hsum8(acc);
+}
+
+/* Q4_K: 6-bit scales/mins as in the scalar version; nibble products per 32 values scaled in int32 */
+AVX2_FN static float dot_q4_K_avx2(const void *vw, const void *va, int nb) {
+    const blk_q4_K *w = vw;
+    const blk_q8_K *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int b = 0; b < nb; b++) {
+        uint8_t sc[8], mn[8];
+        const uint8_t *s = w[b].scales;
+        for (int j = 0; j < 8; j++) {
+            if (j < 4) {
+                sc[j] = s[j] & 63;
+                mn[j] = s[j + 4] & 63;
+            } else {
+                sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+                mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+            }
+        }
+        int summ = 0;
+        for (int j = 0; j < 16; j++) summ += a[b].bsums[j] * mn[j / 2];
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
+            const __m256i y0 = _mm256_loadu_si256((const __m256i *)(a[b].qs + 64 * j));
+            const __m256i y1 = _mm256_loadu_si256((const __m256i *)(a[b].qs + 64 * j + 32));
+            const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), y0);
+            const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), y1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), _mm256_cvtepi32_ps(sumi), acc);
+        mins += _cvtsh_ss(w[b].dmin) * a[b].d * (float)summ;
+    }
+    return hsum8(acc) - mins;
+}
+
+/* Q6_K: (v − 32)·y computed as maddubs(v, y) − maddubs(32, y); one int16 scale per 16 values */
+AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
+    const blk_q6_K *w = vw;
+    const blk_q8_K *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), k32 = _mm256_set1_epi8(32);
+    for (int b = 0; b < nb; b++) {
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = w[b].ql + 64 * h, *qhp = w[b].qh + 32 * h;
+            const int8_t *y = a[b].qs + 128 * h, *sc = w[b].scales + 8 * h;
+            const __m256i qa = _mm256_loadu_si256((const __m256i *)ql), qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
+            __m256i v[4];
+            v[0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            v[1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                const __m256i yy = _mm256_loadu_si256((const __m256i *)(y + 32 * k));
+                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v[k], yy), _mm256_maddubs_epi16(k32, yy));
+                const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+
+static int simd_override = -1; /* cv_set_simd: tests run the portable path on AVX2 machines too */
+
+static int have_avx2(void) {
+    static int cached = -1;
+    if (simd_override >= 0) return simd_override > 0 && cached > 0;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cached;
+}
+#else
+static int simd_override = -1;
+static int have_avx2(void) { (void)simd_override; return 0; }
+#define dot_q8_0_avx2 dot_q8_0
+#define dot_q4_1_avx2 dot_q4_1
+#define dot_q5_0_avx2 dot_q5_0
+#define dot_q4_K_avx2 dot_q4_K
+#define dot_q6_K_avx2 dot_q6_K
+#endif
+
+int cv_simd(void) { return have_avx2() ? 2 : 0; }
+
+/* -1: detect (default); 0: portable C; 2: AVX2 where the CPU has it. Returns the level in use. */
+int cv_set_simd(int level) {
+    simd_override = -1;
+    (void)have_avx2(); /* fill the detection cache */
+    simd_override = level;
+    return cv_simd();
+}
+
+/* ---- matmul: Y[t, r] = Σ_k W[r, k] · X[t, k] with X quantized as ggml would ------------------- */
 
 /* weight type → (block elements, block bytes, activation type, activation block bytes, dot) */
 static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot) {
+    const int simd = have_avx2();
     switch (wtype) {
-    case T_Q8_0: *be = 32; *bb = 34; *atype = T_Q8_0; *ab = 34; *dot = dot_q8_0; return 0;
-    case T_Q4_1: *be = 32; *bb = 20; *atype = T_Q8_1; *ab = 36; *dot = dot_q4_1; return 0;
-    case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = dot_q5_0; return 0;
-    case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = dot_q4_K; return 0;
-    case T_Q6_K: *be = 256; *bb = 210; *atype = T_Q8_K; *ab = 292; *dot = dot_q6_K; return 0;
+    case T_Q8_0: *be = 32; *bb = 34; *atype = T_Q8_0; *ab = 34; *dot = simd ? dot_q8_0_avx2 : dot_q8_0; return 0;
+    case T_Q4_1: *be = 32; *bb = 20; *atype = T_Q8_1; *ab = 36; *dot = simd ? dot_q4_1_avx2 : dot_q4_1; return 0;
+    case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? dot_q5_0_avx2 : dot_q5_0; return 0;
+    case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
+    case T_Q6_K: *be = 256; *bb = 210; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q6_K_avx2 : dot_q6_K; return 0;
     default: return -1;
     }
 }
