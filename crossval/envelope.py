@@ -124,7 +124,7 @@ def run_envelope(cfg: EnvelopeConfig, progress=None) -> tuple[Path, dict]:
     """Run the envelope; write and return (receipt path, receipt)."""
     import crossval
     from crossval.backends.gemmacpp import EOS_IDS
-    from crossval.run import RunConfig, _backend
+    from crossval.run import RunConfig, make_backend
     from engine.gguf_model import open_gguf
     from engine.sampling import SamplingParams
 
@@ -136,8 +136,8 @@ def run_envelope(cfg: EnvelopeConfig, progress=None) -> tuple[Path, dict]:
     g = open_gguf(path)
     rc = RunConfig(models=[cfg.model], prompts=[], prompt_set=None, threads=cfg.threads, mode=cfg.mode, kv_type=cfg.kv_type,
                    timeout=cfg.timeout, gemmacpp_threads=cfg.gemmacpp_threads)  # fmt: skip
-    ref = _backend(cfg.reference, rc, path, progress)
-    eng = _backend("engine", rc, path)
+    ref = make_backend(cfg.reference, rc, path, progress)
+    eng = make_backend("engine", rc, path)
     try:
         if hasattr(ref, "wait_loaded"):
             ref.wait_loaded()

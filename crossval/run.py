@@ -83,7 +83,7 @@ def _model_path(name: str) -> Path:
 BACKENDS = "engine, llamacpp, gemmacpp, transformers, external:CMD"
 
 
-def _backend(spec: str, cfg: RunConfig, path: Path, progress=None):
+def make_backend(spec: str, cfg: RunConfig, path: Path, progress=None):
     """A backend by name (--engine / --reference / --three-way)."""
     if spec.startswith("external:"):
         from crossval.backends.external import ExternalBackend
@@ -112,7 +112,7 @@ def _backend(spec: str, cfg: RunConfig, path: Path, progress=None):
 
 
 def _reference(cfg: RunConfig, path: Path, progress=None):
-    return _backend(cfg.reference, cfg, path, progress)
+    return make_backend(cfg.reference, cfg, path, progress)
 
 
 def _tokenization(ref_ids: list[int], eng_ids: list[int] | None, reason: str | None) -> dict:
@@ -386,7 +386,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         except BackendError as e:  # a timeout/crash while starting: the first prompt's receipt says so
             ref_failure = e
         try:
-            eng = _backend(cfg.engine, cfg, path, progress)
+            eng = make_backend(cfg.engine, cfg, path, progress)
             if hasattr(eng, "wait_loaded"):
                 eng.wait_loaded()
         except (GGUFError, BackendError) as e:
@@ -395,7 +395,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         third, third_error = None, None
         if cfg.three_way:
             try:
-                third = _backend(_third(cfg), cfg, path, progress)
+                third = make_backend(_third(cfg), cfg, path, progress)
             except BackendError as e:
                 third_error = f"{_third(cfg)}: {e}"
         eng_tok = getattr(eng, "tokenizer", None)
