@@ -76,8 +76,10 @@ def end_to_end(eng, ref, threads: int, decode_steps: int, prefill_tokens: int) -
     prompt = [int(x) for x in np.random.default_rng(0).integers(100, min(vocab, 20000), prefill_tokens)]
     row: dict = {"threads": threads}
     eng.set_threads(threads)  # the native kernels' threads (faithful mode), like llama.cpp's n_threads
+    # faithful: the OpenMP kernels own the cores; a second, spinning BLAS pool would fight them
+    blas = 1 if eng.mode == "faithful" else threads
     for label, b in (("engine", eng), ("llamacpp", ref)):
-        with threadpool_limits(limits=threads):
+        with threadpool_limits(limits=blas, user_api="blas"):
             b.reset()
             b.prefill(prompt[:8])  # warm-up
             b.reset()

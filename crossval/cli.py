@@ -415,8 +415,10 @@ def cmd_run(args) -> int:
     # numpy's BLAS reads its thread count when first loaded: match the reference's threads
     import os
 
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    # (faithful mode: the native kernels' OpenMP threads do the work; BLAS stays on one thread)
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(1 if args.mode == "faithful" else args.threads))
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     prompts, set_name = _prompts_arg(args)
     perturb = None
     if args.perturb_layer is not None:

@@ -77,13 +77,15 @@ def test_block_dots_equal_ggml_vec_dot(qtype, simd):
         assert y[r] == pytest.approx(simd, rel=1e-5, abs=1e-5 * np.sqrt(n)), (r, y[r], simd)
 
 
-def test_matmul_threads_and_tokens_agree(simd):
-    w = _weights(Q.Q4_K, 64, 512, seed=5)
-    x = np.random.default_rng(3).standard_normal((5, 512)).astype(np.float32)
-    one = K.matmul(w, Q.Q4_K, x, threads=1)
-    two = K.matmul(w, Q.Q4_K, x, threads=2)
+@pytest.mark.parametrize("qtype", list(DOTS), ids=lambda t: t.name)
+def test_matmul_threads_and_tokens_agree(qtype, simd):
+    w = _weights(qtype, 64, 512, seed=5)
+    x = np.random.default_rng(3).standard_normal((9, 512)).astype(np.float32)
+    one = K.matmul(w, qtype, x, threads=1)
+    two = K.matmul(w, qtype, x, threads=2)
     np.testing.assert_array_equal(one, two)  # rows are split across threads, never a sum
-    for t in range(5):
-        np.testing.assert_array_equal(K.matmul(w, Q.Q4_K, x[t : t + 1])[0], one[t])
+    # prefill (tokens four at a time) and decode (one token) give identical rows
+    for t in range(9):
+        np.testing.assert_array_equal(K.matmul(w, qtype, x[t : t + 1])[0], one[t])
     with pytest.raises(ValueError):
-        K.matmul(w, Q.Q4_K, x[:, :500])
+        K.matmul(w, qtype, x[:, :500])

@@ -391,6 +391,139 @@ AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
     return hsum8(acc);
 }
 
+/* Four activation rows at once (prefill): each weight block is loaded and unpacked once for four
+ * tokens, each token keeping its own 8-lane accumulator — per token the same float order as the
+ * one-row kernels above, so prefill and decode give identical results. */
+typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
+
+AVX2_FN static void dot4_q8_0_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q8_0 *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)w[b].qs), ax = _mm256_sign_epi8(x, x);
+        const float dw = _cvtsh_ss(w[b].d);
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
+            const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(ax, _mm256_sign_epi8(y, x)), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
+AVX2_FN static void dot4_q4_1_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q4_1 *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float summs[4] = {0, 0, 0, 0};
+    for (int b = 0; b < nb; b++) {
+        const __m256i x = nibbles(w[b].qs);
+        const float dw = _cvtsh_ss(w[b].d), mw = _cvtsh_ss(w[b].m);
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_1 *a = (const blk_q8_1 *)((const char *)va + t * arow) + b;
+            summs[t] += mw * _cvtsh_ss(a->s);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(x, _mm256_loadu_si256((const __m256i *)a->qs)), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summs[t];
+}
+
+AVX2_FN static void dot4_q5_0_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q5_0 *w = vw;
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+    const __m256i bitsel = _mm256_set1_epi64x(0x8040201008040201);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
+        hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bitsel), bitsel);
+        const __m256i x = _mm256_sub_epi8(_mm256_or_si256(nibbles(w[b].qs), _mm256_and_si256(hb, _mm256_set1_epi8(0x10))),
+                                          _mm256_set1_epi8(16));
+        const __m256i ax = _mm256_sign_epi8(x, x);
+        const float dw = _cvtsh_ss(w[b].d);
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
+            const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(ax, _mm256_sign_epi8(y, x)), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
+AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q4_K *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float mins[4] = {0, 0, 0, 0};
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int b = 0; b < nb; b++) {
+        uint8_t sc[8], mn[8];
+        const uint8_t *s = w[b].scales;
+        for (int j = 0; j < 8; j++) {
+            if (j < 4) {
+                sc[j] = s[j] & 63;
+                mn[j] = s[j + 4] & 63;
+            } else {
+                sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+                mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+            }
+        }
+        __m256i lo[4], hi[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
+            lo[j] = _mm256_and_si256(q, m4);
+            hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        }
+        const float dw = _cvtsh_ss(w[b].d), dminw = _cvtsh_ss(w[b].dmin);
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_K *a = (const blk_q8_K *)((const char *)va + t * arow) + b;
+            int summ = 0;
+            for (int j = 0; j < 16; j++) summ += a->bsums[j] * mn[j / 2];
+            __m256i sumi = _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
+                const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(sumi), acc[t]);
+            mins[t] += dminw * a->d * (float)summ;
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) - mins[t];
+}
+
+AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q6_K *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), k32 = _mm256_set1_epi8(32);
+    for (int b = 0; b < nb; b++) {
+        __m256i v[8], s16[8];
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = w[b].ql + 64 * h, *qhp = w[b].qh + 32 * h;
+            const int8_t *sc = w[b].scales + 8 * h;
+            const __m256i qa = _mm256_loadu_si256((const __m256i *)ql), qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
+            v[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            v[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            v[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            v[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
+        }
+        const float dw = _cvtsh_ss(w[b].d);
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_K *a = (const blk_q8_K *)((const char *)va + t * arow) + b;
+            __m256i sumi = _mm256_setzero_si256();
+            for (int k = 0; k < 8; k++) {
+                const __m256i yy = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k));
+                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v[k], yy), _mm256_maddubs_epi16(k32, yy));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s16[k]));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
 static int simd_override = -1; /* cv_set_simd: tests run the portable path on AVX2 machines too */
 
 static int have_avx2(void) {
@@ -410,6 +543,7 @@ static int have_avx2(void) { (void)simd_override; return 0; }
 #define dot_q5_0_avx2 dot_q5_0
 #define dot_q4_K_avx2 dot_q4_K
 #define dot_q6_K_avx2 dot_q6_K
+typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
 #endif
 
 int cv_simd(void) { return have_avx2() ? 2 : 0; }
@@ -425,6 +559,20 @@ int cv_set_simd(int level) {
 /* ---- matmul: Y[t, r] = Σ_k W[r, k] · X[t, k] with X quantized as ggml would ------------------- */
 
 /* weight type → (block elements, block bytes, activation type, activation block bytes, dot) */
+static dot4_fn dot4_for(int wtype) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (have_avx2()) {
+        if (wtype == T_Q8_0) return dot4_q8_0_avx2;
+        if (wtype == T_Q4_1) return dot4_q4_1_avx2;
+        if (wtype == T_Q5_0) return dot4_q5_0_avx2;
+        if (wtype == T_Q4_K) return dot4_q4_K_avx2;
+        if (wtype == T_Q6_K) return dot4_q6_K_avx2;
+    }
+#endif
+    (void)wtype;
+    return NULL;
+}
+
 static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot) {
     const int simd = have_avx2();
     switch (wtype) {
@@ -473,10 +621,19 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     const int nb = (int)(n_cols / be);
     const int64_t wrow = (int64_t)nb * bb, arow = (int64_t)nb * ab;
     if (n_threads < 1) n_threads = 1;
+    const dot4_fn dot4 = dot4_for(wtype);
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < n_rows; r++) {
         const void *wr = (const char *)W + r * wrow;
-        for (int64_t t = 0; t < n_tok; t++) Y[t * n_rows + r] = dot(wr, (const char *)xq + t * arow, nb);
+        int64_t t = 0;
+        if (dot4) {
+            float o[4];
+            for (; t + 4 <= n_tok; t += 4) {
+                dot4(wr, (const char *)xq + t * arow, arow, nb, o);
+                for (int k = 0; k < 4; k++) Y[(t + k) * n_rows + r] = o[k];
+            }
+        }
+        for (; t < n_tok; t++) Y[t * n_rows + r] = dot(wr, (const char *)xq + t * arow, nb);
     }
     return 0;
 }
