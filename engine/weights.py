@@ -96,7 +96,7 @@ class NativeWeights(FloatWeights):
         from engine import kernels
 
         if not kernels.available():
-            raise RuntimeError(kernels.load_error())
+            raise ValueError(f"--mode faithful: {kernels.load_error()}")
         self.kernels, self.threads = kernels, threads
 
     def prepare(self, names: tuple[str, ...]) -> list:
@@ -106,17 +106,28 @@ class NativeWeights(FloatWeights):
             for n in names:
                 t = self.g.tensor(n)
                 if self.kernels.supported(t.type):
-                    groups.append(("native", self.g.raw(n), t.type))
+                    groups.append(("native", self.kernels.WeightRef(self.g.raw(n), t.type), t.type))
                 else:
                     groups += [("float", g) for g in super().prepare((n,))]
             self._groups[("native",) + names] = groups
         return groups
 
     def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-        outs = []
+        groups = self.prepare(names)
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         xq: dict[int, np.ndarray] = {}  # activations quantized once per activation type (q, k, v share)
-        for kind, *rest in self.prepare(names):
+        if all(g[0] == "native" for g in groups):  # the common case: one output, filled in place
+            y = np.empty((x2.shape[0], sum(g[1].shape[0] for g in groups)), dtype=np.float32)
+            col = 0
+            for _, raw, qtype in groups:
+                at = self.kernels.act_type(qtype)
+                if at not in xq:
+                    xq[at] = self.kernels.quantize_acts(qtype, x2)
+                self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads, out=y, col=col)
+                col += raw.shape[0]
+            return y.reshape(*x.shape[:-1], -1)
+        outs = []
+        for kind, *rest in groups:
             if kind == "native":
                 raw, qtype = rest
                 at = self.kernels.act_type(qtype)

@@ -89,3 +89,15 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
         np.testing.assert_array_equal(K.matmul(w, qtype, x[t : t + 1])[0], one[t])
     with pytest.raises(ValueError):
         K.matmul(w, qtype, x[:, :500])
+
+
+def test_faithful_without_the_extension_is_a_clear_error(monkeypatch, tiny_model):
+    """No compiler at install time → no extension: faithful mode says so in one sentence; the
+    numpy modes are untouched."""
+    from engine.generate import Engine
+
+    monkeypatch.setattr(K, "lib", None)
+    monkeypatch.setattr(K, "_ERROR", "native kernels not built (test)")
+    with pytest.raises(ValueError, match="faithful: native kernels not built"):
+        Engine(tiny_model("llama"), mode="faithful")
+    assert Engine(tiny_model("llama"), mode="float").logits([1, 5, 9]).shape == (3, 320)

@@ -47,15 +47,32 @@ def quantize_acts(wtype: int, x: np.ndarray) -> np.ndarray:
     return out
 
 
+class WeightRef:
+    """A quantized tensor's raw blocks with its C pointer made once (the tensor lives in the
+    GGUF's memory map, which outlives every matmul)."""
+
+    __slots__ = ("raw", "wtype", "ptr", "rows", "shape")
+
+    def __init__(self, raw: np.ndarray, wtype: int):
+        self.raw = np.ascontiguousarray(raw)
+        self.wtype, self.rows, self.shape = int(wtype), self.raw.shape[0], self.raw.shape
+        self.ptr = _ptr(self.raw, "void *")
+
+
 def act_type(wtype: int) -> int:
     """The activation block type a `wtype` matmul quantizes x to (weights sharing it share xq)."""
     return {3: 9, 6: 8, 8: 8, 12: 15, 14: 15}[int(wtype)]  # Q4_1→Q8_1, Q5_0/Q8_0→Q8_0, K-quants→Q8_K
 
 
-def matmul_prequantized(raw: np.ndarray, wtype: int, xq: np.ndarray, n_tok: int, n_cols: int, threads: int = 1) -> np.ndarray:
-    """As matmul, with x already quantized by quantize_acts (for any weight of the same act_type)."""
-    y = np.empty((n_tok, raw.shape[0]), dtype=np.float32)
-    if lib.cv_matmul_q(int(wtype), _ptr(raw, "void *"), raw.shape[0], n_cols, _ptr(xq, "void *"), n_tok, _ptr(y, "float *"), int(threads)):
+def matmul_prequantized(raw: np.ndarray, wtype: int, xq: np.ndarray, n_tok: int, n_cols: int, threads: int = 1,
+                        out: np.ndarray | None = None, col: int = 0) -> np.ndarray:  # fmt: skip
+    """As matmul, with x already quantized by quantize_acts (for any weight of the same act_type).
+    With `out` (n_tok, ≥ col + rows) float32, the result fills out[:, col : col + rows] in place."""
+    y = np.empty((n_tok, raw.shape[0]), dtype=np.float32) if out is None else out
+    base = y.__array_interface__["data"][0] + 4 * col
+    wptr = raw if isinstance(raw, WeightRef) else WeightRef(raw, wtype)
+    if lib.cv_matmul_q(wptr.wtype, wptr.ptr, wptr.rows, n_cols, _ptr(xq, "void *"), n_tok, ffi.cast("float *", base), y.shape[1],
+                       int(threads)):  # fmt: skip
         raise ValueError(f"ggml type {wtype} with {n_cols} columns is not supported by the native kernels")
     return y
 

@@ -15,7 +15,8 @@ int cv_simd(void);
 int cv_set_simd(int level);
 int64_t cv_act_bytes(int wtype, int64_t n_cols, int64_t n_tok);
 int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, void *xq);
-int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tok, float *Y, int n_threads);
+int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tok, float *Y, int64_t ldy,
+                int n_threads);
 void cv_quantize_q8_0(const float *x, void *y, int64_t k);
 void cv_quantize_q8_1(const float *x, void *y, int64_t k);
 void cv_quantize_q8_K(const float *x, void *y, int64_t k);

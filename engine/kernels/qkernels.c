@@ -613,8 +613,10 @@ int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, v
     return 0;
 }
 
-/* Y (n_tok × n_rows) from weights W (n_rows rows of n_cols in wtype blocks) and pre-quantized xq. */
-int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tok, float *Y, int n_threads) {
+/* Y (n_tok × n_rows, row stride ldy floats) from weights W (n_rows rows of n_cols in wtype blocks)
+ * and pre-quantized xq. ldy > n_rows lets several weights fill column ranges of one output. */
+int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tok, float *Y, int64_t ldy,
+                int n_threads) {
     int be, bb, at, ab;
     dot_fn dot;
     if (layout(wtype, &be, &bb, &at, &ab, &dot) || n_cols % be) return -1;
@@ -630,10 +632,10 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
             float o[4];
             for (; t + 4 <= n_tok; t += 4) {
                 dot4(wr, (const char *)xq + t * arow, arow, nb, o);
-                for (int k = 0; k < 4; k++) Y[(t + k) * n_rows + r] = o[k];
+                for (int k = 0; k < 4; k++) Y[(t + k) * ldy + r] = o[k];
             }
         }
-        for (; t < n_tok; t++) Y[t * n_rows + r] = dot(wr, (const char *)xq + t * arow, nb);
+        for (; t < n_tok; t++) Y[t * ldy + r] = dot(wr, (const char *)xq + t * arow, nb);
     }
     return 0;
 }
