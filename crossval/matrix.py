@@ -15,7 +15,6 @@ shard files into the matrix receipt (schemas/matrix.schema.json) plus a Markdown
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
