@@ -137,6 +137,19 @@ void cv_quantize_q8_K(const float *x, void *vy, int64_t k) {
     }
 }
 
+/* Q4_K's 8 six-bit scales and mins packed in 12 bytes (ggml-quants.c get_scale_min_k4) */
+static inline void q4_K_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            sc[j] = s[j] & 63;
+            mn[j] = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+            mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+    }
+}
+
 /* ---- dot products of one weight row with one quantized activation row ------------------------ */
 CV_CLONES static float dot_q8_0(const void *vw, const void *va, int nb) {
     const blk_q8_0 *w = vw, *a = va;
@@ -189,16 +202,7 @@ CV_CLONES static float dot_q4_K(const void *vw, const void *va, int nb) {
     float sumf = 0.0f;
     for (int b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
-        const uint8_t *s = w[b].scales;
-        for (int j = 0; j < 8; j++) {
-            if (j < 4) {
-                sc[j] = s[j] & 63;
-                mn[j] = s[j + 4] & 63;
-            } else {
-                sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-                mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-            }
-        }
+        q4_K_scales(w[b].scales, sc, mn);
         int summ = 0;
         for (int j = 0; j < 16; j++) summ += a[b].bsums[j] * mn[j / 2];
         int sumi = 0;
@@ -279,6 +283,28 @@ AVX2_FN static inline __m256i nibbles(const uint8_t *q) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f));
 }
 
+/* Q5_0's 32 values as signed bytes: the nibble, bit e of qh as bit 4, minus 16 */
+AVX2_FN static inline __m256i q5_0_values(const blk_q5_0 *w) {
+    uint32_t qh;
+    memcpy(&qh, w->qh, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
+    const __m256i bitsel = _mm256_set1_epi64x(0x8040201008040201);
+    __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf); /* byte e holds qh's byte e/8 */
+    hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bitsel), bitsel);        /* 0xff where bit e is set */
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles(w->qs), _mm256_and_si256(hb, _mm256_set1_epi8(0x10))), _mm256_set1_epi8(16));
+}
+
+/* Q6_K: the four 32-value vectors of one 128-value half (6-bit, unsigned 0..63) */
+AVX2_FN static inline void q6_K_half(const uint8_t *ql, const uint8_t *qhp, __m256i *v) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+    const __m256i qa = _mm256_loadu_si256((const __m256i *)ql), qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
+    v[0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+    v[1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+    v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+    v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+}
+
 AVX2_FN static float dot_q8_0_avx2(const void *vw, const void *va, int nb) {
     const blk_q8_0 *w = vw, *a = va;
     __m256 acc = _mm256_setzero_ps();
@@ -307,17 +333,9 @@ AVX2_FN static float dot_q4_1_avx2(const void *vw, const void *va, int nb) {
 AVX2_FN static float dot_q5_0_avx2(const void *vw, const void *va, int nb) {
     const blk_q5_0 *w = vw;
     const blk_q8_0 *a = va;
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
-    const __m256i bitsel = _mm256_set1_epi64x(0x8040201008040201);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        uint32_t qh;
-        memcpy(&qh, w[b].qh, 4);
-        /* bit e of qh → 0xff in byte e where set */
-        __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
-        hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bitsel), bitsel);
-        const __m256i v = _mm256_sub_epi8(_mm256_or_si256(nibbles(w[b].qs), _mm256_and_si256(hb, _mm256_set1_epi8(0x10))),
-                                          _mm256_set1_epi8(16));
+        const __m256i v = q5_0_values(&w[b]);
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
         acc = _mm256_fmadd_ps(d, dot_s8(v, _mm256_loadu_si256((const __m256i *)a[b].qs)), acc);
     }
@@ -333,16 +351,7 @@ AVX2_FN static float dot_q4_K_avx2(const void *vw, const void *va, int nb) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
-        const uint8_t *s = w[b].scales;
-        for (int j = 0; j < 8; j++) {
-            if (j < 4) {
-                sc[j] = s[j] & 63;
-                mn[j] = s[j + 4] & 63;
-            } else {
-                sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-                mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-            }
-        }
+        q4_K_scales(w[b].scales, sc, mn);
         int summ = 0;
         for (int j = 0; j < 16; j++) summ += a[b].bsums[j] * mn[j / 2];
         __m256i sumi = _mm256_setzero_si256();
@@ -366,19 +375,14 @@ AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
     const blk_q6_K *w = vw;
     const blk_q8_K *a = va;
     __m256 acc = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), k32 = _mm256_set1_epi8(32);
+    const __m256i k32 = _mm256_set1_epi8(32);
     for (int b = 0; b < nb; b++) {
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = w[b].ql + 64 * h, *qhp = w[b].qh + 32 * h;
             const int8_t *y = a[b].qs + 128 * h, *sc = w[b].scales + 8 * h;
-            const __m256i qa = _mm256_loadu_si256((const __m256i *)ql), qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
             __m256i v[4];
-            v[0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            v[1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            q6_K_half(ql, qhp, v);
             for (int k = 0; k < 4; k++) {
                 const __m256i yy = _mm256_loadu_si256((const __m256i *)(y + 32 * k));
                 const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v[k], yy), _mm256_maddubs_epi16(k32, yy));
@@ -396,18 +400,20 @@ AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
  * one-row kernels above, so prefill and decode give identical results. */
 typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
 
+/* one block of 32 signed weight values (scale dw) against block b of four Q8_0 activation rows */
+AVX2_FN static inline void acc4_s8_q8_0(__m256i x, float dw, const void *va, int64_t arow, int b, __m256 *acc) {
+    const __m256i ax = _mm256_sign_epi8(x, x);
+    for (int t = 0; t < 4; t++) {
+        const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(ax, _mm256_sign_epi8(y, x)), acc[t]);
+    }
+}
+
 AVX2_FN static void dot4_q8_0_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q8_0 *w = vw;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)w[b].qs), ax = _mm256_sign_epi8(x, x);
-        const float dw = _cvtsh_ss(w[b].d);
-        for (int t = 0; t < 4; t++) {
-            const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
-            const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(ax, _mm256_sign_epi8(y, x)), acc[t]);
-        }
-    }
+    for (int b = 0; b < nb; b++) acc4_s8_q8_0(_mm256_loadu_si256((const __m256i *)w[b].qs), _cvtsh_ss(w[b].d), va, arow, b, acc);
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
@@ -429,24 +435,8 @@ AVX2_FN static void dot4_q4_1_avx2(const void *vw, const void *va, int64_t arow,
 
 AVX2_FN static void dot4_q5_0_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q5_0 *w = vw;
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
-    const __m256i bitsel = _mm256_set1_epi64x(0x8040201008040201);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++) {
-        uint32_t qh;
-        memcpy(&qh, w[b].qh, 4);
-        __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
-        hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bitsel), bitsel);
-        const __m256i x = _mm256_sub_epi8(_mm256_or_si256(nibbles(w[b].qs), _mm256_and_si256(hb, _mm256_set1_epi8(0x10))),
-                                          _mm256_set1_epi8(16));
-        const __m256i ax = _mm256_sign_epi8(x, x);
-        const float dw = _cvtsh_ss(w[b].d);
-        for (int t = 0; t < 4; t++) {
-            const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
-            const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(ax, _mm256_sign_epi8(y, x)), acc[t]);
-        }
-    }
+    for (int b = 0; b < nb; b++) acc4_s8_q8_0(q5_0_values(&w[b]), _cvtsh_ss(w[b].d), va, arow, b, acc);
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
@@ -457,16 +447,7 @@ AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow,
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
-        const uint8_t *s = w[b].scales;
-        for (int j = 0; j < 8; j++) {
-            if (j < 4) {
-                sc[j] = s[j] & 63;
-                mn[j] = s[j + 4] & 63;
-            } else {
-                sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-                mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-            }
-        }
+        q4_K_scales(w[b].scales, sc, mn);
         __m256i lo[4], hi[4];
         for (int j = 0; j < 4; j++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
@@ -495,18 +476,13 @@ AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow,
 AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q6_K *w = vw;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), k32 = _mm256_set1_epi8(32);
+    const __m256i k32 = _mm256_set1_epi8(32);
     for (int b = 0; b < nb; b++) {
         __m256i v[8], s16[8];
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = w[b].ql + 64 * h, *qhp = w[b].qh + 32 * h;
             const int8_t *sc = w[b].scales + 8 * h;
-            const __m256i qa = _mm256_loadu_si256((const __m256i *)ql), qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
-            v[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            v[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            v[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            v[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            q6_K_half(ql, qhp, v + 4 * h);
             for (int k = 0; k < 4; k++) s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
         }
         const float dw = _cvtsh_ss(w[b].d);
