@@ -120,7 +120,7 @@ class NativeWeights(FloatWeights):
             y = np.empty((x2.shape[0], sum(g[1].shape[0] for g in groups)), dtype=np.float32)
             col = 0
             for _, raw, qtype in groups:
-                at = self.kernels.act_type(qtype)
+                at = raw.atype
                 if at not in xq:
                     xq[at] = self.kernels.quantize_acts(qtype, x2)
                 self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads, out=y, col=col)
@@ -130,7 +130,7 @@ class NativeWeights(FloatWeights):
         for kind, *rest in groups:
             if kind == "native":
                 raw, qtype = rest
-                at = self.kernels.act_type(qtype)
+                at = raw.atype
                 if at not in xq:
                     xq[at] = self.kernels.quantize_acts(qtype, x2)
                 y = self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads)

@@ -51,17 +51,21 @@ class WeightRef:
     """A quantized tensor's raw blocks with its C pointer made once (the tensor lives in the
     GGUF's memory map, which outlives every matmul)."""
 
-    __slots__ = ("raw", "wtype", "ptr", "rows", "shape")
+    __slots__ = ("raw", "wtype", "atype", "ptr", "rows", "shape")
 
     def __init__(self, raw: np.ndarray, wtype: int):
         self.raw = np.ascontiguousarray(raw)
         self.wtype, self.rows, self.shape = int(wtype), self.raw.shape[0], self.raw.shape
+        self.atype = act_type(self.wtype)
         self.ptr = _ptr(self.raw, "void *")
 
 
 def act_type(wtype: int) -> int:
-    """The activation block type a `wtype` matmul quantizes x to (weights sharing it share xq)."""
-    return {3: 9, 6: 8, 8: 8, 12: 15, 14: 15}[int(wtype)]  # Q4_1→Q8_1, Q5_0/Q8_0→Q8_0, K-quants→Q8_K
+    """The activation block type a `wtype` matmul quantizes x to (weights sharing it share xq):
+    ggml's vec_dot_type, as engine/quants.py's block layouts already record it."""
+    from engine.quants import block_layout
+
+    return int(block_layout(wtype).vec_dot_type)
 
 
 def matmul_prequantized(raw: np.ndarray, wtype: int, xq: np.ndarray, n_tok: int, n_cols: int, threads: int = 1,
