@@ -66,16 +66,18 @@ class FloatWeights:
 
     def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         """x (n, n_in) @ [W_names stacked]ᵀ → (n, Σ n_out)."""
-        outs = []
-        for w, rt, mins in self.prepare(names):
-            xq = rt(x) if rt is not None else x
-            y = xq @ w.T
-            if mins is not None:  # Q8_1's fp16 block sums (engine/act_quant.py q8_1_sum_error)
-                from engine.act_quant import q8_1_sum_error
-
-                y += q8_1_sum_error(x) @ mins.T
-            outs.append(y)
+        outs = [self._group_matmul(x, *group) for group in self.prepare(names)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
+
+    @staticmethod
+    def _group_matmul(x: np.ndarray, w: np.ndarray, rt, mins) -> np.ndarray:
+        """One prepared group: x rounded as its activations would be (rt), times Wᵀ."""
+        y = (rt(x) if rt is not None else x) @ w.T
+        if mins is not None:  # Q8_1's fp16 block sums (engine/act_quant.py q8_1_sum_error)
+            from engine.act_quant import q8_1_sum_error
+
+            y += q8_1_sum_error(x) @ mins.T
+        return y
 
     def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows of an embedding table without dequantizing the whole table (get_rows)."""
@@ -136,13 +138,7 @@ class NativeWeights(FloatWeights):
                 y = self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads)
                 outs.append(y.reshape(*x.shape[:-1], -1))
             else:
-                w, rt, mins = rest[0]
-                y = (rt(x) if rt is not None else x) @ w.T
-                if mins is not None:
-                    from engine.act_quant import q8_1_sum_error
-
-                    y += q8_1_sum_error(x) @ mins.T
-                outs.append(y)
+                outs.append(self._group_matmul(x, *rest[0]))
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
 
 
