@@ -65,6 +65,20 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, sca
     return out.transpose(2, 0, 1, 3).reshape(n_q, n_head, v.shape[-1])
 
 
+def cached_attention(cache, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float = 1.0,
+                     softcap: float = 0.0, threads: int = 1) -> np.ndarray:  # fmt: skip
+    """Store k, v (n, n_head_kv, d) at the cache's next rows, then attend q (n, n_head, d) over every
+    cached position → (n, n_head, d_v). A cache in ggml layout (engine/kv_cache.py) runs llama.cpp's
+    own arithmetic in the native kernel (engine/kernels attention_f16); otherwise attention() above."""
+    ks, vs = cache.store(layer, k, v)
+    if getattr(cache, "layout", "rows") == "ggml":
+        from engine import kernels
+
+        n_kv = cache.n_past + q.shape[0]
+        return kernels.attention_f16(q, ks, vs, n_kv, mask, scale, softcap, threads=threads)
+    return attention(q, ks, vs, mask, scale=scale, softcap=softcap, f16_operands=cache.dtype == "f16")
+
+
 def flash_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float = 1.0,
                     softcap: float = 0.0, tile: int = 64) -> np.ndarray:  # fmt: skip
     """The same result as attention(), computed over key tiles with an online softmax: a running

@@ -49,7 +49,9 @@ class Engine:
         self.tap = tap
         c = self.config
         self.n_ctx = n_ctx
-        self.cache = KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, kv_type)
+        # faithful mode with an F16 cache keeps llama.cpp's cache layout for the native attention kernel
+        layout = "ggml" if mode == "faithful" and kv_type == "f16" else "rows"
+        self.cache = KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, kv_type, layout)
 
     def set_threads(self, n: int) -> None:
         """Threads of the native kernels (faithful mode); numpy's BLAS has its own setting."""

@@ -24,8 +24,14 @@ def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
 
 def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin of shape (n_pos, n_rot/2). ops.cpp ggml_rope_cache_init: theta_scale =
-    powf(base, -2/n_rot) and theta for pair i is pos·theta_scale^i by repeated float multiplication."""
-    theta_scale = F32(np.power(F32(base), F32(-2.0) / F32(n_rot), dtype=F32))
+    powf(base, -2/n_rot) and theta for pair i is pos·theta_scale^i by repeated float multiplication,
+    then libm's cosf/sinf. The native kernels call libm itself (bit-identical to llama.cpp); without
+    them, float64 cos/sin rounded to float32 differ from glibc's cosf/sinf by 1 ulp at ~2 % of entries."""
+    from engine import kernels
+
+    if kernels.available():
+        return kernels.rope_cache(positions, n_rot, base)
+    theta_scale = F32(np.float64(base) ** np.float64(F32(-2.0) / F32(n_rot)))  # = glibc powf here
     steps = np.empty((len(positions), n_rot // 2), dtype=F32)
     steps[:, 0] = positions.astype(F32)
     steps[:, 1:] = theta_scale
@@ -36,18 +42,24 @@ def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarr
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
     """x: (n_pos, n_heads, head_dim); cos/sin: (n_pos, n_rot/2). Rotates the first n_rot dims.
     NORM (llama, bitnet): adjacent pairs (x[2i], x[2i+1]) — GGUF Q/K rows are permuted by the
-    converter so this matches HF's rotate_half. NEOX (gemma): pairs (x[i], x[i + n_rot/2])."""
+    converter so this matches HF's rotate_half. NEOX (gemma): pairs (x[i], x[i + n_rot/2]).
+
+    ops.cpp rotate_pairs is compiled with FMA contraction: x0·cos − x1·sin is fmaf(x0, cos, −fl(x1·sin))
+    and x0·sin + x1·cos is fmaf(x0, sin, fl(x1·cos)). A float32 product is exact in float64, so
+    one float64 multiply-add rounded to float32 gives the fused result (bit-checked against
+    llama.cpp's Qcur in tests/test_faithful.py)."""
     n_rot = cos.shape[-1] * 2
-    c, s = cos[:, None, :], sin[:, None, :]
+    c, s = cos[:, None, :].astype(np.float64), sin[:, None, :].astype(np.float64)
     out = x.copy()
     if neox:
         a, b = x[..., : n_rot // 2], x[..., n_rot // 2 : n_rot]
-        out[..., : n_rot // 2] = a * c - b * s
-        out[..., n_rot // 2 : n_rot] = a * s + b * c
+        sl0, sl1 = np.s_[..., : n_rot // 2], np.s_[..., n_rot // 2 : n_rot]
     else:
         a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-        out[..., 0:n_rot:2] = a * c - b * s
-        out[..., 1:n_rot:2] = a * s + b * c
+        sl0, sl1 = np.s_[..., 0:n_rot:2], np.s_[..., 1:n_rot:2]
+    a64 = a.astype(np.float64)
+    out[sl0] = (a64 * c - (b * s).astype(F32)).astype(F32)
+    out[sl1] = (a64 * s + (b * c).astype(F32)).astype(F32)
     return out
 
 

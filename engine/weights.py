@@ -13,6 +13,8 @@ class FloatWeights:
     """act_quant: round each matmul's activations as ggml's CPU backend quantizes them for the
     weight's type (engine/act_quant.py) — llama.cpp's quantized arithmetic up to summation order."""
 
+    threads = 1  # native kernels' threads (NativeWeights); numpy's BLAS has its own setting
+
     def __init__(self, g: GGUFFile, act_quant: bool = False):
         self.g = g
         self.act_quant = act_quant
@@ -79,6 +81,13 @@ class FloatWeights:
             y += q8_1_sum_error(x) @ mins.T
         return y
 
+    @staticmethod
+    def swiglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
+        """gu (n, 2·n_ff) = [gate | up] from one stacked matmul → silu(gate) · up (n, n_ff)."""
+        from engine.ops import silu
+
+        return silu(gu[:, :n_ff]) * gu[:, n_ff:]
+
     def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows of an embedding table without dequantizing the whole table (get_rows)."""
         from engine.quants import dequantize
@@ -113,6 +122,10 @@ class NativeWeights(FloatWeights):
                     groups += [("float", g) for g in super().prepare((n,))]
             self._groups[("native",) + names] = groups
         return groups
+
+    def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
+        """ggml_vec_swiglu_f32's arithmetic (its vectorised exp), from the native kernels."""
+        return self.kernels.swiglu(gu, n_ff)
 
     def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         groups = self.prepare(names)

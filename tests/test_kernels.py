@@ -18,6 +18,9 @@ pytestmark = pytest.mark.skipif(not K.available(), reason=K.load_error() or "")
 # weight type → (activation kind, ggml vec_dot name)
 DOTS = {Q.Q8_0: ("q8_0", "q8_0_q8_0"), Q.Q4_1: ("q8_1", "q4_1_q8_1"), Q.Q5_0: ("q8_0", "q5_0_q8_0"),
         Q.Q4_K: ("q8_K", "q4_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
+# bit-equal to ggml's AVX2 dot; Q4_K sums its mins in another order (llama.cpp runs Q4_K weights through
+# its repacked 8×8 kernels on AVX2 machines anyway, not through this vec_dot)
+EXACT_SIMD = {Q.Q8_0, Q.Q4_1, Q.Q5_0, Q.Q6_K}
 
 
 def _vec_dot(name: str, n: int, w: np.ndarray, a: np.ndarray) -> float:
@@ -73,8 +76,10 @@ def test_block_dots_equal_ggml_vec_dot(qtype, simd):
     for r in range(w.shape[0]):
         # what llama.cpp runs on this CPU: the same integer sums and scale products; only the
         # order in which per-block float terms are added differs
-        simd = _vec_dot(name, n, np.ascontiguousarray(w[r]), a)
-        assert y[r] == pytest.approx(simd, rel=1e-5, abs=1e-5 * np.sqrt(n)), (r, y[r], simd)
+        ref = _vec_dot(name, n, np.ascontiguousarray(w[r]), a)
+        if simd and qtype in EXACT_SIMD:  # the same 8-lane float accumulation as ggml's AVX2 dot
+            assert y[r] == ref, (r, y[r], ref)
+        assert y[r] == pytest.approx(ref, rel=1e-5, abs=1e-5 * np.sqrt(n)), (r, y[r], ref)
 
 
 @pytest.mark.parametrize("qtype", list(DOTS), ids=lambda t: t.name)

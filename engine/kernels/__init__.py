@@ -47,6 +47,50 @@ def quantize_acts(wtype: int, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (n_pos, n_rot/2) float32 exactly as ggml_rope_cache_init computes them (libm)."""
+    pos = np.ascontiguousarray(positions, dtype=np.float32)
+    cos = np.empty((len(pos), n_rot // 2), dtype=np.float32)
+    sin = np.empty_like(cos)
+    lib.cv_rope_cache(_ptr(pos, "float *"), len(pos), int(n_rot), float(base), _ptr(cos, "float *"), _ptr(sin, "float *"))
+    return cos, sin
+
+
+def ggml_lanes() -> int:
+    """The SIMD width whose summation order ggml-cpu built for this CPU uses: 16 (AVX-512), 8 (AVX2), 0."""
+    return int(lib.cv_ggml_lanes())
+
+
+def attention_f16(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv: int, mask: np.ndarray, scale: float,
+                  softcap: float = 0.0, lanes: int | None = None, threads: int = 1) -> np.ndarray:  # fmt: skip
+    """llama.cpp's CPU attention over an F16 cache (no flash attention), bit for bit.
+    q (n_q, n_head, d) float32; k16 (n_ctx, n_head_kv, d) and v16t (n_head_kv, dv, n_ctx) float16 —
+    V transposed as llama.cpp stores it; keys [0, n_kv) are read; mask (n_q, n_kv) additive.
+    → (n_q, n_head, dv) float32."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    mask = np.ascontiguousarray(mask, dtype=np.float32)
+    n_q, n_head, d = q.shape
+    n_ctx, n_head_kv, _ = k16.shape
+    dv = v16t.shape[1]
+    assert k16.dtype == np.float16 and v16t.dtype == np.float16 and k16.flags.c_contiguous and v16t.flags.c_contiguous
+    assert mask.shape == (n_q, n_kv) and v16t.shape == (n_head_kv, dv, n_ctx)
+    out = np.empty((n_q, n_head, dv), dtype=np.float32)
+    lanes = ggml_lanes() if lanes is None else lanes
+    if lib.cv_attention_f16(_ptr(q, "float *"), n_q, n_head, d, _ptr(k16, "uint16_t *"), _ptr(v16t, "uint16_t *"), n_ctx, int(n_kv),
+                            n_head_kv, dv, _ptr(mask, "float *"), float(scale), float(softcap), int(lanes), _ptr(out, "float *"),
+                            int(threads)):  # fmt: skip
+        raise ValueError(f"attention: bad shapes or lanes (n_head {n_head}, n_head_kv {n_head_kv}, n_kv {n_kv}, lanes {lanes})")
+    return out
+
+
+def swiglu(gu: np.ndarray, n_ff: int, lanes: int | None = None) -> np.ndarray:
+    """gu (n, 2·n_ff) = [gate | up] → silu(gate) · up as ggml_vec_swiglu_f32 computes it."""
+    gu = np.ascontiguousarray(gu, dtype=np.float32)
+    y = np.empty((gu.shape[0], n_ff), dtype=np.float32)
+    lib.cv_swiglu(_ptr(gu, "float *"), _ptr(y, "float *"), gu.shape[0], n_ff, ggml_lanes() if lanes is None else int(lanes))
+    return y
+
+
 class WeightRef:
     """A quantized tensor's raw blocks with its C pointer made once (the tensor lives in the
     GGUF's memory map, which outlives every matmul)."""

@@ -20,6 +20,14 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
 void cv_quantize_q8_0(const float *x, void *y, int64_t k);
 void cv_quantize_q8_1(const float *x, void *y, int64_t k);
 void cv_quantize_q8_K(const float *x, void *y, int64_t k);
+int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t, int64_t n_ctx,
+                     int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, float softcap, int lanes, float *out,
+                     int n_threads);
+void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes);
+int cv_ggml_lanes(void);
+double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes);
+float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);
+void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out);
 """
 
 ffibuilder = cffi.FFI()
@@ -29,6 +37,7 @@ ffibuilder.set_source(
     (HERE / "qkernels.c").read_text(),
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
     extra_link_args=["-fopenmp"],
+    libraries=["m"],
 )
 
 if __name__ == "__main__":

@@ -370,12 +370,20 @@ AVX2_FN static float dot_q4_K_avx2(const void *vw, const void *va, int nb) {
     return hsum8(acc) - mins;
 }
 
-/* Q6_K: (v − 32)·y computed as maddubs(v, y) − maddubs(32, y); one int16 scale per 16 values */
+/* Q6_K's −32 offset as ggml's AVX2 dot applies it: once per block, from the activation block sums —
+ * lane l takes 32·(bsums[2l]·scale[2l] + bsums[2l+1]·scale[2l+1]) — so each of the 8 int32 lanes holds
+ * ggml's integer and the float lanes accumulate identically */
+AVX2_FN static inline __m256i q6_K_offset(const blk_q6_K *w, const blk_q8_K *a) {
+    const __m256i bsums = _mm256_loadu_si256((const __m256i *)a->bsums);
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w->scales));
+    return _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
+}
+
+/* Q6_K: unsigned 6-bit v times y per 32 values (maddubs), one int16 scale per 16 values, minus the offset */
 AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
     const blk_q6_K *w = vw;
     const blk_q8_K *a = va;
     __m256 acc = _mm256_setzero_ps();
-    const __m256i k32 = _mm256_set1_epi8(32);
     for (int b = 0; b < nb; b++) {
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
@@ -385,11 +393,12 @@ AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
             q6_K_half(ql, qhp, v);
             for (int k = 0; k < 4; k++) {
                 const __m256i yy = _mm256_loadu_si256((const __m256i *)(y + 32 * k));
-                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v[k], yy), _mm256_maddubs_epi16(k32, yy));
+                const __m256i p = _mm256_maddubs_epi16(v[k], yy);
                 const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s16));
             }
         }
+        sumi = _mm256_sub_epi32(sumi, q6_K_offset(&w[b], &a[b]));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum8(acc);
@@ -476,7 +485,6 @@ AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow,
 AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q6_K *w = vw;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    const __m256i k32 = _mm256_set1_epi8(32);
     for (int b = 0; b < nb; b++) {
         __m256i v[8], s16[8];
         for (int h = 0; h < 2; h++) {
@@ -491,9 +499,9 @@ AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow,
             __m256i sumi = _mm256_setzero_si256();
             for (int k = 0; k < 8; k++) {
                 const __m256i yy = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k));
-                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v[k], yy), _mm256_maddubs_epi16(k32, yy));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s16[k]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], yy), s16[k]));
             }
+            sumi = _mm256_sub_epi32(sumi, q6_K_offset(&w[b], a));
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(sumi), acc[t]);
         }
     }
@@ -613,5 +621,241 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
         }
         for (; t < n_tok; t++) Y[t * ldy + r] = dot(wr, (const char *)xq + t * arow, nb);
     }
+    return 0;
+}
+
+/* ---- rope cache (ggml-cpu ops.cpp ggml_rope_cache_init) --------------------------------------- */
+/* theta_scale = powf(base, -2/n_rot); theta_i = pos · theta_scale^i by repeated float multiplication;
+ * cos/sin through libm's cosf/sinf (glibc's are not correctly rounded everywhere, so a float64 cos
+ * rounded to float32 differs from llama.cpp at a few hundred of 19,200 entries). */
+void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out) {
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    for (int64_t p = 0; p < n_pos; p++) {
+        float theta = pos[p];
+        for (int i = 0; i < n_rot / 2; i++) {
+            cos_out[p * (n_rot / 2) + i] = cosf(theta);
+            sin_out[p * (n_rot / 2) + i] = sinf(theta);
+            theta *= theta_scale;
+        }
+    }
+}
+
+/* ---- attention, softmax and SwiGLU with ggml-cpu's arithmetic ---------------------------------
+ * llama.cpp's CPU attention without flash attention (llama-graph.cpp build_attn_mha) is
+ *   kq = mul_mat(K, q)  →  soft_max_ext(kq, mask, scale)  →  kqv = mul_mat(Vᵀ, kq)
+ * with an F16 cache: q and the probabilities are rounded to F16 (the F16 vec_dot type), and the
+ * order of every float sum is set by the SIMD width ggml was compiled for ("lanes": 16 with
+ * AVX-512F+DQ, 8 with AVX2+FMA, 0 for its scalar code). One query row (n_q = 1, decode) goes through
+ * ggml_vec_dot_f16 (vec.cpp: four accumulators of `lanes` floats, a fixed reduction, the tail summed
+ * in double); two or more rows go through llamafile's tinyBLAS when the dot length is a multiple of
+ * `lanes` and the row count a multiple of 4 (llamafile/sgemm.cpp: one accumulator, then hsum).
+ * llama.cpp pads the KV length to a multiple of 256 with masked cells; a masked cell adds an exact
+ * zero, so padding to whole SIMD steps reproduces its sums. The exponential is ggml_v_expf
+ * (vec.h), evaluated one lane at a time with the same fused operations. */
+
+static float h2f_tab[65536];
+static int h2f_tab_ready = 0;
+
+static void h2f_table_init(void) {
+    if (!h2f_tab_ready) {
+        for (int i = 0; i < 65536; i++) h2f_tab[i] = h2f((uint16_t)i);
+        h2f_tab_ready = 1;
+    }
+}
+
+/* _mm512_reduce_add_ps as GCC expands it */
+static inline float hsum16_tree(const float *a) {
+    float t3[8], t6[4];
+    for (int i = 0; i < 8; i++) t3[i] = a[i + 8] + a[i];
+    for (int i = 0; i < 4; i++) t6[i] = t3[i + 4] + t3[i];
+    return (t6[0] + t6[2]) + (t6[1] + t6[3]);
+}
+/* tinyBLAS hsum(__m256) and the AVX2 softmax: halves, then movehl, then movehdup */
+static inline float hsum8_movehl(const float *a) {
+    float x[4];
+    for (int i = 0; i < 4; i++) x[i] = a[i + 4] + a[i];
+    return (x[0] + x[2]) + (x[1] + x[3]);
+}
+/* GGML_F32x8_REDUCE's last step: halves, then two hadds */
+static inline float hsum8_hadd(const float *a) {
+    float t[4];
+    for (int i = 0; i < 4; i++) t[i] = a[i] + a[i + 4];
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+
+/* ggml_vec_dot_f16: x[i] · y[i] for i < n. ggml sums whole steps of 4·lanes in vectors and the rest in
+ * double; padded = 1 is the attention's masked padding: llama.cpp's KV length is a multiple of 256,
+ * so the last partial step runs in the vectors with zeros beyond n */
+CV_CLONES static float dot_f16_vecdot(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int padded) {
+    double sumf = 0.0;
+    int64_t i = 0;
+    if (lanes) {
+        const int step = 4 * lanes;
+        float acc[4][16] = {{0}};
+        for (; i + step <= n; i += step)
+            for (int j = 0; j < 4; j++)
+                for (int l = 0; l < lanes; l++)
+                    acc[j][l] = fmaf(h2f_tab[x[i + j * lanes + l]], h2f_tab[y[i + j * lanes + l]], acc[j][l]);
+        if (padded) {
+            for (int j = 0; i + j * lanes < n && j < 4; j++)
+                for (int l = 0; l < lanes && i + j * lanes + l < n; l++)
+                    acc[j][l] = fmaf(h2f_tab[x[i + j * lanes + l]], h2f_tab[y[i + j * lanes + l]], acc[j][l]);
+            i = n;
+        }
+        for (int l = 0; l < lanes; l++) acc[0][l] += acc[2][l], acc[1][l] += acc[3][l];
+        for (int l = 0; l < lanes; l++) acc[0][l] += acc[1][l];
+        sumf = lanes == 16 ? hsum16_tree(acc[0]) : hsum8_hadd(acc[0]);
+    }
+    for (; i < n; i++) sumf += (double)(h2f_tab[x[i]] * h2f_tab[y[i]]);
+    return (float)sumf;
+}
+
+/* tinyBLAS: one accumulator of `lanes` floats over the whole dot, then hsum (n % lanes == 0 there;
+ * a shorter n is the masked-padding case and adds nothing) */
+CV_CLONES static float dot_f16_tiny(const uint16_t *x, const uint16_t *y, int64_t n, int lanes) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + lanes <= n; i += lanes)
+        for (int l = 0; l < lanes; l++) acc[l] = fmaf(h2f_tab[x[i + l]], h2f_tab[y[i + l]], acc[l]);
+    for (int l = 0; i + l < n; l++) acc[l] = fmaf(h2f_tab[x[i + l]], h2f_tab[y[i + l]], acc[l]);
+    return lanes == 16 ? hsum16_tree(acc) : hsum8_movehl(acc);
+}
+
+/* ggml_v_expf, one lane: the AVX-512 variant (scalef) and the AVX2 variant (exponent bits) */
+static inline float expf_v16(float x) {
+    const float r = 0x1.8p23f, z = fmaf(x, 0x1.715476p+0f, r), n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    return ldexpf(j, (int)n);
+}
+
+static inline float bits_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t f_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static inline float expf_v8(float x) {
+    const float r = 0x1.8p23f, z = fmaf(x, 0x1.715476p+0f, r), n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const uint32_t e = f_bits(z) << 23;
+    const float k = bits_f(e + f_bits(1.0f));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f)) return fmaf(j, k, k);
+    const uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    const float s1 = bits_f(g + 0x7f000000u), s2 = bits_f(e - g);
+    if (fabsf(n) > 192.0f) return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+static inline float expf_lanes(float x, int lanes) {
+    return lanes == 16 ? expf_v16(x) : lanes == 8 ? expf_v8(x) : expf(x);
+}
+
+/* ggml_vec_soft_max_f32: y = exp(x − max) in SIMD chunks (the last chunk's masked tail counts as
+ * zeros), each chunk's lanes summed in float and added to a double; returns the sum */
+double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes) {
+    double sum = 0.0;
+    if (lanes) {
+        for (int64_t i = 0; i < n; i += lanes) {
+            float e[16] = {0};
+            for (int l = 0; l < lanes && i + l < n; l++) e[l] = y[i + l] = expf_lanes(x[i + l] - max, lanes);
+            sum += (double)(lanes == 16 ? hsum16_tree(e) : hsum8_movehl(e));
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) sum += (double)(y[i] = expf(x[i] - max));
+    }
+    return sum;
+}
+
+/* ops.cpp soft_max after scale and mask: max, exp and sum, then ·(1/sum) in place */
+static void softmax_lanes(float *w, int64_t n, int lanes) {
+    float max = -INFINITY;
+    for (int64_t i = 0; i < n; i++) max = w[i] > max ? w[i] : max;
+    const float inv = (float)(1.0 / cv_vec_soft_max(w, w, n, max, lanes));
+    for (int64_t t = 0; t < n; t++) w[t] *= inv;
+}
+
+/* one F16 dot as ggml_vec_dot_f16 (tiny = 0) or tinyBLAS (tiny = 1) sums it (tests) */
+float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny) {
+    h2f_table_init();
+    return tiny ? dot_f16_tiny(x, y, n, lanes) : dot_f16_vecdot(x, y, n, lanes, 0);
+}
+
+/* q (n_q, n_head, d) f32; k16 (n_ctx, n_head_kv, d) fp16; v16t (n_head_kv, dv, n_ctx) fp16 (llama.cpp's
+ * transposed V); mask (n_q, n_kv) additive; softcap > 0: gemma2's scale(1/cap) → tanh → scale(cap)
+ * on the scores before the softmax; out (n_q, n_head, dv). Returns 0, or -1 on a bad argument. */
+int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t, int64_t n_ctx,
+                     int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, float softcap, int lanes, float *out,
+                     int n_threads) {
+    if (lanes != 0 && lanes != 8 && lanes != 16) return -1;
+    if (n_head % n_head_kv || n_kv > n_ctx || n_kv < 1) return -1;
+    h2f_table_init();
+    const int rep = n_head / n_head_kv;
+    /* mul_mat picks tinyBLAS for ≥ 2 query rows when the dot length divides by lanes and the row count by 4;
+     * the padded KV length is a multiple of 256, so only d and dv decide */
+    const int tiny_kq = lanes && n_q >= 2 && d % lanes == 0;
+    const int tiny_kqv = lanes && n_q >= 2 && dv % 4 == 0;
+    (void)n_threads;
+    int err = 0;
+#pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1)
+    for (int h = 0; h < n_head; h++) {
+        const int hk = h / rep;
+        uint16_t *q16 = malloc(sizeof(uint16_t) * (size_t)d);
+        uint16_t *p16 = malloc(sizeof(uint16_t) * (size_t)n_kv);
+        float *w = malloc(sizeof(float) * (size_t)n_kv);
+        if (!q16 || !p16 || !w) {
+            err = 1;
+        } else {
+            for (int64_t t = 0; t < n_q; t++) {
+                const float *qt = q + (t * n_head + h) * d;
+                for (int i = 0; i < d; i++) q16[i] = f2h(qt[i]);
+                for (int64_t j = 0; j < n_kv; j++) {
+                    const uint16_t *kj = k16 + (j * n_head_kv + hk) * d;
+                    w[j] = tiny_kq ? dot_f16_tiny(kj, q16, d, lanes) : dot_f16_vecdot(kj, q16, d, lanes, 0);
+                }
+                if (softcap > 0.0f) {
+                    const float inv_cap = 1.0f / softcap;
+                    for (int64_t j = 0; j < n_kv; j++) w[j] = tanhf(w[j] * inv_cap) * softcap;
+                }
+                const float *mt = mask + t * n_kv;
+                for (int64_t j = 0; j < n_kv; j++) w[j] = w[j] * scale + mt[j];
+                softmax_lanes(w, n_kv, lanes);
+                for (int64_t j = 0; j < n_kv; j++) p16[j] = f2h(w[j]);
+                float *ot = out + (t * n_head + h) * dv;
+                for (int e = 0; e < dv; e++) {
+                    const uint16_t *ve = v16t + ((int64_t)hk * dv + e) * n_ctx;
+                    ot[e] = tiny_kqv ? dot_f16_tiny(ve, p16, n_kv, lanes) : dot_f16_vecdot(ve, p16, n_kv, lanes, 1);
+                }
+            }
+        }
+        free(q16), free(p16), free(w);
+    }
+    return err ? -1 : 0;
+}
+
+/* ggml_vec_swiglu_f32 per row: y = silu(gate) · up with silu(x) = x / (1 + exp(-x)) through ggml_v_expf
+ * over whole SIMD chunks and libm's expf for the tail (ggml_silu_f32). gu (n_rows, 2·n_ff) holds
+ * [gate | up] (one matmul of the stacked weights); y (n_rows, n_ff). */
+void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes) {
+    const int64_t nv = lanes ? n_ff - n_ff % lanes : 0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *x = gu + r * 2 * n_ff, *g = x + n_ff;
+        float *yr = y + r * n_ff;
+        int64_t i = 0;
+        for (; i < nv; i++) yr[i] = (x[i] / (1.0f + expf_lanes(0.0f - x[i], lanes))) * g[i];
+        for (; i < n_ff; i++) yr[i] = (x[i] / (1.0f + expf(-x[i]))) * g[i];
+    }
+}
+
+/* the SIMD width ggml-cpu uses on this CPU when built for it (GGML_NATIVE): 16, 8 or 0 */
+int cv_ggml_lanes(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return 16;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
+#endif
     return 0;
 }

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.attention import attention, attention_mask
+from engine.attention import attention_mask, cached_attention
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
 from engine.ops import gelu_tanh, rms_norm, rope, rope_cache, softcap
@@ -97,11 +97,10 @@ class GemmaModel:
             k = rope(k, cos, sin, neox=True)
             if tap:
                 tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
-            ks, vs = cache.store(il, k, v)
             # gemma scales q before attention and passes kq_scale 1 (gemma*.cpp: ggml_scale(Qcur, …))
             mask = mask_local if local else mask_global
-            a = attention(q * np.float32(c.attn_scale), ks, vs, mask, softcap=c.attn_softcap, f16_operands=cache.dtype == "f16")
-            a = a.reshape(n, -1)
+            q = q * np.float32(c.attn_scale)
+            a = cached_attention(cache, il, q, k, v, mask, softcap=c.attn_softcap, threads=W.threads).reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
             a = mm(a, L["wo"])

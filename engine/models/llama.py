@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.attention import attention, attention_mask
+from engine.attention import attention_mask, cached_attention
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
-from engine.ops import rms_norm, rope, rope_cache, silu
+from engine.ops import rms_norm, rope, rope_cache
 from engine.weights import FloatWeights, make_weights
 
 
@@ -70,9 +70,8 @@ class LlamaModel:
             k = rope(k, cos, sin, neox=False)
             if tap:
                 tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
-            ks, vs = cache.store(il, k, v)
             # kq_scale applied inside the softmax (llama.cpp src/models/llama.cpp passes it to build_attn)
-            a = attention(q, ks, vs, mask, scale=c.attn_scale, f16_operands=cache.dtype == "f16").reshape(n, -1)
+            a = cached_attention(cache, il, q, k, v, mask, scale=c.attn_scale, threads=self.w.threads).reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
             x = x + mm(a, wo)
@@ -80,7 +79,7 @@ class LlamaModel:
                 tap(il, "ffn_inp", x)
             h = rms_norm(x, self.w[ffn_norm], c.rms_eps)
             gu = mm(h, wgu)
-            f = mm(silu(gu[:, : c.n_ff]) * gu[:, c.n_ff :], wdown)
+            f = mm(self.w.swiglu(gu, c.n_ff), wdown)
             if tap:
                 tap(il, "ffn_out", f)
             x = x + f
