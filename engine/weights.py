@@ -88,6 +88,13 @@ class FloatWeights:
 
         return silu(gu[:, :n_ff]) * gu[:, n_ff:]
 
+    @staticmethod
+    def geglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
+        """[gate | up] → gelu_tanh(gate) · up (n, n_ff)."""
+        from engine.ops import gelu_tanh
+
+        return gelu_tanh(gu[:, :n_ff]) * gu[:, n_ff:]
+
     def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows of an embedding table without dequantizing the whole table (get_rows)."""
         from engine.quants import dequantize
@@ -126,6 +133,10 @@ class NativeWeights(FloatWeights):
     def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
         """ggml_vec_swiglu_f32's arithmetic (its vectorised exp), from the native kernels."""
         return self.kernels.swiglu(gu, n_ff)
+
+    def geglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
+        """ggml_vec_geglu_f32's arithmetic (its fp16 GELU table), from the native kernels."""
+        return self.kernels.geglu(gu, n_ff)
 
     def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         groups = self.prepare(names)

@@ -151,13 +151,15 @@ def test_rope_cache_is_libms_powf_cosf_sinf():
 
 
 @needs_llamacpp
-def test_faithful_smollm2_is_llamacpp_bit_for_bit():
-    """SmolLM2 Q4_1 with an F16 cache: every logit of a teacher-forced prompt (llama.cpp's batched
-    path: tinyBLAS attention) and of 24 decode steps (its one-row path: vec_dot) is the same float."""
+@pytest.mark.parametrize("model", ["smollm2", "gemma3-270m"])
+def test_faithful_is_llamacpp_bit_for_bit(model):
+    """F16 cache, llama.cpp's default CPU paths: every logit of a teacher-forced prompt (its batched
+    paths: tinyBLAS attention, repacked Q4_K gemm, tiled Q6_K) and of 24 decode steps (its one-row
+    paths: vec_dot, repacked gemv) is the same float. 19+ tokens cross the tiled path's 16-row tiles."""
     from crossval.backends.llamacpp import LlamaCppBackend
     from engine.generate import Engine
 
-    path = real_model_path("smollm2")
+    path = real_model_path(model)
     text = "Write a short story about a lighthouse keeper who finds a message in a bottle. " * 3
     with LlamaCppBackend(path, n_ctx=512, threads=1, kv_type="f16") as lc:
         ids = lc.tokenize(text)
@@ -169,6 +171,7 @@ def test_faithful_smollm2_is_llamacpp_bit_for_bit():
             t = int(np.argmax(last))
             ref_steps.append((t, last))
             last = lc.decode_step(t)
+    assert len(ids) > 19
     eng = Engine(path, n_ctx=512, kv_type="f16", mode="faithful")
     np.testing.assert_array_equal(eng.logits(ids), ref_forced)
     eng.reset()

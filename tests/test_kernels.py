@@ -89,9 +89,16 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
     one = K.matmul(w, qtype, x, threads=1)
     two = K.matmul(w, qtype, x, threads=2)
     np.testing.assert_array_equal(one, two)  # rows are split across threads, never a sum
-    # prefill (tokens four at a time) and decode (one token) give identical rows
+    # prefill (tokens four at a time) and decode (one token) give identical rows — except where
+    # llama.cpp itself sums differently for a batch: on AVX2 its repacked Q4_K gemm (groups of 4
+    # rows) and its tiled K-quant matmul (8 rows or more) change the float order, and so do we
+    batch_order_differs = simd and qtype in (Q.Q4_K, Q.Q6_K)
     for t in range(9):
-        np.testing.assert_array_equal(K.matmul(w, qtype, x[t : t + 1])[0], one[t])
+        row = K.matmul(w, qtype, x[t : t + 1])[0]
+        if batch_order_differs:
+            np.testing.assert_allclose(row, one[t], rtol=1e-5, atol=1e-5 * np.abs(one[t]).max())
+        else:
+            np.testing.assert_array_equal(row, one[t])
     with pytest.raises(ValueError):
         K.matmul(w, qtype, x[:, :500])
 

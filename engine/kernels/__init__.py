@@ -91,6 +91,14 @@ def swiglu(gu: np.ndarray, n_ff: int, lanes: int | None = None) -> np.ndarray:
     return y
 
 
+def geglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
+    """gu (n, 2·n_ff) = [gate | up] → gelu(gate) · up as ggml_vec_geglu_f32 computes it (fp16 table)."""
+    gu = np.ascontiguousarray(gu, dtype=np.float32)
+    y = np.empty((gu.shape[0], n_ff), dtype=np.float32)
+    lib.cv_geglu(_ptr(gu, "float *"), _ptr(y, "float *"), gu.shape[0], n_ff)
+    return y
+
+
 class WeightRef:
     """A quantized tensor's raw blocks with its C pointer made once (the tensor lives in the
     GGUF's memory map, which outlives every matmul)."""

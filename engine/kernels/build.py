@@ -24,6 +24,7 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
                      int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, float softcap, int lanes, float *out,
                      int n_threads);
 void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes);
+void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff);
 int cv_ggml_lanes(void);
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes);
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);

@@ -597,6 +597,102 @@ int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, v
     return 0;
 }
 
+/* ---- K-quant matmuls that llama.cpp routes around vec_dot on x86 ------------------------------
+ * With AVX2, ggml-cpu repacks Q4_K weights of a multiple of 8 rows into 8-row interleaved blocks
+ * (repack.cpp, q4_K_8x8_q8_K) and multiplies them with its own gemv (one activation row) and gemm
+ * (groups of 4 rows; leftover rows through gemv): per output, one float chain over the blocks —
+ * gemv adds each block's integer sum, gemm each pair of 32-value sub-blocks' — fused with the
+ * d_w·d_a scale, and a second chain for the mins, subtracted at the end (arch/x86/repack.cpp).
+ * Q6_K (and unrepacked K-quants) with 8 or more activation rows go through the tiled matmul
+ * (tiled/tiled-kernel.cpp): per output, each block's integer sum times d_w, then fused into the
+ * output with d_a (an FMA on AVX2; on AVX-512 VNNI the source's multiply-then-add is contracted to an
+ * FMA by the compiler — measured against llama.cpp on 14- and 19-row batches). The integer sums are
+ * exact, so only these float chains decide the result. Fewer rows use vec_dot (the dots above). */
+
+/* Q6_K block integer Σ_j scale_j · Σ (q − 32)·y over its 16 groups of 16 */
+static int32_t q6_K_block_isum(const blk_q6_K *w, const blk_q8_K *a) {
+    int32_t sumi = 0;
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = w->ql + 64 * h, *qh = w->qh + 32 * h;
+        const int8_t *y = a->qs + 128 * h, *sc = w->scales + 8 * h;
+        int32_t s[8] = {0};
+        for (int l = 0; l < 32; l++) {
+            const int g = l / 16;
+            s[0 + g] += (((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32) * y[l];
+            s[2 + g] += (((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32) * y[l + 32];
+            s[4 + g] += (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * y[l + 64];
+            s[6 + g] += (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * y[l + 96];
+        }
+        for (int k = 0; k < 8; k++) sumi += sc[k] * s[k];
+    }
+    return sumi;
+}
+
+/* Q4_K per pair of 32-value sub-blocks sb (0..3): iacc = sc[2sb]·Σq·y + sc[2sb+1]·Σq·y and
+ * imin = mn[2sb]·Σy + mn[2sb+1]·Σy over the same values */
+static void q4_K_block_isums(const blk_q4_K *w, const blk_q8_K *a, int32_t *iacc, int32_t *imin) {
+    uint8_t sc[8], mn[8];
+    q4_K_scales(w->scales, sc, mn);
+    for (int j = 0; j < 4; j++) {
+        const uint8_t *q = w->qs + 32 * j;
+        const int8_t *y0 = a->qs + 64 * j, *y1 = y0 + 32;
+        int32_t s0 = 0, s1 = 0;
+        for (int l = 0; l < 32; l++) {
+            s0 += (q[l] & 0x0f) * y0[l];
+            s1 += (q[l] >> 4) * y1[l];
+        }
+        iacc[j] = sc[2 * j] * s0 + sc[2 * j + 1] * s1;
+        imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
+    }
+}
+
+/* which of llama.cpp's x86 paths a (wtype, rows, activation rows) matmul takes: 0 vec_dot, 1 repack, 2 tiled */
+static int ggml_route(int wtype, int64_t n_rows, int64_t n_tok) {
+    if (!have_avx2()) return 0;
+    if (wtype == T_Q4_K && n_rows % 8 == 0) return 1;
+    if ((wtype == T_Q4_K || wtype == T_Q6_K) && n_tok >= 8) return 2;
+    return 0;
+}
+
+static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y,
+                          int64_t ldy, int n_threads) {
+    const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : 210), arow = (int64_t)nb * 292;
+    const int64_t n_gemm = n_tok - n_tok % 4; /* repack: rows in groups of 4 through gemm */
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t r = 0; r < n_rows; r++) {
+        const char *wr = (const char *)W + r * wrow;
+        for (int64_t t = 0; t < n_tok; t++) {
+            const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow);
+            float acc = 0.0f, accm = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                if (wtype == T_Q6_K) {
+                    const blk_q6_K *w = (const blk_q6_K *)wr + b;
+                    const float res = (float)q6_K_block_isum(w, &a[b]) * h2f(w->d);
+                    acc = fmaf(res, a[b].d, acc);
+                    continue;
+                }
+                const blk_q4_K *w = (const blk_q4_K *)wr + b;
+                int32_t iacc[4], imin[4];
+                q4_K_block_isums(w, &a[b], iacc, imin);
+                if (route == 2) { /* tiled, with mins: d·Σ − dmin·Σmins fused, then · d_a */
+                    const int32_t s1 = iacc[0] + iacc[1] + iacc[2] + iacc[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
+                    const float res = fmaf(-h2f(w->dmin), (float)s2, (float)s1 * h2f(w->d));
+                    acc = fmaf(res, a[b].d, acc);
+                    continue;
+                }
+                const float dd = h2f(w->d) * a[b].d, dm = h2f(w->dmin) * a[b].d;
+                if (t < n_gemm) {
+                    for (int j = 0; j < 4; j++) acc = fmaf((float)iacc[j], dd, acc), accm = fmaf((float)imin[j], dm, accm);
+                } else {
+                    acc = fmaf((float)(iacc[0] + iacc[1] + iacc[2] + iacc[3]), dd, acc);
+                    accm = fmaf((float)(imin[0] + imin[1] + imin[2] + imin[3]), dm, accm);
+                }
+            }
+            Y[t * ldy + r] = acc - accm;
+        }
+    }
+}
+
 /* Y (n_tok × n_rows, row stride ldy floats) from weights W (n_rows rows of n_cols in wtype blocks)
  * and pre-quantized xq. ldy > n_rows lets several weights fill column ranges of one output. */
 int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tok, float *Y, int64_t ldy,
@@ -607,6 +703,11 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     const int nb = (int)(n_cols / be);
     const int64_t wrow = (int64_t)nb * bb, arow = (int64_t)nb * ab;
     if (n_threads < 1) n_threads = 1;
+    const int route = ggml_route(wtype, n_rows, n_tok);
+    if (route) {
+        matmul_routed(route, wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
+        return 0;
+    }
     const dot4_fn dot4 = dot4_for(wtype);
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < n_rows; r++) {
@@ -847,6 +948,33 @@ void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lane
         int64_t i = 0;
         for (; i < nv; i++) yr[i] = (x[i] / (1.0f + expf_lanes(0.0f - x[i], lanes))) * g[i];
         for (; i < n_ff; i++) yr[i] = (x[i] / (1.0f + expf(-x[i]))) * g[i];
+    }
+}
+
+/* ggml_vec_geglu_f32 per row: y = gelu(gate) · up with GELU from ggml's fp16 table (ggml-cpu.c fills
+ * ggml_table_gelu_f16 at init with ggml_gelu_f32, vec.h; its 1 + A·x·x is compiled as a fused
+ * multiply-add, and tanh is libm's tanhf); x ≤ −10 → 0, x ≥ 10 → x·up. Layout as cv_swiglu. */
+static uint16_t gelu_tab[65536];
+static int gelu_tab_ready = 0;
+
+static void gelu_table_init(void) {
+    if (gelu_tab_ready) return;
+    const float s2pi = 0.79788456080286535587989211986876f, a = 0.044715f;
+    for (int i = 0; i < 65536; i++) {
+        const float x = h2f((uint16_t)i);
+        gelu_tab[i] = f2h(0.5f * x * (1.0f + tanhf(s2pi * x * fmaf(a * x, x, 1.0f))));
+    }
+    gelu_tab_ready = 1;
+}
+
+void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff) {
+    gelu_table_init();
+    h2f_table_init();
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *x = gu + r * 2 * n_ff, *g = x + n_ff;
+        float *yr = y + r * n_ff;
+        for (int64_t i = 0; i < n_ff; i++)
+            yr[i] = x[i] <= -10.0f ? 0.0f : x[i] >= 10.0f ? x[i] * g[i] : h2f_tab[gelu_tab[f2h(x[i])]] * g[i];
     }
 }
 

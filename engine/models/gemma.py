@@ -24,7 +24,7 @@ import numpy as np
 from engine.attention import attention_mask, cached_attention
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
-from engine.ops import gelu_tanh, rms_norm, rope, rope_cache, softcap
+from engine.ops import rms_norm, rope, rope_cache, softcap
 from engine.weights import FloatWeights, make_weights
 
 
@@ -111,7 +111,7 @@ class GemmaModel:
                 tap(il, "ffn_inp", x)
             h = rms_norm(x, W[L["ffn_norm"]], c.rms_eps)
             gu = mm(h, L["wgu"])
-            f = mm(gelu_tanh(gu[:, : c.n_ff]) * gu[:, c.n_ff :], L["wdown"])
+            f = mm(W.geglu(gu, c.n_ff), L["wdown"])
             if self.v2:
                 f = rms_norm(f, W[L["ffn_post_norm"]], c.rms_eps)
             if tap:
