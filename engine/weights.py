@@ -81,6 +81,10 @@ class FloatWeights:
             y += q8_1_sum_error(x) @ mins.T
         return y
 
+    def layer_decoder(self, dims: dict, layers: list[dict], per_layer: list[tuple[float, int]]):
+        """A native decode path for all layers (NativeWeights); numpy modes have none."""
+        return None
+
     @staticmethod
     def swiglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
         """gu (n, 2·n_ff) = [gate | up] from one stacked matmul → silu(gate) · up (n, n_ff)."""
@@ -129,6 +133,16 @@ class NativeWeights(FloatWeights):
                     groups += [("float", g) for g in super().prepare((n,))]
             self._groups[("native",) + names] = groups
         return groups
+
+    def layer_decoder(self, dims: dict, layers: list[dict], per_layer: list[tuple[float, int]]):
+        """kernels.LayerDecoder over these layers, or None when a matmul weight has no native kernel.
+        layers: per layer {norm name: GGUF name or None, matmul name: GGUF name} (LayerDecoder.MATS)."""
+        mats = self.kernels.LayerDecoder.MATS
+        if not all(self.kernels.supported(self.g.tensor(L[m]).type) for L in layers for m in mats):
+            return None
+        specs = [{k: (self[v] if v else None) if k not in mats else (self.g.raw(v), self.g.tensor(v).type) for k, v in L.items()}
+                 for L in layers]  # fmt: skip
+        return self.kernels.LayerDecoder(dims, specs, per_layer, self.threads)
 
     def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
         """ggml_vec_swiglu_f32's arithmetic (its vectorised exp), from the native kernels."""

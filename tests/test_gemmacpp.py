@@ -134,8 +134,10 @@ def test_three_way_names_the_odd_one_out(tmp_path):
     # other than either does with llama.cpp's quantized arithmetic ...
     assert pairs["engine~gemmacpp"]["cosine_mean"] > pairs["llamacpp~gemmacpp"]["cosine_mean"]
     assert tw["farthest"] == "llamacpp"
-    # ... and at the worst position the engine is no further from gemma.cpp than llama.cpp is
-    assert pairs["engine~gemmacpp"]["cosine_min"] >= pairs["llamacpp~gemmacpp"]["cosine_min"] - 1e-3
+    # ... and at the worst position the engine is about as far from gemma.cpp as llama.cpp is. That
+    # position is ill-conditioned: giving the engine libm's cosf in its rope cache (1 ulp on ~2 % of
+    # entries, what llama.cpp uses) moved its cosine there from 0.9900 to 0.9846, so the margin is 0.01
+    assert pairs["engine~gemmacpp"]["cosine_min"] >= pairs["llamacpp~gemmacpp"]["cosine_min"] - 1e-2
     assert sum(tw["odd_one_out_counts"].values()) >= len(tw["disagreements"])
     if tw["first_divergence"]:
         fd = tw["first_divergence"]

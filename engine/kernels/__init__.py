@@ -99,6 +99,50 @@ def geglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
     return y
 
 
+class LayerDecoder:
+    """A decode step's layers in C, one call per layer (cv_layer_decode): the graph of
+    engine/models/llama.py / gemma.py for one position, in the same ggml arithmetic as the per-op
+    kernels. layers: per layer, the norm weights (float32 arrays or None) and the seven matmul
+    weights (q, k, v, o, gate, up, down) as (raw blocks, ggml type); per_layer: rope base and
+    window of each layer. Everything the C side points at is kept alive here."""
+
+    MATS = ("q", "k", "v", "o", "gate", "up", "down")
+
+    def __init__(self, dims: dict, layers: list[dict], per_layer: list[tuple[float, int]], threads: int = 1):
+        self._keep: list = []
+        self.cfgs, self.ws = [], []
+        for L, (rope_base, window) in zip(layers, per_layer):
+            c = ffi.new("cv_layer_cfg *", dict(dims, lanes=ggml_lanes(), threads=int(threads), rope_base=float(rope_base),
+                                               window=int(window)))  # fmt: skip
+            w = ffi.new("cv_layer_w *")
+            for name in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm"):
+                arr = L.get(name)
+                if arr is not None:
+                    arr = np.ascontiguousarray(arr, dtype=np.float32)
+                    self._keep.append(arr)
+                    setattr(w, name, _ptr(arr, "float *"))
+            for i, m in enumerate(self.MATS):
+                ref = WeightRef(*L[m])
+                self._keep.append(ref)
+                w.w[i], w.t[i] = ref.ptr, ref.wtype
+            self.cfgs.append(c)
+            self.ws.append(w)
+
+    def set_threads(self, n: int) -> None:
+        for c in self.cfgs:
+            c.threads = int(n)
+
+    def __call__(self, x: np.ndarray, pos: int, k16: list[np.ndarray], v16t: list[np.ndarray]) -> np.ndarray:
+        """x (n_embd,) float32, the token's embedding → the last layer's output; writes cache row pos."""
+        x = np.array(x, dtype=np.float32).reshape(-1)
+        xp = _ptr(x, "float *")
+        for il, (c, w) in enumerate(zip(self.cfgs, self.ws)):
+            n_ctx = k16[il].shape[0]
+            if lib.cv_layer_decode(c, w, xp, int(pos), _ptr(k16[il], "uint16_t *"), _ptr(v16t[il], "uint16_t *"), n_ctx):
+                raise ValueError(f"layer {il}: native decode failed at position {pos} (n_ctx {n_ctx})")
+        return x
+
+
 class WeightRef:
     """A quantized tensor's raw blocks with its C pointer made once (the tensor lives in the
     GGUF's memory map, which outlives every matmul)."""

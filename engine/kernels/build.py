@@ -10,6 +10,19 @@ import cffi
 HERE = Path(__file__).resolve().parent
 
 CDEF = """
+typedef struct {
+    int n_embd, n_head, n_head_kv, head_dim, head_dim_v, n_ff, rope_dim;
+    int neox, gelu, post_norms, qk_norm, lanes, threads;
+    float rms_eps, attn_scale, kq_scale, softcap, rope_base;
+    int64_t window;
+} cv_layer_cfg;
+typedef struct {
+    const float *attn_norm, *ffn_norm, *attn_post_norm, *ffn_post_norm, *q_norm, *k_norm;
+    const void *w[7];
+    int t[7];
+} cv_layer_w;
+int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64_t pos, uint16_t *k16, uint16_t *v16t,
+                    int64_t n_ctx);
 int cv_supported(int wtype);
 int cv_simd(void);
 int cv_set_simd(int level);

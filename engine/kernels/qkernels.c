@@ -855,12 +855,143 @@ static inline float expf_lanes(float x, int lanes) {
     return lanes == 16 ? expf_v16(x) : lanes == 8 ? expf_v8(x) : expf(x);
 }
 
+/* The same sums with x86 vector instructions, lane for lane (each lane's fused multiply-adds and the
+ * reductions are the scalar code's, so the results are identical; only faster). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define AVX512_FN __attribute__((target("avx512f,avx512dq,avx2,fma,f16c")))
+
+AVX512_FN static float dot16_f16(const uint16_t *x, const uint16_t *y, int64_t n, int tiny, int padded) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const int step = tiny ? 16 : 64, nacc = tiny ? 1 : 4;
+    int64_t i = 0;
+    for (; i + step <= n; i += step)
+        for (int j = 0; j < nacc; j++)
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i + 16 * j))),
+                                     _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(y + i + 16 * j))), acc[j]);
+    if ((padded || tiny) && i < n) { /* the masked tail: zeros up to the step */
+        uint16_t bx[64] = {0}, by[64] = {0};
+        memcpy(bx, x + i, sizeof(uint16_t) * (size_t)(n - i));
+        memcpy(by, y + i, sizeof(uint16_t) * (size_t)(n - i));
+        for (int j = 0; j < nacc; j++)
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(bx + 16 * j))),
+                                     _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(by + 16 * j))), acc[j]);
+        i = n;
+    }
+    float a[16];
+    if (!tiny) {
+        acc[0] = _mm512_add_ps(acc[0], acc[2]), acc[1] = _mm512_add_ps(acc[1], acc[3]);
+        acc[0] = _mm512_add_ps(acc[0], acc[1]);
+    }
+    _mm512_storeu_ps(a, acc[0]);
+    double sumf = hsum16_tree(a);
+    for (; i < n; i++) sumf += (double)(h2f_tab[x[i]] * h2f_tab[y[i]]);
+    return (float)sumf;
+}
+
+AVX2_FN static float dot8_f16(const uint16_t *x, const uint16_t *y, int64_t n, int tiny, int padded) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const int step = tiny ? 8 : 32, nacc = tiny ? 1 : 4;
+    int64_t i = 0;
+    for (; i + step <= n; i += step)
+        for (int j = 0; j < nacc; j++)
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i + 8 * j))),
+                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(y + i + 8 * j))), acc[j]);
+    if ((padded || tiny) && i < n) {
+        uint16_t bx[32] = {0}, by[32] = {0};
+        memcpy(bx, x + i, sizeof(uint16_t) * (size_t)(n - i));
+        memcpy(by, y + i, sizeof(uint16_t) * (size_t)(n - i));
+        for (int j = 0; j < nacc; j++)
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(bx + 8 * j))),
+                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(by + 8 * j))), acc[j]);
+        i = n;
+    }
+    float a[8];
+    if (!tiny) {
+        acc[0] = _mm256_add_ps(acc[0], acc[2]), acc[1] = _mm256_add_ps(acc[1], acc[3]);
+        acc[0] = _mm256_add_ps(acc[0], acc[1]);
+    }
+    _mm256_storeu_ps(a, acc[0]);
+    double sumf = tiny ? hsum8_movehl(a) : hsum8_hadd(a);
+    for (; i < n; i++) sumf += (double)(h2f_tab[x[i]] * h2f_tab[y[i]]);
+    return (float)sumf;
+}
+
+/* expf_v16 on 16 lanes at once */
+AVX512_FN static inline __m512 exp16(__m512 x) {
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r), n = _mm512_sub_ps(z, r);
+    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    const __m512 u = _mm512_mul_ps(b, b);
+    const __m512 hi = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f)), u,
+                                      _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f)));
+    const __m512 j = _mm512_fmadd_ps(hi, u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
+    const __m512 res = _mm512_scalef_ps(j, n);
+    const __mmask16 out_of_range = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192.0f), _CMP_GT_OQ);
+    if (!out_of_range) return res;
+    const __m512 edge = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ), _mm512_set1_ps(INFINITY),
+                                             _mm512_setzero_ps());  // fmt: skip
+    return _mm512_mask_blend_ps(out_of_range, res, edge);
+}
+
+/* softmax chunks of 16: y = exp(x − max), returns the double sum of the chunks' float sums */
+AVX512_FN static double soft_max16(float *y, const float *x, int64_t n, float max, int64_t *done) {
+    double sum = 0.0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max)));
+        _mm512_storeu_ps(y + i, e);
+        float a[16];
+        _mm512_storeu_ps(a, e);
+        sum += (double)hsum16_tree(a);
+    }
+    *done = i;
+    return sum;
+}
+
+/* silu(x)·g on 16 lanes: x / (1 + exp(0 − x)) · g */
+AVX512_FN static int64_t swiglu16(const float *x, const float *g, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        const __m512 s = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(s, _mm512_loadu_ps(g + i)));
+    }
+    return i;
+}
+#endif
+
+static int vec_ok(int lanes) { /* vector versions usable for this lane count on this CPU */
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int c16 = -1, c8 = -1;
+    if (c16 < 0) {
+        __builtin_cpu_init();
+        c16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("f16c");
+        c8 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return simd_override != 0 && (lanes == 16 ? c16 : lanes == 8 ? c8 : 0);
+#else
+    (void)lanes;
+    return 0;
+#endif
+}
+
+static float dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny, int padded) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (vec_ok(lanes)) return lanes == 16 ? dot16_f16(x, y, n, tiny, padded) : dot8_f16(x, y, n, tiny, padded);
+#endif
+    return tiny ? dot_f16_tiny(x, y, n, lanes) : dot_f16_vecdot(x, y, n, lanes, padded);
+}
+
 /* ggml_vec_soft_max_f32: y = exp(x − max) in SIMD chunks (the last chunk's masked tail counts as
  * zeros), each chunk's lanes summed in float and added to a double; returns the sum */
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes) {
     double sum = 0.0;
     if (lanes) {
-        for (int64_t i = 0; i < n; i += lanes) {
+        int64_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (lanes == 16 && vec_ok(16)) sum = soft_max16(y, x, n, max, &i);
+#endif
+        for (; i < n; i += lanes) {
             float e[16] = {0};
             for (int l = 0; l < lanes && i + l < n; l++) e[l] = y[i + l] = expf_lanes(x[i + l] - max, lanes);
             sum += (double)(lanes == 16 ? hsum16_tree(e) : hsum8_movehl(e));
@@ -882,7 +1013,7 @@ static void softmax_lanes(float *w, int64_t n, int lanes) {
 /* one F16 dot as ggml_vec_dot_f16 (tiny = 0) or tinyBLAS (tiny = 1) sums it (tests) */
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny) {
     h2f_table_init();
-    return tiny ? dot_f16_tiny(x, y, n, lanes) : dot_f16_vecdot(x, y, n, lanes, 0);
+    return dot_f16(x, y, n, lanes, tiny, 0);
 }
 
 /* q (n_q, n_head, d) f32; k16 (n_ctx, n_head_kv, d) fp16; v16t (n_head_kv, dv, n_ctx) fp16 (llama.cpp's
@@ -915,7 +1046,7 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
                 for (int i = 0; i < d; i++) q16[i] = f2h(qt[i]);
                 for (int64_t j = 0; j < n_kv; j++) {
                     const uint16_t *kj = k16 + (j * n_head_kv + hk) * d;
-                    w[j] = tiny_kq ? dot_f16_tiny(kj, q16, d, lanes) : dot_f16_vecdot(kj, q16, d, lanes, 0);
+                    w[j] = dot_f16(kj, q16, d, lanes, tiny_kq, 0);
                 }
                 if (softcap > 0.0f) {
                     const float inv_cap = 1.0f / softcap;
@@ -928,7 +1059,7 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
                 float *ot = out + (t * n_head + h) * dv;
                 for (int e = 0; e < dv; e++) {
                     const uint16_t *ve = v16t + ((int64_t)hk * dv + e) * n_ctx;
-                    ot[e] = tiny_kqv ? dot_f16_tiny(ve, p16, n_kv, lanes) : dot_f16_vecdot(ve, p16, n_kv, lanes, 1);
+                    ot[e] = dot_f16(ve, p16, n_kv, lanes, tiny_kqv, 1);
                 }
             }
         }
@@ -946,6 +1077,9 @@ void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lane
         const float *x = gu + r * 2 * n_ff, *g = x + n_ff;
         float *yr = y + r * n_ff;
         int64_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (lanes == 16 && vec_ok(16)) i = swiglu16(x, g, yr, nv);
+#endif
         for (; i < nv; i++) yr[i] = (x[i] / (1.0f + expf_lanes(0.0f - x[i], lanes))) * g[i];
         for (; i < n_ff; i++) yr[i] = (x[i] / (1.0f + expf(-x[i]))) * g[i];
     }
@@ -986,4 +1120,109 @@ int cv_ggml_lanes(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
 #endif
     return 0;
+}
+
+/* ---- one decoder layer for one token (decode), in C ------------------------------------------
+ * The same graph as engine/models/llama.py and gemma.py for a single position, with every op in
+ * ggml's arithmetic (rms_norm: float squares summed in double, ops.cpp ggml_compute_forward_rms_norm_f32;
+ * the rest as above), so a decode step costs one call per layer instead of ~20 numpy ops. */
+
+typedef struct {
+    int n_embd, n_head, n_head_kv, head_dim, head_dim_v, n_ff, rope_dim;
+    int neox, gelu, post_norms, qk_norm, lanes, threads;
+    float rms_eps, attn_scale, kq_scale, softcap, rope_base;
+    int64_t window; /* 0: none */
+} cv_layer_cfg;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm, *attn_post_norm, *ffn_post_norm, *q_norm, *k_norm;
+    const void *w[7]; /* q, k, v, o, gate, up, down: raw GGUF blocks */
+    int t[7];         /* their ggml types */
+} cv_layer_w;
+
+static void rms_norm_row(const float *x, const float *w, float *y, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    const float mean = (float)(sum / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;
+    if (w)
+        for (int64_t i = 0; i < n; i++) y[i] = y[i] * w[i];
+}
+
+/* y (rows) = W (rows × cols, wtype) · x (cols), x quantized as ggml would; xq: scratch */
+static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float *x, float *y, void *xq, int threads) {
+    if (cv_quantize_acts(wtype, x, cols, 1, xq)) return -1;
+    return cv_matmul_q(wtype, W, rows, cols, xq, 1, y, rows, threads);
+}
+
+static void rope_row(float *x, int n_heads, int head_dim, int n_rot, int neox, const float *cs, const float *sn) {
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (int64_t)h * head_dim;
+        for (int i = 0; i < n_rot / 2; i++) {
+            const int i0 = neox ? i : 2 * i, i1 = neox ? i + n_rot / 2 : 2 * i + 1;
+            const float x0 = v[i0], x1 = v[i1];
+            v[i0] = fmaf(x0, cs[i], -(x1 * sn[i])); /* ops.cpp rotate_pairs, as compiled (fused) */
+            v[i1] = fmaf(x0, sn[i], x1 * cs[i]);
+        }
+    }
+}
+
+/* x (n_embd) in place: x ← layer(x) at position pos. k16 (n_ctx, n_head_kv, head_dim) and v16t
+ * (n_head_kv, head_dim_v, n_ctx) are this layer's F16 cache; row pos is written. */
+int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64_t pos, uint16_t *k16, uint16_t *v16t,
+                    int64_t n_ctx) {
+    if (pos >= n_ctx) return -1;
+    const int64_t nq = (int64_t)c->n_head * c->head_dim, nk = (int64_t)c->n_head_kv * c->head_dim,
+                  nv = (int64_t)c->n_head_kv * c->head_dim_v, E = c->n_embd, F = c->n_ff;
+    const int64_t n_kv = pos + 1;
+    const int64_t big = (nq > F ? nq : F) > E ? (nq > F ? nq : F) : E;
+    float *h = malloc(sizeof(float) * big), *q = malloc(sizeof(float) * nq), *k = malloc(sizeof(float) * nk),
+          *v = malloc(sizeof(float) * nv), *a = malloc(sizeof(float) * (size_t)c->n_head * c->head_dim_v),
+          *o = malloc(sizeof(float) * E), *gu = malloc(sizeof(float) * 2 * F), *f = malloc(sizeof(float) * F),
+          *mask = malloc(sizeof(float) * n_kv), *cs = malloc(sizeof(float) * c->rope_dim), *sn = cs + c->rope_dim / 2;
+    void *xq = malloc((size_t)(big / 32 + 8) * 292 + 1024);
+    int err = !(h && q && k && v && a && o && gu && f && mask && cs && xq);
+    const float posf = (float)pos;
+    if (!err) {
+        rms_norm_row(x, lw->attn_norm, h, E, c->rms_eps);
+        err |= mm1(lw->t[0], lw->w[0], nq, E, h, q, xq, c->threads);
+        err |= mm1(lw->t[1], lw->w[1], nk, E, h, k, xq, c->threads);
+        err |= mm1(lw->t[2], lw->w[2], nv, E, h, v, xq, c->threads);
+    }
+    if (!err) {
+        if (c->qk_norm) {
+            for (int hh = 0; hh < c->n_head; hh++) rms_norm_row(q + (int64_t)hh * c->head_dim, lw->q_norm, q + (int64_t)hh * c->head_dim, c->head_dim, c->rms_eps);
+            for (int hh = 0; hh < c->n_head_kv; hh++) rms_norm_row(k + (int64_t)hh * c->head_dim, lw->k_norm, k + (int64_t)hh * c->head_dim, c->head_dim, c->rms_eps);
+        }
+        cv_rope_cache(&posf, 1, c->rope_dim, c->rope_base, cs, sn);
+        rope_row(q, c->n_head, c->head_dim, c->rope_dim, c->neox, cs, sn);
+        rope_row(k, c->n_head_kv, c->head_dim, c->rope_dim, c->neox, cs, sn);
+        if (c->attn_scale != 1.0f)
+            for (int64_t i = 0; i < nq; i++) q[i] = q[i] * c->attn_scale;
+        for (int64_t i = 0; i < nk; i++) k16[pos * nk + i] = f2h(k[i]);
+        for (int hh = 0; hh < c->n_head_kv; hh++)
+            for (int e = 0; e < c->head_dim_v; e++) v16t[((int64_t)hh * c->head_dim_v + e) * n_ctx + pos] = f2h(v[(int64_t)hh * c->head_dim_v + e]);
+        const int64_t lo = c->window > 0 ? pos - (c->window - 1 < pos ? c->window - 1 : pos) : 0;
+        for (int64_t j = 0; j < n_kv; j++) mask[j] = j >= lo ? 0.0f : -INFINITY;
+        err |= cv_attention_f16(q, 1, c->n_head, c->head_dim, k16, v16t, n_ctx, n_kv, c->n_head_kv, c->head_dim_v, mask, c->kq_scale,
+                                c->softcap, c->lanes, a, c->threads) != 0;
+    }
+    if (!err) {
+        err |= mm1(lw->t[3], lw->w[3], E, (int64_t)c->n_head * c->head_dim_v, a, o, xq, c->threads);
+        if (c->post_norms) rms_norm_row(o, lw->attn_post_norm, o, E, c->rms_eps);
+        for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
+        rms_norm_row(x, lw->ffn_norm, h, E, c->rms_eps);
+        err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads);
+        err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads);
+    }
+    if (!err) {
+        if (c->gelu) cv_geglu(gu, f, 1, F);
+        else cv_swiglu(gu, f, 1, F, c->lanes);
+        err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads);
+        if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
+        for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
+    }
+    free(h), free(q), free(k), free(v), free(a), free(o), free(gu), free(f), free(mask), free(cs), free(xq);
+    return err ? -1 : 0;
 }
