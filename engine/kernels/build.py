@@ -50,6 +50,7 @@ ffibuilder.set_source(
     "engine.kernels._qkernels",
     (HERE / "qkernels.c").read_text(),
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
+    include_dirs=[str(HERE)],  # qdots_x86.h
     extra_link_args=["-fopenmp"],
     libraries=["m"],
 )

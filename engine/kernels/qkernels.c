@@ -79,7 +79,7 @@ enum { T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q8_1 = 9, T_Q4_K = 12, T_Q6_K = 14,
 /* ---- activation quantizers: one row of k floats ---------------------------------------------- */
 /* Q8_0 / Q8_1 as ggml-cpu's x86 quantize_row_q8_0/1: d = amax/127 (stored fp16), q = round-half-even
  * of x·(127/amax); Q8_1 also stores s = fp16(d·Σq) with the f32 d. */
-void cv_quantize_q8_0(const float *x, void *vy, int64_t k) {
+CV_CLONES void cv_quantize_q8_0(const float *x, void *vy, int64_t k) {
     blk_q8_0 *y = (blk_q8_0 *)vy;
     for (int64_t b = 0; b < k / 32; b++) {
         const float *xb = x + b * 32;
@@ -91,7 +91,7 @@ void cv_quantize_q8_0(const float *x, void *vy, int64_t k) {
     }
 }
 
-void cv_quantize_q8_1(const float *x, void *vy, int64_t k) {
+CV_CLONES void cv_quantize_q8_1(const float *x, void *vy, int64_t k) {
     blk_q8_1 *y = (blk_q8_1 *)vy;
     for (int64_t b = 0; b < k / 32; b++) {
         const float *xb = x + b * 32;
@@ -110,7 +110,7 @@ void cv_quantize_q8_1(const float *x, void *vy, int64_t k) {
 
 /* Q8_K as quantize_row_q8_K_ref: iscale = -127/max (max: the value of largest |x|),
  * q = min(127, nearest_int(iscale·x)), d = 1/iscale, bsums over each 16 values. */
-void cv_quantize_q8_K(const float *x, void *vy, int64_t k) {
+CV_CLONES void cv_quantize_q8_K(const float *x, void *vy, int64_t k) {
     blk_q8_K *y = (blk_q8_K *)vy;
     for (int64_t b = 0; b < k / 256; b++) {
         const float *xb = x + b * 256;
@@ -267,16 +267,6 @@ AVX2_FN static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-AVX2_FN static inline __m256 sum_i8_pairs(__m256i x_u8, __m256i y_s8) {
-    const __m256i p16 = _mm256_maddubs_epi16(x_u8, y_s8);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-
-/* signed × signed: |x| times y with x's sign moved onto y */
-AVX2_FN static inline __m256 dot_s8(__m256i x, __m256i y) {
-    return sum_i8_pairs(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-}
-
 /* 16 bytes of packed nibbles → 32 bytes: low nibbles (elements 0..15), then high (16..31) */
 AVX2_FN static inline __m256i nibbles(const uint8_t *q) {
     const __m128i b = _mm_loadu_si128((const __m128i *)q);
@@ -305,42 +295,35 @@ AVX2_FN static inline void q6_K_half(const uint8_t *ql, const uint8_t *qhp, __m2
     v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
 }
 
-AVX2_FN static float dot_q8_0_avx2(const void *vw, const void *va, int nb) {
-    const blk_q8_0 *w = vw, *a = va;
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
-        const __m256i x = _mm256_loadu_si256((const __m256i *)w[b].qs), y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        acc = _mm256_fmadd_ps(d, dot_s8(x, y), acc);
+/* decode row loops: Y[r] = dot(row r) for r in [r0, r1), one function per type so the dot inlines */
+#define CV_GEMV(attr, name, dotf)                                                                                  \
+    attr static void name(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) {  \
+        for (int64_t r = r0; r < r1; r++) {                                                                        \
+            for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(W + (r + 4) * wrow + o); /* the hardware prefetcher alone lags: 5-10 % */ \
+            Y[r] = dotf(W + r * wrow, xq, nb);                                                                     \
+        }                                                                                                          \
     }
-    return hsum8(acc);
-}
-
-AVX2_FN static float dot_q4_1_avx2(const void *vw, const void *va, int nb) {
-    const blk_q4_1 *w = vw;
-    const blk_q8_1 *a = va;
-    __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        summs += _cvtsh_ss(w[b].m) * _cvtsh_ss(a[b].s);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
-        const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        acc = _mm256_fmadd_ps(d, sum_i8_pairs(nibbles(w[b].qs), y), acc);
-    }
-    return hsum8(acc) + summs;
-}
-
-AVX2_FN static float dot_q5_0_avx2(const void *vw, const void *va, int nb) {
-    const blk_q5_0 *w = vw;
-    const blk_q8_0 *a = va;
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m256i v = q5_0_values(&w[b]);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
-        acc = _mm256_fmadd_ps(d, dot_s8(v, _mm256_loadu_si256((const __m256i *)a[b].qs)), acc);
-    }
-    return hsum8(acc);
-}
+#define CV_FN AVX2_FN
+#define CV_SFX(name) name##_avx2
+#define CV_PAIRS(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+#include "qdots_x86.h"
+#undef CV_FN
+#undef CV_SFX
+#undef CV_PAIRS
+#define CV_FN __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define CV_SFX(name) name##_avxvnni
+#define CV_PAIRS(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+#include "qdots_x86.h"
+#undef CV_FN
+#undef CV_SFX
+#undef CV_PAIRS
+#define CV_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+#define CV_SFX(name) name##_avx512vnni
+#define CV_PAIRS(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+#include "qdots_x86.h"
+#undef CV_FN
+#undef CV_SFX
+#undef CV_PAIRS
 
 /* Q4_K: 6-bit scales/mins as in the scalar version; nibble products per 32 values scaled in int32 */
 AVX2_FN static float dot_q4_K_avx2(const void *vw, const void *va, int nb) {
@@ -380,7 +363,7 @@ AVX2_FN static inline __m256i q6_K_offset(const blk_q6_K *w, const blk_q8_K *a) 
 }
 
 /* Q6_K: unsigned 6-bit v times y per 32 values (maddubs), one int16 scale per 16 values, minus the offset */
-AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
+AVX2_FN static inline float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
     const blk_q6_K *w = vw;
     const blk_q8_K *a = va;
     __m256 acc = _mm256_setzero_ps();
@@ -408,46 +391,6 @@ AVX2_FN static float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
  * tokens, each token keeping its own 8-lane accumulator — per token the same float order as the
  * one-row kernels above, so prefill and decode give identical results. */
 typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
-
-/* one block of 32 signed weight values (scale dw) against block b of four Q8_0 activation rows */
-AVX2_FN static inline void acc4_s8_q8_0(__m256i x, float dw, const void *va, int64_t arow, int b, __m256 *acc) {
-    const __m256i ax = _mm256_sign_epi8(x, x);
-    for (int t = 0; t < 4; t++) {
-        const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
-        const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(ax, _mm256_sign_epi8(y, x)), acc[t]);
-    }
-}
-
-AVX2_FN static void dot4_q8_0_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
-    const blk_q8_0 *w = vw;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++) acc4_s8_q8_0(_mm256_loadu_si256((const __m256i *)w[b].qs), _cvtsh_ss(w[b].d), va, arow, b, acc);
-    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
-}
-
-AVX2_FN static void dot4_q4_1_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
-    const blk_q4_1 *w = vw;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float summs[4] = {0, 0, 0, 0};
-    for (int b = 0; b < nb; b++) {
-        const __m256i x = nibbles(w[b].qs);
-        const float dw = _cvtsh_ss(w[b].d), mw = _cvtsh_ss(w[b].m);
-        for (int t = 0; t < 4; t++) {
-            const blk_q8_1 *a = (const blk_q8_1 *)((const char *)va + t * arow) + b;
-            summs[t] += mw * _cvtsh_ss(a->s);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), sum_i8_pairs(x, _mm256_loadu_si256((const __m256i *)a->qs)), acc[t]);
-        }
-    }
-    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summs[t];
-}
-
-AVX2_FN static void dot4_q5_0_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
-    const blk_q5_0 *w = vw;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++) acc4_s8_q8_0(q5_0_values(&w[b]), _cvtsh_ss(w[b].d), va, arow, b, acc);
-    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
-}
 
 AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q4_K *w = vw;
@@ -519,9 +462,26 @@ static int have_avx2(void) {
     }
     return cached;
 }
+
+/* which integer-pair instruction the kernels use: 2 AVX-512 VNNI (+VL), 1 AVX-VNNI, 0 maddubs+madd.
+ * cv_set_simd(2) keeps plain AVX2 on a VNNI machine (tests compare the two). */
+static int vnni_kind(void) {
+    static int cached = -1;
+    if (!have_avx2() || simd_override == 2) return 0;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") ? 2
+                 : __builtin_cpu_supports("avxvnni")                                        ? 1
+                                                                                             : 0;
+    }
+    return cached;
+}
+#define CV_PICK(base) (vnni_kind() == 2 ? base##_avx512vnni : vnni_kind() == 1 ? base##_avxvnni : base##_avx2)
 #else
 static int simd_override = -1;
 static int have_avx2(void) { (void)simd_override; return 0; }
+static int vnni_kind(void) { return 0; }
+#define CV_PICK(base) base##_avx2
 #define dot_q8_0_avx2 dot_q8_0
 #define dot_q4_1_avx2 dot_q4_1
 #define dot_q5_0_avx2 dot_q5_0
@@ -530,9 +490,10 @@ static int have_avx2(void) { (void)simd_override; return 0; }
 typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
 #endif
 
-int cv_simd(void) { return have_avx2() ? 2 : 0; }
+int cv_simd(void) { return have_avx2() ? (vnni_kind() ? 3 : 2) : 0; }
 
-/* -1: detect (default); 0: portable C; 2: AVX2 where the CPU has it. Returns the level in use. */
+/* -1: detect (default: the best the CPU has); 0: portable C; 2: AVX2 without VNNI; 3: AVX2 with VNNI
+ * where the CPU has it. Returns the level in use. */
 int cv_set_simd(int level) {
     simd_override = -1;
     (void)have_avx2(); /* fill the detection cache */
@@ -543,12 +504,30 @@ int cv_set_simd(int level) {
 /* ---- matmul: Y[t, r] = Σ_k W[r, k] · X[t, k] with X quantized as ggml would ------------------- */
 
 /* weight type → (block elements, block bytes, activation type, activation block bytes, dot) */
+typedef void (*gemv_fn)(const char *, int64_t, int64_t, int64_t, const void *, int, float *);
+#if defined(__x86_64__) && defined(__GNUC__)
+CV_GEMV(AVX2_FN, gemv_q6_K_avx2, dot_q6_K_avx2)
+#endif
+
+static gemv_fn gemv_for(int wtype) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (have_avx2()) {
+        if (wtype == T_Q8_0) return CV_PICK(gemv_q8_0);
+        if (wtype == T_Q4_1) return CV_PICK(gemv_q4_1);
+        if (wtype == T_Q5_0) return CV_PICK(gemv_q5_0);
+        if (wtype == T_Q6_K) return gemv_q6_K_avx2;
+    }
+#endif
+    (void)wtype;
+    return NULL;
+}
+
 static dot4_fn dot4_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (have_avx2()) {
-        if (wtype == T_Q8_0) return dot4_q8_0_avx2;
-        if (wtype == T_Q4_1) return dot4_q4_1_avx2;
-        if (wtype == T_Q5_0) return dot4_q5_0_avx2;
+        if (wtype == T_Q8_0) return CV_PICK(dot4_q8_0);
+        if (wtype == T_Q4_1) return CV_PICK(dot4_q4_1);
+        if (wtype == T_Q5_0) return CV_PICK(dot4_q5_0);
         if (wtype == T_Q4_K) return dot4_q4_K_avx2;
         if (wtype == T_Q6_K) return dot4_q6_K_avx2;
     }
@@ -560,9 +539,9 @@ static dot4_fn dot4_for(int wtype) {
 static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot) {
     const int simd = have_avx2();
     switch (wtype) {
-    case T_Q8_0: *be = 32; *bb = 34; *atype = T_Q8_0; *ab = 34; *dot = simd ? dot_q8_0_avx2 : dot_q8_0; return 0;
-    case T_Q4_1: *be = 32; *bb = 20; *atype = T_Q8_1; *ab = 36; *dot = simd ? dot_q4_1_avx2 : dot_q4_1; return 0;
-    case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? dot_q5_0_avx2 : dot_q5_0; return 0;
+    case T_Q8_0: *be = 32; *bb = 34; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q8_0) : dot_q8_0; return 0;
+    case T_Q4_1: *be = 32; *bb = 20; *atype = T_Q8_1; *ab = 36; *dot = simd ? CV_PICK(dot_q4_1) : dot_q4_1; return 0;
+    case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q5_0) : dot_q5_0; return 0;
     case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
     case T_Q6_K: *be = 256; *bb = 210; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q6_K_avx2 : dot_q6_K; return 0;
     default: return -1;
@@ -610,7 +589,47 @@ int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, v
  * exact, so only these float chains decide the result. Fewer rows use vec_dot (the dots above). */
 
 /* Q6_K block integer Σ_j scale_j · Σ (q − 32)·y over its 16 groups of 16 */
+#if defined(__x86_64__) && defined(__GNUC__)
+AVX2_FN static inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* the two block sums below with AVX2 integer arithmetic (exact, so equal to the scalar ones) */
+AVX2_FN static int32_t q6_K_block_isum_avx2(const blk_q6_K *w, const blk_q8_K *a) {
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const int8_t *y = a->qs + 128 * h, *sc = w->scales + 8 * h;
+        __m256i v[4];
+        q6_K_half(w->ql + 64 * h, w->qh + 32 * h, v);
+        for (int k = 0; k < 4; k++) {
+            const __m256i p = _mm256_maddubs_epi16(v[k], _mm256_loadu_si256((const __m256i *)(y + 32 * k)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]))));
+        }
+    }
+    return hsum_i32(_mm256_sub_epi32(sumi, q6_K_offset(w, a)));
+}
+
+AVX2_FN static void q4_K_block_isums_avx2(const blk_q4_K *w, const blk_q8_K *a, int32_t *iacc, int32_t *imin) {
+    uint8_t sc[8], mn[8];
+    q4_K_scales(w->scales, sc, mn);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int j = 0; j < 4; j++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
+        const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
+        iacc[j] = hsum_i32(_mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1]))));
+        imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
+    }
+}
+#endif
+
 static int32_t q6_K_block_isum(const blk_q6_K *w, const blk_q8_K *a) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (have_avx2()) return q6_K_block_isum_avx2(w, a);
+#endif
     int32_t sumi = 0;
     for (int h = 0; h < 2; h++) {
         const uint8_t *ql = w->ql + 64 * h, *qh = w->qh + 32 * h;
@@ -631,6 +650,12 @@ static int32_t q6_K_block_isum(const blk_q6_K *w, const blk_q8_K *a) {
 /* Q4_K per pair of 32-value sub-blocks sb (0..3): iacc = sc[2sb]·Σq·y + sc[2sb+1]·Σq·y and
  * imin = mn[2sb]·Σy + mn[2sb+1]·Σy over the same values */
 static void q4_K_block_isums(const blk_q4_K *w, const blk_q8_K *a, int32_t *iacc, int32_t *imin) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (have_avx2()) {
+        q4_K_block_isums_avx2(w, a, iacc, imin);
+        return;
+    }
+#endif
     uint8_t sc[8], mn[8];
     q4_K_scales(w->scales, sc, mn);
     for (int j = 0; j < 4; j++) {
@@ -661,6 +686,7 @@ static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, i
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < n_rows; r++) {
         const char *wr = (const char *)W + r * wrow;
+        for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(wr + 4 * wrow + o);
         for (int64_t t = 0; t < n_tok; t++) {
             const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow);
             float acc = 0.0f, accm = 0.0f;
@@ -709,6 +735,20 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
         return 0;
     }
     const dot4_fn dot4 = dot4_for(wtype);
+    const gemv_fn gemv = n_tok == 1 ? gemv_for(wtype) : NULL;
+    if (gemv) { /* decode: one row loop per type, the dot inlined; no thread team for one thread */
+        if (n_threads == 1) {
+            gemv((const char *)W, wrow, 0, n_rows, xq, nb, Y);
+        } else {
+#pragma omp parallel num_threads(n_threads)
+            {
+                const int64_t nt = omp_get_num_threads(), it = omp_get_thread_num(), per = (n_rows + nt - 1) / nt;
+                const int64_t r0 = it * per, r1 = r0 + per < n_rows ? r0 + per : n_rows;
+                if (r0 < r1) gemv((const char *)W, wrow, r0, r1, xq, nb, Y);
+            }
+        }
+        return 0;
+    }
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < n_rows; r++) {
         const void *wr = (const char *)W + r * wrow;
@@ -1150,9 +1190,16 @@ static void rms_norm_row(const float *x, const float *w, float *y, int64_t n, fl
         for (int64_t i = 0; i < n; i++) y[i] = y[i] * w[i];
 }
 
-/* y (rows) = W (rows × cols, wtype) · x (cols), x quantized as ggml would; xq: scratch */
-static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float *x, float *y, void *xq, int threads) {
-    if (cv_quantize_acts(wtype, x, cols, 1, xq)) return -1;
+static int act_type(int wtype) {
+    int be, bb, at, ab;
+    dot_fn dot;
+    return layout(wtype, &be, &bb, &at, &ab, &dot) ? -1 : at;
+}
+
+/* y (rows) = W (rows × cols, wtype) · x (cols), x quantized as ggml would into xq — unless
+ * quantize = 0: xq already holds x in this weight's activation type (q, k, v share one) */
+static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float *x, float *y, void *xq, int threads, int quantize) {
+    if (quantize && cv_quantize_acts(wtype, x, cols, 1, xq)) return -1;
     return cv_matmul_q(wtype, W, rows, cols, xq, 1, y, rows, threads);
 }
 
@@ -1186,9 +1233,9 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     const float posf = (float)pos;
     if (!err) {
         rms_norm_row(x, lw->attn_norm, h, E, c->rms_eps);
-        err |= mm1(lw->t[0], lw->w[0], nq, E, h, q, xq, c->threads);
-        err |= mm1(lw->t[1], lw->w[1], nk, E, h, k, xq, c->threads);
-        err |= mm1(lw->t[2], lw->w[2], nv, E, h, v, xq, c->threads);
+        err |= mm1(lw->t[0], lw->w[0], nq, E, h, q, xq, c->threads, 1);
+        err |= mm1(lw->t[1], lw->w[1], nk, E, h, k, xq, c->threads, act_type(lw->t[1]) != act_type(lw->t[0]));
+        err |= mm1(lw->t[2], lw->w[2], nv, E, h, v, xq, c->threads, act_type(lw->t[2]) != act_type(lw->t[1]));
     }
     if (!err) {
         if (c->qk_norm) {
@@ -1209,17 +1256,17 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
                                 c->softcap, c->lanes, a, c->threads) != 0;
     }
     if (!err) {
-        err |= mm1(lw->t[3], lw->w[3], E, (int64_t)c->n_head * c->head_dim_v, a, o, xq, c->threads);
+        err |= mm1(lw->t[3], lw->w[3], E, (int64_t)c->n_head * c->head_dim_v, a, o, xq, c->threads, 1);
         if (c->post_norms) rms_norm_row(o, lw->attn_post_norm, o, E, c->rms_eps);
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
         rms_norm_row(x, lw->ffn_norm, h, E, c->rms_eps);
-        err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads);
-        err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads);
+        err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads, 1);
+        err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]));
     }
     if (!err) {
         if (c->gelu) cv_geglu(gu, f, 1, F);
         else cv_swiglu(gu, f, 1, F, c->lanes);
-        err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads);
+        err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1);
         if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
     }

@@ -1,0 +1,93 @@
+/* The integer-pair kernels of engine/kernels/qkernels.c, included once per x86 instruction set:
+ * CV_SFX(name) names a copy, CV_FN is its target attribute and CV_PAIRS(u8, s8) the 8-lane int32
+ * sums of adjacent u8·s8 products — maddubs + madd on AVX2, one dpbusd with VNNI (as ggml-cpu's
+ * mul_sum_us8_pairs_float picks for the CPU it was built for). The integers are the same either way,
+ * so every copy gives the same floats; VNNI only saves instructions. */
+
+CV_FN static inline __m256 CV_SFX(sum_i8_pairs)(__m256i x_u8, __m256i y_s8) { return _mm256_cvtepi32_ps(CV_PAIRS(x_u8, y_s8)); }
+
+/* signed × signed: |x| times y with x's sign moved onto y */
+CV_FN static inline __m256 CV_SFX(dot_s8)(__m256i x, __m256i y) {
+    return CV_SFX(sum_i8_pairs)(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+CV_FN static inline float CV_SFX(dot_q8_0)(const void *vw, const void *va, int nb) {
+    const blk_q8_0 *w = vw, *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        const __m256i x = _mm256_loadu_si256((const __m256i *)w[b].qs), y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        acc = _mm256_fmadd_ps(d, CV_SFX(dot_s8)(x, y), acc);
+    }
+    return hsum8(acc);
+}
+
+CV_FN static inline float CV_SFX(dot_q4_1)(const void *vw, const void *va, int nb) {
+    const blk_q4_1 *w = vw;
+    const blk_q8_1 *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        summs += _cvtsh_ss(w[b].m) * _cvtsh_ss(a[b].s);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        acc = _mm256_fmadd_ps(d, CV_SFX(sum_i8_pairs)(nibbles(w[b].qs), y), acc);
+    }
+    return hsum8(acc) + summs;
+}
+
+CV_FN static inline float CV_SFX(dot_q5_0)(const void *vw, const void *va, int nb) {
+    const blk_q5_0 *w = vw;
+    const blk_q8_0 *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m256i v = q5_0_values(&w[b]);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        acc = _mm256_fmadd_ps(d, CV_SFX(dot_s8)(v, _mm256_loadu_si256((const __m256i *)a[b].qs)), acc);
+    }
+    return hsum8(acc);
+}
+
+/* one block of 32 signed weight values (scale dw) against block b of four Q8_0 activation rows */
+CV_FN static inline void CV_SFX(acc4_s8_q8_0)(__m256i x, float dw, const void *va, int64_t arow, int b, __m256 *acc) {
+    const __m256i ax = _mm256_sign_epi8(x, x);
+    for (int t = 0; t < 4; t++) {
+        const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), CV_SFX(sum_i8_pairs)(ax, _mm256_sign_epi8(y, x)), acc[t]);
+    }
+}
+
+CV_FN static void CV_SFX(dot4_q8_0)(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q8_0 *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) CV_SFX(acc4_s8_q8_0)(_mm256_loadu_si256((const __m256i *)w[b].qs), _cvtsh_ss(w[b].d), va, arow, b, acc);
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
+CV_FN static void CV_SFX(dot4_q4_1)(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q4_1 *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float summs[4] = {0, 0, 0, 0};
+    for (int b = 0; b < nb; b++) {
+        const __m256i x = nibbles(w[b].qs);
+        const float dw = _cvtsh_ss(w[b].d), mw = _cvtsh_ss(w[b].m);
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_1 *a = (const blk_q8_1 *)((const char *)va + t * arow) + b;
+            summs[t] += mw * _cvtsh_ss(a->s);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), CV_SFX(sum_i8_pairs)(x, _mm256_loadu_si256((const __m256i *)a->qs)), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summs[t];
+}
+
+CV_FN static void CV_SFX(dot4_q5_0)(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q5_0 *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) CV_SFX(acc4_s8_q8_0)(q5_0_values(&w[b]), _cvtsh_ss(w[b].d), va, arow, b, acc);
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
+CV_GEMV(CV_FN, CV_SFX(gemv_q8_0), CV_SFX(dot_q8_0))
+CV_GEMV(CV_FN, CV_SFX(gemv_q4_1), CV_SFX(dot_q4_1))
+CV_GEMV(CV_FN, CV_SFX(gemv_q5_0), CV_SFX(dot_q5_0))
