@@ -103,6 +103,23 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
         K.matmul(w, qtype, x[:, :500])
 
 
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1, Q.Q5_0], ids=lambda t: t.name)
+def test_vnni_and_plain_avx2_kernels_agree_bit_for_bit(qtype):
+    """The VNNI copies (one dpbusd per 32 products) and the maddubs+madd ones form the same integers."""
+    w = _weights(qtype, 64, 512, seed=7)
+    x = np.random.default_rng(4).standard_normal((9, 512)).astype(np.float32)
+    try:
+        if K.lib.cv_set_simd(3) != 3:
+            pytest.skip("no AVX-VNNI / AVX-512 VNNI on this CPU")
+        vnni = [K.matmul(w, qtype, x), K.matmul(w, qtype, x[:1])]
+        assert K.lib.cv_set_simd(2) == 2
+        plain = [K.matmul(w, qtype, x), K.matmul(w, qtype, x[:1])]
+    finally:
+        K.lib.cv_set_simd(-1)
+    for a, b in zip(vnni, plain):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_faithful_without_the_extension_is_a_clear_error(monkeypatch, tiny_model):
     """No compiler at install time → no extension: faithful mode says so in one sentence; the
     numpy modes are untouched."""
