@@ -588,89 +588,6 @@ int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, v
  * FMA by the compiler — measured against llama.cpp on 14- and 19-row batches). The integer sums are
  * exact, so only these float chains decide the result. Fewer rows use vec_dot (the dots above). */
 
-/* Q6_K block integer Σ_j scale_j · Σ (q − 32)·y over its 16 groups of 16 */
-#if defined(__x86_64__) && defined(__GNUC__)
-AVX2_FN static inline int32_t hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
-/* the two block sums below with AVX2 integer arithmetic (exact, so equal to the scalar ones) */
-AVX2_FN static int32_t q6_K_block_isum_avx2(const blk_q6_K *w, const blk_q8_K *a) {
-    __m256i sumi = _mm256_setzero_si256();
-    for (int h = 0; h < 2; h++) {
-        const int8_t *y = a->qs + 128 * h, *sc = w->scales + 8 * h;
-        __m256i v[4];
-        q6_K_half(w->ql + 64 * h, w->qh + 32 * h, v);
-        for (int k = 0; k < 4; k++) {
-            const __m256i p = _mm256_maddubs_epi16(v[k], _mm256_loadu_si256((const __m256i *)(y + 32 * k)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]))));
-        }
-    }
-    return hsum_i32(_mm256_sub_epi32(sumi, q6_K_offset(w, a)));
-}
-
-AVX2_FN static void q4_K_block_isums_avx2(const blk_q4_K *w, const blk_q8_K *a, int32_t *iacc, int32_t *imin) {
-    uint8_t sc[8], mn[8];
-    q4_K_scales(w->scales, sc, mn);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    for (int j = 0; j < 4; j++) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
-        const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
-        const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
-        iacc[j] = hsum_i32(_mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1]))));
-        imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
-    }
-}
-#endif
-
-static int32_t q6_K_block_isum(const blk_q6_K *w, const blk_q8_K *a) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (have_avx2()) return q6_K_block_isum_avx2(w, a);
-#endif
-    int32_t sumi = 0;
-    for (int h = 0; h < 2; h++) {
-        const uint8_t *ql = w->ql + 64 * h, *qh = w->qh + 32 * h;
-        const int8_t *y = a->qs + 128 * h, *sc = w->scales + 8 * h;
-        int32_t s[8] = {0};
-        for (int l = 0; l < 32; l++) {
-            const int g = l / 16;
-            s[0 + g] += (((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32) * y[l];
-            s[2 + g] += (((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32) * y[l + 32];
-            s[4 + g] += (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * y[l + 64];
-            s[6 + g] += (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * y[l + 96];
-        }
-        for (int k = 0; k < 8; k++) sumi += sc[k] * s[k];
-    }
-    return sumi;
-}
-
-/* Q4_K per pair of 32-value sub-blocks sb (0..3): iacc = sc[2sb]·Σq·y + sc[2sb+1]·Σq·y and
- * imin = mn[2sb]·Σy + mn[2sb+1]·Σy over the same values */
-static void q4_K_block_isums(const blk_q4_K *w, const blk_q8_K *a, int32_t *iacc, int32_t *imin) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (have_avx2()) {
-        q4_K_block_isums_avx2(w, a, iacc, imin);
-        return;
-    }
-#endif
-    uint8_t sc[8], mn[8];
-    q4_K_scales(w->scales, sc, mn);
-    for (int j = 0; j < 4; j++) {
-        const uint8_t *q = w->qs + 32 * j;
-        const int8_t *y0 = a->qs + 64 * j, *y1 = y0 + 32;
-        int32_t s0 = 0, s1 = 0;
-        for (int l = 0; l < 32; l++) {
-            s0 += (q[l] & 0x0f) * y0[l];
-            s1 += (q[l] >> 4) * y1[l];
-        }
-        iacc[j] = sc[2 * j] * s0 + sc[2 * j + 1] * s1;
-        imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
-    }
-}
-
 /* which of llama.cpp's x86 paths a (wtype, rows, activation rows) matmul takes: 0 vec_dot, 1 repack, 2 tiled */
 static int ggml_route(int wtype, int64_t n_rows, int64_t n_tok) {
     if (!have_avx2()) return 0;
@@ -679,45 +596,91 @@ static int ggml_route(int wtype, int64_t n_rows, int64_t n_tok) {
     return 0;
 }
 
-static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y,
-                          int64_t ldy, int n_threads) {
+#if defined(__x86_64__) && defined(__GNUC__)
+AVX2_FN static inline int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Up to four activation rows per weight block: the block is unpacked once, each row keeps its own
+ * chains (the same per-output order as one row at a time). */
+AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok,
+                                  float *Y, int64_t ldy, int n_threads) {
     const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : 210), arow = (int64_t)nb * 292;
     const int64_t n_gemm = n_tok - n_tok % 4; /* repack: rows in groups of 4 through gemm */
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < n_rows; r++) {
         const char *wr = (const char *)W + r * wrow;
         for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(wr + 4 * wrow + o);
-        for (int64_t t = 0; t < n_tok; t++) {
-            const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow);
-            float acc = 0.0f, accm = 0.0f;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+            const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, accm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             for (int b = 0; b < nb; b++) {
                 if (wtype == T_Q6_K) {
                     const blk_q6_K *w = (const blk_q6_K *)wr + b;
-                    const float res = (float)q6_K_block_isum(w, &a[b]) * h2f(w->d);
-                    acc = fmaf(res, a[b].d, acc);
+                    __m256i v[8], s16[8];
+                    for (int h = 0; h < 2; h++) {
+                        q6_K_half(w->ql + 64 * h, w->qh + 32 * h, v + 4 * h);
+                        for (int k = 0; k < 4; k++)
+                            s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(w->scales[8 * h + 2 * k + 1]), _mm_set1_epi16(w->scales[8 * h + 2 * k]));
+                    }
+                    const float dw = _cvtsh_ss(w->d);
+                    for (int u = 0; u < nt; u++) {
+                        const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + (t0 + u) * arow) + b;
+                        __m256i sumi = _mm256_setzero_si256();
+                        for (int k = 0; k < 8; k++)
+                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k))), s16[k]));
+                        const float res = (float)hsum_i32(_mm256_sub_epi32(sumi, q6_K_offset(w, a))) * dw;
+                        acc[u] = fmaf(res, a->d, acc[u]);
+                    }
                     continue;
                 }
                 const blk_q4_K *w = (const blk_q4_K *)wr + b;
-                int32_t iacc[4], imin[4];
-                q4_K_block_isums(w, &a[b], iacc, imin);
-                if (route == 2) { /* tiled, with mins: d·Σ − dmin·Σmins fused, then · d_a */
-                    const int32_t s1 = iacc[0] + iacc[1] + iacc[2] + iacc[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
-                    const float res = fmaf(-h2f(w->dmin), (float)s2, (float)s1 * h2f(w->d));
-                    acc = fmaf(res, a[b].d, acc);
-                    continue;
+                uint8_t sc[8], mn[8];
+                q4_K_scales(w->scales, sc, mn);
+                __m256i lo[4], hi[4];
+                for (int j = 0; j < 4; j++) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+                    lo[j] = _mm256_and_si256(q, m4), hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                 }
-                const float dd = h2f(w->d) * a[b].d, dm = h2f(w->dmin) * a[b].d;
-                if (t < n_gemm) {
-                    for (int j = 0; j < 4; j++) acc = fmaf((float)iacc[j], dd, acc), accm = fmaf((float)imin[j], dm, accm);
-                } else {
-                    acc = fmaf((float)(iacc[0] + iacc[1] + iacc[2] + iacc[3]), dd, acc);
-                    accm = fmaf((float)(imin[0] + imin[1] + imin[2] + imin[3]), dm, accm);
+                const float dw = _cvtsh_ss(w->d), dmw = _cvtsh_ss(w->dmin);
+                for (int u = 0; u < nt; u++) {
+                    const int64_t t = t0 + u;
+                    const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
+                    int32_t iacc[4], imin[4];
+                    for (int j = 0; j < 4; j++) {
+                        const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
+                        const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
+                        iacc[j] = hsum_i32(_mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1]))));
+                        imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
+                    }
+                    if (route == 2) { /* tiled, with mins: d·Σ − dmin·Σmins fused, then · d_a */
+                        const int32_t s1 = iacc[0] + iacc[1] + iacc[2] + iacc[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
+                        acc[u] = fmaf(fmaf(-dmw, (float)s2, (float)s1 * dw), a->d, acc[u]);
+                        continue;
+                    }
+                    const float dd = dw * a->d, dm = dmw * a->d;
+                    if (t < n_gemm) {
+                        for (int j = 0; j < 4; j++) acc[u] = fmaf((float)iacc[j], dd, acc[u]), accm[u] = fmaf((float)imin[j], dm, accm[u]);
+                    } else {
+                        acc[u] = fmaf((float)(iacc[0] + iacc[1] + iacc[2] + iacc[3]), dd, acc[u]);
+                        accm[u] = fmaf((float)(imin[0] + imin[1] + imin[2] + imin[3]), dm, accm[u]);
+                    }
                 }
             }
-            Y[t * ldy + r] = acc - accm;
+            for (int u = 0; u < nt; u++) Y[(t0 + u) * ldy + r] = acc[u] - accm[u];
         }
     }
 }
+#else
+static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y,
+                          int64_t ldy, int n_threads) {
+    (void)route, (void)wtype, (void)W, (void)n_rows, (void)nb, (void)xq, (void)n_tok, (void)Y, (void)ldy, (void)n_threads;
+}
+#endif
 
 /* Y (n_tok × n_rows, row stride ldy floats) from weights W (n_rows rows of n_cols in wtype blocks)
  * and pre-quantized xq. ldy > n_rows lets several weights fill column ranges of one output. */
