@@ -58,9 +58,17 @@ def micro(eng, threads: int) -> dict:
     k = rng.standard_normal((L, c.n_head_kv, c.head_dim)).astype(np.float32)
     v = rng.standard_normal((L, c.n_head_kv, c.head_dim_v)).astype(np.float32)
     mask = np.zeros((1, L), dtype=np.float32)
+    if eng.mode == "faithful":  # the native F16 attention kernel over llama.cpp's cache layout
+        from engine import kernels
+
+        k16 = np.ascontiguousarray(k.astype(np.float16))
+        v16t = np.ascontiguousarray(v.astype(np.float16).transpose(1, 2, 0))
+        attend = lambda: kernels.attention_f16(q, k16, v16t, L, mask, c.attn_scale, threads=threads)  # noqa: E731
+    else:
+        attend = lambda: attention(q, k, v, mask, scale=c.attn_scale)  # noqa: E731
     with threadpool_limits(limits=threads):
         t_mm = _timed(lambda: w.matmul(x, names))
-        t_at = _timed(lambda: attention(q, k, v, mask, scale=c.attn_scale))
+        t_at = _timed(attend)
     return {
         "perf_matmul_decode": {"weights": list(names), "type": g.tensor(names[0]).type.name, "n_in": int(c.n_embd),
                                "n_out": int(n_out), "us": t_mm * 1e6, "gflops": 2 * c.n_embd * n_out / t_mm / 1e9},

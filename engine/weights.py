@@ -146,11 +146,11 @@ class NativeWeights(FloatWeights):
 
     def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
         """ggml_vec_swiglu_f32's arithmetic (its vectorised exp), from the native kernels."""
-        return self.kernels.swiglu(gu, n_ff)
+        return self.kernels.swiglu(gu, n_ff, threads=self.threads)
 
     def geglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
         """ggml_vec_geglu_f32's arithmetic (its fp16 GELU table), from the native kernels."""
-        return self.kernels.geglu(gu, n_ff)
+        return self.kernels.geglu(gu, n_ff, threads=self.threads)
 
     def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         groups = self.prepare(names)
@@ -162,7 +162,7 @@ class NativeWeights(FloatWeights):
             for _, raw, qtype in groups:
                 at = raw.atype
                 if at not in xq:
-                    xq[at] = self.kernels.quantize_acts(qtype, x2)
+                    xq[at] = self.kernels.quantize_acts(qtype, x2, self.threads)
                 self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads, out=y, col=col)
                 col += raw.shape[0]
             return y.reshape(*x.shape[:-1], -1)
@@ -172,7 +172,7 @@ class NativeWeights(FloatWeights):
                 raw, qtype = rest
                 at = raw.atype
                 if at not in xq:
-                    xq[at] = self.kernels.quantize_acts(qtype, x2)
+                    xq[at] = self.kernels.quantize_acts(qtype, x2, self.threads)
                 y = self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads)
                 outs.append(y.reshape(*x.shape[:-1], -1))
             else:

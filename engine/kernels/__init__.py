@@ -37,12 +37,12 @@ def _ptr(a: np.ndarray, ctype: str):
     return ffi.cast(ctype, a.__array_interface__["data"][0])  # (a.ctypes.data builds a ctypes object: slow)
 
 
-def quantize_acts(wtype: int, x: np.ndarray) -> np.ndarray:
+def quantize_acts(wtype: int, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """x (n_tok, n_cols) float32 → the activation blocks a `wtype` matmul uses (raw bytes)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n_tok, n_cols = x.shape
     out = np.empty(lib.cv_act_bytes(int(wtype), n_cols, n_tok), dtype=np.uint8)
-    if lib.cv_quantize_acts(int(wtype), _ptr(x, "float *"), n_cols, n_tok, _ptr(out, "void *")):
+    if lib.cv_quantize_acts(int(wtype), _ptr(x, "float *"), n_cols, n_tok, _ptr(out, "void *"), int(threads)):
         raise ValueError(f"cannot quantize {n_cols} columns for ggml type {wtype}")
     return out
 
@@ -83,19 +83,20 @@ def attention_f16(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv: int, m
     return out
 
 
-def swiglu(gu: np.ndarray, n_ff: int, lanes: int | None = None) -> np.ndarray:
+def swiglu(gu: np.ndarray, n_ff: int, lanes: int | None = None, threads: int = 1) -> np.ndarray:
     """gu (n, 2·n_ff) = [gate | up] → silu(gate) · up as ggml_vec_swiglu_f32 computes it."""
     gu = np.ascontiguousarray(gu, dtype=np.float32)
     y = np.empty((gu.shape[0], n_ff), dtype=np.float32)
-    lib.cv_swiglu(_ptr(gu, "float *"), _ptr(y, "float *"), gu.shape[0], n_ff, ggml_lanes() if lanes is None else int(lanes))
+    lib.cv_swiglu(_ptr(gu, "float *"), _ptr(y, "float *"), gu.shape[0], n_ff, ggml_lanes() if lanes is None else int(lanes),
+                  int(threads))  # fmt: skip
     return y
 
 
-def geglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
+def geglu(gu: np.ndarray, n_ff: int, threads: int = 1) -> np.ndarray:
     """gu (n, 2·n_ff) = [gate | up] → gelu(gate) · up as ggml_vec_geglu_f32 computes it (fp16 table)."""
     gu = np.ascontiguousarray(gu, dtype=np.float32)
     y = np.empty((gu.shape[0], n_ff), dtype=np.float32)
-    lib.cv_geglu(_ptr(gu, "float *"), _ptr(y, "float *"), gu.shape[0], n_ff)
+    lib.cv_geglu(_ptr(gu, "float *"), _ptr(y, "float *"), gu.shape[0], n_ff, int(threads))
     return y
 
 

@@ -27,7 +27,7 @@ int cv_supported(int wtype);
 int cv_simd(void);
 int cv_set_simd(int level);
 int64_t cv_act_bytes(int wtype, int64_t n_cols, int64_t n_tok);
-int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, void *xq);
+int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, void *xq, int n_threads);
 int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tok, float *Y, int64_t ldy,
                 int n_threads);
 void cv_quantize_q8_0(const float *x, void *y, int64_t k);
@@ -36,8 +36,8 @@ void cv_quantize_q8_K(const float *x, void *y, int64_t k);
 int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t, int64_t n_ctx,
                      int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, float softcap, int lanes, float *out,
                      int n_threads);
-void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes);
-void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff);
+void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes, int n_threads);
+void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_threads);
 int cv_ggml_lanes(void);
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes);
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);

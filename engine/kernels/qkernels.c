@@ -562,11 +562,12 @@ int64_t cv_act_bytes(int wtype, int64_t n_cols, int64_t n_tok) {
     return n_tok * (n_cols / be) * ab;
 }
 
-int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, void *xq) {
+int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, void *xq, int n_threads) {
     int be, bb, at, ab;
     dot_fn f;
     if (layout(wtype, &be, &bb, &at, &ab, &f) || n_cols % be) return -1;
     const int64_t row = (n_cols / be) * ab;
+#pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && n_tok > 1)
     for (int64_t t = 0; t < n_tok; t++) {
         void *dst = (char *)xq + t * row;
         if (at == T_Q8_0) cv_quantize_q8_0(X + t * n_cols, dst, n_cols);
@@ -1074,8 +1075,9 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
 /* ggml_vec_swiglu_f32 per row: y = silu(gate) · up with silu(x) = x / (1 + exp(-x)) through ggml_v_expf
  * over whole SIMD chunks and libm's expf for the tail (ggml_silu_f32). gu (n_rows, 2·n_ff) holds
  * [gate | up] (one matmul of the stacked weights); y (n_rows, n_ff). */
-void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes) {
+void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes, int n_threads) {
     const int64_t nv = lanes ? n_ff - n_ff % lanes : 0;
+#pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && n_rows > 1)
     for (int64_t r = 0; r < n_rows; r++) {
         const float *x = gu + r * 2 * n_ff, *g = x + n_ff;
         float *yr = y + r * n_ff;
@@ -1104,9 +1106,10 @@ static void gelu_table_init(void) {
     gelu_tab_ready = 1;
 }
 
-void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff) {
+void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_threads) {
     gelu_table_init();
     h2f_table_init();
+#pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && n_rows > 1)
     for (int64_t r = 0; r < n_rows; r++) {
         const float *x = gu + r * 2 * n_ff, *g = x + n_ff;
         float *yr = y + r * n_ff;
@@ -1162,7 +1165,7 @@ static int act_type(int wtype) {
 /* y (rows) = W (rows × cols, wtype) · x (cols), x quantized as ggml would into xq — unless
  * quantize = 0: xq already holds x in this weight's activation type (q, k, v share one) */
 static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float *x, float *y, void *xq, int threads, int quantize) {
-    if (quantize && cv_quantize_acts(wtype, x, cols, 1, xq)) return -1;
+    if (quantize && cv_quantize_acts(wtype, x, cols, 1, xq, 1)) return -1;
     return cv_matmul_q(wtype, W, rows, cols, xq, 1, y, rows, threads);
 }
 
@@ -1227,8 +1230,8 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
         err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]));
     }
     if (!err) {
-        if (c->gelu) cv_geglu(gu, f, 1, F);
-        else cv_swiglu(gu, f, 1, F, c->lanes);
+        if (c->gelu) cv_geglu(gu, f, 1, F, 1);
+        else cv_swiglu(gu, f, 1, F, c->lanes, 1);
         err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1);
         if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
