@@ -652,12 +652,16 @@ AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n
                     const int64_t t = t0 + u;
                     const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
                     int32_t iacc[4], imin[4];
+                    __m256i sj[4];
                     for (int j = 0; j < 4; j++) {
                         const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
                         const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
-                        iacc[j] = hsum_i32(_mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1]))));
+                        sj[j] = _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
                         imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
                     }
+                    /* the four 8-lane sums at once (integers: any order) */
+                    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(sj[0], sj[1]), _mm256_hadd_epi32(sj[2], sj[3]));
+                    _mm_storeu_si128((__m128i *)iacc, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
                     if (route == 2) { /* tiled, with mins: d·Σ − dmin·Σmins fused, then · d_a */
                         const int32_t s1 = iacc[0] + iacc[1] + iacc[2] + iacc[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
                         acc[u] = fmaf(fmaf(-dmw, (float)s2, (float)s1 * dw), a->d, acc[u]);
