@@ -57,7 +57,16 @@ def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarr
 
 
 def ggml_lanes() -> int:
-    """The SIMD width whose summation order ggml-cpu built for this CPU uses: 16 (AVX-512), 8 (AVX2), 0."""
+    """The SIMD width whose summation order ggml-cpu uses: 16 (AVX-512F+DQ), 8 (AVX2+FMA) or 0 (scalar)
+    for a llama.cpp built for this CPU (llama-cpp-python's default). ENGINE_GGML_LANES overrides it for
+    a llama.cpp built for less than the CPU has (e.g. GGML_NATIVE=OFF with AVX2 only)."""
+    import os
+
+    forced = os.environ.get("ENGINE_GGML_LANES")
+    if forced is not None:
+        if forced not in ("0", "8", "16"):
+            raise ValueError(f"ENGINE_GGML_LANES must be 0, 8 or 16, not {forced!r}")
+        return int(forced)
     return int(lib.cv_ggml_lanes())
 
 

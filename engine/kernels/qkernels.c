@@ -990,23 +990,22 @@ static float dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes,
     return tiny ? dot_f16_tiny(x, y, n, lanes) : dot_f16_vecdot(x, y, n, lanes, padded);
 }
 
-/* ggml_vec_soft_max_f32: y = exp(x − max) in SIMD chunks (the last chunk's masked tail counts as
- * zeros), each chunk's lanes summed in float and added to a double; returns the sum */
+/* ggml_vec_soft_max_f32: y = exp(x − max) over whole SIMD chunks (each chunk's lanes summed in
+ * float, added to a double), then libm's expf one by one for the tail; returns the sum */
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes) {
     double sum = 0.0;
+    int64_t i = 0;
     if (lanes) {
-        int64_t i = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
         if (lanes == 16 && vec_ok(16)) sum = soft_max16(y, x, n, max, &i);
 #endif
-        for (; i < n; i += lanes) {
-            float e[16] = {0};
-            for (int l = 0; l < lanes && i + l < n; l++) e[l] = y[i + l] = expf_lanes(x[i + l] - max, lanes);
+        for (; i + lanes <= n; i += lanes) {
+            float e[16];
+            for (int l = 0; l < lanes; l++) e[l] = y[i + l] = expf_lanes(x[i + l] - max, lanes);
             sum += (double)(lanes == 16 ? hsum16_tree(e) : hsum8_movehl(e));
         }
-    } else {
-        for (int64_t i = 0; i < n; i++) sum += (double)(y[i] = expf(x[i] - max));
     }
+    for (; i < n; i++) sum += (double)(y[i] = expf(x[i] - max));
     return sum;
 }
 
@@ -1038,6 +1037,7 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
      * the padded KV length is a multiple of 256, so only d and dv decide */
     const int tiny_kq = lanes && n_q >= 2 && d % lanes == 0;
     const int tiny_kqv = lanes && n_q >= 2 && dv % 4 == 0;
+    const int64_t n_pad = lanes ? (n_kv + 15) / 16 * 16 : n_kv; /* whole SIMD chunks, as llama.cpp's 256-padded rows */
     (void)n_threads;
     int err = 0;
 #pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1)
@@ -1045,7 +1045,7 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
         const int hk = h / rep;
         uint16_t *q16 = malloc(sizeof(uint16_t) * (size_t)d);
         uint16_t *p16 = malloc(sizeof(uint16_t) * (size_t)n_kv);
-        float *w = malloc(sizeof(float) * (size_t)n_kv);
+        float *w = malloc(sizeof(float) * (size_t)n_pad);
         if (!q16 || !p16 || !w) {
             err = 1;
         } else {
@@ -1062,7 +1062,8 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
                 }
                 const float *mt = mask + t * n_kv;
                 for (int64_t j = 0; j < n_kv; j++) w[j] = w[j] * scale + mt[j];
-                softmax_lanes(w, n_kv, lanes);
+                for (int64_t j = n_kv; j < n_pad; j++) w[j] = -INFINITY; /* llama.cpp's masked padding */
+                softmax_lanes(w, n_pad, lanes);
                 for (int64_t j = 0; j < n_kv; j++) p16[j] = f2h(w[j]);
                 float *ot = out + (t * n_head + h) * dv;
                 for (int e = 0; e < dv; e++) {
