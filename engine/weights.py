@@ -81,8 +81,8 @@ class FloatWeights:
             y += q8_1_sum_error(x) @ mins.T
         return y
 
-    def layer_decoder(self, dims: dict, layers: list[dict], per_layer: list[tuple[float, int]]):
-        """A native decode path for all layers (NativeWeights); numpy modes have none."""
+    def decoder(self, cache, n: int, tap, prefix_end: int, spec):
+        """The native decode path for this step (NativeWeights); numpy modes have none."""
         return None
 
     @staticmethod
@@ -133,6 +133,17 @@ class NativeWeights(FloatWeights):
                     groups += [("float", g) for g in super().prepare((n,))]
             self._groups[("native",) + names] = groups
         return groups
+
+    def decoder(self, cache, n: int, tap, prefix_end: int, spec):
+        """kernels.LayerDecoder for a one-token step without taps over an F16 cache in ggml layout, or
+        None. Built on first use from spec() → (dims, layers, per_layer) (see layer_decoder)."""
+        if n != 1 or tap is not None or prefix_end or getattr(cache, "layout", "") != "ggml":
+            return None
+        if not hasattr(self, "_decoder"):
+            self._decoder = self.layer_decoder(*spec())
+        if self._decoder is not None:
+            self._decoder.set_threads(self.threads)
+        return self._decoder
 
     def layer_decoder(self, dims: dict, layers: list[dict], per_layer: list[tuple[float, int]]):
         """kernels.LayerDecoder over these layers, or None when a matmul weight has no native kernel.

@@ -179,3 +179,8 @@ def test_faithful_is_llamacpp_bit_for_bit(model):
     for t, ref in ref_steps:
         np.testing.assert_array_equal(last, ref)
         last = eng.decode_step(int(np.argmax(last)))
+    assert eng.model.w._decoder is not None  # those steps ran every layer in C (cv_layer_decode) ...
+    eng.truncate(len(ids))
+    eng.tap = lambda *a: None  # ... and with a tap attached the per-op path runs: the same floats
+    last = eng.decode_step(ref_steps[0][0])
+    np.testing.assert_array_equal(last, ref_steps[1][1])

@@ -61,27 +61,21 @@ class GemmaModel:
             L["k_norm"] = p + "attn_k_norm.weight"
         return L
 
-    def _decoder(self, cache: KVCache, n: int, tap, prefix_end: int):
-        """The C decode path (faithful mode, F16 cache in ggml layout, one token, no taps) or None."""
-        if n != 1 or tap is not None or prefix_end or getattr(cache, "layout", "") != "ggml":
-            return None
-        if not hasattr(self, "_dec"):
-            c = self.cfg
-            dims = dict(n_embd=c.n_embd, n_head=c.n_head, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
-                        n_ff=c.n_ff, rope_dim=c.rope_dim, neox=1, gelu=1, post_norms=int(self.v2), qk_norm=int(self.v3),
-                        rms_eps=c.rms_eps, attn_scale=c.attn_scale, kq_scale=1.0, softcap=c.attn_softcap)  # fmt: skip
-            layers, per_layer = [], []
-            for il in range(c.n_layer):
-                L = self._layer(il)
-                (q, k, v), (o,), (gate, up), (down,) = L["wqkv"], L["wo"], L["wgu"], L["wdown"]
-                norms = {n: L.get(n) for n in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm")}
-                layers.append(dict(norms, q=q, k=k, v=v, o=o, gate=gate, up=up, down=down))
-                local = c.swa_layers[il]
-                per_layer.append((c.rope_base_swa if local else c.rope_base, c.sliding_window if local else 0))
-            self._dec = self.w.layer_decoder(dims, layers, per_layer)
-        if self._dec is not None:
-            self._dec.set_threads(self.w.threads)
-        return self._dec
+    def _decoder_spec(self):
+        """(dims, layers, per_layer) of the C decode path (kernels.LayerDecoder; faithful mode)."""
+        c = self.cfg
+        dims = dict(n_embd=c.n_embd, n_head=c.n_head, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
+                    n_ff=c.n_ff, rope_dim=c.rope_dim, neox=1, gelu=1, post_norms=int(self.v2), qk_norm=int(self.v3),
+                    rms_eps=c.rms_eps, attn_scale=c.attn_scale, kq_scale=1.0, softcap=c.attn_softcap)  # fmt: skip
+        layers, per_layer = [], []
+        for il in range(c.n_layer):
+            L = self._layer(il)
+            (q, k, v), (o,), (gate, up), (down,) = L["wqkv"], L["wo"], L["wgu"], L["wdown"]
+            norms = {n: L.get(n) for n in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm")}
+            layers.append(dict(norms, q=q, k=k, v=v, o=o, gate=gate, up=up, down=down))
+            local = c.swa_layers[il]
+            per_layer.append((c.rope_base_swa if local else c.rope_base, c.sliding_window if local else 0))
+        return dims, layers, per_layer
 
     def _output(self):
         return "output_norm.weight", ("token_embd.weight" if self.cfg.tied_output else "output.weight",)
@@ -100,7 +94,7 @@ class GemmaModel:
         mask_local = attention_mask(pos, n_kv, c.sliding_window, prefix_end) if any(c.swa_layers) else mask_global
         nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.w.embedding_rows("token_embd.weight", ids) * np.float32(c.embd_scale)  # (n, n_embd)
-        dec = self._decoder(cache, n, tap, prefix_end)
+        dec = self.w.decoder(cache, n, tap, prefix_end, self._decoder_spec)
         if dec is not None:  # one decode step, every layer in C (the loop below, op for op)
             x = dec(x[0], cache.n_past, cache.k, cache.v)[None]
         for il in range(c.n_layer if dec is None else 0):

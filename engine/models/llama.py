@@ -35,23 +35,17 @@ class LlamaModel:
             (p + "ffn_down.weight",),
         )
 
-    def _decoder(self, cache: KVCache, n: int, tap, prefix_end: int):
-        """The C decode path (faithful mode, F16 cache in ggml layout, one token, no taps) or None."""
-        if n != 1 or tap is not None or prefix_end or getattr(cache, "layout", "") != "ggml":
-            return None
-        if not hasattr(self, "_dec"):
-            c = self.cfg
-            dims = dict(n_embd=c.n_embd, n_head=c.n_head, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
-                        n_ff=c.n_ff, rope_dim=c.rope_dim, neox=0, gelu=0, post_norms=0, qk_norm=0, rms_eps=c.rms_eps,
-                        attn_scale=1.0, kq_scale=c.attn_scale, softcap=0.0)  # fmt: skip
-            layers = []
-            for il in range(c.n_layer):
-                attn_norm, (q, k, v), (o,), ffn_norm, (gate, up), (down,) = self._layer(il)
-                layers.append(dict(attn_norm=attn_norm, ffn_norm=ffn_norm, q=q, k=k, v=v, o=o, gate=gate, up=up, down=down))
-            self._dec = self.w.layer_decoder(dims, layers, [(c.rope_base, 0)] * c.n_layer)
-        if self._dec is not None:
-            self._dec.set_threads(self.w.threads)
-        return self._dec
+    def _decoder_spec(self):
+        """(dims, layers, per_layer) of the C decode path (kernels.LayerDecoder; faithful mode)."""
+        c = self.cfg
+        dims = dict(n_embd=c.n_embd, n_head=c.n_head, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
+                    n_ff=c.n_ff, rope_dim=c.rope_dim, neox=0, gelu=0, post_norms=0, qk_norm=0, rms_eps=c.rms_eps,
+                    attn_scale=1.0, kq_scale=c.attn_scale, softcap=0.0)  # fmt: skip
+        layers = []
+        for il in range(c.n_layer):
+            attn_norm, (q, k, v), (o,), ffn_norm, (gate, up), (down,) = self._layer(il)
+            layers.append(dict(attn_norm=attn_norm, ffn_norm=ffn_norm, q=q, k=k, v=v, o=o, gate=gate, up=up, down=down))
+        return dims, layers, [(c.rope_base, 0)] * c.n_layer
 
     def _output(self):
         return "output_norm.weight", ("token_embd.weight" if self.cfg.tied_output else "output.weight",)
@@ -74,7 +68,7 @@ class LlamaModel:
         mask = attention_mask(pos, cache.n_past + n, prefix_end=prefix_end)
         nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.w.embedding_rows("token_embd.weight", ids)  # (n, n_embd)
-        dec = self._decoder(cache, n, tap, prefix_end)
+        dec = self.w.decoder(cache, n, tap, prefix_end, self._decoder_spec)
         if dec is not None:  # one decode step, every layer in C (the loop below, op for op)
             x = dec(x[0], cache.n_past, cache.k, cache.v)[None]
         for il in range(c.n_layer if dec is None else 0):
