@@ -184,3 +184,18 @@ def test_faithful_is_llamacpp_bit_for_bit(model):
     eng.tap = lambda *a: None  # ... and with a tap attached the per-op path runs: the same floats
     last = eng.decode_step(ref_steps[0][0])
     np.testing.assert_array_equal(last, ref_steps[1][1])
+
+
+def test_faithful_f16_cache_serves_every_architecture():
+    """bitnet's ternary weights have no native kernel (the q8 float path runs them) but its attention
+    reads the same ggml-layout F16 cache: faithful equals q8 up to summation order, and generates."""
+    from crossval.models import resolve_model
+    from engine.generate import Engine
+
+    path = resolve_model("bitnet-tiny")
+    ids = [1, 5, 9, 14, 20, 33, 40]
+    faithful = Engine(path, n_ctx=64, kv_type="f16", mode="faithful")
+    assert faithful.cache.layout == "ggml"
+    a, b = faithful.logits(ids), Engine(path, n_ctx=64, kv_type="f16", mode="q8").logits(ids)
+    assert cosine_rows(a, b).min() >= 0.9999
+    assert len(faithful.generate(ids, 4).tokens) == 4

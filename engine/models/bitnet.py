@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.attention import attention, attention_mask
+from engine.attention import attention_mask, cached_attention
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
 from engine.ops import rms_norm, rope, rope_cache, silu
@@ -69,8 +69,7 @@ class BitnetModel:
             k = rope(k, cos, sin, neox=c.rope_neox)
             if tap:
                 tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
-            ks, vs = cache.store(il, k, v)
-            a = attention(q, ks, vs, mask, scale=c.attn_scale, f16_operands=cache.dtype == "f16").reshape(n, -1)
+            a = cached_attention(cache, il, q, k, v, mask, scale=c.attn_scale, threads=self.w.threads).reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
             a = rms_norm(a, self.w[w["attn_sub_norm"]], c.rms_eps)
