@@ -142,13 +142,16 @@ class LayerDecoder:
         for c in self.cfgs:
             c.threads = int(n)
 
-    def __call__(self, x: np.ndarray, pos: int, k16: list[np.ndarray], v16t: list[np.ndarray]) -> np.ndarray:
-        """x (n_embd,) float32, the token's embedding → the last layer's output; writes cache row pos."""
+    def __call__(self, x: np.ndarray, cache) -> np.ndarray:
+        """x (n_embd,) float32, the token's embedding → the last layer's output; writes the token's
+        row (position cache.n_past) of each layer's F16 cache (engine/kv_cache.py, layout "ggml")."""
         x = np.array(x, dtype=np.float32).reshape(-1)
-        xp = _ptr(x, "float *")
-        for il, (c, w) in enumerate(zip(self.cfgs, self.ws)):
-            n_ctx = k16[il].shape[0]
-            if lib.cv_layer_decode(c, w, xp, int(pos), _ptr(k16[il], "uint16_t *"), _ptr(v16t[il], "uint16_t *"), n_ctx):
+        xp, pos = _ptr(x, "float *"), int(cache.n_past)
+        if getattr(self, "_cache_id", None) != id(cache):  # the cache's arrays never move: point once
+            self._cache_ptrs = [(_ptr(k, "uint16_t *"), _ptr(v, "uint16_t *"), k.shape[0]) for k, v in zip(cache.k, cache.v)]
+            self._cache_id, self._cache_ref = id(cache), cache
+        for il, (c, w, (kp, vp, n_ctx)) in enumerate(zip(self.cfgs, self.ws, self._cache_ptrs)):
+            if lib.cv_layer_decode(c, w, xp, pos, kp, vp, n_ctx):
                 raise ValueError(f"layer {il}: native decode failed at position {pos} (n_ctx {n_ctx})")
         return x
 

@@ -86,17 +86,18 @@ class GemmaModel:
         c = self.cfg
         n = len(ids)
         cache.check_room(n)
-        pos = np.arange(cache.n_past, cache.n_past + n)
-        n_kv = cache.n_past + n
-        rope_global = rope_cache(pos, c.rope_dim, c.rope_base)
-        rope_local = rope_cache(pos, c.rope_dim, c.rope_base_swa) if any(c.swa_layers) else rope_global
-        mask_global = attention_mask(pos, n_kv, prefix_end=prefix_end)
-        mask_local = attention_mask(pos, n_kv, c.sliding_window, prefix_end) if any(c.swa_layers) else mask_global
-        nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.w.embedding_rows("token_embd.weight", ids) * np.float32(c.embd_scale)  # (n, n_embd)
         dec = self.w.decoder(cache, n, tap, prefix_end, self._decoder_spec)
         if dec is not None:  # one decode step, every layer in C (the loop below, op for op)
-            x = dec(x[0], cache.n_past, cache.k, cache.v)[None]
+            x = dec(x[0], cache)[None]
+        else:
+            pos = np.arange(cache.n_past, cache.n_past + n)
+            n_kv = cache.n_past + n
+            rope_global = rope_cache(pos, c.rope_dim, c.rope_base)
+            rope_local = rope_cache(pos, c.rope_dim, c.rope_base_swa) if any(c.swa_layers) else rope_global
+            mask_global = attention_mask(pos, n_kv, prefix_end=prefix_end)
+            mask_local = attention_mask(pos, n_kv, c.sliding_window, prefix_end) if any(c.swa_layers) else mask_global
+        nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         for il in range(c.n_layer if dec is None else 0):
             L = self._layer(il)
             W, mm = self.w, self.w.matmul

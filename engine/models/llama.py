@@ -63,14 +63,15 @@ class LlamaModel:
         c = self.cfg
         n = len(ids)
         cache.check_room(n)
-        pos = np.arange(cache.n_past, cache.n_past + n)
-        cos, sin = rope_cache(pos, c.rope_dim, c.rope_base)
-        mask = attention_mask(pos, cache.n_past + n, prefix_end=prefix_end)
-        nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         x = self.w.embedding_rows("token_embd.weight", ids)  # (n, n_embd)
         dec = self.w.decoder(cache, n, tap, prefix_end, self._decoder_spec)
         if dec is not None:  # one decode step, every layer in C (the loop below, op for op)
-            x = dec(x[0], cache.n_past, cache.k, cache.v)[None]
+            x = dec(x[0], cache)[None]
+        else:
+            pos = np.arange(cache.n_past, cache.n_past + n)
+            cos, sin = rope_cache(pos, c.rope_dim, c.rope_base)
+            mask = attention_mask(pos, cache.n_past + n, prefix_end=prefix_end)
+        nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         for il in range(c.n_layer if dec is None else 0):
             attn_norm, wqkv, wo, ffn_norm, wgu, wdown = self._layer(il)
             mm = self.w.matmul
