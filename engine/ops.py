@@ -45,9 +45,9 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
     converter so this matches HF's rotate_half. NEOX (gemma): pairs (x[i], x[i + n_rot/2]).
 
     ops.cpp rotate_pairs is compiled with FMA contraction: x0·cos − x1·sin is fmaf(x0, cos, −fl(x1·sin))
-    and x0·sin + x1·cos is fmaf(x0, sin, fl(x1·cos)). A float32 product is exact in float64, so
-    one float64 multiply-add rounded to float32 gives the fused result (bit-checked against
-    llama.cpp's Qcur in tests/test_faithful.py)."""
+    and x0·sin + x1·cos is fmaf(x0, sin, fl(x1·cos)). A float32 product is exact in float64, so one
+    float64 multiply-add rounded to float32 gives the fused result, bar a rare double rounding
+    (prefill logits are bit-checked against llama.cpp in tests/test_faithful.py)."""
     n_rot = cos.shape[-1] * 2
     c, s = cos[:, None, :].astype(np.float64), sin[:, None, :].astype(np.float64)
     out = x.copy()
