@@ -139,15 +139,16 @@ CV_CLONES void cv_quantize_q8_K(const float *x, void *vy, int64_t k) {
 
 /* Q4_K's 8 six-bit scales and mins packed in 12 bytes (ggml-quants.c get_scale_min_k4) */
 static inline void q4_K_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
-    for (int j = 0; j < 8; j++) {
-        if (j < 4) {
-            sc[j] = s[j] & 63;
-            mn[j] = s[j + 4] & 63;
-        } else {
-            sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-            mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-        }
-    }
+    /* the same values, four at a time: bytes 0-3 hold scales 0-3 (low 6 bits) and their top bits
+     * continue scales 4-7 above bytes 8-11's low nibbles; bytes 4-7 and 8-11's high nibbles the mins */
+    uint32_t u[3], v[4];
+    memcpy(u, s, 12);
+    v[0] = u[0] & 0x3f3f3f3fu;
+    v[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    v[2] = u[1] & 0x3f3f3f3fu;
+    v[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    memcpy(sc, v, 8);
+    memcpy(mn, v + 2, 8);
 }
 
 /* ---- dot products of one weight row with one quantized activation row ------------------------ */
@@ -1111,6 +1112,22 @@ static void gelu_table_init(void) {
     gelu_tab_ready = 1;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* eight at a time: F16C's round-to-nearest-even conversion is f2h's */
+AVX2_FN static int64_t geglu8(const float *x, const float *g, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint16_t h[8];
+        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        for (int l = 0; l < 8; l++) {
+            const float xv = x[i + l];
+            y[i + l] = xv <= -10.0f ? 0.0f : xv >= 10.0f ? xv * g[i + l] : h2f_tab[gelu_tab[h[l]]] * g[i + l];
+        }
+    }
+    return i;
+}
+#endif
+
 void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_threads) {
     gelu_table_init();
     h2f_table_init();
@@ -1118,7 +1135,11 @@ void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_thr
     for (int64_t r = 0; r < n_rows; r++) {
         const float *x = gu + r * 2 * n_ff, *g = x + n_ff;
         float *yr = y + r * n_ff;
-        for (int64_t i = 0; i < n_ff; i++)
+        int64_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (have_avx2()) i = geglu8(x, g, yr, n_ff);
+#endif
+        for (; i < n_ff; i++)
             yr[i] = x[i] <= -10.0f ? 0.0f : x[i] >= 10.0f ? x[i] * g[i] : h2f_tab[gelu_tab[f2h(x[i])]] * g[i];
     }
 }
