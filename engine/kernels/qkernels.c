@@ -869,6 +869,18 @@ static inline float expf_lanes(float x, int lanes) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #define AVX512_FN __attribute__((target("avx512f,avx512dq,avx2,fma,f16c")))
 
+/* hsum16_tree on a register: GCC expands _mm512_reduce_add_ps in exactly that order (the order
+ * ggml-cpu, built by GCC, sums in); other compilers go through memory and the scalar tree */
+AVX512_FN static inline float hsum16_vec(__m512 v) {
+#if defined(__clang__)
+    float a[16];
+    _mm512_storeu_ps(a, v);
+    return hsum16_tree(a);
+#else
+    return _mm512_reduce_add_ps(v);
+#endif
+}
+
 AVX512_FN static float dot16_f16(const uint16_t *x, const uint16_t *y, int64_t n, int tiny, int padded) {
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     const int step = tiny ? 16 : 64, nacc = tiny ? 1 : 4;
@@ -886,13 +898,11 @@ AVX512_FN static float dot16_f16(const uint16_t *x, const uint16_t *y, int64_t n
                                      _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(by + 16 * j))), acc[j]);
         i = n;
     }
-    float a[16];
     if (!tiny) {
         acc[0] = _mm512_add_ps(acc[0], acc[2]), acc[1] = _mm512_add_ps(acc[1], acc[3]);
         acc[0] = _mm512_add_ps(acc[0], acc[1]);
     }
-    _mm512_storeu_ps(a, acc[0]);
-    double sumf = hsum16_tree(a);
+    double sumf = hsum16_vec(acc[0]);
     for (; i < n; i++) sumf += (double)(h2f_tab[x[i]] * h2f_tab[y[i]]);
     return (float)sumf;
 }
@@ -949,9 +959,7 @@ AVX512_FN static double soft_max16(float *y, const float *x, int64_t n, float ma
     for (; i + 16 <= n; i += 16) {
         const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(max)));
         _mm512_storeu_ps(y + i, e);
-        float a[16];
-        _mm512_storeu_ps(a, e);
-        sum += (double)hsum16_tree(a);
+        sum += (double)hsum16_vec(e);
     }
     *done = i;
     return sum;
