@@ -613,71 +613,76 @@ AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n
     const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : 210), arow = (int64_t)nb * 292;
     const int64_t n_gemm = n_tok - n_tok % 4; /* repack: rows in groups of 4 through gemm */
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t r = 0; r < n_rows; r++) {
-        const char *wr = (const char *)W + r * wrow;
-        for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(wr + 4 * wrow + o);
-        for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
-            const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, accm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            for (int b = 0; b < nb; b++) {
-                if (wtype == T_Q6_K) {
-                    const blk_q6_K *w = (const blk_q6_K *)wr + b;
-                    __m256i v[8], s16[8];
-                    for (int h = 0; h < 2; h++) {
-                        q6_K_half(w->ql + 64 * h, w->qh + 32 * h, v + 4 * h);
-                        for (int k = 0; k < 4; k++)
-                            s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(w->scales[8 * h + 2 * k + 1]), _mm_set1_epi16(w->scales[8 * h + 2 * k]));
-                    }
-                    const float dw = _cvtsh_ss(w->d);
-                    for (int u = 0; u < nt; u++) {
-                        const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + (t0 + u) * arow) + b;
-                        __m256i sumi = _mm256_setzero_si256();
-                        for (int k = 0; k < 8; k++)
-                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k))), s16[k]));
-                        const float res = (float)hsum_i32(_mm256_sub_epi32(sumi, q6_K_offset(w, a))) * dw;
-                        acc[u] = fmaf(res, a->d, acc[u]);
-                    }
-                    continue;
-                }
-                const blk_q4_K *w = (const blk_q4_K *)wr + b;
-                uint8_t sc[8], mn[8];
-                q4_K_scales(w->scales, sc, mn);
-                __m256i lo[4], hi[4];
-                for (int j = 0; j < 4; j++) {
-                    const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
-                    lo[j] = _mm256_and_si256(q, m4), hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                }
-                const float dw = _cvtsh_ss(w->d), dmw = _cvtsh_ss(w->dmin);
-                for (int u = 0; u < nt; u++) {
-                    const int64_t t = t0 + u;
-                    const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
-                    int32_t iacc[4], imin[4];
-                    __m256i sj[4];
-                    for (int j = 0; j < 4; j++) {
-                        const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
-                        const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
-                        sj[j] = _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
-                        imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
-                    }
-                    /* the four 8-lane sums at once (integers: any order) */
-                    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(sj[0], sj[1]), _mm256_hadd_epi32(sj[2], sj[3]));
-                    _mm_storeu_si128((__m128i *)iacc, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
-                    if (route == 2) { /* tiled, with mins: d·Σ − dmin·Σmins fused, then · d_a */
-                        const int32_t s1 = iacc[0] + iacc[1] + iacc[2] + iacc[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
-                        acc[u] = fmaf(fmaf(-dmw, (float)s2, (float)s1 * dw), a->d, acc[u]);
+    const int64_t tile = arow * 16 <= 32768 ? 16 : arow * 8 <= 32768 ? 8 : 4; /* activations kept in L1 */
+#pragma omp parallel num_threads(n_threads)
+    for (int64_t tt = 0; tt < n_tok; tt += tile) {
+        const int64_t tt1 = tt + tile < n_tok ? tt + tile : n_tok;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r++) {
+            const char *wr = (const char *)W + r * wrow;
+            for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(wr + 4 * wrow + o);
+            for (int64_t t0 = tt; t0 < tt1; t0 += 4) {
+                const int nt = tt1 - t0 < 4 ? (int)(tt1 - t0) : 4;
+                float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, accm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                for (int b = 0; b < nb; b++) {
+                    if (wtype == T_Q6_K) {
+                        const blk_q6_K *w = (const blk_q6_K *)wr + b;
+                        __m256i v[8], s16[8];
+                        for (int h = 0; h < 2; h++) {
+                            q6_K_half(w->ql + 64 * h, w->qh + 32 * h, v + 4 * h);
+                            for (int k = 0; k < 4; k++)
+                                s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(w->scales[8 * h + 2 * k + 1]), _mm_set1_epi16(w->scales[8 * h + 2 * k]));
+                        }
+                        const float dw = _cvtsh_ss(w->d);
+                        for (int u = 0; u < nt; u++) {
+                            const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + (t0 + u) * arow) + b;
+                            __m256i sumi = _mm256_setzero_si256();
+                            for (int k = 0; k < 8; k++)
+                                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k))), s16[k]));
+                            const float res = (float)hsum_i32(_mm256_sub_epi32(sumi, q6_K_offset(w, a))) * dw;
+                            acc[u] = fmaf(res, a->d, acc[u]);
+                        }
                         continue;
                     }
-                    const float dd = dw * a->d, dm = dmw * a->d;
-                    if (t < n_gemm) {
-                        for (int j = 0; j < 4; j++) acc[u] = fmaf((float)iacc[j], dd, acc[u]), accm[u] = fmaf((float)imin[j], dm, accm[u]);
-                    } else {
-                        acc[u] = fmaf((float)(iacc[0] + iacc[1] + iacc[2] + iacc[3]), dd, acc[u]);
-                        accm[u] = fmaf((float)(imin[0] + imin[1] + imin[2] + imin[3]), dm, accm[u]);
+                    const blk_q4_K *w = (const blk_q4_K *)wr + b;
+                    uint8_t sc[8], mn[8];
+                    q4_K_scales(w->scales, sc, mn);
+                    __m256i lo[4], hi[4];
+                    for (int j = 0; j < 4; j++) {
+                        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+                        lo[j] = _mm256_and_si256(q, m4), hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    }
+                    const float dw = _cvtsh_ss(w->d), dmw = _cvtsh_ss(w->dmin);
+                    for (int u = 0; u < nt; u++) {
+                        const int64_t t = t0 + u;
+                        const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
+                        int32_t iacc[4], imin[4];
+                        __m256i sj[4];
+                        for (int j = 0; j < 4; j++) {
+                            const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
+                            const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
+                            sj[j] = _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
+                            imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
+                        }
+                        /* the four 8-lane sums at once (integers: any order) */
+                        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(sj[0], sj[1]), _mm256_hadd_epi32(sj[2], sj[3]));
+                        _mm_storeu_si128((__m128i *)iacc, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+                        if (route == 2) { /* tiled, with mins: d·Σ − dmin·Σmins fused, then · d_a */
+                            const int32_t s1 = iacc[0] + iacc[1] + iacc[2] + iacc[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
+                            acc[u] = fmaf(fmaf(-dmw, (float)s2, (float)s1 * dw), a->d, acc[u]);
+                            continue;
+                        }
+                        const float dd = dw * a->d, dm = dmw * a->d;
+                        if (t < n_gemm) {
+                            for (int j = 0; j < 4; j++) acc[u] = fmaf((float)iacc[j], dd, acc[u]), accm[u] = fmaf((float)imin[j], dm, accm[u]);
+                        } else {
+                            acc[u] = fmaf((float)(iacc[0] + iacc[1] + iacc[2] + iacc[3]), dd, acc[u]);
+                            accm[u] = fmaf((float)(imin[0] + imin[1] + imin[2] + imin[3]), dm, accm[u]);
+                        }
                     }
                 }
+                for (int u = 0; u < nt; u++) Y[(t0 + u) * ldy + r] = acc[u] - accm[u];
             }
-            for (int u = 0; u < nt; u++) Y[(t0 + u) * ldy + r] = acc[u] - accm[u];
         }
     }
 }
@@ -718,18 +723,25 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
         }
         return 0;
     }
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t r = 0; r < n_rows; r++) {
-        const void *wr = (const char *)W + r * wrow;
-        int64_t t = 0;
-        if (dot4) {
-            float o[4];
-            for (; t + 4 <= n_tok; t += 4) {
-                dot4(wr, (const char *)xq + t * arow, arow, nb, o);
-                for (int k = 0; k < 4; k++) Y[(t + k) * ldy + r] = o[k];
+    /* tokens in tiles whose activations stay in L1 while every weight row passes over them (one
+     * pass over all tokens per row would stream the whole activation matrix from L2 once per row) */
+    const int64_t tile = arow * 32 <= 32768 ? 32 : arow * 8 <= 32768 ? 8 : 4;
+#pragma omp parallel num_threads(n_threads)
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
+        const int64_t t1 = t0 + tile < n_tok ? t0 + tile : n_tok;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r++) {
+            const void *wr = (const char *)W + r * wrow;
+            int64_t t = t0;
+            if (dot4) {
+                float o[4];
+                for (; t + 4 <= t1; t += 4) {
+                    dot4(wr, (const char *)xq + t * arow, arow, nb, o);
+                    for (int k = 0; k < 4; k++) Y[(t + k) * ldy + r] = o[k];
+                }
             }
+            for (; t < t1; t++) Y[t * ldy + r] = dot(wr, (const char *)xq + t * arow, nb);
         }
-        for (; t < n_tok; t++) Y[t * ldy + r] = dot(wr, (const char *)xq + t * arow, nb);
     }
     return 0;
 }
