@@ -88,6 +88,39 @@ CV_FN static void CV_SFX(dot4_q5_0)(const void *vw, const void *va, int64_t arow
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
+/* two weight rows × four activation rows: each activation block is loaded and its scale converted
+ * once for both rows; each (row, token) keeps its own accumulator, in the one-row order */
+CV_FN static inline void CV_SFX(acc8_s8_q8_0)(__m256i x0, __m256i x1, float dw0, float dw1, const void *va, int64_t arow, int b,
+                                               __m256 *acc) {
+    const __m256i ax0 = _mm256_sign_epi8(x0, x0), ax1 = _mm256_sign_epi8(x1, x1);
+    for (int t = 0; t < 4; t++) {
+        const blk_q8_0 *a = (const blk_q8_0 *)((const char *)va + t * arow) + b;
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
+        const float da = _cvtsh_ss(a->d);
+        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw0 * da), CV_SFX(sum_i8_pairs)(ax0, _mm256_sign_epi8(y, x0)), acc[t]);
+        acc[4 + t] = _mm256_fmadd_ps(_mm256_set1_ps(dw1 * da), CV_SFX(sum_i8_pairs)(ax1, _mm256_sign_epi8(y, x1)), acc[4 + t]);
+    }
+}
+
+CV_FN static void CV_SFX(dot8_q8_0)(const void *vw, int64_t wrow, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q8_0 *w0 = vw, *w1 = (const blk_q8_0 *)((const char *)vw + wrow);
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++)
+        CV_SFX(acc8_s8_q8_0)(_mm256_loadu_si256((const __m256i *)w0[b].qs), _mm256_loadu_si256((const __m256i *)w1[b].qs),
+                             _cvtsh_ss(w0[b].d), _cvtsh_ss(w1[b].d), va, arow, b, acc);  // fmt: skip
+    for (int k = 0; k < 8; k++) out[k] = hsum8(acc[k]);
+}
+
+CV_FN static void CV_SFX(dot8_q5_0)(const void *vw, int64_t wrow, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q5_0 *w0 = vw, *w1 = (const blk_q5_0 *)((const char *)vw + wrow);
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++)
+        CV_SFX(acc8_s8_q8_0)(q5_0_values(&w0[b]), q5_0_values(&w1[b]), _cvtsh_ss(w0[b].d), _cvtsh_ss(w1[b].d), va, arow, b, acc);
+    for (int k = 0; k < 8; k++) out[k] = hsum8(acc[k]);
+}
+
 CV_GEMV(CV_FN, CV_SFX(gemv_q8_0), CV_SFX(dot_q8_0))
 CV_GEMV(CV_FN, CV_SFX(gemv_q4_1), CV_SFX(dot_q4_1))
 CV_GEMV(CV_FN, CV_SFX(gemv_q5_0), CV_SFX(dot_q5_0))

@@ -523,6 +523,20 @@ static gemv_fn gemv_for(int wtype) {
     return NULL;
 }
 
+/* two weight rows × four tokens (out: row 0's four, then row 1's) */
+typedef void (*dot8_fn)(const void *, int64_t, const void *, int64_t, int, float *);
+
+static dot8_fn dot8_for(int wtype) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (have_avx2()) {
+        if (wtype == T_Q8_0) return CV_PICK(dot8_q8_0);
+        if (wtype == T_Q5_0) return CV_PICK(dot8_q5_0);
+    }
+#endif
+    (void)wtype;
+    return NULL;
+}
+
 static dot4_fn dot4_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (have_avx2()) {
@@ -709,6 +723,7 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
         return 0;
     }
     const dot4_fn dot4 = dot4_for(wtype);
+    const dot8_fn dot8 = n_tok >= 4 ? dot8_for(wtype) : NULL;
     const gemv_fn gemv = n_tok == 1 ? gemv_for(wtype) : NULL;
     if (gemv) { /* decode: one row loop per type, the dot inlined; no thread team for one thread */
         if (n_threads == 1) {
@@ -729,6 +744,25 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
 #pragma omp parallel num_threads(n_threads)
     for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
         const int64_t t1 = t0 + tile < n_tok ? t0 + tile : n_tok;
+        if (dot8) { /* rows in pairs, four tokens at a time; the odd row and tail tokens below */
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < n_rows - 1; r += 2) {
+                const char *wr = (const char *)W + r * wrow;
+                int64_t t = t0;
+                float o[8];
+                for (; t + 4 <= t1; t += 4) {
+                    dot8(wr, wrow, (const char *)xq + t * arow, arow, nb, o);
+                    for (int k = 0; k < 4; k++) Y[(t + k) * ldy + r] = o[k], Y[(t + k) * ldy + r + 1] = o[4 + k];
+                }
+                for (; t < t1; t++)
+                    Y[t * ldy + r] = dot(wr, (const char *)xq + t * arow, nb), Y[t * ldy + r + 1] = dot(wr + wrow, (const char *)xq + t * arow, nb);
+            }
+            if (n_rows % 2) {
+#pragma omp single
+                for (int64_t t = t0; t < t1; t++) Y[t * ldy + n_rows - 1] = dot((const char *)W + (n_rows - 1) * wrow, (const char *)xq + t * arow, nb);
+            }
+            continue;
+        }
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < n_rows; r++) {
             const void *wr = (const char *)W + r * wrow;
