@@ -631,7 +631,7 @@ AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n
 #pragma omp parallel num_threads(n_threads)
     for (int64_t tt = 0; tt < n_tok; tt += tile) {
         const int64_t tt1 = tt + tile < n_tok ? tt + tile : n_tok;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (int64_t r = 0; r < n_rows; r++) {
             const char *wr = (const char *)W + r * wrow;
             for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(wr + 4 * wrow + o);
@@ -745,7 +745,7 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
         const int64_t t1 = t0 + tile < n_tok ? t0 + tile : n_tok;
         if (dot8) { /* rows in pairs, four tokens at a time; the odd row and tail tokens below */
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
             for (int64_t r = 0; r < n_rows - 1; r += 2) {
                 const char *wr = (const char *)W + r * wrow;
                 int64_t t = t0;
@@ -758,12 +758,12 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
                     Y[t * ldy + r] = dot(wr, (const char *)xq + t * arow, nb), Y[t * ldy + r + 1] = dot(wr + wrow, (const char *)xq + t * arow, nb);
             }
             if (n_rows % 2) {
-#pragma omp single
+#pragma omp single nowait
                 for (int64_t t = t0; t < t1; t++) Y[t * ldy + n_rows - 1] = dot((const char *)W + (n_rows - 1) * wrow, (const char *)xq + t * arow, nb);
             }
             continue;
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (int64_t r = 0; r < n_rows; r++) {
             const void *wr = (const char *)W + r * wrow;
             int64_t t = t0;
