@@ -1093,13 +1093,17 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
     const int tiny_kq = lanes && n_q >= 2 && d % lanes == 0;
     const int tiny_kqv = lanes && n_q >= 2 && dv % 4 == 0;
     const int64_t n_pad = lanes ? (n_kv + 15) / 16 * 16 : n_kv; /* whole SIMD chunks, as llama.cpp's 256-padded rows */
+    /* p·V reads whole dot steps: cells past n_kv meet a zero probability and add nothing (0 · a finite
+     * cached value), so when the cache row is long enough the masked tail is read in place */
+    const int64_t n_up = lanes ? (n_kv + 4 * lanes - 1) / (4 * lanes) * (4 * lanes) : n_kv;
+    const int direct = lanes && n_up <= n_ctx;
     (void)n_threads;
     int err = 0;
 #pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1)
     for (int h = 0; h < n_head; h++) {
         const int hk = h / rep;
         uint16_t *q16 = malloc(sizeof(uint16_t) * (size_t)d);
-        uint16_t *p16 = malloc(sizeof(uint16_t) * (size_t)n_kv);
+        uint16_t *p16 = calloc((size_t)n_up, sizeof(uint16_t)); /* zeros past n_kv: masked cells */
         float *w = malloc(sizeof(float) * (size_t)n_pad);
         if (!q16 || !p16 || !w) {
             err = 1;
@@ -1123,7 +1127,7 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
                 float *ot = out + (t * n_head + h) * dv;
                 for (int e = 0; e < dv; e++) {
                     const uint16_t *ve = v16t + ((int64_t)hk * dv + e) * n_ctx;
-                    ot[e] = dot_f16(ve, p16, n_kv, lanes, tiny_kqv, 1);
+                    ot[e] = dot_f16(ve, p16, direct ? n_up : n_kv, lanes, tiny_kqv, 1);
                 }
             }
         }
