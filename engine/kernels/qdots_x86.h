@@ -108,7 +108,7 @@ CV_FN static void CV_SFX(dot8_q8_0)(const void *vw, int64_t wrow, const void *va
     for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++)
         CV_SFX(acc8_s8_q8_0)(_mm256_loadu_si256((const __m256i *)w0[b].qs), _mm256_loadu_si256((const __m256i *)w1[b].qs),
-                             _cvtsh_ss(w0[b].d), _cvtsh_ss(w1[b].d), va, arow, b, acc);  // fmt: skip
+                             _cvtsh_ss(w0[b].d), _cvtsh_ss(w1[b].d), va, arow, b, acc);
     for (int k = 0; k < 8; k++) out[k] = hsum8(acc[k]);
 }
 

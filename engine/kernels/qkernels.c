@@ -994,7 +994,7 @@ AVX512_FN static inline __m512 exp16(__m512 x) {
     const __mmask16 out_of_range = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192.0f), _CMP_GT_OQ);
     if (!out_of_range) return res;
     const __m512 edge = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ), _mm512_set1_ps(INFINITY),
-                                             _mm512_setzero_ps());  // fmt: skip
+                                             _mm512_setzero_ps());
     return _mm512_mask_blend_ps(out_of_range, res, edge);
 }
 
