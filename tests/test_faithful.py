@@ -199,3 +199,22 @@ def test_faithful_f16_cache_serves_every_architecture():
     a, b = faithful.logits(ids), Engine(path, n_ctx=64, kv_type="f16", mode="q8").logits(ids)
     assert cosine_rows(a, b).min() >= 0.9999
     assert len(faithful.generate(ids, 4).tokens) == 4
+
+
+@needs_llamacpp
+def test_geglu_uses_ggmls_gelu_table():
+    """Every finite fp16 gate value in (-10, 10): our GeGLU (up = 1) equals ggml's own fp16 GELU table
+    entry, which ggml_vec_geglu_f32 looks up."""
+    import ctypes
+
+    from crossval import libggml
+
+    lib = libggml._cpu_lib()
+    lib.ggml_cpu_init()
+    table = np.ctypeslib.as_array((ctypes.c_uint16 * 65536).in_dll(lib, "ggml_table_gelu_f16")).copy()
+    xs = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    keep = np.isfinite(xs) & (xs > -10) & (xs < 10)
+    x = xs[keep]
+    gu = np.concatenate([x, np.ones_like(x)])[None, :]
+    ours = kernels.geglu(gu, x.size)[0]
+    np.testing.assert_array_equal(ours, table[keep].view(np.float16).astype(np.float32))
