@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from engine.generate import MODES as ENGINE_MODES
+
 EXIT_OK, EXIT_PARITY, EXIT_INPUT, EXIT_NO_REFERENCE, EXIT_CRASH = 0, 1, 2, 3, 4
 
 EPILOG = """exit codes: 0 ok · 1 parity failure · 2 bad usage or input · 3 reference unavailable · 4 timeout/crash"""
@@ -582,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", default="1,2", help="thread counts, comma-separated (both engines use the same)")
     b.add_argument("--decode-steps", type=int, default=64)
     b.add_argument("--prefill-tokens", type=int, default=128)
-    b.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
+    b.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
     b.add_argument("--record", action="store_true", help="append the perf receipt to --perf-dir (the trend)")
     b.add_argument("--check", action="store_true", help="exit 1 when a ratio fell more than --tolerance below the "
                    "latest recorded receipt of this model")
@@ -601,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--prompt-file")
     mx.add_argument("--shard", help="i/n: run the cells k with k mod n = i − 1 (then `matrix merge`)")
     mx.add_argument("--steps", type=int, default=32)
-    mx.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
+    mx.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
     mx.add_argument("--threads", type=int, default=1)
     mx.add_argument("--timeout", type=float, default=300.0)
     mx.add_argument("--n-ctx", type=int, default=4096)
@@ -616,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--batches", default="512,64,7,1", help="prefill batch sizes (llama.cpp n_batch = n_ubatch; engine chunks)")
     sw.add_argument("--context", type=int, default=1024, help="longest sequence of the context sweep")
     sw.add_argument("--prompt-tokens", type=int, default=96, help="prompt length of the threads and batch sweeps")
-    sw.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
+    sw.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
     sw.add_argument("--kv-type", choices=["f16", "f32"], default="f16")
     sw.add_argument("--out", default="receipts/sweeps")
     sw.add_argument("--json", action="store_true")
@@ -636,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, default=8, help="seeds per config and prompt (K)")
     e.add_argument("--seed", type=int, default=1, help="first seed")
     e.add_argument("--steps", type=int, default=16)
-    e.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
+    e.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--gemmacpp-threads", type=int, default=2)
     e.add_argument("--timeout", type=float, default=300.0)
@@ -677,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", default="default", help="prompt set name (default, chat)")
     r.add_argument("--prompt-file", help="JSON-lines prompt file ({id, text} or {id, messages})")
     r.add_argument("--steps", type=int, default=32)
-    r.add_argument("--mode", choices=["float", "q8", "faithful"], default="float")
+    r.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--seed", type=int, default=42, help="seed of the sampler chain (std::mt19937)")
     r.add_argument("--temperature", type=float, default=None, help="sample instead of greedy (llama.cpp's chain: "

@@ -76,6 +76,10 @@ def cached_attention(cache, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndar
 
         n_kv = cache.n_past + q.shape[0]
         return kernels.attention_f16(q, ks, vs, n_kv, mask, scale, softcap, threads=threads)
+    if cache.dtype == "bf16":  # gemma.cpp rounds q as it rounds K and V
+        from engine.ops import round_bf16
+
+        q = round_bf16(q)
     return attention(q, ks, vs, mask, scale=scale, softcap=softcap, f16_operands=cache.dtype == "f16")
 
 

@@ -27,7 +27,7 @@ Tap = Callable[[int, str, np.ndarray], None]
 # faithful: the native kernels (engine/kernels): quantized weights multiplied straight from the
 #     GGUF blocks by activations quantized as ggml does, integer dot products, ggml's per-block
 #     scale arithmetic; threads split the rows. Types the kernels lack fall back to q8.
-MODES = ("float", "q8", "faithful")
+MODES = ("float", "q8", "faithful", "bf16")
 
 
 @dataclass
@@ -51,6 +51,8 @@ class Engine:
         self.n_ctx = n_ctx
         # faithful mode with an F16 cache keeps llama.cpp's cache layout for the native attention kernel
         layout = "ggml" if mode == "faithful" and kv_type == "f16" else "rows"
+        if mode == "bf16":  # gemma.cpp's arithmetic keeps K and V in bfloat16, whatever the llama.cpp side uses
+            kv_type = "bf16"
         self.cache = KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, kv_type, layout)
 
     def set_threads(self, n: int) -> None:

@@ -3,7 +3,8 @@
 The cache type is f32 or f16 (llama.cpp's default KV type is F16; the harness selects F32 for
 exactness checks). An f16 cache holds values rounded to f16 but kept in float32 arrays, so
 numpy attention reads them without converting the whole prefix at every step; the numbers are
-exactly the f16 values. Shapes: k[layer] (n_ctx, n_head_kv, head_dim), v[layer] (n_ctx, n_head_kv, head_dim_v).
+exactly the f16 values. A bf16 cache (engine mode bf16, gemma.cpp's arithmetic) holds bf16-rounded
+values the same way. Shapes: k[layer] (n_ctx, n_head_kv, head_dim), v[layer] (n_ctx, n_head_kv, head_dim_v).
 
 layout="ggml" (f16 only; the native attention kernel reads it): real float16 arrays laid out as
 llama.cpp's CPU cache without flash attention — k[layer] (n_ctx, n_head_kv, head_dim) and V
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KV_TYPES = ("f32", "f16")
+KV_TYPES = ("f32", "f16", "bf16")
 
 
 class KVCacheFull(RuntimeError):
@@ -55,6 +56,10 @@ class KVCache:
             return self.k[layer], self.v[layer]
         if self.dtype == "f16":
             k, v = k.astype(np.float16), v.astype(np.float16)
+        elif self.dtype == "bf16":  # gemma.cpp's rounding (engine mode bf16)
+            from engine.ops import round_bf16
+
+            k, v = round_bf16(k), round_bf16(v)
         self.k[layer][p0 : p0 + n] = k
         self.v[layer][p0 : p0 + n] = v
         return self.k[layer][: p0 + n], self.v[layer][: p0 + n]

@@ -22,6 +22,13 @@ def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
     return y * w if w is not None else y
 
 
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 → the nearest bfloat16 (ties to even), kept as float32: the rounding gemma.cpp applies
+    to both operands of every MatMul (../shared/gemmacpp README) and to attention's q, K and V."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(F32)
+
+
 def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin of shape (n_pos, n_rot/2). ops.cpp ggml_rope_cache_init: theta_scale =
     powf(base, -2/n_rot) and theta for pair i is pos·theta_scale^i by repeated float multiplication,

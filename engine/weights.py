@@ -15,9 +15,10 @@ class FloatWeights:
 
     threads = 1  # native kernels' threads (NativeWeights); numpy's BLAS has its own setting
 
-    def __init__(self, g: GGUFFile, act_quant: bool = False):
+    def __init__(self, g: GGUFFile, act_quant: bool = False, bf16: bool = False):
         self.g = g
         self.act_quant = act_quant
+        self.bf16 = bf16  # mode bf16: both operands of every matmul rounded to bfloat16 (gemma.cpp)
         self._cache: dict[str, np.ndarray] = {}
         self._groups: dict[tuple[str, ...], list] = {}
 
@@ -57,6 +58,14 @@ class FloatWeights:
             groups = []
             for ns, rt in runs:
                 w = self[ns[0]] if len(ns) == 1 else self.concat(ns)
+                if self.bf16:
+                    # a rounded copy; the float originals leave the cache, so embedding rows are read
+                    # from the GGUF unrounded, as gemma.cpp's embedding lookup reads them
+                    from engine.ops import round_bf16
+
+                    w, rt = round_bf16(w), round_bf16
+                    for key in (*ns, "+".join(ns)):
+                        self._cache.pop(key, None)
                 mins = None
                 if self.act_quant and all(self.g.tensor(n).type in (Q.Q4_1, Q.Q5_1) for n in ns):
                     from engine.act_quant import q8_1_mins
@@ -192,7 +201,8 @@ class NativeWeights(FloatWeights):
 
 
 def make_weights(g: GGUFFile, mode: str, threads: int = 1) -> FloatWeights:
-    """float: dequantized f32; q8: + ggml's activation rounding; faithful: the native kernels."""
+    """float: dequantized f32; q8: + ggml's activation rounding; faithful: the native kernels;
+    bf16: gemma.cpp's bfloat16 operand rounding."""
     if mode == "faithful":
         return NativeWeights(g, threads)
-    return FloatWeights(g, act_quant=mode == "q8")
+    return FloatWeights(g, act_quant=mode == "q8", bf16=mode == "bf16")

@@ -150,3 +150,20 @@ def test_generate_cli_uses_engine_tokenizer_only(tiny_model, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["prompt_ids"][0] == 1 and len(out["tokens"]) == 4
+
+
+def test_round_bf16_is_nearest_even():
+    """round_bf16 against the closed form: keep the top 16 bits when the dropped half is below
+    0x8000, add one unit above it, and at exactly 0x8000 round to the even top half."""
+    from engine.ops import round_bf16
+
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 2**31 - 2**23, 20000, dtype=np.uint64).astype(np.uint32)  # finite, positive
+    u[:4] = [0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001]  # ties (to even: down, up) and neighbours
+    x = np.concatenate([u, u | np.uint32(0x80000000)]).view(np.float32)  # and their negatives
+    bits = x.view(np.uint32)
+    top, low = bits >> 16, bits & 0xFFFF
+    up = (low > 0x8000) | ((low == 0x8000) & (top & 1 == 1))
+    expect = ((top + up.astype(np.uint32)) << 16).view(np.float32)
+    np.testing.assert_array_equal(round_bf16(x), expect)
+    assert round_bf16(np.float32([1.00390625]))[0] == np.float32(1.0)  # 1 + 2^-8: a tie, to even

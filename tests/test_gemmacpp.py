@@ -119,6 +119,21 @@ def test_run_against_gemmacpp_default_prompts(tmp_path):
     assert all(len(v) <= 1 for v in below.values()), below
 
 
+def test_bf16_mode_reproduces_gemmacpps_rounding_on_the_long_prompt(tmp_path):
+    """The long prompt's ill-conditioned position (float mode 0.990 there): with gemma.cpp's bfloat16
+    operand rounding (--mode bf16: matmul operands, q, K and V) every position is ≥ 0.999."""
+    from crossval.prompts import load_set
+
+    long = next(p for p in load_set("default") if p.id == "long")
+    r, summary, recs = _run(tmp_path, "--reference", "gemmacpp", "--mode", "bf16", "--steps", "4", "--prompt-file",
+                            _prompt_file(tmp_path, {"long": long.text}))  # fmt: skip
+    rec = recs["long"]
+    assert rec["backends"]["engine"]["mode"] == "bf16" and rec["backends"]["engine"]["kv_type"] == "bf16"
+    p = rec["parity"]
+    print(f"bf16 mode vs gemma.cpp, long: min cos {p['cosine_similarity']:.6f} mean {p['cosine_mean']:.7f}")
+    assert p["cosine_similarity"] >= 0.999 and p["cosine_mean"] >= 0.9999
+
+
 @needs_llamacpp
 def test_three_way_names_the_odd_one_out(tmp_path):
     from crossval.prompts import load_set

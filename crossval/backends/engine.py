@@ -19,7 +19,7 @@ class EngineBackend:
         t = time.perf_counter()
         self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads).load()
         self.load_s = time.perf_counter() - t
-        self.mode, self.kv_type = mode, kv_type
+        self.mode, self.kv_type = mode, self.engine.cache.dtype  # mode bf16 keeps a bf16 cache
         self.prefix_end = prefix_end  # prefix-LM attention over the prompt (DESIGN §8); 0 = causal
         self.perturb = perturb
         if perturb is not None:
