@@ -326,28 +326,50 @@ AVX2_FN static inline void q6_K_half(const uint8_t *ql, const uint8_t *qhp, __m2
 #undef CV_SFX
 #undef CV_PAIRS
 
+/* Q4_K block: the low and high nibbles of its four 32-byte groups (values 64j..64j+31, 64j+32..64j+63) */
+AVX2_FN static inline void q4_K_nibbles(const blk_q4_K *w, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int j = 0; j < 4; j++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+        lo[j] = _mm256_and_si256(q, m4), hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    }
+}
+
+/* against one activation block, per pair j of 32-value sub-blocks: the 8 int32 lanes of
+ * sc[2j]·Σq·y + sc[2j+1]·Σq·y, and the min term mn[2j]·Σy + mn[2j+1]·Σy from the 16-value sums */
+AVX2_FN static inline void q4_K_pair_sums(const __m256i *lo, const __m256i *hi, const uint8_t *sc, const uint8_t *mn,
+                                          const blk_q8_K *a, __m256i *sj, int32_t *imin) {
+    for (int j = 0; j < 4; j++) {
+        const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
+        const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
+        sj[j] = _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
+        imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
+    }
+}
+
+/* a block's 8 int32 lanes and its integer min term, all four pairs together */
+AVX2_FN static inline __m256i q4_K_block_lanes(const __m256i *lo, const __m256i *hi, const uint8_t *sc, const uint8_t *mn,
+                                               const blk_q8_K *a, int *summ) {
+    __m256i sj[4];
+    int32_t imin[4];
+    q4_K_pair_sums(lo, hi, sc, mn, a, sj, imin);
+    *summ = imin[0] + imin[1] + imin[2] + imin[3];
+    return _mm256_add_epi32(_mm256_add_epi32(sj[0], sj[1]), _mm256_add_epi32(sj[2], sj[3]));
+}
+
 /* Q4_K: 6-bit scales/mins as in the scalar version; nibble products per 32 values scaled in int32 */
 AVX2_FN static float dot_q4_K_avx2(const void *vw, const void *va, int nb) {
     const blk_q4_K *w = vw;
     const blk_q8_K *a = va;
     __m256 acc = _mm256_setzero_ps();
     float mins = 0.0f;
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
         q4_K_scales(w[b].scales, sc, mn);
-        int summ = 0;
-        for (int j = 0; j < 16; j++) summ += a[b].bsums[j] * mn[j / 2];
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
-            const __m256i y0 = _mm256_loadu_si256((const __m256i *)(a[b].qs + 64 * j));
-            const __m256i y1 = _mm256_loadu_si256((const __m256i *)(a[b].qs + 64 * j + 32));
-            const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), y0);
-            const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), y1);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
-        }
+        __m256i lo[4], hi[4];
+        q4_K_nibbles(&w[b], lo, hi);
+        int summ;
+        const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, &a[b], &summ);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), _mm256_cvtepi32_ps(sumi), acc);
         mins += _cvtsh_ss(w[b].dmin) * a[b].d * (float)summ;
     }
@@ -363,27 +385,31 @@ AVX2_FN static inline __m256i q6_K_offset(const blk_q6_K *w, const blk_q8_K *a) 
     return _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
 }
 
-/* Q6_K: unsigned 6-bit v times y per 32 values (maddubs), one int16 scale per 16 values, minus the offset */
+/* Q6_K block: its 8 unsigned 32-value vectors and each one's pair of int16 scales (16 values each) */
+AVX2_FN static inline void q6_K_unpack(const blk_q6_K *w, __m256i *v, __m256i *s16) {
+    for (int h = 0; h < 2; h++) {
+        q6_K_half(w->ql + 64 * h, w->qh + 32 * h, v + 4 * h);
+        for (int k = 0; k < 4; k++)
+            s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(w->scales[8 * h + 2 * k + 1]), _mm_set1_epi16(w->scales[8 * h + 2 * k]));
+    }
+}
+
+/* the unpacked block against one activation block: 8 int32 lanes of Σ scale·q·y (maddubs) minus the offset */
+AVX2_FN static inline __m256i q6_K_lanes(const blk_q6_K *w, const __m256i *v, const __m256i *s16, const blk_q8_K *a) {
+    __m256i sumi = _mm256_setzero_si256();
+    for (int k = 0; k < 8; k++)
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k))), s16[k]));
+    return _mm256_sub_epi32(sumi, q6_K_offset(w, a));
+}
+
 AVX2_FN static inline float dot_q6_K_avx2(const void *vw, const void *va, int nb) {
     const blk_q6_K *w = vw;
     const blk_q8_K *a = va;
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        __m256i sumi = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = w[b].ql + 64 * h, *qhp = w[b].qh + 32 * h;
-            const int8_t *y = a[b].qs + 128 * h, *sc = w[b].scales + 8 * h;
-            __m256i v[4];
-            q6_K_half(ql, qhp, v);
-            for (int k = 0; k < 4; k++) {
-                const __m256i yy = _mm256_loadu_si256((const __m256i *)(y + 32 * k));
-                const __m256i p = _mm256_maddubs_epi16(v[k], yy);
-                const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s16));
-            }
-        }
-        sumi = _mm256_sub_epi32(sumi, q6_K_offset(&w[b], &a[b]));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), _mm256_cvtepi32_ps(sumi), acc);
+        __m256i v[8], s16[8];
+        q6_K_unpack(&w[b], v, s16);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), _mm256_cvtepi32_ps(q6_K_lanes(&w[b], v, s16, &a[b])), acc);
     }
     return hsum8(acc);
 }
@@ -397,28 +423,16 @@ AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow,
     const blk_q4_K *w = vw;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     float mins[4] = {0, 0, 0, 0};
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
         q4_K_scales(w[b].scales, sc, mn);
         __m256i lo[4], hi[4];
-        for (int j = 0; j < 4; j++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
-            lo[j] = _mm256_and_si256(q, m4);
-            hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        }
+        q4_K_nibbles(&w[b], lo, hi);
         const float dw = _cvtsh_ss(w[b].d), dminw = _cvtsh_ss(w[b].dmin);
         for (int t = 0; t < 4; t++) {
             const blk_q8_K *a = (const blk_q8_K *)((const char *)va + t * arow) + b;
-            int summ = 0;
-            for (int j = 0; j < 16; j++) summ += a->bsums[j] * mn[j / 2];
-            __m256i sumi = _mm256_setzero_si256();
-            for (int j = 0; j < 4; j++) {
-                const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
-                const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
-            }
+            int summ;
+            const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, a, &summ);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(sumi), acc[t]);
             mins[t] += dminw * a->d * (float)summ;
         }
@@ -431,22 +445,11 @@ AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow,
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < nb; b++) {
         __m256i v[8], s16[8];
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = w[b].ql + 64 * h, *qhp = w[b].qh + 32 * h;
-            const int8_t *sc = w[b].scales + 8 * h;
-            q6_K_half(ql, qhp, v + 4 * h);
-            for (int k = 0; k < 4; k++) s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
-        }
+        q6_K_unpack(&w[b], v, s16);
         const float dw = _cvtsh_ss(w[b].d);
         for (int t = 0; t < 4; t++) {
             const blk_q8_K *a = (const blk_q8_K *)((const char *)va + t * arow) + b;
-            __m256i sumi = _mm256_setzero_si256();
-            for (int k = 0; k < 8; k++) {
-                const __m256i yy = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], yy), s16[k]));
-            }
-            sumi = _mm256_sub_epi32(sumi, q6_K_offset(&w[b], a));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(sumi), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(q6_K_lanes(&w[b], v, s16, a)), acc[t]);
         }
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
@@ -626,7 +629,6 @@ AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n
                                   float *Y, int64_t ldy, int n_threads) {
     const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : 210), arow = (int64_t)nb * 292;
     const int64_t n_gemm = n_tok - n_tok % 4; /* repack: rows in groups of 4 through gemm */
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
     const int64_t tile = arow * 16 <= 32768 ? 16 : arow * 8 <= 32768 ? 8 : 4; /* activations kept in L1 */
 #pragma omp parallel num_threads(n_threads)
     for (int64_t tt = 0; tt < n_tok; tt += tile) {
@@ -642,19 +644,11 @@ AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n
                     if (wtype == T_Q6_K) {
                         const blk_q6_K *w = (const blk_q6_K *)wr + b;
                         __m256i v[8], s16[8];
-                        for (int h = 0; h < 2; h++) {
-                            q6_K_half(w->ql + 64 * h, w->qh + 32 * h, v + 4 * h);
-                            for (int k = 0; k < 4; k++)
-                                s16[4 * h + k] = _mm256_set_m128i(_mm_set1_epi16(w->scales[8 * h + 2 * k + 1]), _mm_set1_epi16(w->scales[8 * h + 2 * k]));
-                        }
+                        q6_K_unpack(w, v, s16);
                         const float dw = _cvtsh_ss(w->d);
                         for (int u = 0; u < nt; u++) {
                             const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + (t0 + u) * arow) + b;
-                            __m256i sumi = _mm256_setzero_si256();
-                            for (int k = 0; k < 8; k++)
-                                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * k))), s16[k]));
-                            const float res = (float)hsum_i32(_mm256_sub_epi32(sumi, q6_K_offset(w, a))) * dw;
-                            acc[u] = fmaf(res, a->d, acc[u]);
+                            acc[u] = fmaf((float)hsum_i32(q6_K_lanes(w, v, s16, a)) * dw, a->d, acc[u]);
                         }
                         continue;
                     }
@@ -662,22 +656,14 @@ AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n
                     uint8_t sc[8], mn[8];
                     q4_K_scales(w->scales, sc, mn);
                     __m256i lo[4], hi[4];
-                    for (int j = 0; j < 4; j++) {
-                        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
-                        lo[j] = _mm256_and_si256(q, m4), hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    }
+                    q4_K_nibbles(w, lo, hi);
                     const float dw = _cvtsh_ss(w->d), dmw = _cvtsh_ss(w->dmin);
                     for (int u = 0; u < nt; u++) {
                         const int64_t t = t0 + u;
                         const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
                         int32_t iacc[4], imin[4];
                         __m256i sj[4];
-                        for (int j = 0; j < 4; j++) {
-                            const __m256i p0 = _mm256_maddubs_epi16(lo[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
-                            const __m256i p1 = _mm256_maddubs_epi16(hi[j], _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
-                            sj[j] = _mm256_add_epi32(_mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * j])), _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * j + 1])));
-                            imin[j] = mn[2 * j] * (a->bsums[4 * j] + a->bsums[4 * j + 1]) + mn[2 * j + 1] * (a->bsums[4 * j + 2] + a->bsums[4 * j + 3]);
-                        }
+                        q4_K_pair_sums(lo, hi, sc, mn, a, sj, imin);
                         /* the four 8-lane sums at once (integers: any order) */
                         const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(sj[0], sj[1]), _mm256_hadd_epi32(sj[2], sj[3]));
                         _mm_storeu_si128((__m128i *)iacc, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
@@ -1097,7 +1083,6 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
      * cached value), so when the cache row is long enough the masked tail is read in place */
     const int64_t n_up = lanes ? (n_kv + 4 * lanes - 1) / (4 * lanes) * (4 * lanes) : n_kv;
     const int direct = lanes && n_up <= n_ctx;
-    (void)n_threads;
     int err = 0;
 #pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1)
     for (int h = 0; h < n_head; h++) {
