@@ -1258,13 +1258,22 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     const int64_t nq = (int64_t)c->n_head * c->head_dim, nk = (int64_t)c->n_head_kv * c->head_dim,
                   nv = (int64_t)c->n_head_kv * c->head_dim_v, E = c->n_embd, F = c->n_ff;
     const int64_t n_kv = pos + 1;
-    const int64_t big = (nq > F ? nq : F) > E ? (nq > F ? nq : F) : E;
-    float *h = malloc(sizeof(float) * big), *q = malloc(sizeof(float) * nq), *k = malloc(sizeof(float) * nk),
-          *v = malloc(sizeof(float) * nv), *a = malloc(sizeof(float) * (size_t)c->n_head * c->head_dim_v),
-          *o = malloc(sizeof(float) * E), *gu = malloc(sizeof(float) * 2 * F), *f = malloc(sizeof(float) * F),
-          *mask = malloc(sizeof(float) * n_kv), *cs = malloc(sizeof(float) * c->rope_dim), *sn = cs + c->rope_dim / 2;
-    void *xq = malloc((size_t)(big / 32 + 8) * 292 + 1024);
-    int err = !(h && q && k && v && a && o && gu && f && mask && cs && xq);
+    const int64_t na = (int64_t)c->n_head * c->head_dim_v;
+    /* one scratch block per call: the float vectors, then room for the largest quantized activation row */
+    const int64_t cols[7] = {E, E, E, na, E, E, F};
+    int64_t xq_bytes = 0;
+    for (int i = 0; i < 7; i++) {
+        const int64_t nbytes = cv_act_bytes(lw->t[i], cols[i], 1);
+        if (nbytes < 0) return -1;
+        xq_bytes = nbytes > xq_bytes ? nbytes : xq_bytes;
+    }
+    const int64_t n_floats = E + nq + nk + nv + na + E + 2 * F + F + n_kv + c->rope_dim;
+    float *h = malloc(sizeof(float) * (size_t)n_floats + (size_t)xq_bytes);
+    if (!h) return -1;
+    float *q = h + E, *k = q + nq, *v = k + nk, *a = v + nv, *o = a + na, *gu = o + E, *f = gu + 2 * F, *mask = f + F,
+          *cs = mask + n_kv, *sn = cs + c->rope_dim / 2;
+    void *xq = cs + c->rope_dim;
+    int err = 0;
     const float posf = (float)pos;
     if (!err) {
         rms_norm_row(x, lw->attn_norm, h, E, c->rms_eps);
@@ -1291,7 +1300,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
                                 c->softcap, c->lanes, a, c->threads) != 0;
     }
     if (!err) {
-        err |= mm1(lw->t[3], lw->w[3], E, (int64_t)c->n_head * c->head_dim_v, a, o, xq, c->threads, 1);
+        err |= mm1(lw->t[3], lw->w[3], E, na, a, o, xq, c->threads, 1);
         if (c->post_norms) rms_norm_row(o, lw->attn_post_norm, o, E, c->rms_eps);
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
         rms_norm_row(x, lw->ffn_norm, h, E, c->rms_eps);
@@ -1305,6 +1314,6 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
         if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
     }
-    free(h), free(q), free(k), free(v), free(a), free(o), free(gu), free(f), free(mask), free(cs), free(xq);
+    free(h);
     return err ? -1 : 0;
 }
