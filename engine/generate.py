@@ -26,7 +26,10 @@ Tap = Callable[[int, str, np.ndarray], None]
 #     up to summation order.
 # faithful: the native kernels (engine/kernels): quantized weights multiplied straight from the
 #     GGUF blocks by activations quantized as ggml does, integer dot products, ggml's per-block
-#     scale arithmetic; threads split the rows. Types the kernels lack fall back to q8.
+#     scale arithmetic; threads split the rows. Types the kernels lack fall back to q8. With an F16
+#     cache, attention and every other op follow llama.cpp's CPU code (docs/architecture.md).
+# bf16: as float, but gemma.cpp's rounding: both operands of every matmul, and attention's q, K
+#     and V, rounded to bfloat16.
 MODES = ("float", "q8", "faithful", "bf16")
 
 

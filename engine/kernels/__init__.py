@@ -147,9 +147,9 @@ class LayerDecoder:
         row (position cache.n_past) of each layer's F16 cache (engine/kv_cache.py, layout "ggml")."""
         x = np.array(x, dtype=np.float32).reshape(-1)
         xp, pos = _ptr(x, "float *"), int(cache.n_past)
-        if getattr(self, "_cache_id", None) != id(cache):  # the cache's arrays never move: point once
+        if getattr(self, "_cache", None) is not cache:  # the cache's arrays never move: point once
             self._cache_ptrs = [(_ptr(k, "uint16_t *"), _ptr(v, "uint16_t *"), k.shape[0]) for k, v in zip(cache.k, cache.v)]
-            self._cache_id, self._cache_ref = id(cache), cache
+            self._cache = cache
         for il, (c, w, (kp, vp, n_ctx)) in enumerate(zip(self.cfgs, self.ws, self._cache_ptrs)):
             if lib.cv_layer_decode(c, w, xp, pos, kp, vp, n_ctx):
                 raise ValueError(f"layer {il}: native decode failed at position {pos} (n_ctx {n_ctx})")
