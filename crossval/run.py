@@ -372,7 +372,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         except GGUFError as e:
             raise InputError(str(e)) from None
         model_sec = {**provenance.model_facts(g, path, mname), "float_weights": provenance.float_weights(g)}
-        thr = thresholds.select(model_sec["float_weights"], cfg.mode, (cfg.engine, cfg.reference))
+        thr = thresholds.select(model_sec["float_weights"], cfg.mode, (cfg.engine, cfg.reference), cfg.kv_type)
         if cfg.thresholds_file:
             thr = thresholds.load_overrides(thr, cfg.thresholds_file)
         tmpl = g.get("tokenizer.chat_template")

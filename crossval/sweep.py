@@ -71,7 +71,7 @@ def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
     path = resolve_model(cfg.model)
     g = open_gguf(path)
     mcfg = read_config(g)
-    thr = thresholds.select(provenance.float_weights(g), cfg.mode)
+    thr = thresholds.select(provenance.float_weights(g), cfg.mode, ("engine", "llamacpp"), cfg.kv_type)
     n_ctx = max(cfg.context, cfg.prompt_tokens) + 8
     eng = EngineBackend(path, n_ctx=n_ctx, kv_type=cfg.kv_type, mode=cfg.mode)
     long_text = next(p.text for p in load_set("default") if p.id == "long")

@@ -6,10 +6,14 @@ Profiles, chosen per run from the model file and the engine mode:
   top-1 100 %, greedy continuations identical.
 - quantized-float: quantized weights with the float engine. llama.cpp multiplies quantized
   weights by Q8-quantized activations; the float engine does not, and the difference compounds.
-  Measured (both real models, default prompts, F16 KV): per-prompt min cosine 0.962–0.9996,
+  Measured (both real models, default prompts, F16 KV): per-prompt min cosine 0.980–0.9997,
   mean cosine ≥ 0.998, top-1 ≥ 0.90, greedy continuations diverging on about half the prompts.
-  DESIGN §4 suggests min cosine ≥ 0.99 here; the long prompts' worst positions sit below that,
-  so the gate is min ≥ 0.95 with mean ≥ 0.995, and exact-match is reported, not gated.
+  DESIGN §4 suggests min cosine ≥ 0.99 here; 3 of the 16 runs have one or two positions below
+  that, and they are chaotic rather than a fault of float mode: q8 mode (activations quantized
+  as llama.cpp does, other sums in numpy's order) has its own positions below 0.99, and with an
+  F32 KV cache on both sides the worst (smollm2 "chat") drops to 0.955. Only faithful mode's
+  bit-exact arithmetic removes them. So the gate is min ≥ 0.95 with mean ≥ 0.995, and
+  exact-match is reported, not gated.
 - bf16-reference: gemma.cpp on either side. It runs the GGUF's dequantized weights in f32 but
   rounds matmul operands to bf16 (DESIGN §8). Measured against the float engine on gemma3-270m,
   default prompts, patched gemma.cpp at 2 threads: per-prompt min cosine 0.99980–0.99998 on 7 of
@@ -17,6 +21,15 @@ Profiles, chosen per run from the model file and the engine mode:
   position (383 of 611) at 0.990 — where llama.cpp vs gemma.cpp is 0.990 as well (--three-way) —
   so the gate is min ≥ 0.98 with mean ≥ 0.9999; exact-match is reported (near-ties at 0.01 logits
   flip greedy tokens).
+- faithful: --mode faithful against llama.cpp on a quantized model with the F16 KV cache (the
+  configuration faithful mode emulates op by op). DESIGN §4 sets cosine ≥ 0.9999 for it; measured
+  on both real models, default prompts: identical logits at every position (cosine 1.0, KLD 0) and
+  identical greedy continuations, so every gate is as strict as `exact`'s.
+- bf16-matched: --mode bf16 against gemma.cpp (the engine rounds as gemma.cpp does). Measured on
+  gemma3-270m, default prompts, patched gemma.cpp at 2 threads: per-prompt min cosine
+  0.99940–0.99997, mean ≥ 0.99995, top-1 ≥ 0.97, KLD mean ≤ 4e-4; gate min ≥ 0.999, mean
+  ≥ 0.9999. Greedy runs still part at two prompts (not near-ties: bf16 rounding is matched, the
+  summation order is not), so exact-match is reported, not gated.
 A --thresholds JSON file overrides any field.
 """
 
@@ -46,6 +59,8 @@ PROFILES = {
     "exact": Thresholds("exact", 0.9999, 0.99999, 0.99, 1e-4, 1.0, True, True),
     "quantized-float": Thresholds("quantized-float", 0.95, 0.995, 0.90, 0.01, 0.0, True, True),
     "bf16-reference": Thresholds("bf16-reference", 0.98, 0.9999, 0.95, 1e-3, 0.0, True, True),
+    "faithful": Thresholds("faithful", 0.9999, 0.99999, 0.99, 1e-4, 1.0, True, True),
+    "bf16-matched": Thresholds("bf16-matched", 0.999, 0.9999, 0.95, 1e-3, 0.0, True, True),
 }
 
 
@@ -53,10 +68,17 @@ class ThresholdsError(ValueError):
     pass
 
 
-def select(float_weights: bool, mode: str, backends: tuple[str, ...] = ()) -> Thresholds:
+def select(float_weights: bool, mode: str, backends: tuple[str, str] = ("engine", "llamacpp"), kv_type: str = "f16") -> Thresholds:
+    """The profile for one comparison: (engine backend, reference backend), the engine's mode."""
+    ours = backends[0] == "engine"  # the mode only describes our engine's arithmetic
     if "gemmacpp" in backends:
-        return PROFILES["bf16-reference"]
-    return PROFILES["exact" if float_weights else "quantized-float"]
+        matched = ours and mode == "bf16" and backends[1] == "gemmacpp"
+        return PROFILES["bf16-matched" if matched else "bf16-reference"]
+    if float_weights:
+        return PROFILES["exact"]
+    if ours and mode == "faithful" and backends[1] == "llamacpp" and kv_type == "f16":
+        return PROFILES["faithful"]
+    return PROFILES["quantized-float"]
 
 
 def load_overrides(base: Thresholds, path: str | Path) -> Thresholds:

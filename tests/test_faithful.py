@@ -60,8 +60,11 @@ def test_crossval_run_in_faithful_mode(tmp_path):
     rec = receipts.read_valid(out / summary["run_id"] / summary["receipts"][0]["file"])
     assert rec["config"]["mode"] == "faithful" and rec["backends"]["engine"]["mode"] == "faithful"
     print(f"faithful: min cos {rec['parity']['cosine_similarity']:.6f} kld {rec['parity']['kld_mean']:.2e}")
-    assert rec["parity"]["status"] in ("ok", "divergence") and r.returncode == (0 if rec["verdict"]["passed"] else 1)
-    assert rec["parity"]["cosine_mean"] >= 0.995
+    # faithful mode with llama.cpp's F16 cache is judged by the strict profile, and passes it
+    assert rec["thresholds"]["profile"] == "faithful" and rec["config"]["kv_type"] == "f16"
+    assert rec["verdict"]["passed"], rec["verdict"]["failures"]
+    assert r.returncode == 0 and rec["parity"]["status"] == "ok"
+    assert rec["parity"]["cosine_similarity"] >= 0.9999 and rec["parity"]["exact_match_rate"] == 1.0
 
 
 # --- llama.cpp's own arithmetic, bit for bit -----------------------------------------------------

@@ -132,6 +132,8 @@ def test_bf16_mode_reproduces_gemmacpps_rounding_on_the_long_prompt(tmp_path):
     p = rec["parity"]
     print(f"bf16 mode vs gemma.cpp, long: min cos {p['cosine_similarity']:.6f} mean {p['cosine_mean']:.7f}")
     assert p["cosine_similarity"] >= 0.999 and p["cosine_mean"] >= 0.9999
+    # and that is the gate of the profile bf16 mode gets against gemma.cpp
+    assert rec["thresholds"]["profile"] == "bf16-matched" and rec["verdict"]["passed"], rec["verdict"]["failures"]
 
 
 @needs_llamacpp

@@ -79,9 +79,10 @@ def test_f32_copy_matches_llamacpp_exactly(f32_results, model, prompt):
 @pytest.mark.parametrize("prompt", [p.id for p in PROMPTS])
 def test_quantized_float_mode_within_measured_envelope(quant_results, model, prompt):
     """Float mode on the shipped quantized files. Measured (2026-11-23): per-prompt min cosine
-    0.962–0.9996 (median position ≈ 0.9993; below 0.99 only at 1–4 positions of the long and
-    multilingual prompts), top-1 ≥ 0.90. Asserted: top-1 ≥ 90 %; at most max(1, 1 %) of the
-    positions below cosine 0.99; none below 0.95."""
+    0.980–0.9997 (below 0.99 only at 1–2 positions of smollm2's long and multilingual prompts and
+    gemma3's long one — chaotic positions: q8 mode and an F32 cache each have their own), top-1
+    ≥ 0.90. Asserted: top-1 ≥ 90 %; at most max(1, 1 %) of the positions below cosine 0.99; none
+    below 0.95."""
     r = quant_results[model][prompt]
     cos = r["cos"]
     assert r["top1"] >= 0.90
