@@ -356,6 +356,7 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
     import crossval
     from crossval.backends.engine import EngineBackend
     from engine.gguf_model import GGUFError, open_gguf
+    from engine.weights import faithful_fallbacks
 
     progress = progress or (lambda event, info: None)
     run_id = receipts.new_run_id()
@@ -372,7 +373,8 @@ def run(cfg: RunConfig, progress: Callable[[str, dict], None] | None = None) -> 
         except GGUFError as e:
             raise InputError(str(e)) from None
         model_sec = {**provenance.model_facts(g, path, mname), "float_weights": provenance.float_weights(g)}
-        thr = thresholds.select(model_sec["float_weights"], cfg.mode, (cfg.engine, cfg.reference), cfg.kv_type)
+        native = cfg.mode != "faithful" or not faithful_fallbacks(g)
+        thr = thresholds.select(model_sec["float_weights"], cfg.mode, (cfg.engine, cfg.reference), cfg.kv_type, native)
         if cfg.thresholds_file:
             thr = thresholds.load_overrides(thr, cfg.thresholds_file)
         tmpl = g.get("tokenizer.chat_template")

@@ -65,13 +65,15 @@ def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
     from crossval.models import resolve_model
     from crossval.prompts import load_set
     from engine.gguf_model import open_gguf, read_config
+    from engine.weights import faithful_fallbacks
 
     progress = progress or (lambda event, info: None)
     t0 = time.perf_counter()
     path = resolve_model(cfg.model)
     g = open_gguf(path)
     mcfg = read_config(g)
-    thr = thresholds.select(provenance.float_weights(g), cfg.mode, ("engine", "llamacpp"), cfg.kv_type)
+    native = cfg.mode != "faithful" or not faithful_fallbacks(g)
+    thr = thresholds.select(provenance.float_weights(g), cfg.mode, ("engine", "llamacpp"), cfg.kv_type, native)
     n_ctx = max(cfg.context, cfg.prompt_tokens) + 8
     eng = EngineBackend(path, n_ctx=n_ctx, kv_type=cfg.kv_type, mode=cfg.mode)
     long_text = next(p.text for p in load_set("default") if p.id == "long")

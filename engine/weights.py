@@ -118,6 +118,15 @@ class FloatWeights:
         return dequantize(self.g.raw(name)[ids], t.type).reshape(len(ids), t.ne[0])
 
 
+def faithful_fallbacks(g: GGUFFile) -> list[str]:
+    """The ggml types of g's matrices that faithful mode has no native kernel for: those go through
+    the q8 float path (llama.cpp's activation rounding, numpy's summation order), so faithful mode
+    is bit-exact with llama.cpp only when this is empty."""
+    from engine import kernels
+
+    return sorted({t.type.name for t in g.tensors.values() if len(t.ne) >= 2 and not kernels.supported(t.type)})
+
+
 class NativeWeights(FloatWeights):
     """Faithful mode: matmuls of quantized weights run in the native kernels straight from the
     GGUF's blocks (engine/kernels); weights of other types go through the q8 float path."""

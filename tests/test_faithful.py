@@ -67,6 +67,31 @@ def test_crossval_run_in_faithful_mode(tmp_path):
     assert rec["parity"]["cosine_similarity"] >= 0.9999 and rec["parity"]["exact_match_rate"] == 1.0
 
 
+@needs_llamacpp
+@pytest.mark.parametrize("wtype, fallbacks, profile", [("Q8_0", [], "faithful"), ("Q4_0", ["Q4_0"], "quantized-float")])
+def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, fallbacks, profile):
+    """A tiny llama whose matrices are all Q8_0 (native kernel) is gated like llama.cpp itself; one
+    in Q4_0 (no native kernel here: the q8 float path) gets the quantized-float gate, and its
+    receipt says which types fell back."""
+    from gguf import GGMLQuantizationType
+
+    from tiny_models import write_tiny_model
+
+    model = write_tiny_model(tmp_path / f"{wtype}.gguf", "llama", weight_type=GGMLQuantizationType[wtype])
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "cat", "text": "the cat sat on the mat and the dog ran"}) + "\n")
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(model), "--mode", "faithful", "--prompt-file",
+                        str(prompts), "--steps", "8", "--n-ctx", "64", "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    summary = json.loads(r.stdout)
+    rec = receipts.read_valid(out / summary["run_id"] / summary["receipts"][0]["file"])
+    assert rec["backends"]["engine"]["fallback_types"] == fallbacks
+    assert rec["thresholds"]["profile"] == profile
+    assert rec["verdict"]["passed"], rec["verdict"]["failures"]
+    if not fallbacks:  # the strict gate passes because the logits are llama.cpp's own
+        assert rec["parity"]["max_abs_diff"] == 0.0 and rec["parity"]["exact_match_rate"] == 1.0
+
+
 # --- llama.cpp's own arithmetic, bit for bit -----------------------------------------------------
 # The faithful attention, softmax and SwiGLU follow ggml-cpu's SIMD code for the width it was built
 # with on this CPU (kernels.ggml_lanes()); these compare them with the exported ggml functions.

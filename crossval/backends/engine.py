@@ -109,6 +109,7 @@ class EngineBackend:
 
     def provenance(self) -> dict:
         import crossval
+        from engine.weights import faithful_fallbacks
 
         return {
             "name": "engine",
@@ -119,6 +120,7 @@ class EngineBackend:
             "mode": self.mode,
             "kv_type": self.kv_type,
             "threads": self.engine.model.w.threads if self.mode == "faithful" else None,
+            "fallback_types": faithful_fallbacks(self.engine.gguf) if self.mode == "faithful" else None,
             "capabilities": self.capabilities.to_dict(),
         }
 
