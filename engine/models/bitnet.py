@@ -73,7 +73,10 @@ class BitnetModel:
             if tap:
                 tap(il, "kqv_out", a)
             a = rms_norm(a, self.w[w["attn_sub_norm"]], c.rms_eps)
-            x = x + self._mm(a, w["attn_output"])
+            o = self._mm(a, w["attn_output"])
+            if il == c.n_layer - 1 and not all_logits:  # only the rows whose logits are wanted go on (inp_out_ids, src/models/bitnet.cpp)
+                o, x = o[-1:], x[-1:]
+            x = x + o
             if tap:
                 tap(il, "ffn_inp", x)
             h = rms_norm(x, self.w[w["ffn_norm"]], c.rms_eps)

@@ -124,6 +124,8 @@ class GemmaModel:
             if tap:
                 tap(il, "kqv_out", a)
             a = mm(a, L["wo"])
+            if il == c.n_layer - 1 and not all_logits:  # only the rows whose logits are wanted go on (inp_out_ids, src/models/gemma*.cpp)
+                a, x = a[-1:], x[-1:]
             if self.v2:
                 a = rms_norm(a, W[L["attn_post_norm"]], c.rms_eps)
             x = x + a

@@ -90,7 +90,10 @@ class LlamaModel:
             a = cached_attention(cache, il, q, k, v, mask, scale=c.attn_scale, threads=self.w.threads).reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
-            x = x + mm(a, wo)
+            o = mm(a, wo)
+            if il == c.n_layer - 1 and not all_logits:  # only the rows whose logits are wanted go on (inp_out_ids, src/models/llama.cpp)
+                o, x = o[-1:], x[-1:]
+            x = x + o
             if tap:
                 tap(il, "ffn_inp", x)
             h = rms_norm(x, self.w[ffn_norm], c.rms_eps)
