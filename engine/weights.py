@@ -118,18 +118,23 @@ class FloatWeights:
         return dequantize(self.g.raw(name)[ids], t.type).reshape(len(ids), t.ne[0])
 
 
+def _native(wtype) -> bool:
+    """Faithful mode multiplies this weight type with llama.cpp's own arithmetic (engine/kernels)."""
+    from engine import kernels
+
+    return kernels.available() and (wtype == Q.F16 or kernels.supported(wtype))
+
+
 def faithful_fallbacks(g: GGUFFile) -> list[str]:
     """The ggml types of g's matrices that faithful mode has no native kernel for: those go through
     the q8 float path (llama.cpp's activation rounding, numpy's summation order), so faithful mode
     is bit-exact with llama.cpp only when this is empty."""
-    from engine import kernels
-
-    return sorted({t.type.name for t in g.tensors.values() if len(t.ne) >= 2 and not kernels.supported(t.type)})
+    return sorted({t.type.name for t in g.tensors.values() if len(t.ne) >= 2 and not _native(t.type)})
 
 
 class NativeWeights(FloatWeights):
-    """Faithful mode: matmuls of quantized weights run in the native kernels straight from the
-    GGUF's blocks (engine/kernels); weights of other types go through the q8 float path."""
+    """Faithful mode: matmuls of quantized and F16 weights run in the native kernels straight from
+    the GGUF's data (engine/kernels); weights of other types go through the q8 float path."""
 
     def __init__(self, g: GGUFFile, threads: int = 1):
         super().__init__(g, act_quant=True)
@@ -145,7 +150,9 @@ class NativeWeights(FloatWeights):
             groups = []
             for n in names:
                 t = self.g.tensor(n)
-                if self.kernels.supported(t.type):
+                if t.type == Q.F16 and len(t.ne) == 2:
+                    groups.append(("f16", np.ascontiguousarray(self.g.raw(n)), t.type))
+                elif self.kernels.supported(t.type):
                     groups.append(("native", self.kernels.WeightRef(self.g.raw(n), t.type), t.type))
                 else:
                     groups += [("float", g) for g in super().prepare((n,))]
@@ -167,7 +174,7 @@ class NativeWeights(FloatWeights):
         """kernels.LayerDecoder over these layers, or None when a matmul weight has no native kernel.
         layers: per layer {norm name: GGUF name or None, matmul name: GGUF name} (LayerDecoder.MATS)."""
         mats = self.kernels.LayerDecoder.MATS
-        if not all(self.kernels.supported(self.g.tensor(L[m]).type) for L in layers for m in mats):
+        if not all(_native(self.g.tensor(L[m]).type) for L in layers for m in mats):
             return None
         specs = [{k: (self[v] if v else None) if k not in mats else (self.g.raw(v), self.g.tensor(v).type) for k, v in L.items()}
                  for L in layers]  # fmt: skip
@@ -185,28 +192,30 @@ class NativeWeights(FloatWeights):
         groups = self.prepare(names)
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         xq: dict[int, np.ndarray] = {}  # activations quantized once per activation type (q, k, v share)
-        if all(g[0] == "native" for g in groups):  # the common case: one output, filled in place
+        if all(g[0] != "float" for g in groups):  # the common case: one output, filled in place
             y = np.empty((x2.shape[0], sum(g[1].shape[0] for g in groups)), dtype=np.float32)
             col = 0
-            for _, raw, qtype in groups:
-                at = raw.atype
-                if at not in xq:
-                    xq[at] = self.kernels.quantize_acts(qtype, x2, self.threads)
-                self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads, out=y, col=col)
+            for kind, raw, qtype in groups:
+                self._native_matmul(kind, raw, qtype, x2, xq, y, col)
                 col += raw.shape[0]
             return y.reshape(*x.shape[:-1], -1)
         outs = []
         for kind, *rest in groups:
-            if kind == "native":
-                raw, qtype = rest
-                at = raw.atype
-                if at not in xq:
-                    xq[at] = self.kernels.quantize_acts(qtype, x2, self.threads)
-                y = self.kernels.matmul_prequantized(raw, qtype, xq[at], x2.shape[0], x2.shape[1], self.threads)
-                outs.append(y.reshape(*x.shape[:-1], -1))
-            else:
+            if kind == "float":
                 outs.append(self._group_matmul(x, *rest[0]))
+            else:
+                y = np.empty((x2.shape[0], rest[0].shape[0]), dtype=np.float32)
+                outs.append(self._native_matmul(kind, *rest, x2, xq, y, 0).reshape(*x.shape[:-1], -1))
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
+
+    def _native_matmul(self, kind: str, raw, qtype, x2: np.ndarray, xq: dict, y: np.ndarray, col: int) -> np.ndarray:
+        """One weight's product into y[:, col : col + rows]: F16 weights, or quantized blocks with the
+        activations quantized once per activation type (kept in xq)."""
+        if kind == "f16":
+            return self.kernels.matmul_f16(raw, x2, self.threads, out=y, col=col)
+        if raw.atype not in xq:
+            xq[raw.atype] = self.kernels.quantize_acts(qtype, x2, self.threads)
+        return self.kernels.matmul_prequantized(raw, qtype, xq[raw.atype], x2.shape[0], x2.shape[1], self.threads, out=y, col=col)
 
 
 def make_weights(g: GGUFFile, mode: str, threads: int = 1) -> FloatWeights:

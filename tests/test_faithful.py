@@ -68,11 +68,13 @@ def test_crossval_run_in_faithful_mode(tmp_path):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("wtype, fallbacks, profile", [("Q8_0", [], "faithful"), ("Q4_0", ["Q4_0"], "quantized-float")])
+@pytest.mark.parametrize("wtype, fallbacks, profile",
+                         [("Q8_0", [], "faithful"), ("F16", [], "exact"), ("Q4_0", ["Q4_0"], "quantized-float")])  # fmt: skip
 def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, fallbacks, profile):
-    """A tiny llama whose matrices are all Q8_0 (native kernel) is gated like llama.cpp itself; one
-    in Q4_0 (no native kernel here: the q8 float path) gets the quantized-float gate, and its
-    receipt says which types fell back."""
+    """A tiny llama whose matrices are all Q8_0 (native kernel) is gated like llama.cpp itself, and
+    its logits are llama.cpp's; so are an F16 one's (float weights: the exact profile). One in Q4_0
+    (no native kernel here: the q8 float path) gets the quantized-float gate, and its receipt says
+    which types fell back."""
     from gguf import GGMLQuantizationType
 
     from tiny_models import write_tiny_model
@@ -179,15 +181,21 @@ def test_rope_cache_is_libms_powf_cosf_sinf():
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("model", ["smollm2", "gemma3-270m"])
-def test_faithful_is_llamacpp_bit_for_bit(model):
+@pytest.mark.parametrize("model, weights", [("smollm2", "as shipped"), ("gemma3-270m", "as shipped"), ("gemma3-270m", "f16")])
+def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     """F16 cache, llama.cpp's default CPU paths: every logit of a teacher-forced prompt (its batched
     paths: tinyBLAS attention, repacked Q4_K gemm, tiled Q6_K) and of 24 decode steps (its one-row
-    paths: vec_dot, repacked gemv) is the same float. 19+ tokens cross the tiled path's 16-row tiles."""
+    paths: vec_dot, repacked gemv) is the same float. 19+ tokens cross the tiled path's 16-row tiles.
+    An F16 copy of the model takes llama.cpp's F16 matmuls: tinyBLAS for batches, ggml_vec_dot_f16
+    for one row (float mode is 0.995 from llama.cpp at one position of the long prompt there)."""
     from crossval.backends.llamacpp import LlamaCppBackend
+    from crossval.models import cache_dir
+    from engine.convert import cached_float_copy
     from engine.generate import Engine
 
     path = real_model_path(model)
+    if weights == "f16":
+        path = cached_float_copy(path, cache_dir() / "float", "f16")
     text = "Write a short story about a lighthouse keeper who finds a message in a bottle. " * 3
     with LlamaCppBackend(path, n_ctx=512, threads=1, kv_type="f16") as lc:
         ids = lc.tokenize(text)

@@ -190,6 +190,23 @@ def matmul_prequantized(raw: np.ndarray, wtype: int, xq: np.ndarray, n_tok: int,
     return y
 
 
+def matmul_f16(w16: np.ndarray, x: np.ndarray, threads: int = 1, out: np.ndarray | None = None, col: int = 0,
+               lanes: int | None = None) -> np.ndarray:  # fmt: skip
+    """w16 (n_rows, n_cols) float16 weights; x (n_tok, n_cols) float32 → (n_tok, n_rows) float32 as
+    llama.cpp's CPU backend multiplies an F16 tensor (activations rounded to F16; tinyBLAS or
+    ggml_vec_dot_f16). With `out`, fills out[:, col : col + n_rows] in place."""
+    assert w16.dtype == np.float16 and w16.flags.c_contiguous and w16.ndim == 2
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_tok, n_cols = x.shape
+    y = np.empty((n_tok, w16.shape[0]), dtype=np.float32) if out is None else out
+    base = y.__array_interface__["data"][0] + 4 * col
+    lanes = ggml_lanes() if lanes is None else lanes
+    if lib.cv_matmul_f16(_ptr(w16, "uint16_t *"), w16.shape[0], n_cols, _ptr(x, "float *"), n_tok, ffi.cast("float *", base), y.shape[1],
+                         int(lanes), int(threads)):  # fmt: skip
+        raise ValueError(f"F16 matmul: bad shapes or lanes ({w16.shape} · {x.shape}, lanes {lanes})")
+    return y
+
+
 def matmul(raw: np.ndarray, wtype: int, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """raw (n_rows, row_bytes) uint8 blocks of a `wtype` tensor; x (n_tok, n_cols) float32 →
     (n_tok, n_rows) float32 = x · Wᵀ in ggml's quantized arithmetic."""

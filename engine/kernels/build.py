@@ -41,6 +41,8 @@ void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_thr
 int cv_ggml_lanes(void);
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes);
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);
+int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
+                  int lanes, int n_threads);
 void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out);
 """
 

@@ -74,7 +74,7 @@ typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d;
 #pragma pack(pop)
 
 /* ggml_type ids (ggml.h) */
-enum { T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q8_1 = 9, T_Q4_K = 12, T_Q6_K = 14, T_Q8_K = 15 };
+enum { T_F16 = 1, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q8_1 = 9, T_Q4_K = 12, T_Q6_K = 14, T_Q8_K = 15 };
 
 /* ---- activation quantizers: one row of k floats ---------------------------------------------- */
 /* Q8_0 / Q8_1 as ggml-cpu's x86 quantize_row_q8_0/1: d = amax/127 (stored fp16), q = round-half-even
@@ -1064,6 +1064,27 @@ float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int
     return dot_f16(x, y, n, lanes, tiny, 0);
 }
 
+/* ---- F16 weights: ggml-cpu's mul_mat with an F16 src0 (ggml-cpu.c ggml_compute_forward_mul_mat) --
+ * The activations are rounded to F16 (the F16 vec_dot type; ggml_cpu_fp32_to_fp16 rounds to nearest
+ * even). Two or more activation rows go to llamafile_sgemm, whose tinyBLAS takes the matmul when the
+ * row count is a multiple of 4 and the dot length a multiple of the SIMD width (llamafile/sgemm.cpp
+ * tinyBLAS::matmul; it is not compiled without AVX); anything else, and one row, goes through
+ * ggml_vec_dot_f16. W (n_rows, n_cols) fp16; X (n_tok, n_cols) f32; Y row t at Y + t·ldy. */
+int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
+                  int lanes, int n_threads) {
+    if (n_rows < 0 || n_cols <= 0 || n_tok < 0 || ldy < n_rows || (lanes != 0 && lanes != 8 && lanes != 16)) return -1;
+    uint16_t *x16 = malloc((size_t)(n_tok * n_cols) * sizeof *x16);
+    if (!x16 && n_tok) return -1;
+    h2f_table_init();
+    for (int64_t i = 0; i < n_tok * n_cols; i++) x16[i] = f2h(X[i]);
+    const int tiny = lanes > 0 && n_tok >= 2 && n_rows % 4 == 0 && n_cols % lanes == 0;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t t = 0; t < n_tok; t++) Y[t * ldy + r] = dot_f16(W + r * n_cols, x16 + t * n_cols, n_cols, lanes, tiny, 0);
+    free(x16);
+    return 0;
+}
+
 /* q (n_q, n_head, d) f32; k16 (n_ctx, n_head_kv, d) fp16; v16t (n_head_kv, dv, n_ctx) fp16 (llama.cpp's
  * transposed V); mask (n_q, n_kv) additive; softcap > 0: gemma2's scale(1/cap) → tanh → scale(cap)
  * on the scores before the softmax; out (n_q, n_head, dv). Returns 0, or -1 on a bad argument. */
@@ -1232,8 +1253,11 @@ static int act_type(int wtype) {
 }
 
 /* y (rows) = W (rows × cols, wtype) · x (cols), x quantized as ggml would into xq — unless
- * quantize = 0: xq already holds x in this weight's activation type (q, k, v share one) */
-static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float *x, float *y, void *xq, int threads, int quantize) {
+ * quantize = 0: xq already holds x in this weight's activation type (q, k, v share one); F16
+ * weights round x to F16 themselves (cv_matmul_f16) */
+static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float *x, float *y, void *xq, int threads, int quantize,
+               int lanes) {
+    if (wtype == T_F16) return cv_matmul_f16(W, rows, cols, x, 1, y, rows, lanes, threads);
     if (quantize && cv_quantize_acts(wtype, x, cols, 1, xq, 1)) return -1;
     return cv_matmul_q(wtype, W, rows, cols, xq, 1, y, rows, threads);
 }
@@ -1263,7 +1287,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     const int64_t cols[7] = {E, E, E, na, E, E, F};
     int64_t xq_bytes = 0;
     for (int i = 0; i < 7; i++) {
-        const int64_t nbytes = cv_act_bytes(lw->t[i], cols[i], 1);
+        const int64_t nbytes = lw->t[i] == T_F16 ? 0 : cv_act_bytes(lw->t[i], cols[i], 1);
         if (nbytes < 0) return -1;
         xq_bytes = nbytes > xq_bytes ? nbytes : xq_bytes;
     }
@@ -1277,9 +1301,9 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     const float posf = (float)pos;
     if (!err) {
         rms_norm_row(x, lw->attn_norm, h, E, c->rms_eps);
-        err |= mm1(lw->t[0], lw->w[0], nq, E, h, q, xq, c->threads, 1);
-        err |= mm1(lw->t[1], lw->w[1], nk, E, h, k, xq, c->threads, act_type(lw->t[1]) != act_type(lw->t[0]));
-        err |= mm1(lw->t[2], lw->w[2], nv, E, h, v, xq, c->threads, act_type(lw->t[2]) != act_type(lw->t[1]));
+        err |= mm1(lw->t[0], lw->w[0], nq, E, h, q, xq, c->threads, 1, c->lanes);
+        err |= mm1(lw->t[1], lw->w[1], nk, E, h, k, xq, c->threads, act_type(lw->t[1]) != act_type(lw->t[0]), c->lanes);
+        err |= mm1(lw->t[2], lw->w[2], nv, E, h, v, xq, c->threads, act_type(lw->t[2]) != act_type(lw->t[1]), c->lanes);
     }
     if (!err) {
         if (c->qk_norm) {
@@ -1300,17 +1324,17 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
                                 c->softcap, c->lanes, a, c->threads) != 0;
     }
     if (!err) {
-        err |= mm1(lw->t[3], lw->w[3], E, na, a, o, xq, c->threads, 1);
+        err |= mm1(lw->t[3], lw->w[3], E, na, a, o, xq, c->threads, 1, c->lanes);
         if (c->post_norms) rms_norm_row(o, lw->attn_post_norm, o, E, c->rms_eps);
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
         rms_norm_row(x, lw->ffn_norm, h, E, c->rms_eps);
-        err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads, 1);
-        err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]));
+        err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads, 1, c->lanes);
+        err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]), c->lanes);
     }
     if (!err) {
         if (c->gelu) cv_geglu(gu, f, 1, F, 1);
         else cv_swiglu(gu, f, 1, F, c->lanes, 1);
-        err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1);
+        err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1, c->lanes);
         if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
     }
