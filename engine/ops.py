@@ -51,10 +51,11 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
     NORM (llama, bitnet): adjacent pairs (x[2i], x[2i+1]) — GGUF Q/K rows are permuted by the
     converter so this matches HF's rotate_half. NEOX (gemma): pairs (x[i], x[i + n_rot/2]).
 
-    ops.cpp rotate_pairs is compiled with FMA contraction: x0·cos − x1·sin is fmaf(x0, cos, −fl(x1·sin))
-    and x0·sin + x1·cos is fmaf(x0, sin, fl(x1·cos)). A float32 product is exact in float64, so one
-    float64 multiply-add rounded to float32 gives the fused result, bar a rare double rounding
-    (prefill logits are bit-checked against llama.cpp in tests/test_faithful.py)."""
+    ops.cpp rotate_pairs as the compiler vectorised it: in its 8-float vector loop x0·cos − x1·sin is
+    fmaf(x0, cos, −fl(x1·sin)) and x0·sin + x1·cos is fmaf(x0, sin, fl(x1·cos)); the pairs left
+    over after the last whole vector (rope_fused_pairs) are computed unfused, each product rounded.
+    A float32 product is exact in float64, so one float64 multiply-add rounded to float32 gives the
+    fused result, bar a rare double rounding (logits are bit-checked in tests/test_faithful.py)."""
     n_rot = cos.shape[-1] * 2
     c, s = cos[:, None, :].astype(np.float64), sin[:, None, :].astype(np.float64)
     out = x.copy()
@@ -65,9 +66,23 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
         a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
         sl0, sl1 = np.s_[..., 0:n_rot:2], np.s_[..., 1:n_rot:2]
     a64 = a.astype(np.float64)
-    out[sl0] = (a64 * c - (b * s).astype(F32)).astype(F32)
-    out[sl1] = (a64 * s + (b * c).astype(F32)).astype(F32)
+    r0 = (a64 * c - (b * s).astype(F32)).astype(F32)
+    r1 = (a64 * s + (b * c).astype(F32)).astype(F32)
+    k = rope_fused_pairs(n_rot, neox)
+    if k < n_rot // 2:  # the unfused tail
+        f = lambda u: u.astype(F32)  # noqa: E731
+        r0[..., k:] = f(f(a64[..., k:] * c[..., k:]) - f(b[..., k:] * s[..., k:]))
+        r1[..., k:] = f(f(a64[..., k:] * s[..., k:]) + f(b[..., k:] * c[..., k:]))
+    out[sl0], out[sl1] = r0, r1
     return out
+
+
+def rope_fused_pairs(n_rot: int, neox: bool) -> int:
+    """How many of rotate_pairs' n_rot/2 pairs ggml-cpu computes in its 8-float vector loop (with
+    fused multiply-adds): 4 pairs per vector for NORM's interleaved pairs, 8 for NEOX's halves.
+    Measured against llama.cpp on head_dim 12 (tests/test_faithful.py)."""
+    per_vec = 8 if neox else 4
+    return (n_rot // 2) // per_vec * per_vec
 
 
 def silu(x: np.ndarray) -> np.ndarray:

@@ -67,19 +67,28 @@ def test_crossval_run_in_faithful_mode(tmp_path):
     assert rec["parity"]["cosine_similarity"] >= 0.9999 and rec["parity"]["exact_match_rate"] == 1.0
 
 
+# n_embd 96 with 8 heads and one KV head: K and V have 12 rows, so llama.cpp does not repack them
+# (rows % 8) — its Q4_0 vec_dot / tinyBLAS path runs there, the repacked one everywhere else. Head
+# dims 12 and 24 leave rope pairs after rotate_pairs' last whole vector (computed unfused there).
+NARROW_KV = dict(n_embd=96, n_head=8, n_head_kv=1, n_ff=128)
+GEMMA3_HEAD_24 = dict(arch="gemma3", n_layer=7, sliding_window=5, n_embd=96, n_head=4, n_head_kv=1, head_dim=24, n_ff=128)
+
+
 @needs_llamacpp
-@pytest.mark.parametrize("wtype, fallbacks, profile",
-                         [("Q8_0", [], "faithful"), ("F16", [], "exact"), ("Q4_0", ["Q4_0"], "quantized-float")])  # fmt: skip
-def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, fallbacks, profile):
-    """A tiny llama whose matrices are all Q8_0 (native kernel) is gated like llama.cpp itself, and
-    its logits are llama.cpp's; so are an F16 one's (float weights: the exact profile). One in Q4_0
-    (no native kernel here: the q8 float path) gets the quantized-float gate, and its receipt says
-    which types fell back."""
+@pytest.mark.parametrize("wtype, shape, fallbacks, profile",
+                         [("Q8_0", {}, [], "faithful"), ("Q4_0", {}, [], "faithful"), ("Q4_0", NARROW_KV, [], "faithful"),
+                          ("Q8_0", GEMMA3_HEAD_24, [], "faithful"), ("F16", {}, [], "exact"),
+                          ("Q5_1", {}, ["Q5_1"], "quantized-float")])  # fmt: skip
+def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, shape, fallbacks, profile):
+    """A tiny llama whose matrices are all Q8_0 or Q4_0 (native kernels) is gated like llama.cpp
+    itself, and its logits are llama.cpp's; so are an F16 one's (float weights: the exact profile).
+    One in Q5_1 (no native kernel: the q8 float path) gets the quantized-float gate, and its receipt
+    says which types fell back."""
     from gguf import GGMLQuantizationType
 
     from tiny_models import write_tiny_model
 
-    model = write_tiny_model(tmp_path / f"{wtype}.gguf", "llama", weight_type=GGMLQuantizationType[wtype])
+    model = write_tiny_model(tmp_path / f"{wtype}.gguf", **{"arch": "llama", **shape}, weight_type=GGMLQuantizationType[wtype])
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "cat", "text": "the cat sat on the mat and the dog ran"}) + "\n")
     out = tmp_path / "runs"

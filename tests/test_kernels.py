@@ -16,11 +16,11 @@ from engine.quants import quantize
 pytestmark = pytest.mark.skipif(not K.available(), reason=K.load_error() or "")
 
 # weight type → (activation kind, ggml vec_dot name)
-DOTS = {Q.Q8_0: ("q8_0", "q8_0_q8_0"), Q.Q4_1: ("q8_1", "q4_1_q8_1"), Q.Q5_0: ("q8_0", "q5_0_q8_0"),
-        Q.Q4_K: ("q8_K", "q4_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
+DOTS = {Q.Q8_0: ("q8_0", "q8_0_q8_0"), Q.Q4_0: ("q8_0", "q4_0_q8_0"), Q.Q4_1: ("q8_1", "q4_1_q8_1"),
+        Q.Q5_0: ("q8_0", "q5_0_q8_0"), Q.Q4_K: ("q8_K", "q4_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
 # bit-equal to ggml's AVX2 dot; Q4_K sums its mins in another order (llama.cpp runs Q4_K weights through
 # its repacked 8×8 kernels on AVX2 machines anyway, not through this vec_dot)
-EXACT_SIMD = {Q.Q8_0, Q.Q4_1, Q.Q5_0, Q.Q6_K}
+EXACT_SIMD = {Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q6_K}
 
 
 def _vec_dot(name: str, n: int, w: np.ndarray, a: np.ndarray) -> float:
@@ -69,7 +69,7 @@ def simd(request):
 def test_block_dots_equal_ggml_vec_dot(qtype, simd):
     kind, name = DOTS[qtype]
     n = 1024
-    w = _weights(qtype, 8, n, seed=int(qtype))
+    w = _weights(qtype, 9, n, seed=int(qtype))  # 9 rows: llama.cpp repacks Q4_0 / Q4_K of 8k rows (test below)
     x = np.random.default_rng(2).standard_normal((1, n)).astype(np.float32)
     a = libggml.cpu_quantize_row(x[0], kind)
     y = K.matmul(w, qtype, x, threads=1)[0]
@@ -103,7 +103,7 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
         K.matmul(w, qtype, x[:, :500])
 
 
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_1, Q.Q5_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0], ids=lambda t: t.name)
 def test_vnni_and_plain_avx2_kernels_agree_bit_for_bit(qtype):
     """The VNNI copies (one dpbusd per 32 products) and the maddubs+madd ones form the same integers."""
     w = _weights(qtype, 64, 512, seed=7)

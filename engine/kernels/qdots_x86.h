@@ -48,6 +48,34 @@ CV_FN static inline float CV_SFX(dot_q5_0)(const void *vw, const void *va, int n
     return hsum8(acc);
 }
 
+CV_FN static inline float CV_SFX(dot_q4_0)(const void *vw, const void *va, int nb) {
+    const blk_q4_0 *w = vw;
+    const blk_q8_0 *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        acc = _mm256_fmadd_ps(d, CV_SFX(dot_s8)(q4_0_values(&w[b]), _mm256_loadu_si256((const __m256i *)a[b].qs)), acc);
+    }
+    return hsum8(acc);
+}
+
+/* Q4_0 as llama.cpp's repacked q4_0_8x8 kernels sum it: each block's integer sum, times d_w·d_a,
+ * added to one float chain */
+CV_FN static inline float CV_SFX(dotr_q4_0)(const void *vw, const void *va, int nb) {
+    const blk_q4_0 *w = vw;
+    const blk_q8_0 *a = va;
+    float acc = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const __m256i x = q4_0_values(&w[b]), y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        const __m256i p = CV_PAIRS(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        acc = fmaf((float)_mm_cvtsi128_si32(s4), _cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d), acc);
+    }
+    return acc;
+}
+
 /* one block of 32 signed weight values (scale dw) against block b of four Q8_0 activation rows */
 CV_FN static inline void CV_SFX(acc4_s8_q8_0)(__m256i x, float dw, const void *va, int64_t arow, int b, __m256 *acc) {
     const __m256i ax = _mm256_sign_epi8(x, x);
@@ -81,6 +109,13 @@ CV_FN static void CV_SFX(dot4_q4_1)(const void *vw, const void *va, int64_t arow
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summs[t];
 }
 
+CV_FN static void CV_SFX(dot4_q4_0)(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q4_0 *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) CV_SFX(acc4_s8_q8_0)(q4_0_values(&w[b]), _cvtsh_ss(w[b].d), va, arow, b, acc);
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
+}
+
 CV_FN static void CV_SFX(dot4_q5_0)(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q5_0 *w = vw;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -112,6 +147,15 @@ CV_FN static void CV_SFX(dot8_q8_0)(const void *vw, int64_t wrow, const void *va
     for (int k = 0; k < 8; k++) out[k] = hsum8(acc[k]);
 }
 
+CV_FN static void CV_SFX(dot8_q4_0)(const void *vw, int64_t wrow, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q4_0 *w0 = vw, *w1 = (const blk_q4_0 *)((const char *)vw + wrow);
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++)
+        CV_SFX(acc8_s8_q8_0)(q4_0_values(&w0[b]), q4_0_values(&w1[b]), _cvtsh_ss(w0[b].d), _cvtsh_ss(w1[b].d), va, arow, b, acc);
+    for (int k = 0; k < 8; k++) out[k] = hsum8(acc[k]);
+}
+
 CV_FN static void CV_SFX(dot8_q5_0)(const void *vw, int64_t wrow, const void *va, int64_t arow, int nb, float *out) {
     const blk_q5_0 *w0 = vw, *w1 = (const blk_q5_0 *)((const char *)vw + wrow);
     __m256 acc[8];
@@ -124,3 +168,5 @@ CV_FN static void CV_SFX(dot8_q5_0)(const void *vw, int64_t wrow, const void *va
 CV_GEMV(CV_FN, CV_SFX(gemv_q8_0), CV_SFX(dot_q8_0))
 CV_GEMV(CV_FN, CV_SFX(gemv_q4_1), CV_SFX(dot_q4_1))
 CV_GEMV(CV_FN, CV_SFX(gemv_q5_0), CV_SFX(dot_q5_0))
+CV_GEMV(CV_FN, CV_SFX(gemv_q4_0), CV_SFX(dot_q4_0))
+CV_GEMV(CV_FN, CV_SFX(gemvr_q4_0), CV_SFX(dotr_q4_0))

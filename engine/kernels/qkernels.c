@@ -67,6 +67,7 @@ static inline uint16_t f2h(float f) {
 typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;                 /* 34 bytes */
 typedef struct { uint16_t d, s; int8_t qs[32]; } blk_q8_1;              /* 36: s = fp16(d·Σq) */
 typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } blk_q8_K; /* 292 */
+typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;                /* 18 */
 typedef struct { uint16_t d, m; uint8_t qs[16]; } blk_q4_1;             /* 20 */
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_0; /* 22 */
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K; /* 144 */
@@ -74,7 +75,7 @@ typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d;
 #pragma pack(pop)
 
 /* ggml_type ids (ggml.h) */
-enum { T_F16 = 1, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q8_1 = 9, T_Q4_K = 12, T_Q6_K = 14, T_Q8_K = 15 };
+enum { T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q8_1 = 9, T_Q4_K = 12, T_Q6_K = 14, T_Q8_K = 15 };
 
 /* ---- activation quantizers: one row of k floats ---------------------------------------------- */
 /* Q8_0 / Q8_1 as ggml-cpu's x86 quantize_row_q8_0/1: d = amax/127 (stored fp16), q = round-half-even
@@ -178,6 +179,19 @@ CV_CLONES static float dot_q4_1(const void *vw, const void *va, int nb) {
     return sumf;
 }
 
+/* ggml_vec_dot_q4_0_q8_0_generic: nibble − 8; Σ·d_w·d_a in that order */
+CV_CLONES static float dot_q4_0(const void *vw, const void *va, int nb) {
+    const blk_q4_0 *w = vw;
+    const blk_q8_0 *a = va;
+    float sumf = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int sumi = 0;
+        for (int j = 0; j < 16; j++) sumi += ((w[b].qs[j] & 0x0f) - 8) * a[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * a[b].qs[j + 16];
+        sumf += (float)sumi * h2f(w[b].d) * h2f(a[b].d);
+    }
+    return sumf;
+}
+
 CV_CLONES static float dot_q5_0(const void *vw, const void *va, int nb) {
     const blk_q5_0 *w = vw;
     const blk_q8_0 *a = va;
@@ -273,6 +287,9 @@ AVX2_FN static inline __m256i nibbles(const uint8_t *q) {
     const __m128i b = _mm_loadu_si128((const __m128i *)q);
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f));
 }
+
+/* Q4_0's 32 values as signed bytes: the nibble minus 8 */
+AVX2_FN static inline __m256i q4_0_values(const blk_q4_0 *w) { return _mm256_sub_epi8(nibbles(w->qs), _mm256_set1_epi8(8)); }
 
 /* Q5_0's 32 values as signed bytes: the nibble, bit e of qh as bit 4, minus 16 */
 AVX2_FN static inline __m256i q5_0_values(const blk_q5_0 *w) {
@@ -489,6 +506,7 @@ static int vnni_kind(void) { return 0; }
 #define dot_q8_0_avx2 dot_q8_0
 #define dot_q4_1_avx2 dot_q4_1
 #define dot_q5_0_avx2 dot_q5_0
+#define dot_q4_0_avx2 dot_q4_0
 #define dot_q4_K_avx2 dot_q4_K
 #define dot_q6_K_avx2 dot_q6_K
 typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
@@ -519,6 +537,7 @@ static gemv_fn gemv_for(int wtype) {
         if (wtype == T_Q8_0) return CV_PICK(gemv_q8_0);
         if (wtype == T_Q4_1) return CV_PICK(gemv_q4_1);
         if (wtype == T_Q5_0) return CV_PICK(gemv_q5_0);
+        if (wtype == T_Q4_0) return CV_PICK(gemv_q4_0);
         if (wtype == T_Q6_K) return gemv_q6_K_avx2;
     }
 #endif
@@ -534,6 +553,7 @@ static dot8_fn dot8_for(int wtype) {
     if (have_avx2()) {
         if (wtype == T_Q8_0) return CV_PICK(dot8_q8_0);
         if (wtype == T_Q5_0) return CV_PICK(dot8_q5_0);
+        if (wtype == T_Q4_0) return CV_PICK(dot8_q4_0);
     }
 #endif
     (void)wtype;
@@ -546,6 +566,7 @@ static dot4_fn dot4_for(int wtype) {
         if (wtype == T_Q8_0) return CV_PICK(dot4_q8_0);
         if (wtype == T_Q4_1) return CV_PICK(dot4_q4_1);
         if (wtype == T_Q5_0) return CV_PICK(dot4_q5_0);
+        if (wtype == T_Q4_0) return CV_PICK(dot4_q4_0);
         if (wtype == T_Q4_K) return dot4_q4_K_avx2;
         if (wtype == T_Q6_K) return dot4_q6_K_avx2;
     }
@@ -558,6 +579,7 @@ static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot)
     const int simd = have_avx2();
     switch (wtype) {
     case T_Q8_0: *be = 32; *bb = 34; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q8_0) : dot_q8_0; return 0;
+    case T_Q4_0: *be = 32; *bb = 18; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q4_0) : dot_q4_0; return 0;
     case T_Q4_1: *be = 32; *bb = 20; *atype = T_Q8_1; *ab = 36; *dot = simd ? CV_PICK(dot_q4_1) : dot_q4_1; return 0;
     case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q5_0) : dot_q5_0; return 0;
     case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
@@ -607,9 +629,12 @@ int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, v
  * FMA by the compiler — measured against llama.cpp on 14- and 19-row batches). The integer sums are
  * exact, so only these float chains decide the result. Fewer rows use vec_dot (the dots above). */
 
-/* which of llama.cpp's x86 paths a (wtype, rows, activation rows) matmul takes: 0 vec_dot, 1 repack, 2 tiled */
+/* which of llama.cpp's x86 paths a (wtype, rows, activation rows) matmul takes: 0 vec_dot, 1 repack,
+ * 2 tiled, 3 repacked Q4_0 (repack.cpp q4_0_8x8_q8_0: its gemv and gemm alike add each block's
+ * integer sum times d_w·d_a to one float chain per output, arch/x86/repack.cpp) */
 static int ggml_route(int wtype, int64_t n_rows, int64_t n_tok) {
     if (!have_avx2()) return 0;
+    if (wtype == T_Q4_0 && n_rows % 8 == 0) return 3;
     if (wtype == T_Q4_K && n_rows % 8 == 0) return 1;
     if ((wtype == T_Q4_K || wtype == T_Q6_K) && n_tok >= 8) return 2;
     return 0;
@@ -704,13 +729,19 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     const int64_t wrow = (int64_t)nb * bb, arow = (int64_t)nb * ab;
     if (n_threads < 1) n_threads = 1;
     const int route = ggml_route(wtype, n_rows, n_tok);
-    if (route) {
+    if (route == 1 || route == 2) {
         matmul_routed(route, wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
         return 0;
     }
-    const dot4_fn dot4 = dot4_for(wtype);
-    const dot8_fn dot8 = n_tok >= 4 ? dot8_for(wtype) : NULL;
-    const gemv_fn gemv = n_tok == 1 ? gemv_for(wtype) : NULL;
+    dot4_fn dot4 = dot4_for(wtype);
+    dot8_fn dot8 = n_tok >= 4 ? dot8_for(wtype) : NULL;
+    gemv_fn gemv = n_tok == 1 ? gemv_for(wtype) : NULL;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (route == 3) { /* the row loops below with the repacked chain's dot */
+        dot = CV_PICK(dotr_q4_0), dot4 = NULL, dot8 = NULL;
+        gemv = n_tok == 1 ? CV_PICK(gemvr_q4_0) : NULL;
+    }
+#endif
     if (gemv) { /* decode: one row loop per type, the dot inlined; no thread team for one thread */
         if (n_threads == 1) {
             gemv((const char *)W, wrow, 0, n_rows, xq, nb, Y);
@@ -1262,14 +1293,23 @@ static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float
     return cv_matmul_q(wtype, W, rows, cols, xq, 1, y, rows, threads);
 }
 
+/* ops.cpp rotate_pairs as compiled: fused in its 8-float vector loop (4 interleaved pairs or 8 NEOX
+ * pairs per vector), each product rounded in the leftover pairs (engine/ops.py rope_fused_pairs) */
 static void rope_row(float *x, int n_heads, int head_dim, int n_rot, int neox, const float *cs, const float *sn) {
+    const int per_vec = neox ? 8 : 4, fused = n_rot / 2 / per_vec * per_vec;
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (int64_t)h * head_dim;
         for (int i = 0; i < n_rot / 2; i++) {
             const int i0 = neox ? i : 2 * i, i1 = neox ? i + n_rot / 2 : 2 * i + 1;
             const float x0 = v[i0], x1 = v[i1];
-            v[i0] = fmaf(x0, cs[i], -(x1 * sn[i])); /* ops.cpp rotate_pairs, as compiled (fused) */
-            v[i1] = fmaf(x0, sn[i], x1 * cs[i]);
+            if (i < fused) {
+                v[i0] = fmaf(x0, cs[i], -(x1 * sn[i]));
+                v[i1] = fmaf(x0, sn[i], x1 * cs[i]);
+            } else {
+                const float a = x0 * cs[i], b = x1 * sn[i], c = x0 * sn[i], d = x1 * cs[i];
+                v[i0] = a - b;
+                v[i1] = c + d;
+            }
         }
     }
 }
