@@ -59,21 +59,32 @@ CV_FN static inline float CV_SFX(dot_q4_0)(const void *vw, const void *va, int n
     return hsum8(acc);
 }
 
-/* Q4_0 as llama.cpp's repacked q4_0_8x8 kernels sum it: each block's integer sum, times d_w·d_a,
- * added to one float chain */
-CV_FN static inline float CV_SFX(dotr_q4_0)(const void *vw, const void *va, int nb) {
-    const blk_q4_0 *w = vw;
-    const blk_q8_0 *a = va;
-    float acc = 0.0f;
+/* Q4_0 as llama.cpp's repacked q4_0_8x8 kernels sum it, for eight weight rows (wrow bytes apart)
+ * and nt ≤ 4 activation rows: each block's integer sum, times d_w·d_a, added to one float chain per
+ * output — lane i of a vector is row i's chain, as in repack.cpp. out[t·8 + i]: row i, token t. */
+CV_FN static void CV_SFX(rep8_q4_0)(const char *W, int64_t wrow, const void *xq, int64_t arow, int nt, int nb, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < nb; b++) {
-        const __m256i x = q4_0_values(&w[b]), y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        const __m256i p = CV_PAIRS(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-        acc = fmaf((float)_mm_cvtsi128_si32(s4), _cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d), acc);
+        __m256i x[8], ax[8];
+        float dw[8];
+        for (int i = 0; i < 8; i++) {
+            const blk_q4_0 *w = (const blk_q4_0 *)(W + i * wrow) + b;
+            x[i] = q4_0_values(w), ax[i] = _mm256_sign_epi8(x[i], x[i]), dw[i] = _cvtsh_ss(w->d);
+        }
+        const __m256 vdw = _mm256_loadu_ps(dw);
+        for (int t = 0; t < nt; t++) {
+            const blk_q8_0 *a = (const blk_q8_0 *)((const char *)xq + t * arow) + b;
+            const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);
+            __m256i p[8];
+            for (int i = 0; i < 8; i++) p[i] = CV_PAIRS(ax[i], _mm256_sign_epi8(y, x[i]));
+            /* eight 8-lane integer sums → one vector whose lane i is row i's block sum (any order: exact) */
+            const __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            const __m256i s1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+            const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(vdw, _mm256_set1_ps(_cvtsh_ss(a->d))), acc[t]);
+        }
     }
-    return acc;
+    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
 /* one block of 32 signed weight values (scale dw) against block b of four Q8_0 activation rows */
@@ -169,4 +180,3 @@ CV_GEMV(CV_FN, CV_SFX(gemv_q8_0), CV_SFX(dot_q8_0))
 CV_GEMV(CV_FN, CV_SFX(gemv_q4_1), CV_SFX(dot_q4_1))
 CV_GEMV(CV_FN, CV_SFX(gemv_q5_0), CV_SFX(dot_q5_0))
 CV_GEMV(CV_FN, CV_SFX(gemv_q4_0), CV_SFX(dot_q4_0))
-CV_GEMV(CV_FN, CV_SFX(gemvr_q4_0), CV_SFX(dotr_q4_0))

@@ -733,15 +733,27 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
         matmul_routed(route, wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
         return 0;
     }
-    dot4_fn dot4 = dot4_for(wtype);
-    dot8_fn dot8 = n_tok >= 4 ? dot8_for(wtype) : NULL;
-    gemv_fn gemv = n_tok == 1 ? gemv_for(wtype) : NULL;
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (route == 3) { /* the row loops below with the repacked chain's dot */
-        dot = CV_PICK(dotr_q4_0), dot4 = NULL, dot8 = NULL;
-        gemv = n_tok == 1 ? CV_PICK(gemvr_q4_0) : NULL;
+    if (route == 3) { /* eight rows (the repacked block's) × up to four tokens per call */
+        void (*rep8)(const char *, int64_t, const void *, int64_t, int, int, float *) = CV_PICK(rep8_q4_0);
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+        for (int64_t r = 0; r < n_rows; r += 8) {
+            const char *next = (const char *)W + (r + 8) * wrow; /* the next group's 8 rows, contiguous */
+            for (int64_t o = 0; r + 8 < n_rows && o < 8 * wrow; o += 64) __builtin_prefetch(next + o);
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+                const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+                float o[32];
+                rep8((const char *)W + r * wrow, wrow, (const char *)xq + t0 * arow, arow, nt, nb, o);
+                for (int t = 0; t < nt; t++)
+                    for (int i = 0; i < 8; i++) Y[(t0 + t) * ldy + r + i] = o[8 * t + i];
+            }
+        }
+        return 0;
     }
 #endif
+    const dot4_fn dot4 = dot4_for(wtype);
+    const dot8_fn dot8 = n_tok >= 4 ? dot8_for(wtype) : NULL;
+    const gemv_fn gemv = n_tok == 1 ? gemv_for(wtype) : NULL;
     if (gemv) { /* decode: one row loop per type, the dot inlined; no thread team for one thread */
         if (n_threads == 1) {
             gemv((const char *)W, wrow, 0, n_rows, xq, nb, Y);
