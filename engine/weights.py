@@ -128,8 +128,10 @@ def _native(wtype) -> bool:
 def faithful_fallbacks(g: GGUFFile) -> list[str]:
     """The ggml types of g's matrices that faithful mode has no native kernel for: those go through
     the q8 float path (llama.cpp's activation rounding, numpy's summation order), so faithful mode
-    is bit-exact with llama.cpp only when this is empty."""
-    return sorted({t.type.name for t in g.tensors.values() if len(t.ne) >= 2 and not _native(t.type)})
+    is bit-exact with llama.cpp only when this is empty. An embedding table that is only looked up
+    (the model has its own output.weight) is dequantized row by row, exactly, whatever its type."""
+    lookup_only = {"token_embd.weight"} if "output.weight" in g.tensors else set()
+    return sorted({t.type.name for n, t in g.tensors.items() if len(t.ne) >= 2 and n not in lookup_only and not _native(t.type)})
 
 
 class NativeWeights(FloatWeights):

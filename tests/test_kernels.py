@@ -130,3 +130,19 @@ def test_faithful_without_the_extension_is_a_clear_error(monkeypatch, tiny_model
     with pytest.raises(ValueError, match="faithful: native kernels not built"):
         Engine(tiny_model("llama"), mode="faithful")
     assert Engine(tiny_model("llama"), mode="float").logits([1, 5, 9]).shape == (3, 320)
+
+
+def test_faithful_fallbacks_name_the_matrix_types_without_a_native_kernel():
+    from types import SimpleNamespace as NS
+
+    from engine.weights import faithful_fallbacks
+
+    def model(**types):
+        return NS(tensors={n.replace("__", "."): NS(ne=(64, 64) if n != "norm" else (64,), type=t) for n, t in types.items()})
+
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q4_0, blk__0__ffn_up__weight=Q.F16, norm=Q.F32)) == []
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q5_1, blk__0__ffn_up__weight=Q.Q5_K, norm=Q.F32)) == ["Q5_1", "Q5_K"]
+    # a table that is only looked up (the model has its own output matrix) is exact whatever its type;
+    # a tied one is also the output matmul
+    assert faithful_fallbacks(model(token_embd__weight=Q.Q5_1, output__weight=Q.Q8_0)) == []
+    assert faithful_fallbacks(model(token_embd__weight=Q.Q5_1)) == ["Q5_1"]
