@@ -71,6 +71,7 @@ def test_crossval_run_in_faithful_mode(tmp_path):
 # (rows % 8) — its Q4_0 vec_dot / tinyBLAS path runs there, the repacked one everywhere else. Head
 # dims 12 and 24 leave rope pairs after rotate_pairs' last whole vector (computed unfused there).
 NARROW_KV = dict(n_embd=96, n_head=8, n_head_kv=1, n_ff=128)
+K_QUANT_WIDTH = dict(n_embd=256, n_head=4, n_head_kv=2, n_ff=256)  # rows of 256 values for K-quant blocks
 GEMMA3_HEAD_24 = dict(arch="gemma3", n_layer=7, sliding_window=5, n_embd=96, n_head=4, n_head_kv=1, head_dim=24, n_ff=128)
 
 
@@ -78,12 +79,12 @@ GEMMA3_HEAD_24 = dict(arch="gemma3", n_layer=7, sliding_window=5, n_embd=96, n_h
 @pytest.mark.parametrize("wtype, shape, fallbacks, profile",
                          [("Q8_0", {}, [], "faithful"), ("Q4_0", {}, [], "faithful"), ("Q4_0", NARROW_KV, [], "faithful"),
                           ("Q8_0", GEMMA3_HEAD_24, [], "faithful"), ("F16", {}, [], "exact"),
-                          ("Q5_1", {}, ["Q5_1"], "quantized-float")])  # fmt: skip
+                          ("Q5_1", {}, [], "faithful"), ("Q5_K", K_QUANT_WIDTH, [], "faithful"), ("Q3_K", K_QUANT_WIDTH, ["Q3_K"], "quantized-float")])  # fmt: skip
 def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, shape, fallbacks, profile):
-    """A tiny llama whose matrices are all Q8_0 or Q4_0 (native kernels) is gated like llama.cpp
-    itself, and its logits are llama.cpp's; so are an F16 one's (float weights: the exact profile).
-    One in Q5_1 (no native kernel: the q8 float path) gets the quantized-float gate, and its receipt
-    says which types fell back."""
+    """A tiny llama whose matrices are all Q8_0, Q4_0, Q5_1 or Q5_K (native kernels) is gated like
+    llama.cpp itself, and its logits are llama.cpp's; so are an F16 one's (float weights: the exact
+    profile). One in Q3_K (no native kernel: the q8 float path) gets the quantized-float gate, and
+    its receipt says which types fell back."""
     from gguf import GGMLQuantizationType
 
     from tiny_models import write_tiny_model

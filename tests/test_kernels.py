@@ -17,10 +17,11 @@ pytestmark = pytest.mark.skipif(not K.available(), reason=K.load_error() or "")
 
 # weight type → (activation kind, ggml vec_dot name)
 DOTS = {Q.Q8_0: ("q8_0", "q8_0_q8_0"), Q.Q4_0: ("q8_0", "q4_0_q8_0"), Q.Q4_1: ("q8_1", "q4_1_q8_1"),
-        Q.Q5_0: ("q8_0", "q5_0_q8_0"), Q.Q4_K: ("q8_K", "q4_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
+        Q.Q5_0: ("q8_0", "q5_0_q8_0"), Q.Q5_1: ("q8_1", "q5_1_q8_1"), Q.Q4_K: ("q8_K", "q4_K_q8_K"),
+        Q.Q5_K: ("q8_K", "q5_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
 # bit-equal to ggml's AVX2 dot; Q4_K sums its mins in another order (llama.cpp runs Q4_K weights through
 # its repacked 8×8 kernels on AVX2 machines anyway, not through this vec_dot)
-EXACT_SIMD = {Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q6_K}
+EXACT_SIMD = {Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q6_K}
 
 
 def _vec_dot(name: str, n: int, w: np.ndarray, a: np.ndarray) -> float:
@@ -92,7 +93,7 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
     # prefill (tokens four at a time) and decode (one token) give identical rows — except where
     # llama.cpp itself sums differently for a batch: on AVX2 its repacked Q4_K gemm (groups of 4
     # rows) and its tiled K-quant matmul (8 rows or more) change the float order, and so do we
-    batch_order_differs = simd and qtype in (Q.Q4_K, Q.Q6_K)
+    batch_order_differs = simd and qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K)
     for t in range(9):
         row = K.matmul(w, qtype, x[t : t + 1])[0]
         if batch_order_differs:
@@ -103,7 +104,7 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
         K.matmul(w, qtype, x[:, :500])
 
 
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1], ids=lambda t: t.name)
 def test_vnni_and_plain_avx2_kernels_agree_bit_for_bit(qtype):
     """The VNNI copies (one dpbusd per 32 products) and the maddubs+madd ones form the same integers."""
     w = _weights(qtype, 64, 512, seed=7)
@@ -141,8 +142,8 @@ def test_faithful_fallbacks_name_the_matrix_types_without_a_native_kernel():
         return NS(tensors={n.replace("__", "."): NS(ne=(64, 64) if n != "norm" else (64,), type=t) for n, t in types.items()})
 
     assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q4_0, blk__0__ffn_up__weight=Q.F16, norm=Q.F32)) == []
-    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q5_1, blk__0__ffn_up__weight=Q.Q5_K, norm=Q.F32)) == ["Q5_1", "Q5_K"]
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q3_K, blk__0__ffn_up__weight=Q.Q2_K, norm=Q.F32)) == ["Q2_K", "Q3_K"]
     # a table that is only looked up (the model has its own output matrix) is exact whatever its type;
     # a tied one is also the output matmul
-    assert faithful_fallbacks(model(token_embd__weight=Q.Q5_1, output__weight=Q.Q8_0)) == []
-    assert faithful_fallbacks(model(token_embd__weight=Q.Q5_1)) == ["Q5_1"]
+    assert faithful_fallbacks(model(token_embd__weight=Q.Q3_K, output__weight=Q.Q8_0)) == []
+    assert faithful_fallbacks(model(token_embd__weight=Q.Q3_K)) == ["Q3_K"]

@@ -3,7 +3,8 @@
 `matmul(raw, wtype, x, threads)` multiplies the rows of a quantized GGUF tensor — its raw blocks,
 never a dequantized copy — by activations x quantized as ggml's CPU backend quantizes them
 (Q8_0 / Q8_1 / Q8_K), with integer block dot products and ggml's per-block scale arithmetic.
-Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K (`supported(wtype)`), and F16 through `matmul_f16`. When the extension was not built
+Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (`supported(wtype)`), and F16 through
+`matmul_f16`. When the extension was not built
 (no C compiler at install time), `available()` is False and `load_error()` says why; the numpy
 engine modes still work.
 """

@@ -36,6 +36,20 @@ CV_FN static inline float CV_SFX(dot_q4_1)(const void *vw, const void *va, int n
     return hsum8(acc) + summs;
 }
 
+CV_FN static inline float CV_SFX(dot_q5_1)(const void *vw, const void *va, int nb) {
+    const blk_q5_1 *w = vw;
+    const blk_q8_1 *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        summs += _cvtsh_ss(w[b].m) * _cvtsh_ss(a[b].s);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+        acc = _mm256_fmadd_ps(d, CV_SFX(sum_i8_pairs)(q5_values(w[b].qs, w[b].qh), y), acc);
+    }
+    return hsum8(acc) + summs;
+}
+
 CV_FN static inline float CV_SFX(dot_q5_0)(const void *vw, const void *va, int nb) {
     const blk_q5_0 *w = vw;
     const blk_q8_0 *a = va;
@@ -127,6 +141,22 @@ CV_FN static void CV_SFX(dot4_q4_0)(const void *vw, const void *va, int64_t arow
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
+CV_FN static void CV_SFX(dot4_q5_1)(const void *vw, const void *va, int64_t arow, int nb, float *out) {
+    const blk_q5_1 *w = vw;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float summs[4] = {0, 0, 0, 0};
+    for (int b = 0; b < nb; b++) {
+        const __m256i x = q5_values(w[b].qs, w[b].qh);
+        const float dw = _cvtsh_ss(w[b].d), mw = _cvtsh_ss(w[b].m);
+        for (int t = 0; t < 4; t++) {
+            const blk_q8_1 *a = (const blk_q8_1 *)((const char *)va + t * arow) + b;
+            summs[t] += mw * _cvtsh_ss(a->s);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), CV_SFX(sum_i8_pairs)(x, _mm256_loadu_si256((const __m256i *)a->qs)), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summs[t];
+}
+
 CV_FN static void CV_SFX(dot4_q5_0)(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q5_0 *w = vw;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -180,3 +210,4 @@ CV_GEMV(CV_FN, CV_SFX(gemv_q8_0), CV_SFX(dot_q8_0))
 CV_GEMV(CV_FN, CV_SFX(gemv_q4_1), CV_SFX(dot_q4_1))
 CV_GEMV(CV_FN, CV_SFX(gemv_q5_0), CV_SFX(dot_q5_0))
 CV_GEMV(CV_FN, CV_SFX(gemv_q4_0), CV_SFX(dot_q4_0))
+CV_GEMV(CV_FN, CV_SFX(gemv_q5_1), CV_SFX(dot_q5_1))

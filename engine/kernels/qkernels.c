@@ -70,12 +70,14 @@ typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } blk_q8_K; /* 292 
 typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;                /* 18 */
 typedef struct { uint16_t d, m; uint8_t qs[16]; } blk_q4_1;             /* 20 */
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_0; /* 22 */
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_1; /* 24 */
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K; /* 144 */
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } blk_q5_K; /* 176 */
 typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } blk_q6_K; /* 210 */
 #pragma pack(pop)
 
 /* ggml_type ids (ggml.h) */
-enum { T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q8_0 = 8, T_Q8_1 = 9, T_Q4_K = 12, T_Q6_K = 14, T_Q8_K = 15 };
+enum { T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_Q8_K = 15 };
 
 /* ---- activation quantizers: one row of k floats ---------------------------------------------- */
 /* Q8_0 / Q8_1 as ggml-cpu's x86 quantize_row_q8_0/1: d = amax/127 (stored fp16), q = round-half-even
@@ -210,6 +212,54 @@ CV_CLONES static float dot_q5_0(const void *vw, const void *va, int nb) {
     return sumf;
 }
 
+/* ggml_vec_dot_q5_1_q8_1_generic: 5-bit unsigned values; (d_w·d_a)·Σ + m_w·s_a */
+CV_CLONES static float dot_q5_1(const void *vw, const void *va, int nb) {
+    const blk_q5_1 *w = vw;
+    const blk_q8_1 *a = va;
+    float sumf = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        int sumi = 0;
+        for (int j = 0; j < 16; j++) {
+            const int lo = (int)((w[b].qs[j] & 0x0f) | (((qh >> j) & 1) << 4));
+            const int hi = (int)((w[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+            sumi += lo * a[b].qs[j] + hi * a[b].qs[j + 16];
+        }
+        sumf += (h2f(w[b].d) * h2f(a[b].d)) * (float)sumi + h2f(w[b].m) * h2f(a[b].s);
+    }
+    return sumf;
+}
+
+/* Q5_K: Q4_K's sub-blocks and scales, bit 2j / 2j+1 of qh[l] the fifth bit of value l of sub-blocks
+ * 2j / 2j+1; the AVX2 dot's 8 float lanes (each lane's integer as its maddubs/madd forms it) */
+CV_CLONES static float dot_q5_K(const void *vw, const void *va, int nb) {
+    const blk_q5_K *w = vw;
+    const blk_q8_K *a = va;
+    float lanes[8] = {0}, summs = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        uint8_t sc[8], mn[8];
+        q4_K_scales(w[b].scales, sc, mn);
+        int summ = 0;
+        for (int j = 0; j < 8; j++) summ += mn[j] * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+        int32_t li[8] = {0};
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *q = w[b].qs + 32 * j;
+            const int8_t *y0 = a[b].qs + 64 * j, *y1 = y0 + 32;
+            for (int l = 0; l < 32; l++) {
+                const int v0 = (q[l] & 0x0f) | (((w[b].qh[l] >> (2 * j)) & 1) << 4), v1 = (q[l] >> 4) | (((w[b].qh[l] >> (2 * j + 1)) & 1) << 4);
+                li[l / 4] += sc[2 * j] * v0 * y0[l] + sc[2 * j + 1] * v1 * y1[l]; /* lane = 4 consecutive values */
+            }
+        }
+        const float d = a[b].d * h2f(w[b].d), dmin = -a[b].d * h2f(w[b].dmin);
+        summs = fmaf(dmin, (float)summ, summs);
+        for (int l = 0; l < 8; l++) lanes[l] = fmaf(d, (float)li[l], lanes[l]);
+    }
+    float x[4];
+    for (int i = 0; i < 4; i++) x[i] = lanes[i + 4] + lanes[i];
+    return ((x[0] + x[2]) + (x[1] + x[3])) + summs;
+}
+
 /* Q4_K: 8 sub-blocks of 32 with 6-bit scales and mins packed in 12 bytes (get_scale_min_k4). */
 CV_CLONES static float dot_q4_K(const void *vw, const void *va, int nb) {
     const blk_q4_K *w = vw;
@@ -291,16 +341,19 @@ AVX2_FN static inline __m256i nibbles(const uint8_t *q) {
 /* Q4_0's 32 values as signed bytes: the nibble minus 8 */
 AVX2_FN static inline __m256i q4_0_values(const blk_q4_0 *w) { return _mm256_sub_epi8(nibbles(w->qs), _mm256_set1_epi8(8)); }
 
-/* Q5_0's 32 values as signed bytes: the nibble, bit e of qh as bit 4, minus 16 */
-AVX2_FN static inline __m256i q5_0_values(const blk_q5_0 *w) {
+/* 32 five-bit values 0..31: the nibbles, bit e of qh as bit 4 of value e */
+AVX2_FN static inline __m256i q5_values(const uint8_t *qs, const uint8_t *qhp) {
     uint32_t qh;
-    memcpy(&qh, w->qh, 4);
+    memcpy(&qh, qhp, 4);
     const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000);
     const __m256i bitsel = _mm256_set1_epi64x(0x8040201008040201);
     __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf); /* byte e holds qh's byte e/8 */
     hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bitsel), bitsel);        /* 0xff where bit e is set */
-    return _mm256_sub_epi8(_mm256_or_si256(nibbles(w->qs), _mm256_and_si256(hb, _mm256_set1_epi8(0x10))), _mm256_set1_epi8(16));
+    return _mm256_or_si256(nibbles(qs), _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
 }
+
+/* Q5_0's 32 values as signed bytes: five bits minus 16 */
+AVX2_FN static inline __m256i q5_0_values(const blk_q5_0 *w) { return _mm256_sub_epi8(q5_values(w->qs, w->qh), _mm256_set1_epi8(16)); }
 
 /* Q6_K: the four 32-value vectors of one 128-value half (6-bit, unsigned 0..63) */
 AVX2_FN static inline void q6_K_half(const uint8_t *ql, const uint8_t *qhp, __m256i *v) {
@@ -372,6 +425,37 @@ AVX2_FN static inline __m256i q4_K_block_lanes(const __m256i *lo, const __m256i 
     q4_K_pair_sums(lo, hi, sc, mn, a, sj, imin);
     *summ = imin[0] + imin[1] + imin[2] + imin[3];
     return _mm256_add_epi32(_mm256_add_epi32(sj[0], sj[1]), _mm256_add_epi32(sj[2], sj[3]));
+}
+
+/* Q5_K block: Q4_K's nibble vectors with bit 2j (low) / 2j+1 (high) of each qh byte as bit 4 */
+AVX2_FN static inline void q5_K_values(const blk_q5_K *w, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1), hb = _mm256_loadu_si256((const __m256i *)w->qh);
+    for (int j = 0; j < 4; j++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+        const __m256i b0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4);
+        const __m256i b1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4);
+        lo[j] = _mm256_or_si256(_mm256_and_si256(q, m4), b0), hi[j] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), b1);
+    }
+}
+
+/* ggml_vec_dot_q5_K_q8_K (AVX2): d = d_a·d_w and dmin = −d_a·dmin_w per block; the mins' integer
+ * times dmin added to a float sum, the lanes fused with d, hsum + that sum at the end */
+AVX2_FN static float dot_q5_K_avx2(const void *vw, const void *va, int nb) {
+    const blk_q5_K *w = vw;
+    const blk_q8_K *a = va;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        uint8_t sc[8], mn[8];
+        q4_K_scales(w[b].scales, sc, mn);
+        __m256i lo[4], hi[4];
+        q5_K_values(&w[b], lo, hi);
+        int summ;
+        const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, &a[b], &summ);
+        summs = fmaf(-a[b].d * _cvtsh_ss(w[b].dmin), (float)summ, summs); /* contracted, as ggml-cpu is built (-march=native) */
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(a[b].d * _cvtsh_ss(w[b].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc) + summs;
 }
 
 /* Q4_K: 6-bit scales/mins as in the scalar version; nibble products per 32 values scaled in int32 */
@@ -507,6 +591,8 @@ static int vnni_kind(void) { return 0; }
 #define dot_q4_1_avx2 dot_q4_1
 #define dot_q5_0_avx2 dot_q5_0
 #define dot_q4_0_avx2 dot_q4_0
+#define dot_q5_1_avx2 dot_q5_1
+#define dot_q5_K_avx2 dot_q5_K
 #define dot_q4_K_avx2 dot_q4_K
 #define dot_q6_K_avx2 dot_q6_K
 typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
@@ -538,6 +624,7 @@ static gemv_fn gemv_for(int wtype) {
         if (wtype == T_Q4_1) return CV_PICK(gemv_q4_1);
         if (wtype == T_Q5_0) return CV_PICK(gemv_q5_0);
         if (wtype == T_Q4_0) return CV_PICK(gemv_q4_0);
+        if (wtype == T_Q5_1) return CV_PICK(gemv_q5_1);
         if (wtype == T_Q6_K) return gemv_q6_K_avx2;
     }
 #endif
@@ -567,6 +654,7 @@ static dot4_fn dot4_for(int wtype) {
         if (wtype == T_Q4_1) return CV_PICK(dot4_q4_1);
         if (wtype == T_Q5_0) return CV_PICK(dot4_q5_0);
         if (wtype == T_Q4_0) return CV_PICK(dot4_q4_0);
+        if (wtype == T_Q5_1) return CV_PICK(dot4_q5_1);
         if (wtype == T_Q4_K) return dot4_q4_K_avx2;
         if (wtype == T_Q6_K) return dot4_q6_K_avx2;
     }
@@ -580,6 +668,8 @@ static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot)
     switch (wtype) {
     case T_Q8_0: *be = 32; *bb = 34; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q8_0) : dot_q8_0; return 0;
     case T_Q4_0: *be = 32; *bb = 18; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q4_0) : dot_q4_0; return 0;
+    case T_Q5_1: *be = 32; *bb = 24; *atype = T_Q8_1; *ab = 36; *dot = simd ? CV_PICK(dot_q5_1) : dot_q5_1; return 0;
+    case T_Q5_K: *be = 256; *bb = 176; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q5_K_avx2 : dot_q5_K; return 0;
     case T_Q4_1: *be = 32; *bb = 20; *atype = T_Q8_1; *ab = 36; *dot = simd ? CV_PICK(dot_q4_1) : dot_q4_1; return 0;
     case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q5_0) : dot_q5_0; return 0;
     case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
@@ -636,7 +726,7 @@ static int ggml_route(int wtype, int64_t n_rows, int64_t n_tok) {
     if (!have_avx2()) return 0;
     if (wtype == T_Q4_0 && n_rows % 8 == 0) return 3;
     if (wtype == T_Q4_K && n_rows % 8 == 0) return 1;
-    if ((wtype == T_Q4_K || wtype == T_Q6_K) && n_tok >= 8) return 2;
+    if ((wtype == T_Q4_K || wtype == T_Q5_K || wtype == T_Q6_K) && n_tok >= 8) return 2;
     return 0;
 }
 
@@ -652,7 +742,7 @@ AVX2_FN static inline int32_t hsum_i32(__m256i v) {
  * chains (the same per-output order as one row at a time). */
 AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok,
                                   float *Y, int64_t ldy, int n_threads) {
-    const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : 210), arow = (int64_t)nb * 292;
+    const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : wtype == T_Q5_K ? 176 : 210), arow = (int64_t)nb * 292;
     const int64_t n_gemm = n_tok - n_tok % 4; /* repack: rows in groups of 4 through gemm */
     const int64_t tile = arow * 16 <= 32768 ? 16 : arow * 8 <= 32768 ? 8 : 4; /* activations kept in L1 */
 #pragma omp parallel num_threads(n_threads)
@@ -677,11 +767,13 @@ AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n
                         }
                         continue;
                     }
-                    const blk_q4_K *w = (const blk_q4_K *)wr + b;
+                    /* Q4_K, or Q5_K (the same d, dmin and scales ahead of its fifth bits) */
+                    const blk_q4_K *w = (const blk_q4_K *)(wr + (int64_t)b * (wtype == T_Q5_K ? 176 : 144));
                     uint8_t sc[8], mn[8];
                     q4_K_scales(w->scales, sc, mn);
                     __m256i lo[4], hi[4];
-                    q4_K_nibbles(w, lo, hi);
+                    if (wtype == T_Q5_K) q5_K_values((const blk_q5_K *)w, lo, hi);
+                    else q4_K_nibbles(w, lo, hi);
                     const float dw = _cvtsh_ss(w->d), dmw = _cvtsh_ss(w->dmin);
                     for (int u = 0; u < nt; u++) {
                         const int64_t t = t0 + u;
