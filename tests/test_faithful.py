@@ -192,14 +192,15 @@ def test_rope_cache_is_libms_powf_cosf_sinf():
 
 @needs_llamacpp
 @pytest.mark.parametrize("model, weights", [("smollm2", "as shipped"), ("gemma3-270m", "as shipped"), ("gemma3-270m", "F16"),
-                                            ("smollm2", "Q4_0")])  # fmt: skip
+                                            ("smollm2", "Q4_0"), ("smollm2", "Q5_K_M"), ("gemma3-270m", "Q3_K_M")])  # fmt: skip
 def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     """F16 cache, llama.cpp's default CPU paths: every logit of a teacher-forced prompt (its batched
     paths: tinyBLAS attention, repacked Q4_K gemm, tiled Q6_K) and of 24 decode steps (its one-row
     paths: vec_dot, repacked gemv) is the same float. 19+ tokens cross the tiled path's 16-row tiles.
     An F16 copy of the model takes llama.cpp's F16 matmuls: tinyBLAS for batches, ggml_vec_dot_f16
     for one row (float mode is 0.995 from llama.cpp at one position of the long prompt there); a
-    Q4_0 requantization (llama.cpp's quantizer, crossval matrix's cache) its repacked Q4_0 kernels."""
+    Q4_0 requantization (llama.cpp's quantizer, crossval matrix's cache) its repacked Q4_0 kernels,
+    Q5_K_M and Q3_K_M ones its Q5_K and Q5_1 dots and the tiled Q5_K path."""
     from crossval.backends.llamacpp import LlamaCppBackend
     from crossval.matrix import variant
     from engine.generate import Engine
