@@ -72,6 +72,9 @@ def test_crossval_run_in_faithful_mode(tmp_path):
 # dims 12 and 24 leave rope pairs after rotate_pairs' last whole vector (computed unfused there).
 NARROW_KV = dict(n_embd=96, n_head=8, n_head_kv=1, n_ff=128)
 K_QUANT_WIDTH = dict(n_embd=256, n_head=4, n_head_kv=2, n_ff=256)  # rows of 256 values for K-quant blocks
+# 64 heads of 4 dims and one KV head: K and V have 4 rows, so llama.cpp runs Q4_K's vec_dot there
+# (its repacked kernels everywhere else) and rope has only an unfused tail
+Q4_K_NARROW_KV = dict(n_embd=256, n_head=64, n_head_kv=1, head_dim=4, n_ff=256)
 GEMMA3_HEAD_24 = dict(arch="gemma3", n_layer=7, sliding_window=5, n_embd=96, n_head=4, n_head_kv=1, head_dim=24, n_ff=128)
 
 
@@ -79,7 +82,8 @@ GEMMA3_HEAD_24 = dict(arch="gemma3", n_layer=7, sliding_window=5, n_embd=96, n_h
 @pytest.mark.parametrize("wtype, shape, fallbacks, profile",
                          [("Q8_0", {}, [], "faithful"), ("Q4_0", {}, [], "faithful"), ("Q4_0", NARROW_KV, [], "faithful"),
                           ("Q8_0", GEMMA3_HEAD_24, [], "faithful"), ("F16", {}, [], "exact"),
-                          ("Q5_1", {}, [], "faithful"), ("Q5_K", K_QUANT_WIDTH, [], "faithful"), ("Q3_K", K_QUANT_WIDTH, ["Q3_K"], "quantized-float")])  # fmt: skip
+                          ("Q5_1", {}, [], "faithful"), ("Q5_K", K_QUANT_WIDTH, [], "faithful"),
+                          ("Q4_K", Q4_K_NARROW_KV, [], "faithful"), ("Q3_K", K_QUANT_WIDTH, ["Q3_K"], "quantized-float")])  # fmt: skip
 def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, shape, fallbacks, profile):
     """A tiny llama whose matrices are all Q8_0, Q4_0, Q5_1 or Q5_K (native kernels) is gated like
     llama.cpp itself, and its logits are llama.cpp's; so are an F16 one's (float weights: the exact

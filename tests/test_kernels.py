@@ -19,9 +19,9 @@ pytestmark = pytest.mark.skipif(not K.available(), reason=K.load_error() or "")
 DOTS = {Q.Q8_0: ("q8_0", "q8_0_q8_0"), Q.Q4_0: ("q8_0", "q4_0_q8_0"), Q.Q4_1: ("q8_1", "q4_1_q8_1"),
         Q.Q5_0: ("q8_0", "q5_0_q8_0"), Q.Q5_1: ("q8_1", "q5_1_q8_1"), Q.Q4_K: ("q8_K", "q4_K_q8_K"),
         Q.Q5_K: ("q8_K", "q5_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
-# bit-equal to ggml's AVX2 dot; Q4_K sums its mins in another order (llama.cpp runs Q4_K weights through
-# its repacked 8×8 kernels on AVX2 machines anyway, not through this vec_dot)
-EXACT_SIMD = {Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q6_K}
+# bit-equal to ggml's AVX2 dot (llama.cpp uses it for Q4_0 / Q4_K matrices whose rows are not a
+# multiple of 8, which it does not repack)
+EXACT_SIMD = set(DOTS)
 
 
 def _vec_dot(name: str, n: int, w: np.ndarray, a: np.ndarray) -> float:
@@ -94,8 +94,11 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
     # llama.cpp itself sums differently for a batch: on AVX2 its repacked Q4_K gemm (groups of 4
     # rows) and its tiled K-quant matmul (8 rows or more) change the float order, and so do we
     batch_order_differs = simd and qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K)
+    five = K.matmul(w, qtype, x[:5])  # under 8 rows every type keeps vec_dot's order (four tokens at a time + one)
     for t in range(9):
         row = K.matmul(w, qtype, x[t : t + 1])[0]
+        if t < 5:
+            np.testing.assert_array_equal(row, five[t])
         if batch_order_differs:
             np.testing.assert_allclose(row, one[t], rtol=1e-5, atol=1e-5 * np.abs(one[t]).max())
         else:

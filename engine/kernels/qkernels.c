@@ -417,15 +417,20 @@ AVX2_FN static inline void q4_K_pair_sums(const __m256i *lo, const __m256i *hi, 
     }
 }
 
-/* a block's 8 int32 lanes and its integer min term, all four pairs together */
+/* a block's 8 int32 lanes, all four pairs together, and each pair's integer min term */
 AVX2_FN static inline __m256i q4_K_block_lanes(const __m256i *lo, const __m256i *hi, const uint8_t *sc, const uint8_t *mn,
-                                               const blk_q8_K *a, int *summ) {
+                                               const blk_q8_K *a, int32_t *imin) {
     __m256i sj[4];
-    int32_t imin[4];
     q4_K_pair_sums(lo, hi, sc, mn, a, sj, imin);
-    *summ = imin[0] + imin[1] + imin[2] + imin[3];
     return _mm256_add_epi32(_mm256_add_epi32(sj[0], sj[1]), _mm256_add_epi32(sj[2], sj[3]));
 }
+
+/* ggml_vec_dot_q4_K_q8_K's min term: four float lanes (one per pair of sub-blocks), each an FMA
+ * chain of dmin = −d_a·dmin_w times that pair's integer, summed movehl-then-movehdup at the end */
+static inline void q4_K_min_lanes(float *am, float dmin, const int32_t *imin) {
+    for (int k = 0; k < 4; k++) am[k] = fmaf(dmin, (float)imin[k], am[k]);
+}
+static inline float q4_K_min_sum(const float *am) { return (am[0] + am[2]) + (am[1] + am[3]); }
 
 /* Q5_K block: Q4_K's nibble vectors with bit 2j (low) / 2j+1 (high) of each qh byte as bit 4 */
 AVX2_FN static inline void q5_K_values(const blk_q5_K *w, __m256i *lo, __m256i *hi) {
@@ -450,31 +455,33 @@ AVX2_FN static float dot_q5_K_avx2(const void *vw, const void *va, int nb) {
         q4_K_scales(w[b].scales, sc, mn);
         __m256i lo[4], hi[4];
         q5_K_values(&w[b], lo, hi);
-        int summ;
-        const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, &a[b], &summ);
-        summs = fmaf(-a[b].d * _cvtsh_ss(w[b].dmin), (float)summ, summs); /* contracted, as ggml-cpu is built (-march=native) */
+        int32_t imin[4];
+        const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, &a[b], imin);
+        const float summ = (float)(imin[0] + imin[1] + imin[2] + imin[3]);
+        summs = fmaf(-a[b].d * _cvtsh_ss(w[b].dmin), summ, summs); /* contracted, as ggml-cpu is built (-march=native) */
         acc = _mm256_fmadd_ps(_mm256_set1_ps(a[b].d * _cvtsh_ss(w[b].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum8(acc) + summs;
 }
 
-/* Q4_K: 6-bit scales/mins as in the scalar version; nibble products per 32 values scaled in int32 */
+/* ggml_vec_dot_q4_K_q8_K (AVX2): 6-bit scales/mins; nibble products per 32 values scaled in int32,
+ * the lanes fused with d = d_a·d_w, the min term in its own four lanes (q4_K_min_lanes) */
 AVX2_FN static float dot_q4_K_avx2(const void *vw, const void *va, int nb) {
     const blk_q4_K *w = vw;
     const blk_q8_K *a = va;
     __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
+    float am[4] = {0, 0, 0, 0};
     for (int b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
         q4_K_scales(w[b].scales, sc, mn);
         __m256i lo[4], hi[4];
         q4_K_nibbles(&w[b], lo, hi);
-        int summ;
-        const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, &a[b], &summ);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), _mm256_cvtepi32_ps(sumi), acc);
-        mins += _cvtsh_ss(w[b].dmin) * a[b].d * (float)summ;
+        int32_t imin[4];
+        const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, &a[b], imin);
+        q4_K_min_lanes(am, -a[b].d * _cvtsh_ss(w[b].dmin), imin);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(a[b].d * _cvtsh_ss(w[b].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8(acc) - mins;
+    return hsum8(acc) + q4_K_min_sum(am);
 }
 
 /* Q6_K's −32 offset as ggml's AVX2 dot applies it: once per block, from the activation block sums —
@@ -523,7 +530,7 @@ typedef void (*dot4_fn)(const void *, const void *, int64_t, int, float *);
 AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
     const blk_q4_K *w = vw;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float mins[4] = {0, 0, 0, 0};
+    float am[4][4] = {{0}};
     for (int b = 0; b < nb; b++) {
         uint8_t sc[8], mn[8];
         q4_K_scales(w[b].scales, sc, mn);
@@ -532,13 +539,13 @@ AVX2_FN static void dot4_q4_K_avx2(const void *vw, const void *va, int64_t arow,
         const float dw = _cvtsh_ss(w[b].d), dminw = _cvtsh_ss(w[b].dmin);
         for (int t = 0; t < 4; t++) {
             const blk_q8_K *a = (const blk_q8_K *)((const char *)va + t * arow) + b;
-            int summ;
-            const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, a, &summ);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(sumi), acc[t]);
-            mins[t] += dminw * a->d * (float)summ;
+            int32_t imin[4];
+            const __m256i sumi = q4_K_block_lanes(lo, hi, sc, mn, a, imin);
+            q4_K_min_lanes(am[t], -a->d * dminw, imin);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(a->d * dw), _mm256_cvtepi32_ps(sumi), acc[t]);
         }
     }
-    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) - mins[t];
+    for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + q4_K_min_sum(am[t]);
 }
 
 AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow, int nb, float *out) {
