@@ -22,31 +22,27 @@ CV_FN static inline float CV_SFX(dot_q8_0)(const void *vw, const void *va, int n
     return hsum8(acc);
 }
 
+/* Q4_1 / Q5_1 (unsigned values x, scale dw, min mw) against one Q8_1 activation block, as ggml's
+ * AVX2 dots step: m_w·s_a into a float sum, the pair sums fused with d_w·d_a into 8 lanes */
+CV_FN static inline void CV_SFX(acc_u8_q8_1)(__m256i x, float dw, float mw, const blk_q8_1 *a, __m256 *acc, float *summs) {
+    *summs += mw * _cvtsh_ss(a->s);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), CV_SFX(sum_i8_pairs)(x, _mm256_loadu_si256((const __m256i *)a->qs)), *acc);
+}
+
 CV_FN static inline float CV_SFX(dot_q4_1)(const void *vw, const void *va, int nb) {
     const blk_q4_1 *w = vw;
-    const blk_q8_1 *a = va;
     __m256 acc = _mm256_setzero_ps();
     float summs = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        summs += _cvtsh_ss(w[b].m) * _cvtsh_ss(a[b].s);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
-        const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        acc = _mm256_fmadd_ps(d, CV_SFX(sum_i8_pairs)(nibbles(w[b].qs), y), acc);
-    }
+    for (int b = 0; b < nb; b++) CV_SFX(acc_u8_q8_1)(nibbles(w[b].qs), _cvtsh_ss(w[b].d), _cvtsh_ss(w[b].m), (const blk_q8_1 *)va + b, &acc, &summs);
     return hsum8(acc) + summs;
 }
 
 CV_FN static inline float CV_SFX(dot_q5_1)(const void *vw, const void *va, int nb) {
     const blk_q5_1 *w = vw;
-    const blk_q8_1 *a = va;
     __m256 acc = _mm256_setzero_ps();
     float summs = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        summs += _cvtsh_ss(w[b].m) * _cvtsh_ss(a[b].s);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * _cvtsh_ss(a[b].d));
-        const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
-        acc = _mm256_fmadd_ps(d, CV_SFX(sum_i8_pairs)(q5_values(w[b].qs, w[b].qh), y), acc);
-    }
+    for (int b = 0; b < nb; b++)
+        CV_SFX(acc_u8_q8_1)(q5_values(w[b].qs, w[b].qh), _cvtsh_ss(w[b].d), _cvtsh_ss(w[b].m), (const blk_q8_1 *)va + b, &acc, &summs);
     return hsum8(acc) + summs;
 }
 
@@ -124,12 +120,8 @@ CV_FN static void CV_SFX(dot4_q4_1)(const void *vw, const void *va, int64_t arow
     float summs[4] = {0, 0, 0, 0};
     for (int b = 0; b < nb; b++) {
         const __m256i x = nibbles(w[b].qs);
-        const float dw = _cvtsh_ss(w[b].d), mw = _cvtsh_ss(w[b].m);
-        for (int t = 0; t < 4; t++) {
-            const blk_q8_1 *a = (const blk_q8_1 *)((const char *)va + t * arow) + b;
-            summs[t] += mw * _cvtsh_ss(a->s);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), CV_SFX(sum_i8_pairs)(x, _mm256_loadu_si256((const __m256i *)a->qs)), acc[t]);
-        }
+        for (int t = 0; t < 4; t++)
+            CV_SFX(acc_u8_q8_1)(x, _cvtsh_ss(w[b].d), _cvtsh_ss(w[b].m), (const blk_q8_1 *)((const char *)va + t * arow) + b, &acc[t], &summs[t]);
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summs[t];
 }
@@ -147,12 +139,8 @@ CV_FN static void CV_SFX(dot4_q5_1)(const void *vw, const void *va, int64_t arow
     float summs[4] = {0, 0, 0, 0};
     for (int b = 0; b < nb; b++) {
         const __m256i x = q5_values(w[b].qs, w[b].qh);
-        const float dw = _cvtsh_ss(w[b].d), mw = _cvtsh_ss(w[b].m);
-        for (int t = 0; t < 4; t++) {
-            const blk_q8_1 *a = (const blk_q8_1 *)((const char *)va + t * arow) + b;
-            summs[t] += mw * _cvtsh_ss(a->s);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(a->d)), CV_SFX(sum_i8_pairs)(x, _mm256_loadu_si256((const __m256i *)a->qs)), acc[t]);
-        }
+        for (int t = 0; t < 4; t++)
+            CV_SFX(acc_u8_q8_1)(x, _cvtsh_ss(w[b].d), _cvtsh_ss(w[b].m), (const blk_q8_1 *)((const char *)va + t * arow) + b, &acc[t], &summs[t]);
     }
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]) + summs[t];
 }

@@ -166,18 +166,26 @@ CV_CLONES static float dot_q8_0(const void *vw, const void *va, int nb) {
     return sumf;
 }
 
+/* Σ (v − off)·y over a 32-value block whose values v are 16 bytes of nibbles (low: values 0..15,
+ * high: 16..31) — with qh, bit e of its 32 bits is bit 4 of value e (the 5-bit types) */
+static inline int nibble_block_sum(const uint8_t *qs, const uint8_t *qhp, int off, const int8_t *y) {
+    uint32_t qh = 0;
+    if (qhp) memcpy(&qh, qhp, 4);
+    int sumi = 0;
+    for (int j = 0; j < 16; j++) {
+        const int lo = (int)((qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - off;
+        const int hi = (int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - off;
+        sumi += lo * y[j] + hi * y[j + 16];
+    }
+    return sumi;
+}
+
 CV_CLONES static float dot_q4_1(const void *vw, const void *va, int nb) {
     const blk_q4_1 *w = vw;
     const blk_q8_1 *a = va;
     float sumf = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        int sumi = 0;
-        for (int j = 0; j < 16; j++) {
-            sumi += (w[b].qs[j] & 0x0f) * a[b].qs[j];
-            sumi += (w[b].qs[j] >> 4) * a[b].qs[j + 16];
-        }
-        sumf += (h2f(w[b].d) * h2f(a[b].d)) * (float)sumi + h2f(w[b].m) * h2f(a[b].s);
-    }
+    for (int b = 0; b < nb; b++)
+        sumf += (h2f(w[b].d) * h2f(a[b].d)) * (float)nibble_block_sum(w[b].qs, NULL, 0, a[b].qs) + h2f(w[b].m) * h2f(a[b].s);
     return sumf;
 }
 
@@ -186,11 +194,7 @@ CV_CLONES static float dot_q4_0(const void *vw, const void *va, int nb) {
     const blk_q4_0 *w = vw;
     const blk_q8_0 *a = va;
     float sumf = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        int sumi = 0;
-        for (int j = 0; j < 16; j++) sumi += ((w[b].qs[j] & 0x0f) - 8) * a[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * a[b].qs[j + 16];
-        sumf += (float)sumi * h2f(w[b].d) * h2f(a[b].d);
-    }
+    for (int b = 0; b < nb; b++) sumf += (float)nibble_block_sum(w[b].qs, NULL, 8, a[b].qs) * h2f(w[b].d) * h2f(a[b].d);
     return sumf;
 }
 
@@ -198,17 +202,7 @@ CV_CLONES static float dot_q5_0(const void *vw, const void *va, int nb) {
     const blk_q5_0 *w = vw;
     const blk_q8_0 *a = va;
     float sumf = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        uint32_t qh;
-        memcpy(&qh, w[b].qh, 4);
-        int sumi = 0;
-        for (int j = 0; j < 16; j++) {
-            const int lo = (int)((w[b].qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16;
-            const int hi = (int)((w[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
-            sumi += lo * a[b].qs[j] + hi * a[b].qs[j + 16];
-        }
-        sumf += (h2f(w[b].d) * h2f(a[b].d)) * (float)sumi;
-    }
+    for (int b = 0; b < nb; b++) sumf += (h2f(w[b].d) * h2f(a[b].d)) * (float)nibble_block_sum(w[b].qs, w[b].qh, 16, a[b].qs);
     return sumf;
 }
 
@@ -217,17 +211,8 @@ CV_CLONES static float dot_q5_1(const void *vw, const void *va, int nb) {
     const blk_q5_1 *w = vw;
     const blk_q8_1 *a = va;
     float sumf = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        uint32_t qh;
-        memcpy(&qh, w[b].qh, 4);
-        int sumi = 0;
-        for (int j = 0; j < 16; j++) {
-            const int lo = (int)((w[b].qs[j] & 0x0f) | (((qh >> j) & 1) << 4));
-            const int hi = (int)((w[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
-            sumi += lo * a[b].qs[j] + hi * a[b].qs[j + 16];
-        }
-        sumf += (h2f(w[b].d) * h2f(a[b].d)) * (float)sumi + h2f(w[b].m) * h2f(a[b].s);
-    }
+    for (int b = 0; b < nb; b++)
+        sumf += (h2f(w[b].d) * h2f(a[b].d)) * (float)nibble_block_sum(w[b].qs, w[b].qh, 0, a[b].qs) + h2f(w[b].m) * h2f(a[b].s);
     return sumf;
 }
 
