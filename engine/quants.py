@@ -21,6 +21,7 @@ SUPPORTED_TYPES = (
     Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0,
     Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K,
     Q.TQ1_0, Q.TQ2_0,
+    Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M,
 )  # fmt: skip
 
 
@@ -63,6 +64,7 @@ _VEC_DOT = {
     Q.Q4_1: Q.Q8_1, Q.Q5_1: Q.Q8_1,
     Q.Q2_K: Q.Q8_K, Q.Q3_K: Q.Q8_K, Q.Q4_K: Q.Q8_K, Q.Q5_K: Q.Q8_K, Q.Q6_K: Q.Q8_K,
     Q.TQ1_0: Q.Q8_K, Q.TQ2_0: Q.Q8_K,
+    Q.IQ2_XXS: Q.Q8_K, Q.IQ2_XS: Q.Q8_K, Q.IQ2_S: Q.Q8_K, Q.IQ1_S: Q.Q8_K, Q.IQ1_M: Q.Q8_K,
 }  # fmt: skip
 
 

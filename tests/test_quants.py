@@ -34,7 +34,9 @@ def _edge_values(n: int, rng) -> np.ndarray:
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("qtype", [Q.F16, *QUANT_TYPES], ids=lambda t: t.name)
+# the i-quants: libggml's quantizer needs its lattice init (up to 25 s a type) and an importance
+# matrix; their arbitrary-bytes test below covers every block they can hold
+@pytest.mark.parametrize("qtype", [Q.F16, *(t for t in QUANT_TYPES if not t.name.startswith("IQ"))], ids=lambda t: t.name)
 @pytest.mark.parametrize("kind", ["random", "edge"])
 def test_dequantize_bit_exact_vs_libggml(qtype, kind):
     from crossval import libggml
@@ -81,8 +83,8 @@ def test_block_layout_matches_libggml(qtype):
 def test_unsupported_type_is_a_clear_error():
     from engine.quants import UnsupportedTypeError
 
-    with pytest.raises(UnsupportedTypeError, match="IQ2_XXS"):
-        dequantize(np.zeros((1, 66), np.uint8), Q.IQ2_XXS)
+    with pytest.raises(UnsupportedTypeError, match="Q8_1"):  # an activation type, never a model's weights
+        dequantize(np.zeros((1, 36), np.uint8), Q.Q8_1)
 
 
 def test_i2_s_decodes_a_hand_packed_fixture():

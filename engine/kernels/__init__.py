@@ -3,8 +3,9 @@
 `matmul(raw, wtype, x, threads)` multiplies the rows of a quantized GGUF tensor — its raw blocks,
 never a dequantized copy — by activations x quantized as ggml's CPU backend quantizes them
 (Q8_0 / Q8_1 / Q8_K), with integer block dot products and ggml's per-block scale arithmetic.
-Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (`supported(wtype)`), and F16 through
-`matmul_f16`. When the extension was not built
+Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M
+(`supported(wtype)`; the i-quants' lookup tables come from the gguf package at import,
+engine/kernels/iq_tables.py), and F16 through `matmul_f16`. When the extension was not built
 (no C compiler at install time), `available()` is False and `load_error()` says why; the numpy
 engine modes still work.
 """
@@ -17,6 +18,9 @@ try:
     from engine.kernels._qkernels import ffi, lib
 
     _ERROR = None
+    from engine.kernels.iq_tables import install as _install_iq_tables
+
+    _install_iq_tables(lib, ffi)  # the i-quant grids, derived from the gguf package
 except ImportError as e:  # not built: no compiler at install time, or an import from a bare checkout
     ffi = lib = None
     _ERROR = f"native kernels not built ({e}); reinstall with a C compiler (pip install -e .) or run python engine/kernels/build.py"

@@ -39,6 +39,7 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
 void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes, int n_threads);
 void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_threads);
 int cv_ggml_lanes(void);
+int cv_set_table(const char *name, const void *data, int64_t nbytes);
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes);
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);
 int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
@@ -52,7 +53,7 @@ ffibuilder.set_source(
     "engine.kernels._qkernels",
     (HERE / "qkernels.c").read_text(),
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
-    include_dirs=[str(HERE)],  # qdots_x86.h
+    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, iq2_kernels.c
     extra_link_args=["-fopenmp"],
     libraries=["m"],
 )

@@ -608,6 +608,8 @@ typedef void (*gemv_fn)(const char *, int64_t, int64_t, int64_t, const void *, i
 #if defined(__x86_64__) && defined(__GNUC__)
 CV_GEMV(AVX2_FN, gemv_q6_K_avx2, dot_q6_K_avx2)
 #endif
+#include "iq_tables.h"
+#include "iq2_kernels.c" /* IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M */
 
 static gemv_fn gemv_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -618,6 +620,7 @@ static gemv_fn gemv_for(int wtype) {
         if (wtype == T_Q4_0) return CV_PICK(gemv_q4_0);
         if (wtype == T_Q5_1) return CV_PICK(gemv_q5_1);
         if (wtype == T_Q6_K) return gemv_q6_K_avx2;
+        if (iq2_type(wtype)) return iq2_gemv_for(wtype);
     }
 #endif
     (void)wtype;
@@ -649,6 +652,7 @@ static dot4_fn dot4_for(int wtype) {
         if (wtype == T_Q5_1) return CV_PICK(dot4_q5_1);
         if (wtype == T_Q4_K) return dot4_q4_K_avx2;
         if (wtype == T_Q6_K) return dot4_q6_K_avx2;
+        if (iq2_type(wtype)) return iq2_dot4_for(wtype);
     }
 #endif
     (void)wtype;
@@ -666,7 +670,7 @@ static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot)
     case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q5_0) : dot_q5_0; return 0;
     case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
     case T_Q6_K: *be = 256; *bb = 210; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q6_K_avx2 : dot_q6_K; return 0;
-    default: return -1;
+    default: return iq2_layout(wtype, be, bb, atype, ab, dot);
     }
 }
 
@@ -817,6 +821,12 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
         matmul_routed(route, wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
         return 0;
     }
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (iq2_route_tiled(wtype, n_tok)) {
+        iq2_matmul_tiled(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
+        return 0;
+    }
+#endif
 #if defined(__x86_64__) && defined(__GNUC__)
     if (route == 3) { /* eight rows (the repacked block's) × up to four tokens per call */
         void (*rep8)(const char *, int64_t, const void *, int64_t, int, int, float *) = CV_PICK(rep8_q4_0);
