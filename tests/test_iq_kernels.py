@@ -153,3 +153,63 @@ def test_iq_kernels_refuse_to_run_without_their_tables():
     r = subprocess.run([sys.executable, "-c", code, str(so)], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["0", "0", "1", "-1"], r.stderr
     assert all(K.supported(t) for t in TYPES)
+
+
+# llama.cpp's ftype whose default tensor type is each of these (LLAMA_FTYPE_MOSTLY_IQ2_M → IQ2_S)
+FTYPE = {Q.IQ2_XXS: "IQ2_XXS", Q.IQ2_XS: "IQ2_XS", Q.IQ2_S: "IQ2_M", Q.IQ1_S: "IQ1_S", Q.IQ1_M: "IQ1_M"}
+
+_QUANTIZE_PURE = """
+import ctypes, sys
+import gguf, llama_cpp, numpy as np
+src, dst, ftype = sys.argv[1:]
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.pure, p.nthread = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype), True, 1
+mats = [(t.name, int(t.shape[0])) for t in gguf.GGUFReader(src).tensors if len(t.shape) == 2]
+ones = [np.ones(n, np.float32) for _, n in mats]
+im = (llama_cpp.llama_model_imatrix_data * (len(mats) + 1))()
+for e, (name, n), a in zip(im, mats, ones):
+    e.name, e.data, e.size = name.encode(), a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n
+p.imatrix = im
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p))
+"""
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_faithful_tiny_model_all_iq_is_llamacpp_bit_for_bit(tmp_path, qtype):
+    """A tiny llama (rows of 256) quantized by llama.cpp to nothing but this type (pure, an all-ones
+    importance matrix): faithful mode's logits are llama.cpp's to the bit — the prompt's batch through
+    the tiled route, the decode steps through vec_dot — under the strict profile, no fallback."""
+    import json
+
+    from crossval import receipts
+    from tiny_models import write_tiny_model
+
+    from crossval.models import cache_dir
+    from engine.convert import sha256_file
+    from engine.gguf_model import open_gguf
+
+    f32 = write_tiny_model(tmp_path / "f32.gguf", arch="llama", n_embd=256, n_head=4, n_head_kv=2, n_ff=256)
+    # llama.cpp's i-quant lattice setup costs up to half a minute a type: the variant is cached
+    model = cache_dir() / "quants" / "tiny-iq" / f"{sha256_file(f32)[:16]}.{qtype.name}.gguf"
+    if not model.exists():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        tmp = model.with_suffix(f".tmp{tmp_path.name}")
+        q = subprocess.run([sys.executable, "-c", _QUANTIZE_PURE, str(f32), str(tmp), FTYPE[qtype]], capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        assert q.returncode == 0 and tmp.exists(), q.stderr[-2000:]
+        tmp.replace(model)
+
+    types = {t.type for n, t in open_gguf(model).tensors.items() if len(t.ne) >= 2}
+    assert types == {qtype}, types
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "cat", "text": "the cat sat on the mat and the dog ran"}) + "\n")
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(model), "--mode", "faithful", "--prompt-file",
+                        str(prompts), "--steps", "8", "--n-ctx", "64", "--out", str(out), "--json"], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    summary = json.loads(r.stdout)
+    rec = receipts.read_valid(out / summary["run_id"] / summary["receipts"][0]["file"])
+    assert rec["backends"]["engine"]["fallback_types"] == [] and rec["thresholds"]["profile"] == "faithful"
+    assert rec["prompt"]["n_tokens"] >= 8  # the prompt's batch takes the tiled route
+    assert rec["parity"]["max_abs_diff"] == 0.0 and rec["parity"]["exact_match_rate"] == 1.0, rec["parity"]
+    assert rec["verdict"]["passed"], rec["verdict"]["failures"]
