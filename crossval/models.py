@@ -107,14 +107,14 @@ def resolve_model(name_or_path: str) -> Path:
                 f"model {name_or_path!r} is not in the cache ({p}); run `crossval models fetch {name_or_path}`"
             )
         return p
-    from crossval.synthetic import SYNTHETIC, synthetic_path
+    from crossval.synthetic import SYNTHETIC_NAMES, synthetic_path
 
-    if name_or_path in SYNTHETIC:
+    if name_or_path in SYNTHETIC_NAMES:
         return synthetic_path(name_or_path)  # written into the cache on first use
     p = Path(name_or_path)
     if not p.is_file():
         raise ModelFetchError(f"model {name_or_path!r}: no such file and not a known model name "
-                              f"({', '.join([*REAL_MODELS, *SYNTHETIC])})")  # fmt: skip
+                              f"({', '.join([*REAL_MODELS, *SYNTHETIC_NAMES])})")  # fmt: skip
     return p
 
 

@@ -1,4 +1,5 @@
-"""Synthetic models for architectures no real GGUF is reachable for (BitNet b1.58).
+"""Synthetic models for architectures no real GGUF is reachable for (BitNet b1.58; the families of
+crossval/synthetic_families.py).
 
 `write_bitnet` writes a `bitnet`-arch GGUF in F32 the way llama.cpp's converter lays one out:
 ternary {−1, 0, +1} matrices with a one-element `.scale` tensor each (llama.cpp's build_lora_mm
@@ -17,11 +18,14 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFWriter, TokenType
 
+from crossval.synthetic_families import FAMILY_MODELS
+
 SYNTHETIC = {
     "bitnet-tiny": dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=320),
     # ≈ 100M parameters: 12 × (4·768² + 3·768·2048) + 32000·768
     "bitnet-100m": dict(n_layer=12, n_embd=768, n_head=12, n_head_kv=4, n_ff=2048, n_vocab=32000),
 }
+SYNTHETIC_NAMES = (*SYNTHETIC, *FAMILY_MODELS)  # every name synthetic_path writes
 
 
 def spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
@@ -110,11 +114,18 @@ def write_bitnet(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_
 
 
 def synthetic_path(name: str) -> Path:
-    """The named synthetic model in the cache, written on first use."""
+    """The named synthetic model in the cache, written on first use (the families' models under a
+    name carrying the hash of their spec: crossval/synthetic_families.py)."""
     from crossval.models import cache_dir
+    from crossval.synthetic_families import spec_hash, write_family
 
-    p = cache_dir() / "synthetic" / f"{name}.F32.gguf"
+    if name in FAMILY_MODELS:
+        p = cache_dir() / "synthetic" / f"{name}-{spec_hash(name)}.F32.gguf"
+        write = lambda: write_family(p, name)  # noqa: E731
+    else:
+        p = cache_dir() / "synthetic" / f"{name}.F32.gguf"
+        write = lambda: write_bitnet(p, **SYNTHETIC[name])  # noqa: E731
     if not p.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
-        write_bitnet(p, **SYNTHETIC[name])
+        write()
     return p

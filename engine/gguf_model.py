@@ -348,7 +348,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
 # ModelConfig: hyper-parameters read from metadata (keys as in llama.cpp src/llama-arch.cpp)
 # --------------------------------------------------------------------------------------------
 
-SUPPORTED_ARCHS = ("llama", "gemma", "gemma2", "gemma3", "bitnet")
+SUPPORTED_ARCHS = ("llama", "gemma", "gemma2", "gemma3", "bitnet", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "granite", "smollm3")
 
 
 @dataclass(frozen=True)
@@ -373,8 +373,17 @@ class ModelConfig:
     attn_scale: float  # scale applied to Q before QK^T
     attn_softcap: float  # 0 = none (gemma2)
     final_softcap: float  # 0 = none (gemma2, optional in gemma3)
-    embd_scale: float  # gemma: sqrt(n_embd) on the input embeddings; 1 otherwise
+    embd_scale: float  # gemma: sqrt(n_embd) on the input embeddings; granite: embedding_scale; 1 otherwise
     tied_output: bool  # no output.weight: token_embd doubles as the LM head
+    # the llama-like families (engine/models/families.py); neutral values for the others
+    residual_scale: float = 0.0  # granite: each block's output · residual_scale before the add (0 = none)
+    logit_scale: float = 1.0  # granite: logits / logit_scale
+    rope_layers: tuple[bool, ...] = ()  # per layer: False where the layer has no rope (smollm3); () = all rope
+    rope_attn_factor: float = 1.0  # phi3 long-rope: cos and sin · rope.scaling.attn_factor
+    n_ctx_orig: int = 0  # rope.scaling.original_context_length (phi3 picks short/long factors by it)
+    n_expert: int = 0  # qwen3moe: experts per layer
+    n_expert_used: int = 0  # ... of which the top-k run per token
+    n_ff_exp: int = 0  # ... each with this FFN width
 
 
 def _swa_pattern(n_layer: int, n_pattern: int) -> tuple[bool, ...]:
@@ -423,7 +432,7 @@ def _read_config(g: GGUFFile) -> ModelConfig:
     head_dim_v = int(key("attention.value_length", head_dim))
     emb = g.tensor("token_embd.weight")
     # a header can lie; the tensors cannot without failing the size checks: cross-check them
-    if not all(f"blk.{il}.attn_norm.weight" in g.tensors for il in (0, n_layer - 1)) or f"blk.{n_layer}.attn_norm.weight" in g.tensors:
+    if not all(f"blk.{il}.attn_output.weight" in g.tensors for il in (0, n_layer - 1)) or f"blk.{n_layer}.attn_output.weight" in g.tensors:
         raise GGUFError(f"{g.path.name}: block_count {n_layer} does not match the blk.N tensors in the file")
     if emb.ne[0] != n_embd:
         raise GGUFError(f"{g.path.name}: embedding_length {n_embd} but token_embd.weight rows have {emb.ne[0]}")
@@ -455,6 +464,10 @@ def _read_config(g: GGUFFile) -> ModelConfig:
             swa = _swa_pattern(n_layer, int(key("attention.sliding_window_pattern", 6)))
             rope_base_swa = float(key("rope.freq_base_swa", 10000.0))
         final_softcap = float(key("final_logit_softcapping", 0.0))
+    granite = arch == "granite"
+    if granite and key("attention.scale", 0.0):
+        # src/models/granite.cpp: kq_scale = f_attention_scale when set (only granite reads these keys)
+        attn_scale = float(key("attention.scale"))
     if (arch, n_layer) in (("gemma2", 46), ("gemma3", 62)):
         # 27B variants scale by n_embd/n_head instead of head_dim (gemma2.cpp / gemma3.cpp)
         attn_scale = 1.0 / float(np.sqrt(n_embd // n_head))
@@ -475,12 +488,24 @@ def _read_config(g: GGUFFile) -> ModelConfig:
         rope_base_swa=rope_base_swa,
         rope_dim=int(key("rope.dimension_count", head_dim)),
         # llama.cpp src/llama-model.cpp llama_model_rope_type: gemma* and bitnet rotate halves (NEOX)
-        rope_neox=gemma or arch == "bitnet",
+        # qwen2/qwen3/qwen3moe/olmo2/phi3 are NEOX too; granite and smollm3 NORM, like llama
+        rope_neox=gemma or arch in ("bitnet", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2"),
         sliding_window=sliding_window,
         swa_layers=swa,
         attn_scale=attn_scale,
         attn_softcap=attn_softcap,
         final_softcap=final_softcap,
-        embd_scale=float(np.sqrt(np.float32(n_embd))) if gemma else 1.0,
+        embd_scale=float(np.sqrt(np.float32(n_embd))) if gemma else float((granite and key("embedding_scale", 0.0)) or 1.0),
         tied_output="output.weight" not in g.tensors,
+        # granite.cpp: f_residual_scale (0 = none), 1/f_logit_scale on the logits (required there)
+        residual_scale=float(key("residual_scale", 0.0)) if granite else 0.0,
+        logit_scale=float(key("logit_scale")) if granite else 1.0,
+        # smollm3.cpp: every n_no_rope_layer_step-th layer (4, set in code) has no rope
+        rope_layers=tuple((il + 1) % 4 != 0 for il in range(n_layer)) if arch == "smollm3" else (),
+        # llama-model.cpp load_hparams: rope.scaling.attn_factor, rope.scaling.original_context_length
+        rope_attn_factor=float(key("rope.scaling.attn_factor", 1.0)),
+        n_ctx_orig=int(key("rope.scaling.original_context_length", key("context_length", 2048))),
+        n_expert=int(key("expert_count", 0)),
+        n_expert_used=int(key("expert_used_count", 0)),
+        n_ff_exp=int(key("expert_feed_forward_length", 0)),
     )

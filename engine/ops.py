@@ -29,21 +29,27 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(F32)
 
 
-def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+def rope_cache(positions: np.ndarray, n_rot: int, base: float, freq_factors: np.ndarray | None = None,
+               mscale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """cos, sin of shape (n_pos, n_rot/2). ops.cpp ggml_rope_cache_init: theta_scale =
     powf(base, -2/n_rot) and theta for pair i is pos·theta_scale^i by repeated float multiplication,
     then libm's cosf/sinf. The native kernels call libm itself (bit-identical to llama.cpp); without
-    them, float64 cos/sin rounded to float32 differ from glibc's cosf/sinf by 1 ulp at ~2 % of entries."""
+    them, float64 cos/sin rounded to float32 differ from glibc's cosf/sinf by 1 ulp at ~2 % of entries.
+    freq_factors (n_rot/2,) and mscale: rope_yarn with freq_scale 1, ext_factor 0 (phi3's long-rope):
+    cos = cosf(theta_i / ff_i) · mscale, sin likewise."""
     from engine import kernels
 
     if kernels.available():
-        return kernels.rope_cache(positions, n_rot, base)
+        return kernels.rope_cache(positions, n_rot, base, freq_factors, mscale)
     theta_scale = F32(np.float64(base) ** np.float64(F32(-2.0) / F32(n_rot)))  # = glibc powf here
     steps = np.empty((len(positions), n_rot // 2), dtype=F32)
     steps[:, 0] = positions.astype(F32)
     steps[:, 1:] = theta_scale
     theta = np.cumprod(steps, axis=1, dtype=F32)
-    return np.cos(theta.astype(np.float64)).astype(F32), np.sin(theta.astype(np.float64)).astype(F32)
+    if freq_factors is not None:
+        theta = theta / freq_factors.astype(F32)
+    m = F32(mscale)
+    return np.cos(theta.astype(np.float64)).astype(F32) * m, np.sin(theta.astype(np.float64)).astype(F32) * m
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:

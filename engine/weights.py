@@ -94,6 +94,23 @@ class FloatWeights:
         """The native decode path for this step (NativeWeights); numpy modes have none."""
         return None
 
+    def softmax_rows(self, x: np.ndarray) -> np.ndarray:
+        """ggml_soft_max over each row of x (n, m) (MoE gating probabilities)."""
+        from engine.ops import softmax
+
+        return softmax(x.astype(np.float32), axis=-1).astype(np.float32)
+
+    def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
+        """x (n, n_in) @ W[e]ᵀ for expert e of a 3-D expert tensor (n_expert, n_out, n_in) → (n, n_out);
+        x rounded as ggml quantizes it for the weight's type in q8 mode."""
+        w = self[name][e]
+        if self.act_quant:
+            from engine.act_quant import roundtrip_for
+
+            rt = roundtrip_for(self.g.tensor(name).type)
+            x = rt(x) if rt is not None else x
+        return x @ w.T
+
     @staticmethod
     def swiglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
         """gu (n, 2·n_ff) = [gate | up] from one stacked matmul → silu(gate) · up (n, n_ff)."""
@@ -167,20 +184,53 @@ class NativeWeights(FloatWeights):
         if n != 1 or tap is not None or prefix_end or getattr(cache, "layout", "") != "ggml":
             return None
         if not hasattr(self, "_decoder"):
-            self._decoder = self.layer_decoder(*spec())
+            described = spec()  # None: the model has a block the C step does not do (qwen3moe's routed FFN)
+            self._decoder = None if described is None else self.layer_decoder(*described)
         if self._decoder is not None:
             self._decoder.set_threads(self.threads)
         return self._decoder
 
     def layer_decoder(self, dims: dict, layers: list[dict], per_layer: list[tuple[float, int]]):
         """kernels.LayerDecoder over these layers, or None when a matmul weight has no native kernel.
-        layers: per layer {norm name: GGUF name or None, matmul name: GGUF name} (LayerDecoder.MATS)."""
+        layers: per layer {vector name (norms, biases, rope factors): GGUF name or None, matmul name:
+        GGUF name, or (GGUF name, first row, end row) for a slice of a fused matrix} (LayerDecoder.MATS)."""
         mats = self.kernels.LayerDecoder.MATS
-        if not all(_native(self.g.tensor(L[m]).type) for L in layers for m in mats):
+        whole = lambda m: m[0] if isinstance(m, tuple) else m  # noqa: E731
+        if not all(_native(self.g.tensor(whole(L[m])).type) for L in layers for m in mats):
             return None
-        specs = [{k: (self[v] if v else None) if k not in mats else (self.g.raw(v), self.g.tensor(v).type) for k, v in L.items()}
-                 for L in layers]  # fmt: skip
+
+        def matrix(m):
+            if isinstance(m, tuple):
+                name, lo, hi = m
+                return self.g.raw(name)[lo:hi], self.g.tensor(name).type
+            return self.g.raw(m), self.g.tensor(m).type
+
+        specs = [{k: (self[v] if v else None) if k not in mats else matrix(v) for k, v in L.items()} for L in layers]
         return self.kernels.LayerDecoder(dims, specs, per_layer, self.threads)
+
+    def softmax_rows(self, x: np.ndarray) -> np.ndarray:
+        """ggml_soft_max_f32's arithmetic (ggml_vec_soft_max_f32, then · (1/sum)), from the native kernels."""
+        return self.kernels.softmax_rows(x)
+
+    def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
+        """Expert e's matrix, one activation row at a time as llama.cpp's mul_mat_id runs it (vec_dot per
+        row, or the repacked gemv with one activation row: ggml-cpu.c / repack.cpp forward_mul_mat_id)."""
+        key = ("expert", name, e)
+        ref = self._groups.get(key)
+        if ref is None:
+            t = self.g.tensor(name)
+            if not _native(t.type):
+                return super().matmul_expert(x, name, e)
+            ref = self._groups[key] = (t.type, np.ascontiguousarray(self.g.raw(name)[e]))
+        wtype, raw = ref
+        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+        rows = []
+        for r in x2:  # one activation row per call: never the batched (tinyBLAS / gemm) routes
+            if wtype == Q.F16:
+                rows.append(self.kernels.matmul_f16(raw.view(np.float16), r[None], self.threads))
+            else:
+                rows.append(self.kernels.matmul(raw, wtype, r[None], self.threads))
+        return np.concatenate(rows, axis=0)
 
     def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
         """ggml_vec_swiglu_f32's arithmetic (its vectorised exp), from the native kernels."""

@@ -52,13 +52,33 @@ def quantize_acts(wtype: int, x: np.ndarray, threads: int = 1) -> np.ndarray:
     return out
 
 
-def rope_cache(positions: np.ndarray, n_rot: int, base: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin (n_pos, n_rot/2) float32 exactly as ggml_rope_cache_init computes them (libm)."""
+def rope_cache(positions: np.ndarray, n_rot: int, base: float, freq_factors: np.ndarray | None = None,
+               mscale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """cos, sin (n_pos, n_rot/2) float32 exactly as ggml_rope_cache_init computes them (libm), with
+    optional frequency factors (n_rot/2,) and attn_factor mscale (phi3 long-rope)."""
     pos = np.ascontiguousarray(positions, dtype=np.float32)
     cos = np.empty((len(pos), n_rot // 2), dtype=np.float32)
     sin = np.empty_like(cos)
-    lib.cv_rope_cache(_ptr(pos, "float *"), len(pos), int(n_rot), float(base), _ptr(cos, "float *"), _ptr(sin, "float *"))
+    ff = ffi.NULL
+    if freq_factors is not None:
+        freq_factors = np.ascontiguousarray(freq_factors, dtype=np.float32).reshape(-1)
+        assert freq_factors.size >= n_rot // 2
+        ff = _ptr(freq_factors, "float *")
+    lib.cv_rope_cache_ext(_ptr(pos, "float *"), len(pos), int(n_rot), float(base), ff, 0.0 if mscale == 1.0 else float(mscale),
+                          _ptr(cos, "float *"), _ptr(sin, "float *"))  # fmt: skip
     return cos, sin
+
+
+def softmax_rows(x: np.ndarray, lanes: int | None = None) -> np.ndarray:
+    """ggml_compute_forward_soft_max_f32 on each row of x (n, m), no mask, scale 1: the max, then
+    ggml_vec_soft_max_f32 (its vectorised exp, the sum in double), then every value · (float)(1/sum)."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    y = np.empty_like(x)
+    lanes = ggml_lanes() if lanes is None else int(lanes)
+    for r in range(x.shape[0]):
+        s = lib.cv_vec_soft_max(_ptr(y[r], "float *"), _ptr(x[r], "float *"), x.shape[1], float(x[r].max()), lanes)
+        y[r] *= np.float32(1.0 / s)
+    return y
 
 
 def ggml_lanes() -> int:
@@ -118,19 +138,20 @@ class LayerDecoder:
     """A decode step's layers in C, one call per layer (cv_layer_decode): the graph of
     engine/models/llama.py / gemma.py for one position, in the same ggml arithmetic as the per-op
     kernels. layers: per layer, the norm weights (float32 arrays or None) and the seven matmul
-    weights (q, k, v, o, gate, up, down) as (raw blocks, ggml type); per_layer: rope base and
-    window of each layer. Everything the C side points at is kept alive here."""
+    weights (q, k, v, o, gate, up, down) as (raw blocks, ggml type), and optionally q/k/v biases and
+    rope frequency factors (bq, bk, bv, rope_ff); per_layer: rope base and window of each layer, and
+    optionally a dict of its own cfg fields (e.g. rope_dim 0 on smollm3's no-rope layers). Everything the C side points at is kept alive here."""
 
     MATS = ("q", "k", "v", "o", "gate", "up", "down")
 
     def __init__(self, dims: dict, layers: list[dict], per_layer: list[tuple[float, int]], threads: int = 1):
         self._keep: list = []
         self.cfgs, self.ws = [], []
-        for L, (rope_base, window) in zip(layers, per_layer):
+        for L, (rope_base, window, *overrides) in zip(layers, per_layer):  # overrides: {cfg field: value} of this layer
             c = ffi.new("cv_layer_cfg *", dict(dims, lanes=ggml_lanes(), threads=int(threads), rope_base=float(rope_base),
-                                               window=int(window)))  # fmt: skip
+                                               window=int(window), **(overrides[0] if overrides else {})))  # fmt: skip
             w = ffi.new("cv_layer_w *")
-            for name in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm"):
+            for name in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm", "bq", "bk", "bv", "rope_ff"):
                 arr = L.get(name)
                 if arr is not None:
                     arr = np.ascontiguousarray(arr, dtype=np.float32)

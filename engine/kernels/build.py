@@ -15,11 +15,14 @@ typedef struct {
     int neox, gelu, post_norms, qk_norm, lanes, threads;
     float rms_eps, attn_scale, kq_scale, softcap, rope_base;
     int64_t window;
+    int no_pre_norms;
+    float residual_scale, rope_mscale;
 } cv_layer_cfg;
 typedef struct {
     const float *attn_norm, *ffn_norm, *attn_post_norm, *ffn_post_norm, *q_norm, *k_norm;
     const void *w[7];
     int t[7];
+    const float *bq, *bk, *bv, *rope_ff;
 } cv_layer_w;
 int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64_t pos, uint16_t *k16, uint16_t *v16t,
                     int64_t n_ctx);
@@ -45,6 +48,8 @@ float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int
 int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
                   int lanes, int n_threads);
 void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out);
+void cv_rope_cache_ext(const float *pos, int64_t n_pos, int n_rot, float base, const float *ff, float mscale, float *cos_out,
+                       float *sin_out);
 """
 
 ffibuilder = cffi.FFI()

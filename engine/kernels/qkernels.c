@@ -906,17 +906,25 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
 /* ---- rope cache (ggml-cpu ops.cpp ggml_rope_cache_init) --------------------------------------- */
 /* theta_scale = powf(base, -2/n_rot); theta_i = pos · theta_scale^i by repeated float multiplication;
  * cos/sin through libm's cosf/sinf (glibc's are not correctly rounded everywhere, so a float64 cos
- * rounded to float32 differs from llama.cpp at a few hundred of 19,200 entries). */
-void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out) {
+ * rounded to float32 differs from llama.cpp at a few hundred of 19,200 entries). With frequency
+ * factors and attn_factor (ops.cpp ggml_rope_cache_init → rope_yarn with freq_scale 1 and
+ * ext_factor 0): cos = cosf(theta_i / ff_i) · mscale, sin likewise; ff NULL and mscale 0 are none */
+void cv_rope_cache_ext(const float *pos, int64_t n_pos, int n_rot, float base, const float *ff, float mscale, float *cos_out,
+                       float *sin_out) {
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     for (int64_t p = 0; p < n_pos; p++) {
         float theta = pos[p];
         for (int i = 0; i < n_rot / 2; i++) {
-            cos_out[p * (n_rot / 2) + i] = cosf(theta);
-            sin_out[p * (n_rot / 2) + i] = sinf(theta);
+            const float t = ff ? theta / ff[i] : theta;
+            cos_out[p * (n_rot / 2) + i] = mscale != 0.0f ? cosf(t) * mscale : cosf(t);
+            sin_out[p * (n_rot / 2) + i] = mscale != 0.0f ? sinf(t) * mscale : sinf(t);
             theta *= theta_scale;
         }
     }
+}
+
+void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out) {
+    cv_rope_cache_ext(pos, n_pos, n_rot, base, NULL, 0.0f, cos_out, sin_out);
 }
 
 /* ---- attention, softmax and SwiGLU with ggml-cpu's arithmetic ---------------------------------
@@ -1362,15 +1370,20 @@ int cv_ggml_lanes(void) {
 
 typedef struct {
     int n_embd, n_head, n_head_kv, head_dim, head_dim_v, n_ff, rope_dim;
-    int neox, gelu, post_norms, qk_norm, lanes, threads;
+    int neox, gelu, post_norms, qk_norm, lanes, threads; /* qk_norm: 1 per head (gemma3, qwen3), 2 over the full width (olmo2) */
     float rms_eps, attn_scale, kq_scale, softcap, rope_base;
     int64_t window; /* 0: none */
+    int no_pre_norms;                  /* olmo2: the blocks read x itself (no attn_norm / ffn_norm) */
+    float residual_scale, rope_mscale; /* granite: block outputs · residual_scale before the add (0: none);
+                                          phi3: rope's attn_factor on cos and sin (0: none) */
 } cv_layer_cfg;
 
 typedef struct {
     const float *attn_norm, *ffn_norm, *attn_post_norm, *ffn_post_norm, *q_norm, *k_norm;
     const void *w[7]; /* q, k, v, o, gate, up, down: raw GGUF blocks */
     int t[7];         /* their ggml types */
+    const float *bq, *bk, *bv; /* qwen2: q/k/v biases, added after the matmuls (or NULL) */
+    const float *rope_ff;      /* phi3: rope frequency factors, theta_i / ff_i (or NULL) */
 } cv_layer_w;
 
 static void rms_norm_row(const float *x, const float *w, float *y, int64_t n, float eps) {
@@ -1446,17 +1459,24 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     int err = 0;
     const float posf = (float)pos;
     if (!err) {
-        rms_norm_row(x, lw->attn_norm, h, E, c->rms_eps);
+        if (c->no_pre_norms) memcpy(h, x, sizeof(float) * (size_t)E);
+        else rms_norm_row(x, lw->attn_norm, h, E, c->rms_eps);
         err |= mm1(lw->t[0], lw->w[0], nq, E, h, q, xq, c->threads, 1, c->lanes);
         err |= mm1(lw->t[1], lw->w[1], nk, E, h, k, xq, c->threads, act_type(lw->t[1]) != act_type(lw->t[0]), c->lanes);
         err |= mm1(lw->t[2], lw->w[2], nv, E, h, v, xq, c->threads, act_type(lw->t[2]) != act_type(lw->t[1]), c->lanes);
     }
     if (!err) {
-        if (c->qk_norm) {
+        if (lw->bq) for (int64_t i = 0; i < nq; i++) q[i] = q[i] + lw->bq[i];
+        if (lw->bk) for (int64_t i = 0; i < nk; i++) k[i] = k[i] + lw->bk[i];
+        if (lw->bv) for (int64_t i = 0; i < nv; i++) v[i] = v[i] + lw->bv[i];
+        if (c->qk_norm == 1) {
             for (int hh = 0; hh < c->n_head; hh++) rms_norm_row(q + (int64_t)hh * c->head_dim, lw->q_norm, q + (int64_t)hh * c->head_dim, c->head_dim, c->rms_eps);
             for (int hh = 0; hh < c->n_head_kv; hh++) rms_norm_row(k + (int64_t)hh * c->head_dim, lw->k_norm, k + (int64_t)hh * c->head_dim, c->head_dim, c->rms_eps);
+        } else if (c->qk_norm == 2) {
+            rms_norm_row(q, lw->q_norm, q, nq, c->rms_eps);
+            rms_norm_row(k, lw->k_norm, k, nk, c->rms_eps);
         }
-        cv_rope_cache(&posf, 1, c->rope_dim, c->rope_base, cs, sn);
+        cv_rope_cache_ext(&posf, 1, c->rope_dim, c->rope_base, lw->rope_ff, c->rope_mscale, cs, sn);
         rope_row(q, c->n_head, c->head_dim, c->rope_dim, c->neox, cs, sn);
         rope_row(k, c->n_head_kv, c->head_dim, c->rope_dim, c->neox, cs, sn);
         if (c->attn_scale != 1.0f)
@@ -1472,8 +1492,10 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     if (!err) {
         err |= mm1(lw->t[3], lw->w[3], E, na, a, o, xq, c->threads, 1, c->lanes);
         if (c->post_norms) rms_norm_row(o, lw->attn_post_norm, o, E, c->rms_eps);
+        if (c->residual_scale != 0.0f) for (int64_t i = 0; i < E; i++) o[i] = o[i] * c->residual_scale;
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
-        rms_norm_row(x, lw->ffn_norm, h, E, c->rms_eps);
+        if (c->no_pre_norms) memcpy(h, x, sizeof(float) * (size_t)E);
+        else rms_norm_row(x, lw->ffn_norm, h, E, c->rms_eps);
         err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads, 1, c->lanes);
         err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]), c->lanes);
     }
@@ -1482,6 +1504,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
         else cv_swiglu(gu, f, 1, F, c->lanes, 1);
         err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1, c->lanes);
         if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
+        if (c->residual_scale != 0.0f) for (int64_t i = 0; i < E; i++) o[i] = o[i] * c->residual_scale;
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
     }
     free(h);

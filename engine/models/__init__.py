@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.gguf_model import GGUFError, GGUFFile, ModelConfig
 from engine.models.bitnet import BitnetModel
+from engine.models.families import FAMILIES, FamilyModel
 from engine.models.gemma import GemmaModel
 from engine.models.llama import LlamaModel
 
@@ -13,6 +14,7 @@ MODEL_CLASSES = {
     "gemma2": GemmaModel,
     "gemma3": GemmaModel,
     "bitnet": BitnetModel,
+    **{arch: FamilyModel for arch in FAMILIES},
 }
 
 
