@@ -107,10 +107,15 @@ def resolve_model(name_or_path: str) -> Path:
                 f"model {name_or_path!r} is not in the cache ({p}); run `crossval models fetch {name_or_path}`"
             )
         return p
-    from crossval.synthetic import SYNTHETIC_NAMES, synthetic_path
+    from crossval.synthetic import SYNTHETIC_NAMES, is_synthetic, synthetic_path
 
-    if name_or_path in SYNTHETIC_NAMES:
-        return synthetic_path(name_or_path)  # written into the cache on first use
+    if name_or_path in SYNTHETIC_NAMES or is_synthetic(name_or_path):
+        from crossval.bitnetcpp_kit import KitError
+
+        try:
+            return synthetic_path(name_or_path)  # written (and, for :I2_S, quantized) into the cache on first use
+        except KitError as e:  # NAME:I2_S needs the bitnet.cpp kit
+            raise ModelFetchError(f"{name_or_path}: {e}") from None
     p = Path(name_or_path)
     if not p.is_file():
         raise ModelFetchError(f"model {name_or_path!r}: no such file and not a known model name "

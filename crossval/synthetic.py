@@ -1,18 +1,29 @@
 """Synthetic models for architectures no real GGUF is reachable for (BitNet b1.58; the families of
 crossval/synthetic_families.py).
 
-`write_bitnet` writes a `bitnet`-arch GGUF in F32 the way llama.cpp's converter lays one out:
-ternary {−1, 0, +1} matrices with a one-element `.scale` tensor each (llama.cpp's build_lora_mm
-multiplies the matmul result by it), attn_sub_norm / ffn_sub_norm, tied output. llama.cpp's
-quantizer then makes the TQ1_0 / TQ2_0 variants (crossval/matrix.py); ternary rows survive those
-exactly. The vocabulary is a minimal SentencePiece one both tokenizers load.
+`write_bitnet` writes a BitNet GGUF in F32 for one of the three architectures bitnet.cpp's
+llama.cpp fork knows, laid out as its converters lay them out:
+- `bitnet` (1bitLLM; llama.cpp has it too): ternary {−1, 0, +1} matrices with a one-element
+  `.scale` tensor each (build_lora_mm multiplies the matmul result by it);
+- `bitnet-25` and `bitnet-b1.58` (the fork's build_bitnet_158, which has no `.scale` tensors):
+  each matrix is ternary × one per-tensor scale, stored multiplied out;
+all with attn_sub_norm / ffn_sub_norm and the output tied to token_embd. Every row length is a
+multiple of 128, so bitnet.cpp's I2_S accepts them (crossval/bitnetcpp_kit.py quantizes with its
+llama-quantize); llama.cpp's quantizer makes the TQ1_0 / TQ2_0 variants of `bitnet`
+(crossval/matrix.py); ternary rows survive all three exactly. The vocabulary is a minimal
+SentencePiece one every tokenizer loads.
 
-Named synthetic models resolve like real ones (crossval.models.resolve_model) and are written
-into <cache>/synthetic/ on first use: `bitnet-tiny` for tests, `bitnet-100m` for the matrix.
+Named synthetic models resolve like real ones (crossval.models.resolve_model) and are written into
+<cache>/synthetic/ on first use: `<arch>-tiny` for tests, `<arch>-100m` for the matrix
+(`bitnet-tiny`, `bitnet-25-tiny`, `bitnet-b1.58-tiny`, …); `NAME:I2_S` is bitnet.cpp's I2_S
+quantization of NAME.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +31,14 @@ from gguf import GGUFWriter, TokenType
 
 from crossval.synthetic_families import FAMILY_MODELS
 
-SYNTHETIC = {
-    "bitnet-tiny": dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=320),
+BITNET_ARCHS = ("bitnet", "bitnet-25", "bitnet-b1.58")
+_SIZES = {
+    "tiny": dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=320),
     # ≈ 100M parameters: 12 × (4·768² + 3·768·2048) + 32000·768
-    "bitnet-100m": dict(n_layer=12, n_embd=768, n_head=12, n_head_kv=4, n_ff=2048, n_vocab=32000),
+    "100m": dict(n_layer=12, n_embd=768, n_head=12, n_head_kv=4, n_ff=2048, n_vocab=32000),
 }
+# one seed per architecture, so the bitnet-25 and bitnet-b1.58 models (one graph in the fork) differ
+SYNTHETIC = {f"{arch}-{size}": dict(dims, arch=arch, seed=seed) for seed, arch in enumerate(BITNET_ARCHS) for size, dims in _SIZES.items()}
 SYNTHETIC_NAMES = (*SYNTHETIC, *FAMILY_MODELS)  # every name synthetic_path writes
 
 
@@ -60,12 +74,14 @@ def add_spm_tokenizer(w: GGUFWriter, n_vocab: int) -> None:
 
 
 def write_bitnet(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int, n_vocab: int,
-                 seed: int = 0) -> Path:  # fmt: skip
+                 seed: int = 0, arch: str = "bitnet") -> Path:  # fmt: skip
+    if arch not in BITNET_ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(BITNET_ARCHS)}, not {arch!r}")
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    w = GGUFWriter(tmp, "bitnet")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    w = GGUFWriter(tmp, arch)
     w.add_block_count(n_layer)
     w.add_context_length(2048)
     w.add_embedding_length(n_embd)
@@ -85,9 +101,14 @@ def write_bitnet(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
     def lin(name, n_out, n_in):
-        w.add_tensor(name + ".weight", ternary(n_out, n_in))
+        t = ternary(n_out, n_in)
         # per-tensor scale ≈ 1/sqrt(2/3 · n_in) keeps activations near unit size
-        w.add_tensor(name + ".scale", np.array([np.sqrt(1.5 / n_in) * (1 + 0.1 * rng.standard_normal())], dtype=np.float32))
+        s = np.array([np.sqrt(1.5 / n_in) * (1 + 0.1 * rng.standard_normal())], dtype=np.float32)
+        if arch == "bitnet":
+            w.add_tensor(name + ".weight", t)
+            w.add_tensor(name + ".scale", s)
+        else:  # no .scale tensors in build_bitnet_158: the scale lives in the weights
+            w.add_tensor(name + ".weight", t * s[0])
 
     # the tied output reads token_embd too: 2.4/sqrt(n_embd) gives logits of std ≈ 2.4 (not one-hot softmaxes)
     w.add_tensor("token_embd.weight", (rng.standard_normal((n_vocab, n_embd)) * 2.4 / np.sqrt(n_embd)).astype(np.float32))
@@ -115,17 +136,33 @@ def write_bitnet(path: str | Path, *, n_layer: int, n_embd: int, n_head: int, n_
 
 def synthetic_path(name: str) -> Path:
     """The named synthetic model in the cache, written on first use (the families' models under a
-    name carrying the hash of their spec: crossval/synthetic_families.py)."""
+    name carrying the hash of their spec: crossval/synthetic_families.py); `NAME:I2_S` is a BitNet
+    model's I2_S copy made by bitnet.cpp's llama-quantize (the kit is built on first use)."""
     from crossval.models import cache_dir
     from crossval.synthetic_families import spec_hash, write_family
 
+    base, _, quant = name.partition(":")
+    if quant:
+        if quant.upper() != "I2_S" or base not in SYNTHETIC:
+            raise ValueError(f"{name}: the only quantization named this way is I2_S (bitnet.cpp's) of a BitNet model")
+        from crossval.bitnetcpp_kit import quantize_i2s
+
+        return quantize_i2s(synthetic_path(base))
     if name in FAMILY_MODELS:
         p = cache_dir() / "synthetic" / f"{name}-{spec_hash(name)}.F32.gguf"
         write = lambda: write_family(p, name)  # noqa: E731
     else:
-        p = cache_dir() / "synthetic" / f"{name}.F32.gguf"
-        write = lambda: write_bitnet(p, **SYNTHETIC[name])  # noqa: E731
+        spec = SYNTHETIC[name]
+        # keyed by the spec and the writer's source, so a changed generator never reuses an old file
+        key = hashlib.sha256((repr(sorted(spec.items())) + inspect.getsource(write_bitnet)).encode()).hexdigest()[:12]
+        p = cache_dir() / "synthetic" / f"{name}-{key}.F32.gguf"
+        write = lambda: write_bitnet(p, **spec)  # noqa: E731
     if not p.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
         write()
     return p
+
+
+def is_synthetic(name: str) -> bool:
+    base, _, quant = name.partition(":")
+    return base in SYNTHETIC and quant.upper() in ("", "I2_S")

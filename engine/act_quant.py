@@ -69,11 +69,23 @@ def q8_1_mins(raw: np.ndarray, qtype) -> np.ndarray:
     return np.ascontiguousarray(b[:, :, 2:4]).view(np.float16)[..., 0].astype(F32)
 
 
+def i8_s_roundtrip(x: np.ndarray) -> np.ndarray:
+    """bitnet.cpp's I2_S activations (quantize_row_i8_s): per row s = (float)(127/max(1e-5, max|x|))
+    with the max in double, a = clamp(round_half_even(x·s), −128, 127) with x·s exact (the build
+    fuses the product into nearest_int's add; a float32 product is exact in float64) → a/s."""
+    m = np.maximum(np.abs(x.astype(np.float64)).max(axis=-1, keepdims=True), 1e-5)
+    s = (127.0 / m).astype(F32)
+    a = np.clip(np.rint(x.astype(np.float64) * s.astype(np.float64)), -128, 127)
+    return (a / s).astype(F32)
+
+
 VEC_DOT_ROUNDTRIP = {Q.Q8_0: q8_0_roundtrip, Q.Q8_1: q8_0_roundtrip, Q.Q8_K: q8_k_roundtrip}
 
 
 def roundtrip_for(weight_type) -> callable | None:
     """The activation rounding a weight of this type implies, or None (float weights)."""
-    from engine.quants import block_layout
+    from engine.quants import I2_S, block_layout
 
+    if weight_type == I2_S:
+        return i8_s_roundtrip
     return VEC_DOT_ROUNDTRIP.get(block_layout(weight_type).vec_dot_type)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from engine.quants import I2_S, I2_S_GROUP, i2_s_nbytes
+
 GGUF_MAGIC = 0x46554747  # b"GGUF" little-endian
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -133,9 +135,12 @@ class GGUFFile:
     # --- tensor access -------------------------------------------------------------------------
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as stored, zero-copy: float types as their dtype in numpy shape,
-        block-quantized types as uint8 rows of shape (…, bytes_per_row)."""
+        block-quantized types as uint8 rows of shape (…, bytes_per_row), I2_S (one scale per
+        tensor, not rows of blocks) as its n/4 + 32 bytes."""
         t = self.tensor(name)
         buf = np.frombuffer(self._mm, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        if t.type == I2_S:
+            return buf
         if t.type == GGMLQuantizationType.F32:
             return buf.view(np.float32).reshape(t.shape)
         if t.type == GGMLQuantizationType.F16:
@@ -152,9 +157,11 @@ class GGUFFile:
 
     def dequantize(self, name: str) -> np.ndarray:
         """float32 copy of a tensor in numpy shape (see engine/quants.py)."""
-        from engine.quants import dequantize
+        from engine.quants import dequantize, dequantize_i2_s
 
         t = self.tensor(name)
+        if t.type == I2_S:
+            return dequantize_i2_s(self.raw(name), t.n_elements).reshape(t.shape)
         return dequantize(self.raw(name), t.type).reshape(t.shape)
 
     # --- metadata ------------------------------------------------------------------------------
@@ -248,6 +255,59 @@ class _Cursor:
         return self.scalar(vtype, f"value of {key!r}")
 
 
+# bitnet.cpp's llama.cpp fork numbers four types of its own: 36 I2_S, 37 I8_S, 38 TL1, 39 TL2 — and
+# upstream ggml has reused 39 for MXFP4 (36–38 were retired IQ4_NL_4_x repackings never stored in
+# GGUFs). So a type number says nothing alone: the file decides (_bitnet_types).
+BITNET_TYPES = {36: "I2_S", 37: "I8_S", 38: "TL1", 39: "TL2"}
+BITNET_ARCHS = ("bitnet", "bitnet-25", "bitnet-b1.58")
+BITNET_FILE_TYPES = {38: "MOSTLY_TL1", 39: "MOSTLY_TL2", 40: "MOSTLY_I2_S"}  # the fork's llama_ftype numbers
+
+
+def _bitnet_types(name: str, metadata: dict, infos: list, alignment: int, data_size: int) -> list:
+    """Resolve bitnet.cpp's type numbers in (name, ne, type, offset) infos, or raise one line.
+
+    Type 36 is I2_S when the file stores it as bitnet.cpp does: n/4 bytes of codes plus the 32
+    bytes of the scale (ggml_nbytes), which the next tensor's offset (or the end of the data) must
+    leave room for, and no tensor of an upstream-only type (MXFP4 and later, unknown to the fork)
+    sits beside it. A type-36 tensor stored in K·N bytes (the fork's 1-byte type traits, as a
+    table-driven writer sizes it) or in too little room is ambiguous and refused. I8_S, TL1 and
+    TL2 are refused (no kernel here); 39 is TL2 in a file whose file_type is the fork's TL1/TL2 and
+    upstream's MXFP4 otherwise."""
+    from engine.quants import i2_s_nbytes
+
+    i2s = [t for t in infos if t[2] == 36]
+    file_type = metadata.get("general.file_type")
+    fork_tl = isinstance(file_type, int) and file_type in (38, 39) and metadata.get("general.architecture") in BITNET_ARCHS
+    other = [t for t in infos if isinstance(t[2], int) and not isinstance(t[2], GGMLQuantizationType) and t[2] != 36]
+    if other or (fork_tl and any(t[2] == 39 for t in infos)):
+        t = (other or [t for t in infos if t[2] == 39])[0]
+        raise GGUFError(f"{name}: tensor {t[0]!r} has bitnet.cpp's type {BITNET_TYPES[int(t[2])]} ({int(t[2])}), which the engine "
+                        f"does not run (only I2_S)")  # fmt: skip
+    if not i2s:
+        return infos
+    upstream_only = sorted({t[2].name for t in infos if isinstance(t[2], GGMLQuantizationType) and t[2] >= 39})
+    if upstream_only:
+        raise GGUFError(f"{name}: ambiguous file: type 36 (bitnet.cpp's I2_S) beside upstream-only type {upstream_only[0]}; "
+                        f"refusing to guess which ggml numbered it")  # fmt: skip
+    ends = sorted({off for _, _, _, off in infos} | {data_size})
+    out = []
+    for tname, ne, ttype, off in infos:
+        if ttype == 36:
+            n_el = 1
+            for d in ne:
+                n_el *= d
+            room = next(e for e in ends if e > off) - off if off < data_size else 0
+            need = i2_s_nbytes(n_el)
+            padded = (need + alignment - 1) // alignment * alignment
+            if room < need or (room != padded and room != need and off + room != data_size):
+                how = "K·N bytes (I2_S's 1-byte type traits)" if room == n_el else f"{room} bytes"
+                raise GGUFError(f"{name}: ambiguous file: tensor {tname!r} of type 36 is stored in {how}, not as bitnet.cpp's "
+                                f"I2_S ({need} bytes); refusing to guess")  # fmt: skip
+            ttype = I2_S
+        out.append((tname, ne, ttype, off))
+    return out
+
+
 def open_gguf(path: str | os.PathLike) -> GGUFFile:
     """Parse header, metadata and tensor infos; map the file read-only. Raises GGUFError."""
     path = Path(path)
@@ -302,10 +362,13 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
             try:
                 ttype = GGMLQuantizationType(traw)
             except ValueError:
-                raise GGUFError(f"{name}: tensor {tname!r} has unknown ggml type {traw}") from None
+                if traw not in BITNET_TYPES:
+                    raise GGUFError(f"{name}: tensor {tname!r} has unknown ggml type {traw}") from None
+                ttype = traw  # a bitnet.cpp type number: decided below from the file itself
             off = c.u64(f"offset of {tname!r}")
             infos.append((tname, ne, ttype, off))
         data_offset = (c.pos + alignment - 1) // alignment * alignment
+        infos = _bitnet_types(name, metadata, infos, alignment, size - data_offset)
         tensors: dict[str, TensorInfo] = {}
         spans = []
         for tname, ne, ttype, off in infos:
@@ -313,15 +376,21 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
                 raise GGUFError(f"{name}: duplicate tensor name {tname!r}")
             if not ne or any(d <= 0 for d in ne) or any(d > size * 8 for d in ne):
                 raise GGUFError(f"{name}: tensor {tname!r} has invalid dimensions {list(ne)}")
-            if ttype not in GGML_QUANT_SIZES:
-                raise GGUFError(f"{name}: tensor {tname!r} has unsupported ggml type {ttype.name}")
-            block, bsize = GGML_QUANT_SIZES[ttype]
-            if ne[0] % block:
-                raise GGUFError(f"{name}: tensor {tname!r} row of {ne[0]} is not a multiple of {ttype.name}'s block {block}")
             n_el = 1
             for d in ne:
                 n_el *= d
-            nbytes = n_el // block * bsize
+            if ttype == I2_S:
+                if ne[0] % I2_S_GROUP:
+                    raise GGUFError(f"{name}: I2_S tensor {tname!r} has rows of {ne[0]}, not a multiple of {I2_S_GROUP} "
+                                    f"(bitnet.cpp computes wrong results for those)")  # fmt: skip
+                block, bsize, nbytes = 1, 1, i2_s_nbytes(n_el)
+            elif ttype not in GGML_QUANT_SIZES:
+                raise GGUFError(f"{name}: tensor {tname!r} has unsupported ggml type {ttype.name}")
+            else:
+                block, bsize = GGML_QUANT_SIZES[ttype]
+                nbytes = n_el // block * bsize
+            if ne[0] % block:
+                raise GGUFError(f"{name}: tensor {tname!r} row of {ne[0]} is not a multiple of {ttype.name}'s block {block}")
             if off % alignment:
                 raise GGUFError(f"{name}: tensor {tname!r} offset {off} is not aligned to {alignment}")
             start = data_offset + off
@@ -348,7 +417,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
 # ModelConfig: hyper-parameters read from metadata (keys as in llama.cpp src/llama-arch.cpp)
 # --------------------------------------------------------------------------------------------
 
-SUPPORTED_ARCHS = ("llama", "gemma", "gemma2", "gemma3", "bitnet", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "granite", "smollm3")
+SUPPORTED_ARCHS = ("llama", "gemma", "gemma2", "gemma3", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2", "granite", "smollm3") + BITNET_ARCHS
 
 
 @dataclass(frozen=True)
@@ -488,8 +557,9 @@ def _read_config(g: GGUFFile) -> ModelConfig:
         rope_base_swa=rope_base_swa,
         rope_dim=int(key("rope.dimension_count", head_dim)),
         # llama.cpp src/llama-model.cpp llama_model_rope_type: gemma* and bitnet rotate halves (NEOX)
-        # qwen2/qwen3/qwen3moe/olmo2/phi3 are NEOX too; granite and smollm3 NORM, like llama
-        rope_neox=gemma or arch in ("bitnet", "qwen2", "qwen3", "qwen3moe", "phi3", "olmo2"),
+        # qwen2/qwen3/qwen3moe/olmo2/phi3 are NEOX too; granite and smollm3 NORM, like llama; so do
+        # the fork's bitnet-25 and bitnet-b1.58 rotate halves (its src/llama.cpp)
+        rope_neox=gemma or arch in BITNET_ARCHS + ("qwen2", "qwen3", "qwen3moe", "phi3", "olmo2"),
         sliding_window=sliding_window,
         swa_layers=swa,
         attn_scale=attn_scale,

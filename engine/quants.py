@@ -78,11 +78,27 @@ def block_layout(qtype: GGMLQuantizationType) -> BlockLayout:
 
 # --- I2_S: bitnet.cpp's ternary layout (gguf-py and upstream ggml lack it) -----------------------
 # Not a ggml block type: a whole tensor is 2-bit codes followed by one float32 scale (then padding
-# to 32 bytes). Within each group of I2_S_GROUP elements (128 in bitnet.cpp's x86 build, 64 in its
-# ARM build), element j sits in byte j mod 32 of the group's 32-byte (x86) slice, at bit shift
-# 6 − 2·(j div 32); code 0 → −1, 1 → 0, 2 → +1, times the tensor's scale. Read from bitnet.cpp's
-# quantize_i2_s/dequantize_i2_s; NOT checked against a bitnet.cpp build (none is reachable here) —
-# the test decodes a fixture packed by hand from that description.
+# to 32 bytes). Within each group of I2_S_GROUP elements (128 in bitnet.cpp's x86 build), element j
+# sits in byte j mod 32 of the group's 32-byte slice, at bit shift 6 − 2·(j div 32); code 0 → −1,
+# 1 → 0, 2 → +1, times the tensor's scale (quantize_i2_s in the fork's ggml-bitnet-mad.cpp).
+# tests/test_bitnetcpp.py checks this decoder against the kit's reference decoder and against the
+# values bitnet.cpp itself computes from every I2_S tensor of the synthetic models.
+
+
+class ExtType(int):
+    """A ggml type number the gguf package does not define (its enum has no I2_S): an int that
+    compares equal to the number and has a .name like GGMLQuantizationType's members."""
+
+    def __new__(cls, value: int, name: str):
+        obj = int.__new__(cls, value)
+        obj.name = name
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<ExtType.{self.name}: {int(self)}>"
+
+
+I2_S = ExtType(36, "I2_S")
 I2_S_GROUP = 128
 _I2_S_CODES = np.array([-1.0, 0.0, 1.0, 0.0], dtype=np.float32)  # code 3 never written; read as 0
 

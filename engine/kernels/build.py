@@ -50,6 +50,16 @@ int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float
 void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out);
 void cv_rope_cache_ext(const float *pos, int64_t n_pos, int n_rot, float base, const float *ff, float mscale, float *cos_out,
                        float *sin_out);
+void cv_i2s_quantize_acts(const float *X, int64_t n_tok, int64_t K, int8_t *q, float *scales, int32_t *sums);
+int32_t cv_i2s_dot(const uint8_t *w, const int8_t *a, int64_t K);
+int cv_i2s_matmul(const uint8_t *W, int64_t N, int64_t K, const int8_t *q, const float *scales, const int32_t *sums, int64_t n_tok,
+                  float *Y, int64_t ldy, int n_threads);
+int cv_bitnet_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
+                         int lanes, int n_threads);
+int64_t cv_bitnet_n_kv(int64_t cells, int64_t n_ctx);
+int cv_attention_f16_bitnet(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t,
+                            int64_t n_ctx, int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, int lanes,
+                            float *out, int n_threads);
 """
 
 ffibuilder = cffi.FFI()

@@ -1510,3 +1510,5 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     free(h);
     return err ? -1 : 0;
 }
+
+#include "bitnet_kernels.c" /* bitnet.cpp's I2_S, F16 and attention arithmetic (engine/kernels/bitnet_kernels.c) */

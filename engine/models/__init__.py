@@ -14,6 +14,8 @@ MODEL_CLASSES = {
     "gemma2": GemmaModel,
     "gemma3": GemmaModel,
     "bitnet": BitnetModel,
+    "bitnet-25": BitnetModel,
+    "bitnet-b1.58": BitnetModel,
     **{arch: FamilyModel for arch in FAMILIES},
 }
 

@@ -1,15 +1,23 @@
-"""BitNet b1.58 (arch "bitnet"): one reading-order forward pass.
+"""BitNet b1.58: the three architectures of bitnet.cpp's llama.cpp fork — `bitnet` (1bitLLM; also in
+llama.cpp), `bitnet-25` and `bitnet-b1.58` — in one reading-order forward pass.
 
-Follows llama.cpp src/models/bitnet.cpp (this is llama.cpp's graph, which is what we must match):
+Follows llama.cpp src/models/bitnet.cpp and the fork's src/llama.cpp build_bitnet / build_bitnet_158:
   x = token_embd[ids]
   per layer: a = attn(rope_neox(s_q·wq·rmsnorm(x)), rope_neox(s_k·wk·…), s_v·wv·…)
              h = x + s_o · wo · rmsnorm_sub(a)                 (attn_sub_norm, n_embd wide)
-             f = silu(s_g · ffn_gate · rmsnorm(h)) * (s_u · ffn_up · rmsnorm(h))
+             f = act(s_g · ffn_gate · rmsnorm(h)) * (s_u · ffn_up · rmsnorm(h))
              x = h + s_d · ffn_down · rmsnorm_sub(f)           (ffn_sub_norm, n_ff wide)
-  logits = token_embd · rmsnorm(x)                             (no output.weight: tied)
-The s_* are the optional one-element "blk.N.<t>.scale" tensors (build_lora_mm multiplies the
-matmul result by them). Note: llama.cpp's bitnet graph uses SiLU-gated FFN (LLM_FFN_SILU,
-LLM_FFN_PAR), not the squared ReLU of the BitNet b1.58 paper; we follow llama.cpp.
+  logits = token_embd · rmsnorm(x)                             (tied; output.weight is not used)
+act: SiLU for `bitnet` (LLM_FFN_SILU, LLM_FFN_PAR), ReLU² for `bitnet-25` and `bitnet-b1.58`
+(build_bitnet_158: LLM_FFN_RELU_SQR — ggml_relu then ggml_sqr). The s_* are the optional
+one-element "blk.N.<t>.scale" tensors (`bitnet` only: the matmul result times them); the other
+two architectures keep the scale inside the weights. All three use NEOX RoPE and RMS norms.
+
+A model holding I2_S tensors is a bitnet.cpp model, and faithful mode then computes as the fork
+does (engine/kernels/bitnet_kernels.c): the I2_S matmul with its per-row int8 activations, the
+lm_head's F16 × F32 tinyBLAS (F16-rounded activations for one row), and its attention routes
+(unrounded probabilities for several query rows, KV length padded to 32). Other files (F32, the
+TQ1_0/TQ2_0 quantizations llama.cpp makes) follow llama.cpp's arithmetic as the other models do.
 Shapes: x (n, n_embd); q (n, n_head, head_dim); k, v (n, n_head_kv, head_dim).
 """
 
@@ -21,13 +29,18 @@ from engine.attention import attention_mask, cached_attention
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
 from engine.ops import rms_norm, rope, rope_cache, silu
-from engine.weights import FloatWeights, make_weights
+from engine.quants import I2_S
+from engine.weights import FloatWeights, NativeWeights, make_weights
 
 
 class BitnetModel:
     def __init__(self, g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1):
         self.g, self.cfg = g, cfg
         self.w: FloatWeights = make_weights(g, mode, threads)
+        self.relu_sqr = cfg.arch != "bitnet"
+        # bitnet.cpp's arithmetic in faithful mode: decided by the file (it holds I2_S tensors)
+        self.fork = mode == "faithful" and any(t.type == I2_S for t in g.tensors.values())
+        self._i2s: dict[str, np.ndarray] = {}
 
     def _scale(self, weight_name: str) -> np.float32:
         name = weight_name.replace(".weight", ".scale")
@@ -41,13 +54,51 @@ class BitnetModel:
     def load_all(self) -> None:
         for il in range(self.cfg.n_layer):
             for n in self._names(il).values():
-                self.w[n]
-        self.w["output_norm.weight"], self.w["token_embd.weight"]
+                if not (self.fork and self.g.tensor(n).type == I2_S):
+                    self.w[n]
+        self.w["output_norm.weight"]
+        if not self.fork:
+            self.w["token_embd.weight"]
 
-    def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
-        y = self.w.matmul(x, (name,))
+    def _mm(self, x: np.ndarray, name: str, xq=None) -> np.ndarray:
+        """x · Wᵀ (times the weight's .scale when it has one). In the fork's faithful mode an I2_S
+        weight multiplies the int8 activations xq (quantized once per input, shared by q/k/v and
+        gate/up)."""
+        if self.fork and self.g.tensor(name).type == I2_S:
+            from engine.kernels import bitnet as kb
+
+            t = self.g.tensor(name)
+            y = kb.i2s_matmul(self.g.raw(name), t.ne[1], t.ne[0], xq if xq is not None else kb.i2s_quantize_acts(x), self.w.threads)
+        else:
+            y = self.w.matmul(x, (name,))
         s = self._scale(name)
         return y if s == 1 else y * s
+
+    def _acts(self, x: np.ndarray):
+        """x quantized once as the fork's I2_S matmuls quantize it (None outside the fork's mode)."""
+        if not self.fork:
+            return None
+        from engine.kernels import bitnet as kb
+
+        return kb.i2s_quantize_acts(x)
+
+    def _attention(self, cache: KVCache, il: int, q, k, v, mask) -> np.ndarray:
+        c = self.cfg
+        if self.fork and cache.layout == "ggml":
+            from engine.kernels import bitnet as kb
+
+            ks, vs = cache.store(il, k, v)
+            n_cells = cache.n_past + q.shape[0]
+            return kb.attention_f16(q, ks, vs, n_cells, mask, c.attn_scale, threads=self.w.threads)
+        return cached_attention(cache, il, q, k, v, mask, scale=c.attn_scale, threads=self.w.threads)
+
+    def _ffn_act(self, g: np.ndarray, u: np.ndarray) -> np.ndarray:
+        if self.relu_sqr:  # ggml_relu, ggml_sqr, then ggml_mul by up: each rounded to float
+            r = np.maximum(g, np.float32(0.0))
+            return (r * r) * u
+        if isinstance(self.w, NativeWeights):  # ggml's vectorised SiLU (its exp), as the native kernels compute it
+            return self.w.swiglu(np.concatenate([g, u], axis=1), self.cfg.n_ff)
+        return silu(g) * u
 
     def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True, prefix_end: int = 0) -> np.ndarray:
         c = self.cfg
@@ -62,25 +113,28 @@ class BitnetModel:
             h = rms_norm(x, self.w[w["attn_norm"]], c.rms_eps)
             if tap:
                 tap(il, "attn_norm", h)
-            q = self._mm(h, w["attn_q"]).reshape(n, c.n_head, c.head_dim)
-            k = self._mm(h, w["attn_k"]).reshape(n, c.n_head_kv, c.head_dim)
-            v = self._mm(h, w["attn_v"]).reshape(n, c.n_head_kv, c.head_dim_v)
+            hq = self._acts(h)
+            q = self._mm(h, w["attn_q"], hq).reshape(n, c.n_head, c.head_dim)
+            k = self._mm(h, w["attn_k"], hq).reshape(n, c.n_head_kv, c.head_dim)
+            v = self._mm(h, w["attn_v"], hq).reshape(n, c.n_head_kv, c.head_dim_v)
             q = rope(q, cos, sin, neox=c.rope_neox)
             k = rope(k, cos, sin, neox=c.rope_neox)
             if tap:
                 tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
-            a = cached_attention(cache, il, q, k, v, mask, scale=c.attn_scale, threads=self.w.threads).reshape(n, -1)
+            a = self._attention(cache, il, q, k, v, mask).reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
             a = rms_norm(a, self.w[w["attn_sub_norm"]], c.rms_eps)
             o = self._mm(a, w["attn_output"])
-            if il == c.n_layer - 1 and not all_logits:  # only the rows whose logits are wanted go on (inp_out_ids, src/models/bitnet.cpp)
+            if il == c.n_layer - 1 and not all_logits:  # only the rows whose logits are wanted go on (inp_out_ids)
                 o, x = o[-1:], x[-1:]
             x = x + o
             if tap:
                 tap(il, "ffn_inp", x)
             h = rms_norm(x, self.w[w["ffn_norm"]], c.rms_eps)
-            f = silu(self._mm(h, w["ffn_gate"])) * self._mm(h, w["ffn_up"])
+            hq = self._acts(h)
+            u = self._mm(h, w["ffn_up"], hq)
+            f = self._ffn_act(self._mm(h, w["ffn_gate"], hq), u)
             f = rms_norm(f, self.w[w["ffn_sub_norm"]], c.rms_eps)
             f = self._mm(f, w["ffn_down"])
             if tap:
@@ -94,4 +148,8 @@ class BitnetModel:
         x = rms_norm(x, self.w["output_norm.weight"], c.rms_eps)
         if tap:
             tap(-1, "result_norm", x)
+        if self.fork and self.g.tensor("token_embd.weight").type.name == "F16":
+            from engine.kernels import bitnet as kb
+
+            return kb.matmul_f16(np.ascontiguousarray(self.g.raw("token_embd.weight")), x, self.w.threads)
         return self.w.matmul(x, ("token_embd.weight",))

@@ -1,0 +1,247 @@
+"""bitnet.cpp as a backend: its libllama.so (built from ../shared/bitnetcpp into the cache on first
+use) through the project's cffi binding (bitnetcpp_capi.py), run in a child process like the
+llama.cpp reference, so a crash or hang of the fork ends one comparison in a `crashed`/`timeout`
+receipt instead of ending the harness.
+
+The parent (BitnetCpp) speaks crossval/backends/isolated.py's JSON-lines protocol with
+`python -m crossval.backends.bitnetcpp`; logits travel as .npy files in a private temporary
+directory. Requests: load, tokenize, detokenize, logits, generate, compare_pass (greedy or the
+fork's own seeded sampler chain), capture (graph tensors through cb_eval, for --localise).
+The same fault hook as the llama.cpp child (CROSSVAL_CHILD_FAULT="<fault>@<op>") proves the
+failure paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crossval.backends.base import BackendUnavailable, Capabilities, ComparePass, GenerateResult
+from crossval.backends.isolated import PROTOCOL, ChildProcess, _fault
+
+
+class BitnetCpp(ChildProcess):
+    """Parent side: the bitnet.cpp Backend, answered by a child process."""
+
+    name = "bitnetcpp"
+
+    def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
+                 env: dict | None = None, progress=None, build=None):  # fmt: skip
+        from crossval.bitnetcpp_kit import KitError, ensure_built
+
+        try:
+            self.kit = build or ensure_built(progress=progress)
+        except KitError as e:
+            raise BackendUnavailable(str(e)) from None
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self._tmp = tempfile.TemporaryDirectory(prefix="crossval-bitnetcpp-", dir=shm)
+        child_env = dict(os.environ if env is None else env)
+        self._start([sys.executable, "-m", "crossval.backends.bitnetcpp"], child_env, timeout)
+        self.capabilities = Capabilities()
+        self._t0 = time.perf_counter()
+        # n_ctx a multiple of 32: the fork pads the attended KV length to 32 cells, capped at n_ctx
+        n_ctx = (int(n_ctx) + 31) // 32 * 32
+        self._send("load", lib=str(self.kit.libllama), model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self._info = None
+
+    def wait_loaded(self) -> None:
+        if self._info is None:
+            self._info = self._receive()
+            self.load_s = time.perf_counter() - self._t0
+            self.n_vocab = self._info["n_vocab"]
+            self._provenance = dict(self._info["provenance"], build=self.kit.provenance(),
+                                    commit=self.kit.provenance()["llama_cpp_commit"])  # fmt: skip
+
+    def _npy(self, name: str) -> str:
+        return str(Path(self._tmp.name) / (f"{name}.npz" if name in ("pass", "capture") else f"{name}.npy"))
+
+    # --- Backend ------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
+        self.wait_loaded()
+        return self._call("tokenize", text=text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        self.wait_loaded()
+        return self._call("detokenize", ids=[int(i) for i in ids])
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        self.wait_loaded()
+        out = self._npy("logits")
+        self._call("logits", ids=[int(i) for i in ids], out=out)
+        arr = np.load(out)
+        os.unlink(out)
+        return arr
+
+    def generate(self, ids: list[int], steps: int) -> GenerateResult:
+        self.wait_loaded()
+        out = self._npy("gen")
+        r = self._call("generate", ids=[int(i) for i in ids], steps=steps, out=out)
+        arr = None
+        if steps > 0:
+            arr = np.load(out)
+            os.unlink(out)
+        return GenerateResult(r["tokens"], arr, r["seconds"])
+
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
+        self.send_compare_pass(ids, steps, forced, sampling)
+        return self.receive_compare_pass()
+
+    def send_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
+        self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
+                         out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
+
+    def receive_compare_pass(self) -> ComparePass:
+        r = self._receive()
+        out = self._npy("pass")
+        with np.load(out) as z:
+            arrs = {k: z[k] for k in z.files}
+        os.unlink(out)
+        return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
+
+    def capture_rows(self, ids: list[int], position: int, pattern: str) -> dict[str, np.ndarray]:
+        """The fork's named graph tensors (cb_eval) matching `pattern`, as the row of `position`,
+        for a teacher-forced pass over ids (a separate capturing context)."""
+        self.wait_loaded()
+        out = self._npy("capture")
+        self._call("capture", ids=[int(i) for i in ids], position=int(position), pattern=pattern, out=out)
+        with np.load(out) as z:
+            rows = {k: z[k] for k in z.files}
+        os.unlink(out)
+        return rows
+
+    def provenance(self) -> dict:
+        self.wait_loaded()
+        return dict(self._provenance)
+
+    def close(self) -> None:
+        self._shutdown()
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --- child side ------------------------------------------------------------------------------
+def _provenance(m) -> dict:
+    return {
+        "name": "bitnet.cpp",
+        "version": "bitnet.cpp (llama.cpp fork, old C API) via crossval's cffi binding",
+        "library_sha256": m.library_sha256(),
+        "system_info": m.system_info(),
+        "kv_type": m.kv_type,
+        "threads": m.threads,
+        "n_ctx": m.n_ctx,
+    }
+
+
+def child_main() -> int:
+    # the protocol gets a private copy of fd 1; fd 1 (what the C library prints to) goes to stderr
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply(ok: bool, result=None, error: str | None = None, unavailable: bool = False):
+        msg = {"protocol": PROTOCOL, "ok": ok}
+        if ok:
+            msg["result"] = result
+        else:
+            msg["error"], msg["unavailable"] = error, unavailable
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
+    from crossval.backends.bitnetcpp_capi import BitnetCppError, BitnetCppModel
+
+    m = None
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            op, a = req["op"], req.get("args", {})
+        except (ValueError, KeyError):
+            reply(False, error="malformed request")
+            continue
+        _fault(op, out)
+        try:
+            if op == "close":
+                break
+            if op == "load":
+                try:
+                    m = BitnetCppModel(a["lib"], a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"])
+                except BitnetCppError as e:
+                    reply(False, error=str(e), unavailable="cannot use" in str(e))
+                    continue
+                m._load_args = a
+                reply(True, {"n_vocab": m.n_vocab, "provenance": _provenance(m)})
+            elif m is None:
+                reply(False, error=f"{op} before load")
+            elif op == "tokenize":
+                reply(True, m.tokenize(a["text"], a["add_bos"], a["parse_special"]))
+            elif op == "detokenize":
+                reply(True, m.detokenize(a["ids"]))
+            elif op == "logits":
+                np.save(a["out"], m.logits(a["ids"]))
+                reply(True, {"ok": True})
+            elif op == "generate":
+                t = time.perf_counter()
+                toks, logs = m.generate(a["ids"], a["steps"], keep_logits=True)
+                sec = time.perf_counter() - t
+                if logs:
+                    np.save(a["out"], np.stack(logs))
+                reply(True, {"tokens": toks, "seconds": sec})
+            elif op == "capture":
+                import re
+
+                pat = re.compile(a["pattern"])
+                la = m._load_args
+                cap = BitnetCppModel(la["lib"], la["model_path"], n_ctx=max(32, (len(a["ids"]) + 32) // 32 * 32), threads=la["threads"],
+                                     kv_type=la["kv_type"], capture=True)  # fmt: skip
+                try:
+                    _, tensors = cap.capture_logits(a["ids"], lambda n: bool(pat.match(n)))
+                finally:
+                    cap.close()
+                n = len(a["ids"])
+                rows = {k: v.reshape(n, -1)[a["position"]] for k, v in tensors.items() if v.size % n == 0}
+                with open(a["out"], "wb") as f:
+                    np.savez(f, **rows)
+                reply(True, {"n": len(rows)})
+            elif op == "compare_pass":
+                from crossval.backends.base import greedy_compare_pass
+
+                choose, chain = None, None
+                if a.get("sampling"):
+                    from engine.sampling import SamplingParams
+
+                    chain = m.sampler_chain(SamplingParams(**a["sampling"]))
+                    choose = lambda row, chain=chain: m.sample_logits(chain, row)  # noqa: E731
+                try:
+                    cp = greedy_compare_pass(m, a["ids"], a["steps"], a["forced"] or None, choose)
+                finally:
+                    if chain is not None:
+                        m.free_sampler(chain)
+                arrs = {"prompt": cp.prompt_logits}
+                if cp.step_logits is not None:
+                    arrs["steps"] = cp.step_logits
+                if cp.forced_logits is not None:
+                    arrs["forced"] = cp.forced_logits
+                with open(a["out"], "wb") as f:
+                    np.savez(f, **arrs)
+                reply(True, {"tokens": cp.tokens, "seconds": cp.seconds})
+            else:
+                reply(False, error=f"unknown op {op!r}")
+        except Exception as e:  # report, keep serving: the parent decides what an error means
+            reply(False, error=f"{type(e).__name__}: {e}")
+    if m is not None:
+        m.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

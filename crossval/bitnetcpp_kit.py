@@ -1,0 +1,179 @@
+"""The bitnet.cpp reference kit (../shared/bitnetcpp): build it once into the crossval cache, and
+quantize GGUFs to I2_S with its own llama-quantize.
+
+The kit compiles microsoft/BitNet and its llama.cpp fork from pinned tarballs (its README). We run
+its `build.sh` into
+    <cache>/bitnetcpp/<kit hash>/
+where the kit hash covers build.sh, the tools and the tarballs' SHA256SUMS (build.sh verifies the
+tarballs against it), so an edited kit gets a fresh directory. build.sh keeps its own reuse key
+(which adds the CPU flags) in BUILD_INFO.json; a file lock keeps two crossval processes from
+building the same directory at once. Provenance (both commits, compiler, CMake flags,
+system_info) comes from BUILD_INFO.json.
+
+`quantize_i2s(src)` runs `llama-quantize SRC OUT I2_S 1` — one thread: with more, the kit's README
+measured a silently corrupt file — into <cache>/bitnetcpp/<kit hash>/models/, keyed by the
+source file's sha256.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from crossval.models import cache_dir
+from engine.convert import sha256_file
+
+KIT_ENV = "CROSSVAL_BITNETCPP_KIT"
+
+
+class KitError(RuntimeError):
+    """The kit is missing or its build failed; the message is one line a user can act on."""
+
+
+@dataclass(frozen=True)
+class KitBuild:
+    dir: Path
+    info: dict  # BUILD_INFO.json
+    built_s: float | None  # seconds build.sh ran in this process (None: reused)
+
+    @property
+    def libllama(self) -> Path:
+        return self.dir / "lib" / "libllama.so"
+
+    @property
+    def libggml(self) -> Path:
+        return self.dir / "lib" / "libggml.so"
+
+    @property
+    def quantize_bin(self) -> Path:
+        return self.dir / "bin" / "llama-quantize"
+
+    def provenance(self) -> dict:
+        """The receipt's view of this build (commits, compiler, CMake flags, system_info)."""
+        i = self.info
+        return {
+            "bitnet_commit": (i.get("bitnet") or {}).get("commit"),
+            "llama_cpp_commit": (i.get("llama_cpp") or {}).get("commit"),
+            "llama_cpp_repo": (i.get("llama_cpp") or {}).get("repo"),
+            "compiler": (i.get("compiler") or {}).get("cxx"),
+            "cmake_flags": i.get("cmake_flags"),
+            "ggml_native": i.get("GGML_NATIVE"),
+            "tl2": i.get("BITNET_X86_TL2"),
+            "system_info": i.get("system_info"),
+            "build_dir": str(self.dir),
+        }
+
+
+def kit_path() -> Path:
+    """The kit: $CROSSVAL_BITNETCPP_KIT, else ../shared/bitnetcpp next to the repository."""
+    env = os.environ.get(KIT_ENV)
+    p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "bitnetcpp"
+    if not (p / "build.sh").is_file():
+        raise KitError(f"bitnet.cpp kit not found at {p} (set {KIT_ENV} to the kit directory)")
+    return p
+
+
+def kit_hash(kit: Path) -> str:
+    """blake3 over build.sh, SHA256SUMS (which pins the tarballs) and the tools."""
+    h = blake3.blake3()
+    files = [kit / "build.sh", kit / "SHA256SUMS"] + sorted(p for p in (kit / "tools").rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(kit)).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_dir(kit: Path | None = None) -> Path:
+    return cache_dir() / "bitnetcpp" / kit_hash(kit or kit_path())
+
+
+def _find(out: Path, built_s: float | None) -> KitBuild | None:
+    try:
+        info = json.loads((out / "BUILD_INFO.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    outs = info.get("outputs") or []
+    if not outs or not all((out / p).is_file() for p in outs):
+        return None
+    b = KitBuild(out, info, built_s)
+    return b if b.libllama.is_file() and b.quantize_bin.is_file() else None
+
+
+def ensure_built(jobs: int | None = None, progress=None) -> KitBuild:
+    """The kit built into the cache (reused when present). progress(line) receives build.sh's
+    step lines while it runs (about 1.5–3 minutes the first time on 2 cores)."""
+    progress = progress or (lambda line: None)
+    kit = kit_path()
+    out = build_dir(kit)
+    found = _find(out, None)
+    if found:
+        return found
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building this very directory
+        found = _find(out, None)
+        if found:
+            return found
+        cmd = ["bash", str(kit / "build.sh"), "--out", str(out), "--jobs", str(jobs or os.cpu_count() or 2)]
+        t = time.perf_counter()
+        tail: list[str] = []
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:
+            for line in p.stdout:
+                line = line.rstrip("\n")
+                tail = (tail + [line])[-40:]
+                if line.startswith("build.sh: ") and "error" not in line:
+                    progress(line[len("build.sh: ") :])
+            rc = p.wait()
+        if rc != 0:
+            err = next((ln for ln in reversed(tail) if "error" in ln.lower()), tail[-1] if tail else "no output")
+            raise KitError(f"bitnet.cpp kit build failed (build.sh exit {rc}): {err.strip()}")
+        found = _find(out, time.perf_counter() - t)
+        if not found:
+            raise KitError(f"bitnet.cpp kit build finished but {out / 'BUILD_INFO.json'} does not list its outputs")
+        return found
+
+
+def quantize_i2s(src: Path, build: KitBuild | None = None, timeout: float = 600.0) -> Path:
+    """src (an F32/F16 BitNet GGUF with row lengths that are multiples of 128) → its I2_S copy made
+    by the kit's llama-quantize with one thread, cached by the source's sha256."""
+    from engine.gguf_model import GGUFError, open_gguf
+
+    build = build or ensure_built()
+    src = Path(src)
+    try:
+        g = open_gguf(src)
+    except GGUFError as e:
+        raise KitError(str(e)) from None
+    bad = sorted(n for n, t in g.tensors.items() if len(t.ne) == 2 and n != "token_embd.weight" and t.ne[0] % 128)
+    g.close()
+    if bad:
+        raise KitError(f"{src.name}: I2_S needs row lengths that are multiples of 128 ({bad[0]} has {g.tensors[bad[0]].ne[0]})")
+    out_dir = build.dir / "models"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"{src.stem}-{sha256_file(src)[:16]}.I2_S.gguf"
+    if out.is_file():
+        return out
+    with open(out_dir / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.is_file():
+            return out
+        tmp = out.with_suffix(".tmp")
+        try:
+            r = subprocess.run([str(build.quantize_bin), str(src), str(tmp), "I2_S", "1"], capture_output=True, text=True,
+                               errors="replace", timeout=timeout)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            tmp.unlink(missing_ok=True)
+            raise KitError(f"llama-quantize timed out after {timeout:g} s on {src.name}") from None
+        if r.returncode != 0 or not tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            last = ([ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()] or ["no output"])[-1]
+            raise KitError(f"llama-quantize failed on {src.name} (exit {r.returncode}): {last.strip()[:200]}")
+        os.replace(tmp, out)
+    return out
