@@ -47,7 +47,8 @@ class BitnetCpp(ChildProcess):
         self._t0 = time.perf_counter()
         # n_ctx a multiple of 32: the fork pads the attended KV length to 32 cells, capped at n_ctx
         n_ctx = (int(n_ctx) + 31) // 32 * 32
-        self._send("load", lib=str(self.kit.libllama), model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self._load_args = dict(lib=str(self.kit.libllama), model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self._send("load", **self._load_args)
         self._info = None
 
     def wait_loaded(self) -> None:
@@ -119,6 +120,22 @@ class BitnetCpp(ChildProcess):
         self.wait_loaded()
         return dict(self._provenance)
 
+    def unload(self) -> None:
+        """Free the child's model and context (the child keeps running)."""
+        self.wait_loaded()
+        self._call("unload")
+
+    def reload(self) -> None:
+        """Load the model again in the same child (after unload)."""
+        self._info = None
+        self._t0 = time.perf_counter()
+        self._send("load", **self._load_args)
+        self.wait_loaded()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def close(self) -> None:
         self._shutdown()
         self._tmp.cleanup()
@@ -172,7 +189,16 @@ def child_main() -> int:
         try:
             if op == "close":
                 break
+            if op == "unload":  # free the model and its context (lifecycle tests: load/generate/unload cycles)
+                if m is not None:
+                    m.close()
+                    m = None
+                reply(True, {"ok": True})
+                continue
             if op == "load":
+                if m is not None:
+                    m.close()
+                    m = None
                 try:
                     m = BitnetCppModel(a["lib"], a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"])
                 except BitnetCppError as e:

@@ -1,0 +1,334 @@
+"""bitnet.cpp (../shared/bitnetcpp, built into the cache) as a reference: the kit build, the I2_S
+format and arithmetic against the functions the fork's libggml exports, the engine's faithful mode
+bit for bit against bitnet.cpp on all three BitNet architectures, and the child process's
+lifecycle and failure receipts. The 100m models run when CROSSVAL_BITNET_100M=1 (the nightly
+matrix runs them; about 3 minutes here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.bitnetcpp]
+
+ARCHS = ("bitnet", "bitnet-25", "bitnet-b1.58")
+SIZES = ("tiny", "100m") if os.environ.get("CROSSVAL_BITNET_100M") == "1" else ("tiny",)
+
+
+def _fail_or_skip(msg: str):
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def kit():
+    from crossval.bitnetcpp_kit import KitError, ensure_built
+
+    try:
+        return ensure_built()
+    except KitError as e:
+        _fail_or_skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def ggml(kit):
+    """The fork's libggml.so (cffi ABI mode): the exported I2_S functions."""
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef("""
+        void quantize_row_i8_s(const float * x, void * y, int64_t n, float * act_scales, int32_t * act_sums);
+        void ggml_vec_dot_i2_i8_s(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+        size_t quantize_i2_s(const float * src, void * dst, int64_t nrow, int64_t n_per_row, const float * quant_weights);
+    """)
+    return ffi, ffi.dlopen(str(kit.libggml))
+
+
+def _p(ffi, a: np.ndarray, ctype: str = "void *"):
+    return ffi.cast(ctype, a.__array_interface__["data"][0])
+
+
+def _kit_decoder():
+    from crossval.bitnetcpp_kit import kit_path
+
+    spec = importlib.util.spec_from_file_location("kit_decode_i2s", kit_path() / "tools" / "decode_i2s.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_kit_build_is_reused_and_names_its_provenance(kit):
+    from crossval.bitnetcpp_kit import build_dir, ensure_built
+
+    again = ensure_built()
+    assert again.dir == kit.dir == build_dir() and again.built_s is None  # cached: build.sh not run again
+    prov = kit.provenance()
+    assert prov["bitnet_commit"] == "404980eecae38affa4871c3e419eae3f44536a95"
+    assert prov["llama_cpp_commit"] == "40ed0f290203a9a78540b8f7eb18bd828043fe21"
+    assert "-DGGML_NATIVE=ON" in prov["cmake_flags"] and "LLAMAFILE = 1" in prov["system_info"]
+
+
+def test_i8_s_activations_equal_libggml_including_ties(ggml):
+    """quantize_row_i8_s: our kernel gives the same int8 codes, scale and sum on random rows and on
+    rows built so that x·s lies within one float32 rounding of a half-integer (where a rounded
+    product and the fork's fused one round differently)."""
+    from engine.act_quant import i8_s_roundtrip
+    from engine.kernels import bitnet as kb
+
+    ffi, lib = ggml
+    rng = np.random.default_rng(1)
+    rows = [rng.standard_normal(k).astype(np.float32) * np.float32(10.0 ** rng.uniform(-4, 3)) for k in (128, 256, 2048) for _ in range(4)]
+    # ties: max|x| = 127 makes s = 1 exactly; x = h + δ with tiny δ gives x·s = x, no tie; scale by
+    # 127/m instead and pick x so that x·(float)(127/m) is just off a half-integer in exact arithmetic
+    m = np.float32(3.1801720)
+    s = np.float32(127.0 / np.float64(m))
+    halves = (np.arange(-120, 120) + 0.5) / np.float64(s)
+    near = np.concatenate([np.nextafter(halves.astype(np.float32), np.float32(d)) for d in (-np.inf, np.inf)])
+    rows.append(np.concatenate([[m], near]).astype(np.float32)[:384])
+    ties_seen = 0
+    for x in rows:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        q, sc, sm = kb.i2s_quantize_acts(x[None])
+        yq = np.zeros(x.size, np.int8)
+        sref, sumref = np.zeros(1, np.float32), np.zeros(1, np.int32)
+        lib.quantize_row_i8_s(_p(ffi, x, "float *"), _p(ffi, yq), x.size, _p(ffi, sref, "float *"), _p(ffi, sumref, "int32_t *"))
+        np.testing.assert_array_equal(q[0], yq)
+        assert sc[0] == sref[0] and sm[0] == sumref[0]
+        np.testing.assert_array_equal(i8_s_roundtrip(x[None])[0], yq.astype(np.float32) / sref[0])
+        ties_seen += int(np.sum(np.rint(x * sref[0]) != yq))  # where rounding the product first would differ
+    assert ties_seen > 0, "the tie rows did not exercise the fused rounding"
+
+
+def test_i2_s_dot_equals_libggml_including_the_int16_wrap(ggml):
+    """ggml_vec_dot_i2_i8_s (AVX2 on x86: int16 lanes that wrap) equals our dot on random weights
+    and activations, and on the all-(+1) × constant-127 rows whose lanes wrap (K = 4096, 4224)."""
+    from engine.kernels import bitnet as kb
+
+    ffi, lib = ggml
+    rng = np.random.default_rng(2)
+    for K, const in ((128, False), (256, False), (1024, False), (6144, False), (4096, True), (4224, True), (8192, True)):
+        N = 6
+        w = np.ones((N, K), np.float32) if const else rng.integers(-1, 2, size=(N, K)).astype(np.float32)
+        a = np.full(K, 127, np.int8) if const else rng.integers(-128, 128, size=K).astype(np.int8)
+        packed = np.zeros(N * K // 4 + 32, np.uint8)
+        lib.quantize_i2_s(_p(ffi, w, "float *"), _p(ffi, packed), N, K, ffi.NULL)
+        for r in range(N):
+            row = np.ascontiguousarray(packed[r * K // 4 : (r + 1) * K // 4])
+            out = np.zeros(1, np.float32)
+            lib.ggml_vec_dot_i2_i8_s(K, _p(ffi, out, "float *"), 0, _p(ffi, row), 0, _p(ffi, a), 0, 1)
+            assert np.float32(kb.i2s_dot(row, a)) == out[0], (K, r)
+        if const and K >= 4096:
+            assert kb.i2s_dot(row, a) != 2 * 127 * K  # the wrap happened, and we reproduce it
+
+
+def _i2s_models():
+    from crossval.models import resolve_model
+    from engine.gguf_model import open_gguf
+
+    return {arch: open_gguf(resolve_model(f"{arch}-tiny:I2_S")) for arch in ARCHS}
+
+
+def test_i2_s_decoder_equals_the_kits_and_bitnetcpps_on_every_tensor(ggml):
+    """Every I2_S tensor of the three tiny models: our decoder equals the kit's reference decoder,
+    and the F32 source times nothing (the ternary weights times the scale); and equals what
+    bitnet.cpp's own ggml_vec_dot_i2_i8_s reads from the bytes (base-3 probes: activations
+    1, 3, 9, 27, 81 on five positions give the five codes as the digits of the dot)."""
+    from crossval.models import resolve_model
+    from engine.gguf_model import open_gguf
+    from engine.quants import I2_S
+
+    ffi, lib = ggml
+    kit_dec = _kit_decoder()
+    n_checked = 0
+    for arch, g in _i2s_models().items():
+        src = open_gguf(resolve_model(f"{arch}-tiny"))
+        for name, t in g.tensors.items():
+            if t.type != I2_S:
+                continue
+            K, N = t.ne
+            ours = g.dequantize(name)
+            tern, scale = kit_dec.decode_i2s(g.raw(name).tobytes(), K, N)
+            np.testing.assert_array_equal(ours, tern.astype(np.float32) * scale)
+            np.testing.assert_array_equal(ours, src.dequantize(name))  # ternary × scale survives exactly
+            raw = np.ascontiguousarray(g.raw(name))
+            out = ffi.new("float *")
+            probes = np.zeros((K // 5 + 1, K), np.int8)  # probe p: 3^i at positions 5p + i
+            for p in range(probes.shape[0]):
+                for i in range(5):
+                    if 5 * p + i < K:
+                        probes[p, 5 * p + i] = 3**i
+            codes = np.empty((N, K), np.int64)
+            for r in range(N):
+                row = _p(ffi, raw[r * K // 4 :])
+                for p in range(probes.shape[0]):
+                    lib.ggml_vec_dot_i2_i8_s(K, out, 0, row, 0, _p(ffi, probes[p]), 0, 1)
+                    v = int(out[0])
+                    for i in range(5):
+                        if 5 * p + i < K:
+                            codes[r, 5 * p + i] = v % 3
+                            v //= 3
+            scale_c = np.frombuffer(raw[N * K // 4 : N * K // 4 + 4].tobytes(), "<f4")[0]
+            np.testing.assert_array_equal(ours, (codes - 1).astype(np.float32) * scale_c)
+            n_checked += 1
+    assert n_checked == 3 * 2 * 7  # three models × two layers × seven projections
+
+
+def _write_gguf(path, tensors, arch="bitnet", file_type=40, data_sizes=None):
+    """A minimal GGUF v3: general.architecture / file_type and raw tensors [(name, ne, type, bytes)];
+    data_sizes overrides the bytes each tensor takes in the file (its stored size)."""
+    def s(x: str) -> bytes:
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    kv = s("general.architecture") + struct.pack("<I", 8) + s(arch) + s("general.file_type") + struct.pack("<II", 4, file_type)
+    infos, data, off = b"", b"", 0
+    for i, (name, ne, ttype, raw) in enumerate(tensors):
+        infos += s(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne) + struct.pack("<IQ", ttype, off)
+        size = (data_sizes or {}).get(name, len(raw))
+        blob = raw[:size].ljust(size, b"\0")
+        blob += b"\0" * (-len(blob) % 32)
+        data += blob
+        off += len(blob)
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), 2) + kv + infos
+    head += b"\0" * (-len(head) % 32)
+    path.write_bytes(head + data)
+    return path
+
+
+def test_i2_s_files_are_decided_by_their_layout(tmp_path):
+    """Type 36 is read as I2_S when stored in n/4 + 32 bytes; a row length not a multiple of 128, a
+    type-36 tensor stored in K·N bytes, or type 36 beside an upstream-only type (MXFP4) is refused
+    with one line."""
+    from gguf import GGMLQuantizationType as Q
+
+    from engine.gguf_model import GGUFError, open_gguf
+
+    K, N = 256, 4
+    codes = np.full(K * N // 4, 0b10011000, np.uint8).tobytes() + np.float32(0.5).tobytes() + b"\0" * 28
+    ok = _write_gguf(tmp_path / "ok.gguf", [("w", (K, N), 36, codes), ("n", (K,), 0, np.ones(K, np.float32).tobytes())])
+    g = open_gguf(ok)
+    assert g.tensors["w"].type.name == "I2_S" and g.tensors["w"].nbytes == K * N // 4 + 32
+    row = g.dequantize("w")[0]
+    np.testing.assert_array_equal(row[:4], [0.5, 0.5, 0.5, 0.5])  # byte 0b10_01_10_00: element 0 (shift 6) = code 2
+    np.testing.assert_array_equal(row[[0, 32, 64, 96]], np.float32([0.5, 0.0, 0.5, -0.5]))
+
+    bad_rows = _write_gguf(tmp_path / "k320.gguf", [("w", (320, 2), 36, bytes(320 * 2 // 4 + 32))])
+    with pytest.raises(GGUFError, match=r"I2_S tensor 'w' has rows of 320, not a multiple of 128") as e:
+        open_gguf(bad_rows)
+    assert "\n" not in str(e.value)
+
+    traits_sized = _write_gguf(tmp_path / "kn.gguf", [("w", (K, N), 36, codes), ("n", (K,), 0, bytes(4 * K))],
+                               data_sizes={"w": K * N})  # fmt: skip
+    with pytest.raises(GGUFError, match=r"ambiguous file: tensor 'w' of type 36 is stored in K·N bytes"):
+        open_gguf(traits_sized)
+    mixed = _write_gguf(tmp_path / "mx.gguf", [("w", (K, N), 36, codes), ("m", (32, 2), int(Q.MXFP4), bytes(34))])
+    with pytest.raises(GGUFError, match=r"ambiguous file: type 36 .* beside upstream-only type MXFP4"):
+        open_gguf(mixed)
+
+
+def test_kit_quantizer_refuses_rows_i2_s_cannot_hold(tmp_path, kit):
+    from crossval.bitnetcpp_kit import KitError, quantize_i2s
+    from crossval.synthetic import write_bitnet
+
+    src = write_bitnet(tmp_path / "k320.gguf", n_layer=1, n_embd=320, n_head=5, n_head_kv=5, n_ff=640, n_vocab=300)
+    with pytest.raises(KitError, match="multiples of 128"):
+        quantize_i2s(src, kit)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    from crossval.prompts import load_set
+
+    return load_set("default")
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_faithful_equals_bitnetcpp_bit_for_bit(arch, size, kit, prompts):
+    """Every default prompt: the engine's faithful mode on the I2_S model gives bitnet.cpp's logits
+    bit for bit at every prompt position (one batch), every step of a 32-step greedy run (one token
+    at a time) and after forced tokens; the greedy tokens are identical. Float mode (dequantized
+    weights, no int8 activations) stays close: min cosine ≥ 0.999 (measured 0.9993 on bitnet-tiny:
+    bitnet.cpp rounds every matmul's input to int8 per row, float mode does not)."""
+    from crossval.backends.bitnetcpp import BitnetCpp
+    from crossval.backends.engine import EngineBackend
+    from crossval.compare import cosine_rows
+    from crossval.models import resolve_model
+    from crossval.prompts import render
+
+    path = resolve_model(f"{arch}-{size}:I2_S")
+    ref = BitnetCpp(path, n_ctx=4096, timeout=600, build=kit)
+    faithful = EngineBackend(path, n_ctx=4096, kv_type="f16", mode="faithful")
+    flt = EngineBackend(path, n_ctx=4096, kv_type="f16", mode="float")
+    try:
+        for pr in prompts:
+            text = render(pr, None)  # the synthetic vocab has no chat template: the fallback rendering
+            ids = ref.tokenize(text, True, False)
+            assert faithful.tokenize(text, True, False) == ids
+            r = ref.compare_pass(ids, 32, forced=ids[1:4])
+            e = faithful.compare_pass(ids, 32, forced=ids[1:4])
+            assert np.abs(e.prompt_logits - r.prompt_logits).max() == 0.0, pr.id
+            assert e.tokens == r.tokens, pr.id
+            assert np.abs(e.step_logits - r.step_logits).max() == 0.0, pr.id
+            assert np.abs(e.forced_logits - r.forced_logits).max() == 0.0, pr.id
+            f = flt.logits(ids)
+            assert cosine_rows(f, r.prompt_logits).min() >= 0.999, pr.id
+    finally:
+        ref.close()
+
+
+def test_child_crash_and_hang_become_backend_errors(kit):
+    """A child killed by SIGSEGV mid-request raises BackendCrashed naming the signal; a hung child
+    is killed at the deadline and raises BackendTimeout; neither leaves a process behind."""
+    from crossval.backends.base import BackendCrashed, BackendTimeout
+    from crossval.backends.bitnetcpp import BitnetCpp
+    from crossval.models import resolve_model
+
+    path = resolve_model("bitnet-tiny:I2_S")
+    for fault, exc, timeout in (("segv@logits", BackendCrashed, 60), ("hang@logits", BackendTimeout, 3)):
+        b = BitnetCpp(path, timeout=timeout, env=dict(os.environ, CROSSVAL_CHILD_FAULT=fault), build=kit)
+        try:
+            assert b.tokenize("The cat", True, False)[0] == 1
+            with pytest.raises(exc) as e:
+                b.logits([1, 2, 3])
+            assert e.value.stage == "logits"
+            if exc is BackendCrashed:
+                assert "SIGSEGV" in str(e.value)
+        finally:
+            b.close()
+        assert b._proc.poll() is not None
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_100_load_generate_free_cycles_keep_rss_bounded(kit):
+    """100 × (load the model, greedy 8 tokens, free it) in one bitnet.cpp child: the child's RSS
+    after cycle 100 is within 8 MiB of its RSS after cycle 10 (a leak of the model or context —
+    about 1 MiB each for bitnet-tiny — would add ≥ 90 MiB), and every cycle generates the same."""
+    from crossval.backends.bitnetcpp import BitnetCpp
+    from crossval.models import resolve_model
+
+    b = BitnetCpp(resolve_model("bitnet-tiny:I2_S"), n_ctx=128, build=kit)
+    try:
+        first = b.generate([1, 300, 301], 8).tokens
+        rss = {}
+        for i in range(1, 101):
+            b.unload()
+            b.reload()
+            assert b.generate([1, 300, 301], 8).tokens == first
+            if i in (10, 100):
+                rss[i] = _rss_kb(b.pid)
+    finally:
+        b.close()
+    print(f"bitnet.cpp child RSS: {rss[10]} kB after 10 cycles, {rss[100]} kB after 100")
+    assert rss[100] - rss[10] <= 8 * 1024, rss
