@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from crossval import provenance, receipts
+from crossval.errors import InputError
 
 PERF_DIR = Path("receipts/perf")
 DEFAULT_TOLERANCE = 0.25  # a ratio may fall by 25 % before --check calls it a regression
 
 
-class BenchError(ValueError):
+class BenchError(InputError):
     pass
 
 
@@ -106,13 +107,16 @@ def end_to_end(eng, ref, threads: int, decode_steps: int, prefill_tokens: int) -
     return row
 
 
-def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_tokens: int = 128, mode: str = "float") -> dict:
+def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_tokens: int = 128, mode: str = "auto") -> dict:
+    """Both engines at each thread count; mode auto: faithful where the native kernels are built."""
     import crossval
     from crossval.backends.llamacpp import LlamaCppBackend
     from crossval.models import resolve_model
+    from crossval.modes import resolve_mode
     from engine.generate import Engine
     from engine.gguf_model import open_gguf, read_config
 
+    mode, _ = resolve_mode(mode, "engine", "llamacpp")
     path = resolve_model(model)
     t = time.perf_counter()
     g = open_gguf(path)
@@ -130,10 +134,7 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
         finally:
             ref.close()
     return {
-        "schema_version": receipts.SCHEMA_VERSION,
-        "kind": "perf",
-        "run_id": receipts.new_run_id(),
-        "timestamp": receipts.utc_now(),
+        **receipts.header("perf"),
         "model": {**provenance.model_facts(g, path, model), "float_weights": provenance.float_weights(g)},
         "engine": {"mode": mode, "kv_type": "f16", "version": crossval.__version__},
         "reference": prov,
@@ -143,7 +144,7 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
         "results": results,
         "micro": micro(eng, threads[0]),
         "check": None,
-        "environment": {**provenance.environment(max(threads)), "crossval_version": crossval.__version__},
+        "environment": provenance.environment_section(max(threads)),
     }
 
 
@@ -182,7 +183,7 @@ def record(rec: dict, perf_dir: Path = PERF_DIR) -> Path:
 
 
 def summary_json(rec: dict) -> str:
-    """DESIGN §1: `bench --model NAME --json` prints one object with both engines' tok/s and the
+    """`bench --model NAME --json` prints one object with both engines' tok/s and the
     ratios decode_ratio and prefill_ratio (those of the first thread count at top level)."""
     first = rec["results"][0]
     return json.dumps({**{k: first[k] for k in first}, "model": rec["model"]["name"], "load_s": rec["load_s"],

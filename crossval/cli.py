@@ -1,7 +1,8 @@
-"""`crossval` command line. Subcommands grow with the issues; names follow DESIGN §1.
+"""`crossval` command line: parse, set the process up, call the library, render the result.
 
-Exit codes: 0 success; 1 parity failure; 2 bad usage or bad input (missing/malformed model, bad
-prompt file); 3 reference backend unavailable when required; 4 timeout or backend crash.
+Each `cmd_*` turns parsed arguments into a library call (crossval.run, .bench, .matrix, …) and
+renders what comes back; the work itself lives in the library. Shared options come from
+crossval/options.py; exit codes and the error hierarchy from crossval/errors.py.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ import argparse
 import json
 import sys
 
-from engine.generate import MODES as ENGINE_MODES
+from crossval import options
+from crossval.errors import (EXIT_CRASH, EXIT_INPUT, EXIT_INTERNAL, EXIT_NO_REFERENCE, EXIT_OK, EXIT_PARITY,  # noqa: F401
+                             CrossvalError, InputError)  # fmt: skip
 
-EXIT_OK, EXIT_PARITY, EXIT_INPUT, EXIT_NO_REFERENCE, EXIT_CRASH = 0, 1, 2, 3, 4
-
-EPILOG = """exit codes: 0 ok · 1 parity failure · 2 bad usage or input · 3 reference unavailable · 4 timeout/crash"""
-
-
-class InputError(Exception):
-    """Bad user input: reported as one line, exit 2."""
+EPILOG = ("exit codes: 0 ok · 1 parity failure · 2 bad usage or input · 3 reference unavailable · 4 timeout/crash · "
+          "5 internal error (traceback saved)")  # fmt: skip
 
 
 def _console():
@@ -210,8 +208,8 @@ def cmd_matrix(args) -> int:
                 raise InputError("usage: crossval matrix merge SHARD.json... --out DIR")
             path, rec = merge(args.action[1:], args.out)
         else:
-            prompts, set_name = _prompts_arg(args)
-            cfg = MatrixConfig(models=_models_arg(args), quants=parse_quants(args.quants), prompts=prompts, prompt_set=set_name,
+            prompts, set_name = options.prompts_arg(args)
+            cfg = MatrixConfig(models=options.models_arg(args), quants=parse_quants(args.quants), prompts=prompts, prompt_set=set_name,
                                shard=parse_shard(args.shard or "1/1"), steps=args.steps, mode=args.mode, threads=args.threads,
                                timeout=args.timeout, n_ctx=args.n_ctx, out_dir=Path(args.out))  # fmt: skip
             con = _console_err()
@@ -382,46 +380,17 @@ def cmd_convert(args) -> int:
 
 
 # --- run / validate / diff ----------------------------------------------------------------------
-def _models_arg(args) -> list[str]:
-    from crossval.models import REAL_MODELS
-
-    if args.models:
-        return [m for m in args.models.split(",") if m]
-    if args.model:
-        return [args.model]
-    return list(REAL_MODELS)
-
-
-def _prompts_arg(args):
-    from crossval.prompts import PromptError, load_file, load_set
-
-    try:
-        if args.prompt_file:
-            return load_file(args.prompt_file), None
-        return load_set(args.prompts), args.prompts
-    except (PromptError, OSError, UnicodeDecodeError) as e:
-        raise InputError(str(e).splitlines()[0]) from None
-
-
 def cmd_run(args) -> int:
     from pathlib import Path
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from crossval.run import InputError as RunInputError
     from crossval.run import RunConfig, run
 
     if args.deterministic:
         args.threads = 1
-    # numpy's BLAS reads its thread count when first loaded: match the reference's threads
-    import os
-
-    # (faithful mode: the native kernels' OpenMP threads do the work; BLAS stays on one thread)
-    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(1 if args.mode == "faithful" else args.threads))
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    prompts, set_name = _prompts_arg(args)
+    prompts, set_name = options.prompts_arg(args)
     perturb = None
     if args.perturb_layer is not None:
         perturb = (args.perturb_layer, args.perturb_scale)
@@ -431,7 +400,7 @@ def cmd_run(args) -> int:
 
         sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed)
     cfg = RunConfig(
-        models=_models_arg(args), prompts=prompts, prompt_set=set_name, steps=args.steps, threads=args.threads,
+        models=options.models_arg(args), prompts=prompts, prompt_set=set_name, steps=args.steps, threads=args.threads,
         seed=args.seed, n_ctx=args.n_ctx, mode=args.mode, kv_type=args.kv_type, reference=args.reference,
         timeout=args.timeout, out_dir=Path(args.out), require_reference=args.require_reference,
         deterministic=args.deterministic, llama_lib=args.llama_lib, thresholds_file=args.thresholds, perturb=perturb,
@@ -454,10 +423,7 @@ def cmd_run(args) -> int:
             elif event == "receipt":
                 prog.advance(task)
 
-        try:
-            res = run(cfg, progress)
-        except RunInputError as e:
-            raise InputError(str(e)) from None
+        res = run(cfg, progress)
     summary = json.loads(res.summary_path.read_text())
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -565,63 +531,84 @@ def cmd_trend(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2) like every other bad input."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crossval", description="Engine vs llama.cpp parity harness.", epilog=EPILOG)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    add = options.add
+    p = Parser(prog="crossval", description="Engine vs llama.cpp parity harness.", epilog=EPILOG)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     m = sub.add_parser("models", help="fetch or list the real models (from PyPI packages)", epilog=EPILOG)
-    msub = m.add_subparsers(dest="models_cmd", required=True)
+    msub = m.add_subparsers(dest="models_cmd", required=True, parser_class=Parser)
     f = msub.add_parser("fetch", help="download the real models into the cache")
     f.add_argument("names", nargs="*", help="smollm2, gemma3-270m, llama-data (llama.cpp's vocab test files "
                    "and chat templates from the llama-cpp-python sdist); default: all")
     f.set_defaults(func=cmd_models_fetch)
     ls = msub.add_parser("list", help="list known real models and whether they are cached")
-    ls.add_argument("--json", action="store_true")
+    add(ls, "json")
     ls.set_defaults(func=cmd_models_list)
 
+    r = sub.add_parser("run", help="compare the engine with a reference on a prompt set; write receipts", epilog=EPILOG)
+    add(r, "model", "models", "prompts", "prompt_file", "steps", "mode", "threads", "seed", "n_ctx", "kv_type", "reference",
+        "timeout", "gemmacpp_threads", "out", "json", out="receipts/runs")  # fmt: skip
+    r.add_argument("--temperature", type=float, default=None, help="sample instead of greedy (llama.cpp's chain: "
+                   "top-k → top-p → min-p → temperature → dist); 0 or unset = greedy")
+    r.add_argument("--top-k", type=int, default=40)
+    r.add_argument("--top-p", type=float, default=0.95)
+    r.add_argument("--min-p", type=float, default=0.05)
+    r.add_argument("--engine", default="engine", help="the side under test, any backend name as for --reference (default: engine)")
+    r.add_argument("--three-way", action="store_true", help="also run the third of engine/llamacpp/gemmacpp and name "
+                   "the odd one out wherever the three disagree")
+    r.add_argument("--third", help="the third backend of --three-way: gemmacpp, llamacpp, engine, or transformers "
+                   "(Hugging Face, loads the GGUF itself; pip install -e '.[triangulate]')")
+    r.add_argument("--prefix-end", type=options.non_negative_int, default=0, help="prefix-LM attention: prompt positions "
+                   "before N attend to each other both ways (gemma.cpp semantics); 0 = causal")
+    r.add_argument("--localise", choices=["auto", "always", "never"], default="auto", help="per-layer comparison with "
+                   "the reference's graph tensors: auto = only when a comparison fails its thresholds (default)")
+    r.add_argument("--gemmacpp-no-patches", action="store_true", help="use upstream gemma.cpp without the kit's two fixes")
+    r.add_argument("--llama-lib", help="directory holding another libllama build (LLAMA_CPP_LIB_PATH), e.g. bitnet.cpp's")
+    r.add_argument("--thresholds", help="JSON file overriding threshold fields")
+    r.add_argument("--require-reference", action="store_true", help="exit 3 when the reference is unavailable")
+    r.add_argument("--deterministic", action="store_true", help="threads=1, fixed seed (recorded in receipts)")
+    r.add_argument("--keep-going", action="store_true", help="after a reference timeout or crash, go on with the next prompt")
+    r.add_argument("--perturb-layer", type=int, default=None, help=argparse.SUPPRESS)  # test hook
+    r.add_argument("--perturb-scale", type=float, default=1.5, help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_run)
+
     b = sub.add_parser("bench", help="engine vs llama.cpp tok/s, same run and threads → perf receipt", epilog=EPILOG)
-    b.add_argument("--model", default="smollm2")
+    add(b, "model", "mode", "json", model="smollm2")
     b.add_argument("--threads", default="1,2", help="thread counts, comma-separated (both engines use the same)")
-    b.add_argument("--decode-steps", type=int, default=64)
-    b.add_argument("--prefill-tokens", type=int, default=128)
-    b.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
+    b.add_argument("--decode-steps", type=options.positive_int, default=64)
+    b.add_argument("--prefill-tokens", type=options.positive_int, default=128)
     b.add_argument("--record", action="store_true", help="append the perf receipt to --perf-dir (the trend)")
     b.add_argument("--check", action="store_true", help="exit 1 when a ratio fell more than --tolerance below the "
-                   "latest recorded receipt of this model")
+                   "latest recorded receipt of this model (and mode)")
     b.add_argument("--tolerance", type=float, default=0.25)
     b.add_argument("--perf-dir", default="receipts/perf")
-    b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
     mx = sub.add_parser("matrix", help="prompt × quant matrix (llama.cpp quantizes the variants); 'matrix merge' joins shards",
                         epilog=EPILOG)  # fmt: skip
     mx.add_argument("action", nargs="*", help="empty to run; or: merge SHARD.json...")
-    mx.add_argument("--model", help="one model: short name or GGUF path")
-    mx.add_argument("--models", help="comma-separated (default: both real models)")
+    add(mx, "model", "models", "prompts", "prompt_file", "steps", "mode", "threads", "timeout", "n_ctx", "out", "json",
+        n_ctx=4096, out="receipts/matrix")  # byte-fallback vocabularies (the synthetic models) make long prompts long  # fmt: skip
     mx.add_argument("--quants", default="Q8_0,Q6_K,Q5_K_M,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K,F16")
-    mx.add_argument("--prompts", default="default")
-    mx.add_argument("--prompt-file")
     mx.add_argument("--shard", help="i/n: run the cells k with k mod n = i − 1 (then `matrix merge`)")
-    mx.add_argument("--steps", type=int, default=32)
-    mx.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
-    mx.add_argument("--threads", type=int, default=1)
-    mx.add_argument("--timeout", type=float, default=300.0)
-    mx.add_argument("--n-ctx", type=int, default=4096)
-    mx.add_argument("--out", default="receipts/matrix")
-    mx.add_argument("--json", action="store_true")
     mx.set_defaults(func=cmd_matrix)
 
     sw = sub.add_parser("sweep", help="invariance sweeps: threads, prefill batch sizes, context length", epilog=EPILOG)
-    sw.add_argument("--model", default="smollm2")
+    add(sw, "model", "mode", "kv_type", "timeout", "out", "json", model="smollm2", out="receipts/sweeps")
     sw.add_argument("--kinds", default="threads,batch,context")
-    sw.add_argument("--threads", default="1,2")
+    sw.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     sw.add_argument("--batches", default="512,64,7,1", help="prefill batch sizes (llama.cpp n_batch = n_ubatch; engine chunks)")
-    sw.add_argument("--context", type=int, default=1024, help="longest sequence of the context sweep")
-    sw.add_argument("--prompt-tokens", type=int, default=96, help="prompt length of the threads and batch sweeps")
-    sw.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
-    sw.add_argument("--kv-type", choices=["f16", "f32"], default="f16")
-    sw.add_argument("--out", default="receipts/sweeps")
-    sw.add_argument("--json", action="store_true")
+    sw.add_argument("--context", type=options.positive_int, default=1024, help="longest sequence of the context sweep")
+    sw.add_argument("--prompt-tokens", type=options.positive_int, default=96, help="prompt length of the threads and batch sweeps")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="self-contained HTML report (plots + tables) of a run's receipts", epilog=EPILOG)
@@ -630,90 +617,35 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("envelope", help="sampling compatibility envelope: configs × prompts × seeds on two backends", epilog=EPILOG)
-    e.add_argument("--model", default="gemma3-270m", help="short name or GGUF path")
+    add(e, "model", "mode", "threads", "timeout", "gemmacpp_threads", "out", "json", model="gemma3-270m", out="receipts/envelope")
     e.add_argument("--configs", help="sampling configs TSV (name, temperature, top_k, top_p, min_p); default: the bundled set")
     e.add_argument("--prompts", help="prompts, one per line; default: the bundled set")
     e.add_argument("--only", help="comma-separated config names to run")
     e.add_argument("--reference", choices=["llamacpp", "gemmacpp"], default="llamacpp")
-    e.add_argument("--seeds", type=int, default=8, help="seeds per config and prompt (K)")
+    e.add_argument("--seeds", type=options.positive_int, default=8, help="seeds per config and prompt (K)")
     e.add_argument("--seed", type=int, default=1, help="first seed")
-    e.add_argument("--steps", type=int, default=16)
-    e.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
-    e.add_argument("--threads", type=int, default=1)
-    e.add_argument("--gemmacpp-threads", type=int, default=2)
-    e.add_argument("--timeout", type=float, default=300.0)
-    e.add_argument("--out", default="receipts/envelope")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--steps", type=options.positive_int, default=16, help="sampled steps per sequence (default 16)")
     e.set_defaults(func=cmd_envelope)
 
-    gc = sub.add_parser("gemmacpp", help="the real gemma.cpp reference (../shared/gemmacpp kit)", epilog=EPILOG)
-    gsub = gc.add_subparsers(dest="gemmacpp_cmd", required=True)
+    gc = sub.add_parser("gemmacpp", help="the real gemma.cpp reference (the gemma.cpp kit)", epilog=EPILOG)
+    gsub = gc.add_subparsers(dest="gemmacpp_cmd", required=True, parser_class=Parser)
     gb = gsub.add_parser("build", help="build the kit and convert the model into the crossval cache (reused when cached)")
-    gb.add_argument("--model", default="gemma3-270m", help="a Gemma-3-270M GGUF: short name or path")
+    add(gb, "model", "json", model="gemma3-270m")
     gb.add_argument("--no-patches", action="store_true", help="upstream gemma.cpp without the kit's two fixes")
-    gb.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)")
-    gb.add_argument("--json", action="store_true")
+    gb.add_argument("--jobs", type=options.positive_int, default=None, help="parallel compile jobs (default: all cores)")
     gb.set_defaults(func=cmd_gemmacpp_build)
     gg = gsub.add_parser("generate", help="greedy text through gemma.cpp's C API (cffi, in a child process)")
-    gg.add_argument("--model", default="gemma3-270m")
+    add(gg, "model", "timeout", "json", model="gemma3-270m")
     gg.add_argument("--prompt", default="The capital of France is")
-    gg.add_argument("--max-tokens", type=int, default=16)
-    gg.add_argument("--repeat", type=int, default=1, help="create/generate/destroy cycles in one process (lifecycle check)")
+    gg.add_argument("--max-tokens", type=options.positive_int, default=16)
+    gg.add_argument("--repeat", type=options.positive_int, default=1, help="create/generate/destroy cycles in one process (lifecycle check)")
     gg.add_argument("--no-patches", action="store_true")
-    gg.add_argument("--timeout", type=float, default=600.0)
-    gg.add_argument("--json", action="store_true")
     gg.set_defaults(func=cmd_gemmacpp_generate)
 
     g = sub.add_parser("generate", help="greedy generation with the engine", epilog=EPILOG)
-    g.add_argument("--model", required=True, help="short name (smollm2, gemma3-270m) or path to a GGUF")
+    add(g, "model", "steps", "n_ctx", "kv_type", "json")
     g.add_argument("--prompt", default="The capital of France is")
-    g.add_argument("--steps", type=int, default=32)
-    g.add_argument("--n-ctx", type=int, default=2048)
-    g.add_argument("--kv-type", choices=["f32", "f16"], default="f32")
-    g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_generate)
-
-    r = sub.add_parser("run", help="compare the engine with a reference on a prompt set; write receipts", epilog=EPILOG)
-    r.add_argument("--model", help="one model: short name (smollm2, gemma3-270m) or GGUF path")
-    r.add_argument("--models", help="several models, comma-separated (default: both real models)")
-    r.add_argument("--prompts", default="default", help="prompt set name (default, chat)")
-    r.add_argument("--prompt-file", help="JSON-lines prompt file ({id, text} or {id, messages})")
-    r.add_argument("--steps", type=int, default=32)
-    r.add_argument("--mode", choices=list(ENGINE_MODES), default="float")
-    r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--seed", type=int, default=42, help="seed of the sampler chain (std::mt19937)")
-    r.add_argument("--temperature", type=float, default=None, help="sample instead of greedy (llama.cpp's chain: "
-                   "top-k → top-p → min-p → temperature → dist); 0 or unset = greedy")
-    r.add_argument("--top-k", type=int, default=40)
-    r.add_argument("--top-p", type=float, default=0.95)
-    r.add_argument("--min-p", type=float, default=0.05)
-    r.add_argument("--n-ctx", type=int, default=2048)
-    r.add_argument("--kv-type", choices=["f16", "f32"], default="f16", help="KV cache type of both engines")
-    r.add_argument("--reference", default="llamacpp", help="reference backend: llamacpp, gemmacpp (the real gemma.cpp, "
-                   "built from ../shared/gemmacpp on first use), engine, or external:CMD (a child process speaking the "
-                   "JSON-lines protocol of docs/backends.md, e.g. 'external:python -m engine.serve')")
-    r.add_argument("--engine", default="engine", help="the side under test, any backend name as for --reference (default: engine)")
-    r.add_argument("--three-way", action="store_true", help="also run the third of engine/llamacpp/gemmacpp and name "
-                   "the odd one out wherever the three disagree")
-    r.add_argument("--third", help="the third backend of --three-way: gemmacpp, llamacpp, engine, or transformers "
-                   "(Hugging Face, loads the GGUF itself; pip install -e '.[triangulate]')")
-    r.add_argument("--prefix-end", type=int, default=0, help="prefix-LM attention: prompt positions before N attend "
-                   "to each other both ways (gemma.cpp semantics); 0 = causal")
-    r.add_argument("--gemmacpp-threads", type=int, default=2, help="gemma.cpp's --num_threads (its results depend on it; default 2)")
-    r.add_argument("--localise", choices=["auto", "always", "never"], default="auto", help="per-layer comparison with "
-                   "llama.cpp's graph tensors: auto = only when a comparison fails its thresholds (default)")
-    r.add_argument("--gemmacpp-no-patches", action="store_true", help="use upstream gemma.cpp without the kit's two fixes")
-    r.add_argument("--llama-lib", help="directory holding another libllama build (LLAMA_CPP_LIB_PATH), e.g. bitnet.cpp's")
-    r.add_argument("--timeout", type=float, default=120.0, help="seconds per reference request (default 120)")
-    r.add_argument("--out", default="receipts/runs", help="receipts go to OUT/<run_id>/")
-    r.add_argument("--thresholds", help="JSON file overriding threshold fields")
-    r.add_argument("--require-reference", action="store_true", help="exit 3 when the reference is unavailable")
-    r.add_argument("--deterministic", action="store_true", help="threads=1, fixed seed (recorded in receipts)")
-    r.add_argument("--keep-going", action="store_true", help="after a reference timeout or crash, go on with the next prompt")
-    r.add_argument("--json", action="store_true", help="print the run summary as JSON instead of a table")
-    r.add_argument("--perturb-layer", type=int, default=None, help=argparse.SUPPRESS)  # test hook
-    r.add_argument("--perturb-scale", type=float, default=1.5, help=argparse.SUPPRESS)
-    r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check receipts against their schema (exit 1 on any invalid file)", epilog=EPILOG)
     v.add_argument("paths", nargs="+")
@@ -724,62 +656,123 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("runs", nargs="+", help="run directories, oldest first (e.g. receipts/baselines receipts/runs/<id>)")
     tr.add_argument("--metrics", help="comma-separated parity metrics (default: min/mean cosine, KLD, top-1, exact match, first div)")
     tr.add_argument("--changed", action="store_true", help="only rows whose metric moved")
-    tr.add_argument("--json", action="store_true")
+    add(tr, "json")
     tr.set_defaults(func=cmd_trend)
 
     d = sub.add_parser("diff", help="what moved between two receipts, or two run directories (paired by model__prompt)", epilog=EPILOG)
     d.add_argument("old")
     d.add_argument("new")
-    d.add_argument("--json", action="store_true")
+    add(d, "json")
     d.set_defaults(func=cmd_diff)
 
     tk = sub.add_parser("tokenize", help="our tokenizer's ids and pieces; --compare checks llama.cpp", epilog=EPILOG)
     tk.add_argument("text", nargs="?")
-    tk.add_argument("--model", required=True, help="short name or GGUF path (vocab-only files work)")
+    add(tk, "model", "json")
     tk.add_argument("--file", help="tokenize every line of this file")
     tk.add_argument("--compare", action="store_true", help="compare with llama.cpp; print N/M lines match, exit 1 on any mismatch")
     tk.add_argument("--parse-special", action="store_true")
     tk.add_argument("--no-bos", action="store_true", help="do not add BOS/EOS (add_special=false)")
     tk.add_argument("--show", type=int, default=5, help="mismatching lines to show")
-    tk.add_argument("--json", action="store_true")
     tk.set_defaults(func=cmd_tokenize)
 
     c = sub.add_parser("convert", help="write an F32/F16 copy of a GGUF (tensors dequantized)", epilog=EPILOG)
-    c.add_argument("--model", required=True)
+    add(c, "model")
     c.add_argument("--type", choices=["f32", "f16"], default="f32")
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="output GGUF path")
     c.set_defaults(func=cmd_convert)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from crossval.backends.base import BackendError, BackendUnavailable
+# --- process set-up and errors -------------------------------------------------------------------
+def prepare(args) -> None:
+    """Before any work: resolve `--mode auto` (crossval/modes.py; args.notice says so when float is
+    the fallback, printed after the command's output), then limit numpy's BLAS pool through threadpoolctl — to one thread in faithful
+    mode, where the native kernels' OpenMP threads do the work, else to --threads."""
+    from crossval.modes import resolve_mode
+    from crossval.process import limit_blas
+
+    args.notice = None
+    if getattr(args, "mode", None) is not None:
+        args.mode, args.notice = resolve_mode(args.mode, getattr(args, "engine", "engine"), getattr(args, "reference", None) or "llamacpp")
+    threads = getattr(args, "threads", 1)
+    if isinstance(threads, str):  # bench / sweep: a list; the commands set each setting's own limit
+        threads = max((int(t) for t in threads.split(",") if t.strip().isdigit()), default=1)
+    limit_blas(1 if getattr(args, "mode", None) == "faithful" else threads)
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions from outside crossval's hierarchy that mean bad input (exit 2): the engine never
+    imports crossval, so its errors are listed here."""
+    from engine.gguf_model import GGUFError
+    from engine.kv_cache import KVCacheFull
+    from engine.quants import UnsupportedTypeError
+    from engine.tokenizer.chat import ChatTemplateError
+    from engine.tokenizer.pretokenize import UnsupportedPreTokenizer
+    from engine.tokenizer.vocab import TokenizerError
+
+    return (GGUFError, UnsupportedTypeError, ChatTemplateError, TokenizerError, UnsupportedPreTokenizer, KVCacheFull)
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning a reference cannot run here (exit 3)."""
     from crossval.backends.gemmacpp_capi import CapiError
     from crossval.backends.llamacpp import LlamaCppError
     from crossval.gemmacpp_kit import KitError
-    from crossval.models import ModelFetchError
-    from crossval.receipts import ReceiptError
-    from crossval.thresholds import ThresholdsError
-    from engine.gguf_model import GGUFError
-    from engine.tokenizer.chat import ChatTemplateError
-    from engine.quants import UnsupportedTypeError
 
+    return (LlamaCppError, KitError, CapiError)
+
+
+def exit_code_for(e: BaseException) -> int:
+    if isinstance(e, CrossvalError):
+        return e.exit_code
+    if isinstance(e, input_errors()):
+        return EXIT_INPUT
+    if isinstance(e, unavailable_errors()):
+        return EXIT_NO_REFERENCE
+    return EXIT_INTERNAL
+
+
+def save_traceback(e: BaseException) -> str:
+    """Write the traceback to <cache>/errors/ (or the temporary directory); → its path."""
+    import os
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    from crossval.models import cache_dir
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    text = f"crossval {' '.join(sys.argv[1:])}\n\n{text}"
+    name = f"crossval-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}.txt"
+    for d in (cache_dir() / "errors", Path(tempfile.gettempdir())):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / name).write_text(text)
+            return str(d / name)
+        except OSError:
+            continue
+    return "(could not be saved)"
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (GGUFError, UnsupportedTypeError, ModelFetchError, InputError, ThresholdsError, ReceiptError, ChatTemplateError,
-            ValueError) as e:  # (crossval.envelope.EnvelopeInputError is a ValueError)
-        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return EXIT_INPUT
-    except (LlamaCppError, KitError, CapiError, BackendUnavailable) as e:
-        _err(str(e))
-        return EXIT_NO_REFERENCE
-    except BackendError as e:  # a reference timed out or crashed outside `crossval run`'s receipts
-        _err(str(e))
-        return EXIT_CRASH
+        prepare(args)
+        code = args.func(args)
+        if args.notice:
+            print(f"crossval: note: {args.notice}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except Exception as e:  # every failure ends in one line and its exit code (crossval/errors.py)
+        code = exit_code_for(e)
+        msg = (str(e).splitlines() or [""])[0] or type(e).__name__
+        if code == EXIT_INTERNAL:
+            msg = f"internal error ({type(e).__name__}: {msg[:200]}); traceback saved to {save_traceback(e)}"
+        _err(msg)
+        return code
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ generate `steps` sampled tokens with seeds seed0 … seed0+K−1. Two kinds of c
   plus distinct-1/2 and the mean logprob of each backend's own sampled tokens (Welch's t-test on
   per-sequence means, at alpha).
 Reference behaviours that change what a config means are reported per config as quirks
-(gemma.cpp ignores temperature at its pinned commit and has no top-p/min-p; DESIGN §8).
+(gemma.cpp ignores temperature at its pinned commit and has no top-p/min-p; docs/backends.md).
 One envelope receipt (schemas/envelope.schema.json) per run.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from crossval import compare, provenance, receipts
+from crossval.errors import InputError
 
 DEFAULT_THRESHOLDS = {
     # shared RNG, float weights. Measured on SmolLM2's F32 copy (4 seeds × 4 prompts × 8 steps):
@@ -40,7 +41,7 @@ SHARED_RNG = {"llamacpp"}
 CONFIG_COLUMNS = ("name", "temperature", "top_k", "top_p", "min_p")
 
 
-class EnvelopeInputError(ValueError):
+class EnvelopeInputError(InputError):
     pass
 
 
@@ -53,7 +54,7 @@ class EnvelopeConfig:
     seeds: int = 8
     seed0: int = 1
     steps: int = 16
-    mode: str = "float"
+    mode: str = "auto"  # crossval/modes.py
     kv_type: str = "f16"
     threads: int = 1
     gemmacpp_threads: int = 2
@@ -106,7 +107,7 @@ def _quirks(reference: str, c: dict) -> list[dict]:
         if c["temperature"] != 1.0:
             q.append({"code": "reference_ignores_temperature",
                       "message": f"gemma.cpp's top-k sampler ignores temperature at its pinned commit (its softmax "
-                                 f"cancels the 1/T factor, DESIGN §8): it samples at T = 1, the engine at T = {c['temperature']:g}"})  # fmt: skip
+                                 f"cancels the 1/T factor): it samples at T = 1, the engine at T = {c['temperature']:g}"})  # fmt: skip
         if c["top_p"] < 1.0 or c["min_p"] > 0.0:
             q.append({"code": "reference_lacks_top_p_min_p",
                       "message": "gemma.cpp samples from the top-k softmax only: top_p and min_p apply to the engine alone"})  # fmt: skip
@@ -122,25 +123,28 @@ def _cut_at_eos(toks: list[int], eos: set[int]) -> list[int]:
 
 def run_envelope(cfg: EnvelopeConfig, progress=None) -> tuple[Path, dict]:
     """Run the envelope; write and return (receipt path, receipt)."""
-    import crossval
+    from contextlib import ExitStack
+
+    from crossval.backends import make_backend
+    from crossval.backends.base import BackendSettings
     from crossval.backends.gemmacpp import EOS_IDS
-    from crossval.run import RunConfig, make_backend
+    from crossval.models import resolve_model
+    from crossval.modes import resolve_mode
     from engine.gguf_model import open_gguf
     from engine.sampling import SamplingParams
 
     progress = progress or (lambda event, info: None)
     t0 = time.perf_counter()
-    from crossval.models import resolve_model
-
+    cfg.mode, _ = resolve_mode(cfg.mode, "engine", cfg.reference)
     path = resolve_model(cfg.model)
     g = open_gguf(path)
-    rc = RunConfig(models=[cfg.model], prompts=[], prompt_set=None, threads=cfg.threads, mode=cfg.mode, kv_type=cfg.kv_type,
-                   timeout=cfg.timeout, gemmacpp_threads=cfg.gemmacpp_threads)  # fmt: skip
-    ref = make_backend(cfg.reference, rc, path, progress)
-    eng = make_backend("engine", rc, path)
-    try:
-        if hasattr(ref, "wait_loaded"):
-            ref.wait_loaded()
+    receipts.ensure_dir(cfg.out_dir)
+    settings = BackendSettings(threads=cfg.threads, mode=cfg.mode, kv_type=cfg.kv_type, timeout=cfg.timeout,
+                               gemmacpp_threads=cfg.gemmacpp_threads, progress=lambda line: progress("build", {"line": line}))  # fmt: skip
+    with ExitStack() as backends:
+        ref = backends.enter_context(make_backend(cfg.reference, path, settings))
+        eng = backends.enter_context(make_backend("engine", path, settings))
+        ref.wait_loaded()
         ids_by_prompt = [ref.tokenize(p, add_bos=True, parse_special=False) for p in cfg.prompts]
         shared = cfg.reference in SHARED_RNG
         eos = set(EOS_IDS) if cfg.reference == "gemmacpp" else set()  # gemma.cpp stops after these
@@ -210,10 +214,7 @@ def run_envelope(cfg: EnvelopeConfig, progress=None) -> tuple[Path, dict]:
             })  # fmt: skip
             failures += [f"{c['name']}: {f}" for f in fails]
         rec = {
-            "schema_version": receipts.SCHEMA_VERSION,
-            "kind": "envelope",
-            "run_id": receipts.new_run_id(),
-            "timestamp": receipts.utc_now(),
+            **receipts.header("envelope"),
             "model": {**provenance.model_facts(g, path, cfg.model), "float_weights": provenance.float_weights(g)},
             "backends": {"engine": eng.provenance(), "reference": ref.provenance()},
             "rng": "shared" if shared else "independent",
@@ -226,12 +227,9 @@ def run_envelope(cfg: EnvelopeConfig, progress=None) -> tuple[Path, dict]:
             "thresholds": dict(th),
             "configs": out_configs,
             "verdict": {"passed": not failures, "failures": failures},
-            "environment": {**provenance.environment(cfg.threads), "crossval_version": crossval.__version__},
+            "environment": provenance.environment_section(cfg.threads),
             "timing": {"total_s": time.perf_counter() - t0},
         }
-    finally:
-        for b in (ref, eng):
-            b.close()
     out = Path(cfg.out_dir) / f"{rec['run_id']}__envelope__{cfg.reference}.json"
     receipts.write(out, rec)
     return out, rec

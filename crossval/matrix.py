@@ -1,4 +1,4 @@
-"""`crossval matrix`: the prompt × quant matrix (DESIGN §2), shardable, merged into one matrix receipt.
+"""`crossval matrix`: the prompt × quant matrix, shardable, merged into one matrix receipt.
 
 Quant variants are made here: the engine writes an F32 copy of the model (engine/convert.py), then
 llama.cpp's own quantizer (`llama_model_quantize`, in a child process — it aborts on shapes it
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossval import receipts
+from crossval.errors import InputError
 
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
           "Q2_K", "F16", "BF16", "TQ2_0", "TQ1_0")  # fmt: skip
@@ -29,7 +30,7 @@ DEFAULT_QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "Q
 CELL_FIELDS = ("status", "passed", "tokens_match", "cosine_similarity", "exact_match_rate", "first_divergence_step", "kld_mean")
 
 
-class MatrixError(ValueError):
+class MatrixError(InputError):
     pass
 
 
@@ -41,7 +42,7 @@ class MatrixConfig:
     prompt_set: str | None
     shard: tuple[int, int] = (1, 1)
     steps: int = 32
-    mode: str = "float"
+    mode: str = "auto"  # crossval/modes.py: faithful where the native kernels are built
     threads: int = 1
     timeout: float = 300.0
     n_ctx: int = 4096  # byte-fallback vocabularies (the synthetic models) make long prompts long
@@ -116,8 +117,12 @@ def run_shard(cfg: MatrixConfig, progress=None) -> tuple[Path, dict]:
     """Run this shard's cells; write OUT/shard-i-of-n.json (kind matrix-shard) and the receipts."""
     from crossval.run import RunConfig, run
 
+    from crossval.modes import resolve_mode
+
     progress = progress or (lambda event, info: None)
     t0 = time.perf_counter()
+    cfg.mode, _ = resolve_mode(cfg.mode, "engine", "llamacpp")
+    receipts.ensure_dir(cfg.out_dir)
     by_id = {p.id: p for p in cfg.prompts}
     if len(by_id) != len(cfg.prompts):
         raise MatrixError("prompt ids must be unique")
@@ -146,10 +151,7 @@ def run_shard(cfg: MatrixConfig, progress=None) -> tuple[Path, dict]:
             progress("cell", cell)
     i, n = cfg.shard
     rec = {
-        "schema_version": receipts.SCHEMA_VERSION,
-        "kind": "matrix-shard",
-        "run_id": receipts.new_run_id(),
-        "timestamp": receipts.utc_now(),
+        **receipts.header("matrix-shard"),
         "matrix": _identity(cfg),
         "shard": {"index": i, "count": n},
         "cells": out_cells,
@@ -190,10 +192,7 @@ def merge(paths: list[str | Path], out_dir: str | Path) -> tuple[Path, dict]:
     for c in all_cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     rec = {
-        "schema_version": receipts.SCHEMA_VERSION,
-        "kind": "matrix",
-        "run_id": receipts.new_run_id(),
-        "timestamp": receipts.utc_now(),
+        **receipts.header("matrix"),
         "matrix": ident,
         "shards": [{"index": s["shard"]["index"], "run_id": s["run_id"], "total_s": s["timing"]["total_s"]} for s in shards],
         "counts": counts,

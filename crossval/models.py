@@ -18,10 +18,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from crossval.errors import InputError
 from engine.convert import sha256_file  # noqa: F401 — one hashing loop, re-exported for callers
 
 
-class ModelFetchError(RuntimeError):
+class ModelFetchError(InputError):
     """A real model could not be fetched or verified (one-line message)."""
 
 

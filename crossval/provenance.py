@@ -95,6 +95,8 @@ def _cpu() -> dict:
 def environment(threads: int) -> dict:
     import numpy
 
+    from crossval.process import blas_threads
+
     return {
         "os": platform.system(),
         "kernel": platform.release(),
@@ -106,5 +108,14 @@ def environment(threads: int) -> dict:
         "cpu_flags": _cpu()["flags"],
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "blas_threads": blas_threads(),
         "env": {k: os.environ[k] for k in NUMERIC_ENV_VARS if k in os.environ},
     }
+
+
+def environment_section(threads: int) -> dict:
+    """The `environment` section every receipt kind carries: machine, libraries, threads (the
+    BLAS pool's as threadpoolctl reports it), numeric environment variables, crossval's version."""
+    import crossval
+
+    return {**environment(threads), "crossval_version": crossval.__version__}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import jsonschema
 
+from crossval.errors import InputError, InternalError, OutputError, output_error
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_VERSION = "1.0"
 SCHEMAS = {"parity": "receipt.schema.json", "run-summary": "summary.schema.json", "envelope": "envelope.schema.json", "sweep": "sweep.schema.json",
@@ -23,8 +25,16 @@ SCHEMAS = {"parity": "receipt.schema.json", "run-summary": "summary.schema.json"
            "perf": "perf.schema.json"}
 
 
-class ReceiptError(ValueError):
+class ReceiptError(InputError):
     """A receipt is missing, unreadable or does not match its schema (one-line message)."""
+
+
+def header(kind: str, run_id: str | None = None) -> dict:
+    """The fields every receipt kind starts with (schemas/*.schema.json): schema_version, kind,
+    run_id (a new one unless given) and timestamp. Every receipt is built on it."""
+    if kind not in SCHEMAS:
+        raise InternalError(f"unknown receipt kind {kind!r}")
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "run_id": run_id or new_run_id(), "timestamp": utc_now()}
 
 
 @lru_cache(maxsize=None)
@@ -95,9 +105,26 @@ def read_valid(path: str | os.PathLike) -> dict:
     return obj
 
 
-def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create an output directory (and its parents) or raise OutputError in one line — a file in
+    the way, no permission, a read-only or full file system."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot write {path}: a file is in the way of the output directory") from None
+    except OSError as e:
+        raise output_error(path, e) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: permission denied")
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
+    """Write JSON to a unique temporary file beside `path`, fsync, rename over `path`. An OSError
+    (full disk, no permission) leaves nothing behind and raises OutputError."""
+    path = Path(path)
+    ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     try:
@@ -106,6 +133,8 @@ def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise output_error(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -121,9 +150,13 @@ def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
 
 
 def write(path: str | os.PathLike, obj: dict) -> Path:
-    """Seal (receipt_blake3), validate, then write atomically. Invalid receipts are never written."""
+    """Seal (receipt_blake3), validate, then write atomically. Invalid receipts are never written:
+    a receipt crossval built that fails its own schema is an InternalError."""
     seal(obj)
-    validate(obj)
+    try:
+        validate(obj)
+    except ReceiptError as e:
+        raise InternalError(f"a {obj.get('kind')} receipt failed its schema: {e}") from None
     return atomic_write_json(path, obj)
 
 

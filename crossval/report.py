@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from crossval import receipts
+from crossval.errors import InputError
 
 TABLE_FIELDS = [
     ("cosine_similarity", "min cosine", ".6f"),
@@ -33,7 +34,7 @@ TABLE_FIELDS = [
 ]
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     pass
 
 

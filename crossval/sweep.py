@@ -30,9 +30,9 @@ class SweepConfig:
     batches: list[int] = field(default_factory=lambda: [512, 64, 7, 1])
     context: int = 1024  # longest sequence of the context sweep
     prompt_tokens: int = 96  # prompt length of the thread and batch sweeps
-    mode: str = "float"
+    mode: str = "auto"  # crossval/modes.py: faithful where the native kernels are built
     kv_type: str = "f16"
-    timeout: float = 600.0
+    timeout: float = 300.0
     out_dir: Path = Path("receipts/sweeps")
     kinds: tuple[str, ...] = ("threads", "batch", "context")
 
@@ -57,111 +57,109 @@ def _window(cfg_model) -> tuple[int, str]:
 
 
 def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
-    import crossval
     from threadpoolctl import threadpool_limits
 
     from crossval.backends.engine import EngineBackend
     from crossval.backends.isolated import IsolatedLlamaCpp
     from crossval.models import resolve_model
+    from crossval.modes import resolve_mode
     from crossval.prompts import load_set
     from engine.gguf_model import open_gguf, read_config
     from engine.weights import faithful_fallbacks
 
     progress = progress or (lambda event, info: None)
     t0 = time.perf_counter()
+    cfg.mode, _ = resolve_mode(cfg.mode, "engine", "llamacpp")
     path = resolve_model(cfg.model)
+    receipts.ensure_dir(cfg.out_dir)
     g = open_gguf(path)
     mcfg = read_config(g)
     native = cfg.mode != "faithful" or not faithful_fallbacks(g)
     thr = thresholds.select(provenance.float_weights(g), cfg.mode, ("engine", "llamacpp"), cfg.kv_type, native)
     n_ctx = max(cfg.context, cfg.prompt_tokens) + 8
-    eng = EngineBackend(path, n_ctx=n_ctx, kv_type=cfg.kv_type, mode=cfg.mode)
-    long_text = next(p.text for p in load_set("default") if p.id == "long")
+    with EngineBackend(path, n_ctx=n_ctx, kv_type=cfg.kv_type, mode=cfg.mode) as eng:
+        long_text = next(p.text for p in load_set("default") if p.id == "long")
 
-    def reference(**kw):
-        r = IsolatedLlamaCpp(path, n_ctx=n_ctx, kv_type=cfg.kv_type, timeout=cfg.timeout, **kw)
-        r.wait_loaded()
-        return r
+        def reference(**kw):
+            r = IsolatedLlamaCpp(path, n_ctx=n_ctx, kv_type=cfg.kv_type, timeout=cfg.timeout, **kw)
+            r.wait_loaded()
+            return r
 
-    def tokens(ref, n: int) -> list[int]:
-        ids = ref.tokenize(long_text, add_bos=True)
-        body = ref.tokenize(" " + long_text, add_bos=False)
-        while len(ids) < n:
-            ids += body
-        return ids[:n]
+        def tokens(ref, n: int) -> list[int]:
+            ids = ref.tokenize(long_text, add_bos=True)
+            body = ref.tokenize(" " + long_text, add_bos=False)
+            while len(ids) < n:
+                ids += body
+            return ids[:n]
 
-    failures: list[str] = []
-    rec_sections: dict = {}
-    ref_prov = None
+        failures: list[str] = []
+        rec_sections: dict = {}
+        ref_prov = None
 
-    def judge(section: str, label: str, m: dict) -> bool:
-        fails = thresholds.evaluate(thr, m, {})
-        failures.extend(f"{section} {label}: {f}" for f in fails)
-        return not fails
+        def judge(section: str, label: str, m: dict) -> bool:
+            fails = thresholds.evaluate(thr, m, {})
+            failures.extend(f"{section} {label}: {f}" for f in fails)
+            return not fails
 
-    def setting(kind: str, value: int, base: list, ref_kw: dict, chunk: int | None, blas_threads: int) -> dict:
-        """One setting: both backends' teacher-forced logits, metrics, and each against itself at
-        the sweep's first setting (base, filled on the first call)."""
-        nonlocal ref_prov
-        progress("setting", {"kind": kind, "value": value})
-        ref = reference(**ref_kw)
-        ref_prov = ref_prov or ref.provenance()
-        ids = tokens(ref, cfg.prompt_tokens)
-        r_log = ref.logits(ids)
-        ref.close()
-        with threadpool_limits(limits=blas_threads):
-            e_log = _engine_logits(eng, ids, chunk=chunk)
-        if not base:
-            base += [r_log, e_log]
-        m = _metrics(r_log, e_log)
-        return {kind: value, **m, "passed": judge(kind, str(value), m),
-                "reference_self_max_abs": float(np.abs(r_log - base[0]).max()),
-                "engine_self_max_abs": float(np.abs(e_log - base[1]).max())}  # fmt: skip
+        def setting(kind: str, value: int, base: list, ref_kw: dict, chunk: int | None, blas_threads: int) -> dict:
+            """One setting: both backends' teacher-forced logits, metrics, and each against itself at
+            the sweep's first setting (base, filled on the first call)."""
+            nonlocal ref_prov
+            progress("setting", {"kind": kind, "value": value})
+            with reference(**ref_kw) as ref:
+                ref_prov = ref_prov or ref.provenance()
+                ids = tokens(ref, cfg.prompt_tokens)
+                r_log = ref.logits(ids)
+            eng.engine.set_threads(blas_threads)  # faithful mode: the native kernels' threads
+            with threadpool_limits(limits=1 if cfg.mode == "faithful" else blas_threads, user_api="blas"):
+                e_log = _engine_logits(eng, ids, chunk=chunk)
+            eng.engine.set_threads(1)
+            if not base:
+                base += [r_log, e_log]
+            m = _metrics(r_log, e_log)
+            return {kind: value, **m, "passed": judge(kind, str(value), m),
+                    "reference_self_max_abs": float(np.abs(r_log - base[0]).max()),
+                    "engine_self_max_abs": float(np.abs(e_log - base[1]).max())}  # fmt: skip
 
-    if "threads" in cfg.kinds:
-        base: list = []
-        rec_sections["threads"] = [setting("threads", t, base, {"threads": t}, None, t) for t in cfg.threads]
-    if "batch" in cfg.kinds:
-        base = []
-        rec_sections["batch"] = [setting("batch", b, base, {"threads": 1, "n_batch": b}, b, 1) for b in cfg.batches]
-    if "context" in cfg.kinds:
-        progress("setting", {"kind": "context", "value": cfg.context})
-        window, source = _window(mcfg)
-        ref = reference(threads=1)
-        ref_prov = ref_prov or ref.provenance()
-        ids = tokens(ref, cfg.context)
-        r_log = ref.logits(ids)
-        ref.close()
-        with threadpool_limits(limits=1):
-            e_log = _engine_logits(eng, ids)
-        tf = compare.teacher_forced(r_log, e_log)
-        edges = sorted({0, *[e for e in (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096) if e < len(ids)], window, len(ids)})
-        edges = [e for e in edges if e <= len(ids)]
-        buckets = []
-        for lo, hi in zip(edges, edges[1:]):
-            sl = slice(lo, hi)
-            m = {"cosine_similarity": float(tf.cosine[sl].min()), "cosine_mean": float(tf.cosine[sl].mean()),
-                 "kld_mean": float(tf.kld[sl].mean()), "top1_agreement": float(tf.top1[sl].mean()),
-                 "max_abs_diff": float(tf.max_abs[sl].max())}  # fmt: skip
-            buckets.append({"start": lo, "end": hi, "beyond_window": lo >= window, **m, "passed": judge("context", f"{lo}-{hi}", m)})
-        rec_sections["context"] = {"length": len(ids), "window": window, "window_source": source, "buckets": buckets}
-    eng.close()
-    rec = {
-        "schema_version": receipts.SCHEMA_VERSION,
-        "kind": "sweep",
-        "run_id": receipts.new_run_id(),
-        "timestamp": receipts.utc_now(),
-        "model": {**provenance.model_facts(g, path, cfg.model), "float_weights": provenance.float_weights(g)},
-        "backends": {"engine": eng.provenance(), "reference": ref_prov},
-        "config": {"mode": cfg.mode, "kv_type": cfg.kv_type, "prompt_tokens": cfg.prompt_tokens, "kinds": list(cfg.kinds)},
-        "threads": rec_sections.get("threads"),
-        "batch": rec_sections.get("batch"),
-        "context": rec_sections.get("context"),
-        "thresholds": thr.to_dict(),
-        "verdict": {"passed": not failures, "failures": failures},
-        "environment": {**provenance.environment(1), "crossval_version": crossval.__version__},
-        "timing": {"total_s": time.perf_counter() - t0},
-    }
-    out = Path(cfg.out_dir) / f"{rec['run_id']}__sweep.json"
-    receipts.write(out, rec)
-    return out, rec
+        if "threads" in cfg.kinds:
+            base: list = []
+            rec_sections["threads"] = [setting("threads", t, base, {"threads": t}, None, t) for t in cfg.threads]
+        if "batch" in cfg.kinds:
+            base = []
+            rec_sections["batch"] = [setting("batch", b, base, {"threads": 1, "n_batch": b}, b, 1) for b in cfg.batches]
+        if "context" in cfg.kinds:
+            progress("setting", {"kind": "context", "value": cfg.context})
+            window, source = _window(mcfg)
+            with reference(threads=1) as ref:
+                ref_prov = ref_prov or ref.provenance()
+                ids = tokens(ref, cfg.context)
+                r_log = ref.logits(ids)
+            with threadpool_limits(limits=1, user_api="blas"):
+                e_log = _engine_logits(eng, ids)
+            tf = compare.teacher_forced(r_log, e_log)
+            edges = sorted({0, *[e for e in (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096) if e < len(ids)], window, len(ids)})
+            edges = [e for e in edges if e <= len(ids)]
+            buckets = []
+            for lo, hi in zip(edges, edges[1:]):
+                sl = slice(lo, hi)
+                m = {"cosine_similarity": float(tf.cosine[sl].min()), "cosine_mean": float(tf.cosine[sl].mean()),
+                     "kld_mean": float(tf.kld[sl].mean()), "top1_agreement": float(tf.top1[sl].mean()),
+                     "max_abs_diff": float(tf.max_abs[sl].max())}  # fmt: skip
+                buckets.append({"start": lo, "end": hi, "beyond_window": lo >= window, **m, "passed": judge("context", f"{lo}-{hi}", m)})
+            rec_sections["context"] = {"length": len(ids), "window": window, "window_source": source, "buckets": buckets}
+        rec = {
+            **receipts.header("sweep"),
+            "model": {**provenance.model_facts(g, path, cfg.model), "float_weights": provenance.float_weights(g)},
+            "backends": {"engine": eng.provenance(), "reference": ref_prov},
+            "config": {"mode": cfg.mode, "kv_type": cfg.kv_type, "prompt_tokens": cfg.prompt_tokens, "kinds": list(cfg.kinds)},
+            "threads": rec_sections.get("threads"),
+            "batch": rec_sections.get("batch"),
+            "context": rec_sections.get("context"),
+            "thresholds": thr.to_dict(),
+            "verdict": {"passed": not failures, "failures": failures},
+            "environment": provenance.environment_section(1),
+            "timing": {"total_s": time.perf_counter() - t0},
+        }
+        out = Path(cfg.out_dir) / f"{rec['run_id']}__sweep.json"
+        receipts.write(out, rec)
+        return out, rec

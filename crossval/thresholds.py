@@ -40,6 +40,8 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from crossval.errors import InputError
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -65,7 +67,7 @@ PROFILES = {
 }
 
 
-class ThresholdsError(ValueError):
+class ThresholdsError(InputError):
     pass
 
 

@@ -6,11 +6,17 @@ import time
 
 import numpy as np
 
-from crossval.backends.base import BackendError, Capabilities, ComparePass, GenerateResult, greedy_compare_pass
+from crossval.backends.base import (LAYER_STAGES, Backend, BackendError, BackendSettings, Capabilities, ComparePass,
+                                    GenerateResult, Unsupported, greedy_compare_pass)  # fmt: skip
 
 
-class EngineBackend:
+class EngineBackend(Backend):
     name = "engine"
+
+    @classmethod
+    def from_settings(cls, model_path, s: BackendSettings) -> "EngineBackend":
+        return cls(model_path, n_ctx=s.n_ctx, kv_type=s.kv_type, mode=s.mode, perturb=s.perturb, prefix_end=s.prefix_end,
+                   threads=s.threads)  # fmt: skip
 
     def __init__(self, model_path, n_ctx: int = 2048, kv_type: str = "f16", mode: str = "float",
                  perturb: tuple[int, float] | None = None, prefix_end: int = 0, threads: int = 1):  # fmt: skip
@@ -20,7 +26,7 @@ class EngineBackend:
         self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads).load()
         self.load_s = time.perf_counter() - t
         self.mode, self.kv_type = mode, self.engine.cache.dtype  # mode bf16 keeps a bf16 cache
-        self.prefix_end = prefix_end  # prefix-LM attention over the prompt (DESIGN §8); 0 = causal
+        self.prefix_end = prefix_end  # prefix-LM attention over the prompt (gemma.cpp's prefix_end); 0 = causal
         self.perturb = perturb
         if perturb is not None:
             # test hook: scale one layer's FFN output — through the post-FFN norm weight where the
@@ -36,28 +42,37 @@ class EngineBackend:
             w = self.engine.model.w
             w._groups.pop((name,), None)
             w._cache[name] = w[name] * np.float32(scale)
+            if hasattr(w, "layer_decoder"):  # faithful mode: that matrix through the float path, no fused layer step
+                from engine.weights import FloatWeights
+
+                w._groups[("native", name)] = [("float", g) for g in FloatWeights.prepare(w, (name,))]
+                w._decoder = None
         from engine.tokenizer import Tokenizer, TokenizerError
 
         try:
             self.tokenizer = Tokenizer.from_gguf(self.engine.gguf)
         except TokenizerError:
             self.tokenizer = None  # e.g. an unsupported pre-tokenizer: ids then come from the reference
-        self.capabilities = Capabilities(tokenize=self.tokenizer is not None, logits=True, generate=True)
+        self.capabilities = Capabilities(tokenize=self.tokenizer is not None, sampling=True, capture=True)
 
-    def tokenize(self, text: str, add_bos: bool, parse_special: bool) -> list[int]:
+    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
         if self.tokenizer is None:
-            raise BackendError("the engine has no tokenizer for this model")
+            raise Unsupported(self.name, "tokenize (no tokenizer for this model's vocabulary)")
         return self.tokenizer.encode(text, add_special=add_bos, parse_special=parse_special)
 
     def detokenize(self, ids: list[int]) -> str:
         if self.tokenizer is None:
-            raise BackendError("the engine has no tokenizer for this model")
+            raise Unsupported(self.name, "detokenize (no tokenizer for this model's vocabulary)")
         return self.tokenizer.detokenize(ids)
 
+    _last_pass = None  # (ids, tokens) of the compare_pass the KV cache still holds
+
     def logits(self, ids: list[int]) -> np.ndarray:
+        self._last_pass = None
         return self.engine.logits(ids)
 
     def generate(self, ids: list[int], steps: int) -> GenerateResult:
+        self._last_pass = None
         t = time.perf_counter()
         g = self.engine.generate(ids, steps, keep_logits=True)
         return GenerateResult(g.tokens, np.stack(g.logits) if g.logits else None, time.perf_counter() - t)
@@ -71,17 +86,19 @@ class EngineBackend:
         cp = greedy_compare_pass(_EngineSteps(self.engine, self.prefix_end), ids, steps, forced, choose)
         if choose is not None:
             cp.extra = {"sampling_trace": choose.trace}
+        self._last_pass = (tuple(ids), tuple(cp.tokens))  # what the cache holds (forced_suffix reuses it)
         return cp
 
-    def capture_rows(self, ids: list[int], position: int) -> dict[str, np.ndarray]:
+    def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES) -> dict[str, np.ndarray]:
         """The engine's per-layer stage outputs at `position` for a teacher-forced pass over ids,
         named as llama.cpp names them ("kqv_out-3", "ffn_inp-3", "l_out-3")."""
         rows: dict[str, np.ndarray] = {}
 
         def tap(il, stage, x):
-            if il >= 0 and x.ndim >= 2 and x.shape[0] == len(ids):
+            if il >= 0 and stage in stages and x.ndim >= 2 and x.shape[0] == len(ids):
                 rows[f"{stage}-{il}"] = np.array(x.reshape(len(ids), -1)[position], dtype=np.float32)
 
+        self._last_pass = None
         old, self.engine.tap = self.engine.tap, tap
         try:
             self.engine.logits(ids)
@@ -89,21 +106,26 @@ class EngineBackend:
             self.engine.tap = old
         return rows
 
-    def forced_suffix(self, n_prompt: int, free: ComparePass, ref_tokens: list[int]) -> np.ndarray | None:
-        """Logits after each of ref_tokens[:-1], following a compare_pass without `forced` (the
-        cache still holds the free run). Rows before the first divergence are the free run's own
-        step logits (same context, same computation); the rest are decoded after rolling the cache
-        back to the divergence."""
+    def forced_suffix(self, ids: list[int], continuation: list[int], free: ComparePass | None = None) -> np.ndarray | None:
+        """Logits after each of continuation[:-1]. Right after this backend's own
+        compare_pass over ids (`free`, the cache still holding it), rows before the first
+        divergence are the free run's own step logits (same context, same computation) and the
+        rest are decoded after rolling the cache back to the divergence; otherwise one
+        teacher-forced pass."""
         from crossval.compare import first_divergence
 
+        ref_tokens, n_prompt = continuation, len(ids)
         steps = len(ref_tokens)
         if steps <= 1:
             return None
+        if free is None or self._last_pass != (tuple(ids), tuple(free.tokens)):
+            return super().forced_suffix(ids, continuation, free)
         div = first_divergence(ref_tokens, free.tokens)
         upto = steps - 1 if div is None else min(div, steps - 1)
         rows = list(free.step_logits[1 : upto + 1])
         if upto < steps - 1:
             self.engine.truncate(n_prompt + upto)
+            self._last_pass = None
             rows += [self.engine.decode_step(t) for t in ref_tokens[upto : steps - 1]]
         return np.stack(rows)
 
@@ -111,7 +133,7 @@ class EngineBackend:
         import crossval
         from engine.weights import faithful_fallbacks
 
-        return {
+        return self.describe(**{
             "name": "engine",
             "version": f"crossval-engine {crossval.__version__}",
             "library_sha256": None,
@@ -121,8 +143,7 @@ class EngineBackend:
             "kv_type": self.kv_type,
             "threads": self.engine.model.w.threads if self.mode == "faithful" else None,
             "fallback_types": faithful_fallbacks(self.engine.gguf) if self.mode == "faithful" else None,
-            "capabilities": self.capabilities.to_dict(),
-        }
+        })  # fmt: skip
 
     def close(self) -> None:
         self.engine = None

@@ -11,20 +11,26 @@ import time
 
 import numpy as np
 
-from crossval.backends.base import BackendCrashed, BackendError, BackendUnavailable, Capabilities, ComparePass
+from crossval.backends.base import (Backend, BackendCrashed, BackendError, BackendSettings, BackendUnavailable, Capabilities,
+                                    ComparePass, GenerateResult, Unsupported)  # fmt: skip
 from crossval.backends.isolated import ChildProcess
+from crossval.errors import InputError
 
 PROTOCOL = "crossval-external/1"
 
 
-class ExternalBackend(ChildProcess):
+class ExternalBackend(ChildProcess, Backend):
     name = "external"
     protocol = PROTOCOL
+
+    @classmethod
+    def from_settings(cls, model_path, s: BackendSettings, command: str = "") -> "ExternalBackend":
+        return cls(command, model_path, n_ctx=s.n_ctx, threads=s.threads, kv_type=s.kv_type, timeout=s.timeout)
 
     def __init__(self, command: str, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0):
         argv = shlex.split(command)
         if not argv:
-            raise BackendError("external: empty command")
+            raise InputError("external: empty command (external:CMD)")
         self.command = command
         t = time.perf_counter()
         try:
@@ -42,11 +48,8 @@ class ExternalBackend(ChildProcess):
         info = self._call("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
         self.n_vocab = self._field(info, "n_vocab", int, "load")
         self._provenance = {"name": str(hello.get("name", "external")), "version": (info.get("provenance") or {}).get("version"),
-                            "command": command, "capabilities": self.capabilities.to_dict()}  # fmt: skip
+                            "command": command}  # fmt: skip
         self.load_s = time.perf_counter() - t
-
-    def wait_loaded(self) -> None:
-        pass
 
     def _field(self, obj, key, typ, stage):
         if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], typ):
@@ -71,7 +74,12 @@ class ExternalBackend(ChildProcess):
         return np.frombuffer(raw, dtype="<f4").reshape(rows, self.n_vocab).astype(np.float32)
 
     # --- Backend -------------------------------------------------------------------------------
+    def _require(self, what: str) -> None:
+        if not getattr(self.capabilities, what):
+            raise Unsupported(self.name, f"{what} (its hello does not declare it)")
+
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
+        self._require("tokenize")
         ids = self._call("tokenize", text=text, add_bos=add_bos, parse_special=parse_special)
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
             self._kill()
@@ -79,37 +87,30 @@ class ExternalBackend(ChildProcess):
         return ids
 
     def detokenize(self, ids: list[int]) -> str:
+        self._require("tokenize")
         text = self._call("detokenize", ids=[int(i) for i in ids])
         return text if isinstance(text, str) else ""
 
     def logits(self, ids: list[int]) -> np.ndarray:
+        self._require("logits")
         return self._matrix(self._call("logits", ids=[int(i) for i in ids]), len(ids), "logits")
 
-    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
-        if sampling is not None:
-            raise BackendError("external backends are compared greedily (the protocol has no sampler chain)")
-        t = time.perf_counter()
-        prompt = self.logits(ids)
-        t_prefill = time.perf_counter() - t
+    def generate(self, ids: list[int], steps: int) -> GenerateResult:
+        """`generate` op: greedy tokens and the (steps, n_vocab) logits each was chosen from.
+        (compare_pass is the base's: `logits` over the prompt, then this; the protocol has no
+        sampler chain, so sampled runs are Unsupported.)"""
+        self._require("generate")
         t = time.perf_counter()
         r = self._call("generate", ids=[int(i) for i in ids], steps=steps)
         tokens = self._field(r, "tokens", list, "generate")
-        step_logits = self._matrix(r, len(tokens), "generate") if steps else None
-        if len(tokens) != steps:
+        if len(tokens) != steps or not all(isinstance(x, int) for x in tokens):
             self._kill()
             raise BackendCrashed("generate", f"protocol error: {len(tokens)} tokens for {steps} steps", None, self.stderr_tail())
-        t_gen = time.perf_counter() - t
-        forced_logits = self.logits(list(ids) + list(forced))[len(ids) :] if forced else None
-        return ComparePass(prompt, [int(x) for x in tokens], step_logits, forced_logits, {"prefill_s": t_prefill, "generate_s": t_gen})
+        step_logits = self._matrix(r, len(tokens), "generate") if steps else None
+        return GenerateResult([int(x) for x in tokens], step_logits, time.perf_counter() - t)
 
     def provenance(self) -> dict:
-        return dict(self._provenance)
+        return self.describe(**self._provenance)
 
     def close(self) -> None:
         self._shutdown()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

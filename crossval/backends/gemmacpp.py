@@ -1,4 +1,4 @@
-"""The real gemma.cpp as a reference (DESIGN §8), built from ../shared/gemmacpp on first use.
+"""The real gemma.cpp as a reference, built from the gemma.cpp kit (../shared/gemmacpp) on first use.
 
 Two paths into it:
 - ids and logits through the kit's JSON driver `gemma_greedy` (one process per request; it loads
@@ -9,7 +9,7 @@ Two paths into it:
 gemma.cpp's results depend on its thread count, so the driver's `--num_threads` is pinned (2 by
 default) and recorded; its tokenizer is the SentencePiece model the kit rebuilt from the GGUF.
 
-Two gemma.cpp behaviours are reported, not copied (DESIGN §8): with prefix_end == prompt length it
+Two gemma.cpp behaviours are reported, not copied (docs/backends.md): with prefix_end == prompt length it
 runs the last prompt token again at position P (the driver's `pos` says so), and its temperature
 has no effect on top-k sampling.
 """
@@ -25,14 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from crossval.backends.base import (BackendCrashed, BackendError, BackendTimeout, BackendUnavailable, Capabilities,
-                                    ComparePass, GenerateResult)  # fmt: skip
+from crossval.backends.base import (Backend, BackendCrashed, BackendError, BackendSettings, BackendTimeout,
+                                    BackendUnavailable, Capabilities, ComparePass, GenerateResult, Unsupported)  # fmt: skip
 
 EOS_IDS = (1, 106)  # <eos>, <end_of_turn>: the driver stops after emitting either
 
 
-class GemmaCpp:
+class GemmaCpp(Backend):
     name = "gemmacpp"
+    capabilities = Capabilities()  # tokenize, logits, generate; its sampler is its own (crossval envelope)
+
+    @classmethod
+    def from_settings(cls, model_path, s: BackendSettings) -> "GemmaCpp":
+        return cls(model_path, threads=s.gemmacpp_threads, timeout=s.timeout, patched=s.gemmacpp_patched, progress=s.progress,
+                   prefix_end=s.prefix_end)  # fmt: skip
 
     def __init__(self, model_path, threads: int = 2, timeout: float = 600.0, patched: bool = True, progress=None,
                  prefix_end: int = 0):  # fmt: skip
@@ -60,12 +66,8 @@ class GemmaCpp:
         self.bos = int(g.get("tokenizer.ggml.bos_token_id", 2))
         self.threads, self.timeout, self.prefix_end = threads, timeout, prefix_end
         self.n_vocab = int(cfg.n_vocab)
-        self.capabilities = Capabilities(tokenize=True, logits=True, generate=True)
         self._stderr: list[str] = []
         self.load_s = time.perf_counter() - t
-
-    def wait_loaded(self) -> None:
-        pass
 
     def stderr_tail(self) -> list[str]:
         return list(self._stderr)
@@ -125,7 +127,8 @@ class GemmaCpp:
         With prefix_end > 0 gemma.cpp reports logits only from the last prompt position on
         (prompt positions inside the prefix see later tokens), so prompt_logits has one row."""
         if sampling is not None:
-            raise BackendError("gemma.cpp samples from its own AES-CTR stream: compare sampled runs with `crossval envelope`")
+            raise Unsupported(self.name, "llama.cpp's sampler chain (it samples from its own AES-CTR stream: compare sampled "
+                                         "runs with `crossval envelope`)")
         t = time.perf_counter()
         out, step_logits = self.run_driver(ids, steps, prefix_end=self.prefix_end, stage="generate")
         t_gen = time.perf_counter() - t
@@ -148,11 +151,14 @@ class GemmaCpp:
         return ComparePass(prompt, tokens, step_logits if len(tokens) else None, forced_logits,
                            {"prefill_s": t_tf, "generate_s": t_gen}, extra)  # fmt: skip
 
-    def forced_logits(self, ids: list[int], continuation: list[int]) -> np.ndarray:
-        """Logits at the last prompt position and after each continuation token but the last
-        (len(continuation) rows) — teacher forcing that honours prefix_end."""
+    def forced_suffix(self, ids: list[int], continuation: list[int], free: ComparePass | None = None) -> np.ndarray | None:
+        """Logits after each continuation token but the last — one driver run forcing the
+        continuation after the prompt, which honours prefix_end (its first row, the last prompt
+        position's, is dropped)."""
+        if len(continuation) <= 1:
+            return None
         _, rows = self.run_driver(ids, force=list(continuation), prefix_end=self.prefix_end, stage="forced")
-        return rows
+        return rows[1:]
 
     def capi_text(self, prompt: str, max_tokens: int, repeat: int = 1) -> dict:
         """Greedy text through gemma.cpp's C API (all cores; see gemmacpp_capi)."""
@@ -165,7 +171,7 @@ class GemmaCpp:
 
     def provenance(self) -> dict:
         p = self.kit.provenance()
-        return {
+        return self.describe(**{
             "name": "gemmacpp",
             "version": f"gemma.cpp {(p['gemma_cpp_commit'] or '')[:12]} ({p['variant']})",
             "library_sha256": None,
@@ -175,12 +181,8 @@ class GemmaCpp:
             "kv_type": None,
             "threads": self.threads,
             "nproc": os.cpu_count(),
-            "capabilities": self.capabilities.to_dict(),
             "build": p,
-        }
-
-    def close(self) -> None:
-        pass
+        })  # fmt: skip
 
 
 def _tail(text, n: int = 20) -> list[str]:

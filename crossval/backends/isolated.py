@@ -1,5 +1,5 @@
 """Run the llama.cpp backend in a child process, so a crash or hang ends one comparison in a
-diagnostic receipt instead of ending the harness (DESIGN §3).
+diagnostic receipt instead of ending the harness.
 
 Parent and child speak JSON lines over the child's stdin/stdout; large arrays (logits) travel as
 .npy files in a private temporary directory. Every request has a deadline: past it the child's
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from crossval.backends.base import (
-    BackendCrashed, BackendError, BackendTimeout, BackendUnavailable, Capabilities, ComparePass, GenerateResult,
+    LAYER_STAGES, Backend, BackendCrashed, BackendError, BackendSettings, BackendTimeout, BackendUnavailable, Capabilities,
+    ComparePass, GenerateResult,
 )  # fmt: skip
 
 PROTOCOL = "crossval-isolated/1"
@@ -153,10 +154,15 @@ class ChildProcess:
             pass
 
 
-class IsolatedLlamaCpp(ChildProcess):
+class IsolatedLlamaCpp(ChildProcess, Backend):
     """Parent side: the llama.cpp Backend, answered by a child process."""
 
     name = "llamacpp"
+    capabilities = Capabilities(sampling=True, capture=True, concurrent=True)
+
+    @classmethod
+    def from_settings(cls, model_path, s: BackendSettings) -> "IsolatedLlamaCpp":
+        return cls(model_path, n_ctx=s.n_ctx, threads=s.threads, kv_type=s.kv_type, timeout=s.timeout, llama_lib=s.llama_lib)
 
     def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
                  llama_lib: str | None = None, env: dict | None = None, n_batch: int | None = None):  # fmt: skip
@@ -167,7 +173,6 @@ class IsolatedLlamaCpp(ChildProcess):
         if llama_lib:
             child_env["LLAMA_CPP_LIB_PATH"] = str(llama_lib)
         self._start([sys.executable, "-m", "crossval.backends.isolated"], child_env, timeout)
-        self.capabilities = Capabilities()
         # the child loads the model while the caller does other work (e.g. loads the engine);
         # the first request waits for it
         self._t0 = time.perf_counter()
@@ -211,15 +216,15 @@ class IsolatedLlamaCpp(ChildProcess):
         return GenerateResult(r["tokens"], arr, r["seconds"])
 
     def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
-        self.send_compare_pass(ids, steps, forced, sampling)
-        return self.receive_compare_pass()
+        self.start_compare_pass(ids, steps, forced, sampling)
+        return self.finish_compare_pass()
 
-    def send_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
-        """Start a compare_pass in the child and return at once (receive_compare_pass waits)."""
+    def start_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
+        """Start a compare_pass in the child and return at once (finish_compare_pass waits)."""
         self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
                    out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
 
-    def receive_compare_pass(self) -> ComparePass:
+    def finish_compare_pass(self) -> ComparePass:
         r = self._receive()
         out = self._npy("pass")
         with np.load(out) as z:
@@ -227,30 +232,27 @@ class IsolatedLlamaCpp(ChildProcess):
         os.unlink(out)
         return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
 
-    def capture_rows(self, ids: list[int], position: int, pattern: str) -> dict[str, np.ndarray]:
-        """llama.cpp's named graph tensors (cb_eval) whose names match `pattern`, as the row of
-        `position`, for a teacher-forced pass over ids (a separate capturing context)."""
+    def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES) -> dict[str, np.ndarray]:
+        """llama.cpp's named graph tensors (cb_eval) of the given stages, as the row of
+        `position`, for a teacher-forced pass over ids (a separate capturing context). llama.cpp's
+        gemma graphs name the residual after attention sa_out; it is returned as ffn_inp."""
         self.wait_loaded()
+        names = set(stages) | ({"sa_out"} if "ffn_inp" in stages else set())
+        pattern = r"^(" + "|".join(sorted(names)) + r")-\d+$"
         out = self._npy("capture").replace(".npy", ".npz")
         self._call("capture", ids=[int(i) for i in ids], position=int(position), pattern=pattern, out=out)
         with np.load(out) as z:
-            rows = {k: z[k] for k in z.files}
+            rows = {k.replace("sa_out-", "ffn_inp-"): z[k] for k in z.files}
         os.unlink(out)
         return rows
 
     def provenance(self) -> dict:
         self.wait_loaded()
-        return dict(self._provenance)
+        return self.describe(**self._provenance)
 
     def close(self) -> None:
         self._shutdown()
         self._tmp.cleanup()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _describe_exit(rc: int | None) -> str:

@@ -14,11 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from crossval.backends.base import BackendUnavailable, Capabilities, GenerateResult
+from crossval.backends.base import Backend, BackendSettings, BackendUnavailable, Capabilities, GenerateResult
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     name = "transformers"
+    capabilities = Capabilities(tokenize=False)  # ids always come from the harness
+
+    @classmethod
+    def from_settings(cls, model_path, s: BackendSettings) -> "TransformersBackend":
+        return cls(model_path, threads=s.threads)
 
     def __init__(self, model_path, threads: int = 1):
         try:
@@ -36,7 +41,6 @@ class TransformersBackend:
             raise BackendUnavailable(f"transformers cannot load {p.name}: {str(e).splitlines()[0][:200]}") from None
         self.torch, self.threads = torch, threads
         self.version = f"transformers {transformers.__version__}, torch {torch.__version__}"
-        self.capabilities = Capabilities(tokenize=False, logits=True, generate=True)
         self.load_s = time.perf_counter() - t
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -60,9 +64,8 @@ class TransformersBackend:
         return GenerateResult(toks, np.stack(rows) if rows else None, time.perf_counter() - t)
 
     def provenance(self) -> dict:
-        return {"name": "transformers", "version": self.version, "library_sha256": None, "commit": None, "system_info": None,
-                "mode": "float32 (GGUF dequantized by transformers)", "kv_type": None, "threads": self.threads,
-                "capabilities": self.capabilities.to_dict()}  # fmt: skip
+        return self.describe(name="transformers", version=self.version, library_sha256=None, commit=None, system_info=None,
+                             mode="float32 (GGUF dequantized by transformers)", kv_type=None, threads=self.threads)
 
     def close(self) -> None:
         self.model = None

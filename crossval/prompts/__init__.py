@@ -12,10 +12,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crossval.errors import InputError
+
 PROMPT_DIR = Path(__file__).parent
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     pass
 
 
