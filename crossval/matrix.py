@@ -3,7 +3,10 @@
 Quant variants are made here: the engine writes an F32 copy of the model (engine/convert.py), then
 llama.cpp's own quantizer (`llama_model_quantize`, in a child process — it aborts on shapes it
 cannot handle) writes each type. Variants are cached by (source sha256, type) under
-<cache>/quants/. llama.cpp picks a fallback type for tensors whose rows do not fit the requested
+<cache>/quants/. The IQ types are made as llama.cpp's users make them, with an importance matrix
+(crossval/imatrix.py: the imatrix tool's sums over the engine's activations on a calibration text,
+cached too, its text's hash in the variant's name); llama.cpp requires one for IQ1_*, IQ2_XXS/XS/S
+and IQ3_XXS. llama.cpp picks a fallback type for tensors whose rows do not fit the requested
 type's blocks (e.g. 576-wide rows for 256-wide K-quant blocks); the receipts record the tensor types
 each variant really holds.
 
@@ -25,7 +28,9 @@ from crossval import receipts
 from crossval.errors import InputError
 
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
-          "Q2_K", "F16", "BF16", "TQ2_0", "TQ1_0")  # fmt: skip
+          "Q2_K", "F16", "BF16", "TQ2_0", "TQ1_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS",
+          "IQ1_M", "IQ1_S")  # fmt: skip
+IMATRIX_QUANTS = frozenset(q for q in QUANTS if q.startswith("IQ"))  # made with an importance matrix
 DEFAULT_QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "Q3_K_M", "Q2_K", "F16")
 CELL_FIELDS = ("status", "passed", "tokens_match", "cosine_similarity", "exact_match_rate", "first_divergence_step", "kld_mean")
 
@@ -85,14 +90,21 @@ def variant(model: str, quant: str, progress=None) -> Path:
     src = resolve_model(model)
     f32 = cached_float_copy(src, cache_dir() / "float")
     digest = sha256_file(src)[:16]
-    dst = cache_dir() / "quants" / digest / f"{src.stem}.{quant}.gguf"
+    imat = None
+    if quant in IMATRIX_QUANTS:
+        from crossval import imatrix
+
+        imat = imatrix.cached(model, progress)
+        dst = cache_dir() / "quants" / digest / f"{src.stem}.{quant}.imatrix-{imat.name.split('.')[-3]}.gguf"
+    else:
+        dst = cache_dir() / "quants" / digest / f"{src.stem}.{quant}.gguf"
     if dst.exists():
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     if progress:
         progress("quantize", {"model": model, "quant": quant})
     tmp = dst.with_suffix(f".tmp{time.time_ns()}")
-    r = subprocess.run([sys.executable, "-m", "crossval.matrix", "quantize", str(f32), str(tmp), quant],
+    r = subprocess.run([sys.executable, "-m", "crossval.matrix", "quantize", str(f32), str(tmp), quant, *([str(imat)] if imat else [])],
                        capture_output=True, text=True, errors="replace", timeout=1800)  # fmt: skip
     if r.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
@@ -102,7 +114,11 @@ def variant(model: str, quant: str, progress=None) -> Path:
     return dst
 
 
-def _quantize_main(src: str, dst: str, quant: str) -> int:
+def _quantize_main(src: str, dst: str, quant: str, imatrix_file: str | None = None) -> int:
+    """llama_model_quantize, with an importance matrix passed as llama-quantize passes it: the
+    per-column means as a NULL-terminated llama_model_imatrix_data array, and the
+    quantize.imatrix.* keys it writes into the output (tools/quantize/quantize.cpp)."""
+    import ctypes
     import os
 
     import llama_cpp
@@ -110,6 +126,28 @@ def _quantize_main(src: str, dst: str, quant: str) -> int:
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
     p.nthread = os.cpu_count() or 1
+    if imatrix_file:
+        from crossval import imatrix
+
+        im = imatrix.read(imatrix_file)
+        means = imatrix.quantize_weights(im)
+        entries = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
+        for e, (name, v) in zip(entries, means.items()):
+            e.name, e.data, e.size = name.encode(), v.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), v.size
+        p.imatrix = entries  # the last entry stays zeroed: the terminator
+        kv = [("quantize.imatrix.file", Path(imatrix_file).name), ("quantize.imatrix.entries_count", len(means))]
+        if im.datasets:
+            kv.insert(1, ("quantize.imatrix.dataset", im.datasets[0]))
+        if im.chunk_count > 0:
+            kv.append(("quantize.imatrix.chunks_count", im.chunk_count))
+        overrides = (llama_cpp.llama_model_kv_override * (len(kv) + 1))()  # zeroed last key: the terminator
+        for o, (key, val) in zip(overrides, kv):
+            o.key = key.encode()
+            if isinstance(val, str):
+                o.tag, o.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, val.encode()[:127]
+            else:
+                o.tag, o.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, val
+        p.kv_overrides = overrides
     return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p))
 
 
@@ -225,6 +263,6 @@ def markdown(rec: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "quantize":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "quantize":
         sys.exit(_quantize_main(*sys.argv[2:]))
-    sys.exit("usage: python -m crossval.matrix quantize SRC DST TYPE")
+    sys.exit("usage: python -m crossval.matrix quantize SRC DST TYPE [IMATRIX]")
