@@ -64,3 +64,44 @@ def corpus(n: int = 10_000, seed: int = 1234) -> list[str]:
     lines += _stdlib_lines(int(n * 0.7))
     lines += _random_lines(max(0, n - len(lines)), seed)
     return lines
+
+
+def long_words(n: int = 100_000, seed: int = 7) -> dict[str, str]:
+    """Single "words" of n characters that no pre-tokenizer splits (one \\p{L}+ run, no spaces):
+    the inputs a quadratic merge loop stalls on. A letters-only base64-like blob, a DNA string, a
+    run of one letter, accented Latin-1 letters (two UTF-8 bytes each) and CJK ideographs (three)."""
+    rng = random.Random(seed)
+    pick = lambda alphabet: "".join(rng.choice(alphabet) for _ in range(n))  # noqa: E731
+    return {
+        "blob": pick("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
+        "dna": pick("ACGT"),
+        "a_run": "a" * n,
+        "latin1": pick([chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)]),
+        "cjk": pick([chr(c) for c in range(0x4E00, 0x4FFF)]),
+    }
+
+
+def mixed_text(n_bytes: int = 1 << 20, seed: int = 11) -> str:
+    """About n_bytes of UTF-8 mixing what prompt files hold: corpus lines (code, prose, many
+    scripts, special-token strings), base64 blobs with +/=, a minified line, long runs of spaces,
+    newlines, digits and punctuation, emoji — in seeded random order."""
+    rng = random.Random(seed)
+    lines = corpus(10_000, seed)
+    b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    blobs = [
+        lambda: "".join(rng.choice(b64) for _ in range(rng.randint(1000, 20000))) + "==",
+        lambda: "".join(rng.choice(['{"k":', "[1,2,3]", "x=>x*2;", "if(a&&b){", "}", ";", "return!0", "a.b.c(", ")"])
+                        for _ in range(rng.randint(200, 3000))),  # fmt: skip
+        lambda: " " * rng.randint(100, 5000),
+        lambda: "\n" * rng.randint(10, 500),
+        lambda: "".join(rng.choice("0123456789") for _ in range(rng.randint(100, 5000))),
+        lambda: rng.choice("!?.-=*#") * rng.randint(50, 2000),
+        lambda: "".join(rng.choice("🙂👍🚀🌍🎉") for _ in range(rng.randint(10, 500))),
+        lambda: "\t \u00a0\u3000" * rng.randint(10, 300),
+    ]
+    parts, size = [], 0
+    while size < n_bytes:
+        x = rng.choice(blobs)() if rng.random() < 0.04 else rng.choice(lines)
+        parts.append(x)
+        size += len(x.encode("utf-8")) + 1
+    return "\n".join(parts)

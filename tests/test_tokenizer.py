@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_llamacpp, real_model_path
-from corpus import corpus
+from corpus import corpus, long_words, mixed_text
 from engine.gguf_model import open_gguf
 from engine.tokenizer import Tokenizer
 
@@ -105,6 +105,74 @@ def test_corpus_matches_llamacpp(model, family):
             if i % 3 == 0:  # round trip: detokenize(tokenize(x)) as llama.cpp renders it
                 assert tok.detokenize(ours) == ref.detokenize(theirs), repr(line)
     assert not bad, f"{len(bad)} of {len(lines)} lines differ, first: {bad[0]!r}"
+
+
+def _first_difference(a: list[int], b: list[int]) -> str:
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"first difference at token {i} of {len(a)} (ours) / {len(b)} (llama.cpp): {a[i:i + 5]} vs {b[i:i + 5]}"
+
+
+def _on_a_big_stack(fn, *args):
+    """Run fn in a thread with a 1 GiB stack: llama.cpp's std::regex pre-tokenizers (deepseek-*)
+    recurse once per character and overflow the main thread's 8 MiB on a 100,000-character word."""
+    import threading
+
+    out: list = []
+    old = threading.stack_size(1 << 30)
+    try:
+        th = threading.Thread(target=lambda: out.append(fn(*args)))
+        th.start()
+    finally:
+        threading.stack_size(old)
+    th.join()
+    return out[0]
+
+
+# the megabyte on every target, with and without parse_special, when CROSSVAL_TOKENIZER_FULL=1
+# (the nightly matrix; about 4 minutes); by default on the two real models without parse_special
+MEGABYTE_DEFAULT = {"smollm2", "gemma3-270m"}
+
+
+@pytest.mark.real_model
+@needs_llamacpp
+@pytest.mark.parametrize("model, family", _corpus_targets(), ids=lambda x: x or "")
+def test_long_words_and_a_megabyte_match_llamacpp(model, family):
+    """Adversarial lengths, id for id: 100,000-character single words no pre-tokenizer splits (a
+    quadratic merge loop takes minutes on these) and 1 MB of mixed text, with and without
+    parse_special. Words of 64+ characters take the native merge loop when it is built."""
+    from crossval.backends.llamacpp import LlamaCppBackend
+
+    path = real_model_path(model) if model else vocab_path(family)
+    tok = Tokenizer.from_gguf(open_gguf(path))
+    with LlamaCppBackend(path, vocab_only=True) as ref:
+        for name, word in long_words(100_000).items():
+            ours, theirs = tok.encode(word, True, False), _on_a_big_stack(ref.tokenize, word, True, False)
+            assert ours == theirs, f"{name}: {_first_difference(ours, theirs)}"
+        full = bool(os.environ.get("CROSSVAL_TOKENIZER_FULL"))
+        if (model or family) not in MEGABYTE_DEFAULT and not full:
+            return
+        text = mixed_text()
+        assert len(text.encode("utf-8")) >= 1 << 20
+        for special in (False, True) if full else (False,):
+            ours, theirs = tok.encode(text, True, special), _on_a_big_stack(ref.tokenize, text, True, special)
+            assert ours == theirs, f"mixed, parse_special={special}: {_first_difference(ours, theirs)}"
+
+
+@pytest.mark.real_model
+@needs_llamacpp
+@pytest.mark.parametrize("family", ["llama-spm", "gpt-2"])
+def test_long_words_python_merge_loop(family, monkeypatch):
+    """The pure-Python merge loops (used when the native kernels are not built) on the same words."""
+    from crossval.backends.llamacpp import LlamaCppBackend
+    from engine.tokenizer import native
+
+    monkeypatch.setattr(native, "available", lambda: False)
+    path = vocab_path(family)
+    tok = Tokenizer.from_gguf(open_gguf(path))
+    with LlamaCppBackend(path, vocab_only=True) as ref:
+        for name, word in long_words(100_000).items():
+            ours, theirs = tok.encode(word, True, False), _on_a_big_stack(ref.tokenize, word, True, False)
+            assert ours == theirs, f"{name}: {_first_difference(ours, theirs)}"
 
 
 @pytest.mark.real_model

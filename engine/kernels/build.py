@@ -60,15 +60,20 @@ int64_t cv_bitnet_n_kv(int64_t cells, int64_t n_ctx);
 int cv_attention_f16_bitnet(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t,
                             int64_t n_ctx, int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, int lanes,
                             float *out, int n_threads);
+void *cv_strtab_new(const uint8_t *blob, int64_t blob_len, const int64_t *off, const int32_t *len, const int32_t *split,
+                    const int32_t *value, int32_t n, const float *scores, int32_t n_score);
+void cv_strtab_free(void *t);
+int64_t cv_merge(const void *t, const void *tokens, int spm, const uint8_t *text, int64_t n, int32_t *out_id);
 """
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "engine.kernels._qkernels",
-    (HERE / "qkernels.c").read_text(),
+    (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n',
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
-    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, iq2_kernels.c
+    sources=[str(HERE / "tokmerge.c")],  # the tokenizers' merge loops (engine/tokenizer/native.py)
+    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, iq2_kernels.c, tokmerge.h
     extra_link_args=["-fopenmp"],
     libraries=["m"],
 )

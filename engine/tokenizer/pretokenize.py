@@ -107,5 +107,6 @@ def split(text: str, exprs: list[str]) -> list[str]:
 
 
 def byte_encode(word: str) -> str:
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in word.encode("utf-8"))
+    """GPT-2 byte encoding: each UTF-8 byte of word as its printable codepoint (bytes_to_unicode);
+    latin-1 makes one character per byte so str.translate can map them."""
+    return word.encode("utf-8").decode("latin-1").translate(bytes_to_unicode())

@@ -7,15 +7,14 @@ or split back along the merges that built it, or as <0xNN> byte tokens.
 
 from __future__ import annotations
 
-import heapq
 import re
 from functools import lru_cache
+from heapq import heapify, heappop, heappush
 
+from engine.tokenizer import native
 from engine.tokenizer.vocab import TokenizerError, Vocab
 
-
-def _utf8_len(b: int) -> int:
-    return (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4)[b >> 4]
+_UTF8_LEN = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4)  # by the lead byte's high nibble (unicode_len_utf8)
 
 
 def byte_token(v: Vocab, b: int) -> int:
@@ -28,47 +27,64 @@ def byte_token(v: Vocab, b: int) -> int:
 
 
 def tokenize(v: Vocab, text: bytes) -> list[int]:
-    # symbols: [start, n, prev, next]
-    syms = []
-    off = 0
-    while off < len(text):
-        n = min(_utf8_len(text[off]), len(text) - off)
-        syms.append([off, n, len(syms) - 1, -1])
-        off += n
-        syms[-1][3] = -1 if off == len(text) else len(syms)
-    heap: list = []
+    """llm_tokenizer_spm_session::tokenize: symbols are a linked list (prv/nxt) of byte spans
+    (start, length n); the queue holds (−score, left, size) so the highest score pops first and
+    the leftmost among equal scores; an entry is current iff left is alive, has a right
+    neighbour, and n[left] + n[right] still equals the size recorded when it was pushed (symbols
+    only grow to the right). O(n log n) for n characters."""
+    starts: list[int] = []
+    off, end = 0, len(text)
+    while off < end:
+        starts.append(off)
+        off += _UTF8_LEN[text[off] >> 4]
+    count = len(starts)
+    if count == 0:
+        return []
+    n = [b - a for a, b in zip(starts, starts[1:])] + [end - starts[-1]]
+    nxt = list(range(1, count + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, count - 1))
+    t2i, scores, n_tok = v.token_to_id, v.score_list, v.n_tokens
     rev_merge: dict[bytes, tuple[int, int]] = {}
-    t2i, scores, n_tok = v.token_to_id, v.scores, v.n_tokens
-
-    def add_bigram(left: int, right: int) -> None:
-        if left == -1 or right == -1:
-            return
-        s = text[syms[left][0] : syms[left][0] + syms[left][1] + syms[right][1]]
+    heap = []
+    for i in range(count - 1):
+        s = text[starts[i] : starts[i] + n[i] + n[i + 1]]
         tok = t2i.get(s)
-        if tok is None or tok >= n_tok:
-            return
-        heapq.heappush(heap, (-float(scores[tok]), left, right, len(s)))
-        rev_merge[s] = (left, right)
-
-    for i in range(1, len(syms)):
-        add_bigram(i - 1, i)
+        if tok is not None and tok < n_tok:
+            heap.append((-scores[tok], i, len(s)))
+            rev_merge[s] = (i, i + 1)
+    heapify(heap)
     while heap:
-        _, left, right, size = heapq.heappop(heap)
-        ls, rs = syms[left], syms[right]
-        if ls[1] == 0 or rs[1] == 0 or ls[1] + rs[1] != size:
+        _, left, size = heappop(heap)
+        nl = n[left]
+        right = nxt[left]
+        if nl == 0 or right == -1 or nl + n[right] != size:
             continue
-        ls[1] += rs[1]
-        rs[1] = 0
-        ls[3] = rs[3]
-        if rs[3] >= 0:
-            syms[rs[3]][2] = left
-        add_bigram(ls[2], left)
-        add_bigram(left, ls[3])
+        n[left] = nl = size
+        n[right] = 0
+        after = nxt[right]
+        nxt[left] = after
+        st = starts[left]
+        before = prv[left]
+        if after != -1:
+            prv[after] = left
+        if before != -1:  # (before, left) first, as llama.cpp adds them
+            s = text[starts[before] : st + nl]
+            tok = t2i.get(s)
+            if tok is not None and tok < n_tok:
+                heappush(heap, (-scores[tok], before, len(s)))
+                rev_merge[s] = (before, left)
+        if after != -1:
+            s = text[st : st + nl + n[after]]
+            tok = t2i.get(s)
+            if tok is not None and tok < n_tok:
+                heappush(heap, (-scores[tok], left, len(s)))
+                rev_merge[s] = (left, after)
 
     out: list[int] = []
 
     def resegment(i: int) -> None:
-        s = text[syms[i][0] : syms[i][0] + syms[i][1]]
+        s = text[starts[i] : starts[i] + n[i]]
         tok = t2i.get(s)
         if tok is not None:
             out.append(tok)
@@ -80,10 +96,10 @@ def tokenize(v: Vocab, text: bytes) -> list[int]:
         resegment(p[0])
         resegment(p[1])
 
-    i = 0 if syms else -1
+    i = 0
     while i != -1:
         resegment(i)
-        i = syms[i][3]
+        i = nxt[i]
     return out
 
 
@@ -102,7 +118,16 @@ class SPM:
     def __init__(self, v: Vocab):
         self.v = v
         self.crossing = [t for t in v.texts if _BOUNDARY.search(t, 1) and _crosses(t)]
-        self._piece = lru_cache(maxsize=1 << 16)(lambda b: tuple(tokenize(v, b)))
+        self._piece = lru_cache(maxsize=1 << 16)(self._tokenize_piece)
+        self._native = None
+
+    def _tokenize_piece(self, b: bytes) -> tuple[int, ...]:
+        if len(b) < native.MIN_CHARS or not native.available():
+            return tuple(tokenize(self.v, b))
+        if self._native is None:
+            self._native = native.Merger.spm(self.v)
+        ids = self._native.ids(b)
+        return tuple(ids) if ids is not None else tuple(tokenize(self.v, b))
 
     def tokenize(self, text: bytes) -> list[int]:
         if len(self.crossing) > 64:  # too many to track: no cutting

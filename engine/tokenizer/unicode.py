@@ -40,17 +40,31 @@ def category(ch: str) -> str:
     return c if c in COLLAPSED else ""
 
 
-def collapse(text: str) -> str:
-    out = []
-    for ch in text:
-        o = ord(ch)
+class _CollapseTable(dict):
+    """str.translate table, filled as codepoints are met: codepoint → its collapsed character."""
+
+    def __missing__(self, o: int) -> str | int:
         if o < 128:
-            out.append(ch)
-        elif o in WHITE_SPACE:
-            out.append(COLLAPSED_SPACE)
+            c = o
         else:
-            out.append(COLLAPSED.get(category(ch), COLLAPSED_OTHER))
-    return "".join(out)
+            c = COLLAPSED_SPACE if o in WHITE_SPACE else COLLAPSED.get(category(chr(o)), COLLAPSED_OTHER)
+        self[o] = c
+        return c
+
+
+class _WideTable(dict):
+    def __missing__(self, o: int) -> str | int:
+        c = COLLAPSED_SPACE if o > 0x7F and o in WHITE_SPACE else o
+        self[o] = c
+        return c
+
+
+_COLLAPSE, _WIDE = _CollapseTable(), _WideTable()
+
+
+def collapse(text: str) -> str:
+    """Every non-ASCII codepoint replaced by its category's byte (whitespace by \\x0b)."""
+    return text if text.isascii() else text.translate(_COLLAPSE)
 
 
 def uses_categories(regex: str) -> bool:
@@ -87,7 +101,7 @@ def collapse_regex(regex: str) -> str:
 
 def wide_text(text: str) -> str:
     """For regexes without \\p{..}: non-ASCII whitespace becomes \\x0b (std::wregex's \\s is ASCII)."""
-    return "".join(COLLAPSED_SPACE if ord(ch) > 0x7F and ord(ch) in WHITE_SPACE else ch for ch in text)
+    return text if text.isascii() else text.translate(_WIDE)
 
 
 @lru_cache(maxsize=1)

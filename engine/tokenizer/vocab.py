@@ -8,6 +8,7 @@ special ids and add_bos/add_eos follow the metadata with llama.cpp's per-model d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -61,6 +62,11 @@ class Vocab:
     @property
     def n_tokens(self) -> int:
         return len(self.texts)
+
+    @cached_property
+    def score_list(self) -> list[float]:
+        """The scores as Python floats (indexing the numpy array per bigram costs more than a merge)."""
+        return self.scores.tolist()
 
 
 def load_vocab(g: GGUFFile) -> Vocab:
