@@ -325,13 +325,13 @@ def child_main() -> int:
             if op == "close":
                 break
             if op == "load":
-                from crossval.backends.llamacpp import LlamaCppBackend, LlamaCppError
+                from crossval.backends.llamacpp import LlamaCppBackend, LlamaCppError, LlamaCppUnavailable
 
                 try:
                     backend = LlamaCppBackend(a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"],
                                               n_batch=a.get("n_batch"))  # fmt: skip
                 except LlamaCppError as e:
-                    reply(False, error=str(e), unavailable="not importable" in str(e))
+                    reply(False, error=str(e), unavailable=isinstance(e, LlamaCppUnavailable))
                     continue
                 reply(True, {"n_vocab": backend.n_vocab, "provenance": backend.provenance()})
             elif backend is None:

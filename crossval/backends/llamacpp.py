@@ -22,6 +22,27 @@ class LlamaCppError(RuntimeError):
     pass
 
 
+class LlamaCppUnavailable(LlamaCppError):
+    """llama-cpp-python cannot serve as the reference here: not importable, or built with kernels
+    we refuse (see `refused_build`)."""
+
+
+# How to rebuild the pinned llama-cpp-python without AMX (the README's install command does this).
+REBUILD = ('CMAKE_ARGS="-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8" '
+           "pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python==0.3.36")
+
+
+def refused_build(system_info: str) -> str | None:
+    """Why a llama.cpp build cannot be the reference, or None. A build with AMX_INT8 = 1 sends its
+    Q4_0/Q4_1/Q8_0/K-quant matmuls through ggml's AMX tile kernels (ggml-cpu/amx/mmq.cpp): another
+    float order than the AVX-512 routes faithful mode follows, and on KVM guests of this kind they
+    crash with SIGSEGV in ggml_backend_amx_mul_mat. `-march=native` enables AMX on every CPU that has
+    it, so the install command turns it off explicitly."""
+    if "AMX_INT8 = 1" in system_info:
+        return f"llama-cpp-python was built with AMX kernels (AMX_INT8 = 1), which this harness does not use; rebuild it: {REBUILD}"
+    return None
+
+
 class GGMLTensor(ctypes.Structure):
     """struct ggml_tensor (ggml/include/ggml.h), enough of it to read a computed tensor."""
 
@@ -60,7 +81,10 @@ def _lib():
     try:
         import llama_cpp
     except Exception as e:  # ImportError, or OSError when the shared library fails to load
-        raise LlamaCppError(f"llama-cpp-python is not importable: {e}") from None
+        raise LlamaCppUnavailable(f"llama-cpp-python is not importable: {e}") from None
+    why = refused_build(llama_cpp.llama_print_system_info().decode(errors="replace"))
+    if why:
+        raise LlamaCppUnavailable(why)
     return llama_cpp
 
 
