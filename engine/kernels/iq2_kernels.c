@@ -166,10 +166,56 @@ static float dot_iq1_m(const void *w, const void *a, int nb) { return iq2_dot_po
 #if defined(__x86_64__) && defined(__GNUC__)
 #define IQ_INLINE AVX2_FN static inline __attribute__((always_inline))
 
+AVX2_FN static inline int32_t iq2_hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+IQ_INLINE float iq2_block_d_f16c(const int wt, const uint8_t *blk) {
+    uint16_t d;
+    if (wt == T_IQ1_M) d = iq1_m_d((const blk_iq1_m *)blk);
+    else memcpy(&d, blk, 2);
+    return _cvtsh_ss(d);
+}
+
+/* per block, before its sub-blocks: S holds in dword ib the two int16 scales of sub-block ib (values
+ * 0..15, 16..31); IQ1_S also D, δ·scale of each sub-block twice (one int16 per 16-value bsum) */
+IQ_INLINE void iq2_block_prep(const int wt, const uint8_t *blk, __m256i *S, __m256i *D) {
+    const __m256i one16 = _mm256_set1_epi16(1);
+    if (wt == T_IQ2_XS || wt == T_IQ2_S) { /* 8 bytes of nibbles: low → values 0..15, high → 16..31 */
+        const __m128i x = _mm_loadl_epi64((const __m128i *)(blk + (wt == T_IQ2_XS ? 66 : 74)));
+        const __m128i m4 = _mm_set1_epi8(15);
+        const __m128i n = _mm_unpacklo_epi8(_mm_and_si128(x, m4), _mm_and_si128(_mm_srli_epi16(x, 4), m4));
+        *S = _mm256_add_epi16(_mm256_slli_epi16(_mm256_cvtepu8_epi16(n), 1), one16);
+    } else if (wt == T_IQ1_S) { /* qh bits 12..14: the scale, bit 15: δ's sign */
+        const __m128i qh = _mm_loadu_si128((const __m128i *)(blk + 34));
+        const __m128i ls = _mm_add_epi16(_mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(qh, 12), _mm_set1_epi16(7)), 1), _mm_set1_epi16(1));
+        const __m256i l32 = _mm256_cvtepu16_epi32(ls);
+        *S = _mm256_or_si256(l32, _mm256_slli_epi32(l32, 16));
+        const __m128i dl = _mm_sign_epi16(ls, _mm_or_si128(_mm_srai_epi16(qh, 15), _mm_set1_epi16(1)));
+        const __m256i d32 = _mm256_cvtepu16_epi32(dl);
+        *D = _mm256_or_si256(d32, _mm256_slli_epi32(d32, 16));
+    } else if (wt == T_IQ1_M) { /* 16 3-bit scales: word w of the 4, bits 3k..3k+2 → scale 4w + k */
+        uint64_t sc;
+        memcpy(&sc, blk + 48, 8);
+        const __m256i w = _mm256_shuffle_epi8(_mm256_set1_epi64x((long long)sc),
+                                              _mm256_set_epi64x(0x0706070607060706LL, 0x0504050405040504LL, 0x0302030203020302LL, 0x0100010001000100LL));
+        const __m256i k = _mm256_mullo_epi16(w, _mm256_set_epi16(16, 128, 1024, 8192, 16, 128, 1024, 8192, 16, 128, 1024, 8192, 16, 128, 1024, 8192));
+        *S = _mm256_add_epi16(_mm256_slli_epi16(_mm256_srli_epi16(k, 13), 1), one16);
+    }
+}
+
+/* sub-block ib's 16 int16 scales from S: its dword broadcast, then word 0 to the low half, word 1 to the high */
+IQ_INLINE __m256i iq2_scales_of(__m256i S, int ib) {
+    return _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(S, _mm256_set1_epi32(ib)),
+                               _mm256_set_epi64x(0x0302030203020302LL, 0x0302030203020302LL, 0x0100010001000100LL, 0x0100010001000100LL));
+}
+
 /* one sub-block for the maddubs step: magnitudes u (unsigned bytes), signs s (±1 bytes, applied to the
- * activations), the scales as 16 int16 (8 for values 0..15, 8 for 16..31); IQ1_M: its δ signs ds;
- * IQ1_S: δ·scale of the sub-block */
-IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, int ib, __m256i *u, __m256i *s, __m256i *sc, __m256i *ds, int *dls) {
+ * activations), the scales as 16 int16 (8 for values 0..15, 8 for 16..31); IQ1_M: its δ signs ds */
+IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, const int ib, __m256i S, __m256i *u, __m256i *s, __m256i *sc, __m256i *ds) {
     if (wt == T_IQ2_XXS) {
         const blk_iq2_xxs *x = (const blk_iq2_xxs *)blk;
         uint32_t aux[2];
@@ -179,12 +225,14 @@ IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, int ib, __m256i *u, __m
         *s = _mm256_set_epi64x(cv_signs64_iq2xs[(aux[1] >> 21) & 127], cv_signs64_iq2xs[(aux[1] >> 14) & 127],
                                cv_signs64_iq2xs[(aux[1] >> 7) & 127], cv_signs64_iq2xs[aux[1] & 127]);
         *sc = _mm256_set1_epi16((short)(2 * (aux[1] >> 28) + 1));
-    } else if (wt == T_IQ2_XS) {
+        return;
+    }
+    *sc = iq2_scales_of(S, ib);
+    if (wt == T_IQ2_XS) {
         const blk_iq2_xs *x = (const blk_iq2_xs *)blk;
         const uint16_t *q = x->qs + 4 * ib;
         *u = _mm256_set_epi64x(cv_iq2xs_grid[q[3] & 511], cv_iq2xs_grid[q[2] & 511], cv_iq2xs_grid[q[1] & 511], cv_iq2xs_grid[q[0] & 511]);
         *s = _mm256_set_epi64x(cv_signs64_iq2xs[q[3] >> 9], cv_signs64_iq2xs[q[2] >> 9], cv_signs64_iq2xs[q[1] >> 9], cv_signs64_iq2xs[q[0] >> 9]);
-        *sc = _mm256_set_m128i(_mm_set1_epi16((short)(2 * (x->scales[ib] >> 4) + 1)), _mm_set1_epi16((short)(2 * (x->scales[ib] & 15) + 1)));
     } else if (wt == T_IQ2_S) {
         const blk_iq2_s *x = (const blk_iq2_s *)blk;
         const uint8_t *q = x->qs + 4 * ib;
@@ -197,7 +245,6 @@ IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, int ib, __m256i *u, __m
         const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)sb), _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
                                                                                                   0x0101010101010101LL, 0));
         *s = _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, sel), sel), _mm256_set1_epi8(1));
-        *sc = _mm256_set_m128i(_mm_set1_epi16((short)(2 * (x->scales[ib] >> 4) + 1)), _mm_set1_epi16((short)(2 * (x->scales[ib] & 15) + 1)));
     } else if (wt == T_IQ1_S) {
         const blk_iq1_s *x = (const blk_iq1_s *)blk;
         const uint8_t *q = x->qs + 4 * ib;
@@ -205,37 +252,37 @@ IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, int ib, __m256i *u, __m
         const __m256i g = _mm256_set_epi64x(cv_iq1s_grid[q[3] | ((hw >> 1) & 0x700)], cv_iq1s_grid[q[2] | ((hw << 2) & 0x700)],
                                             cv_iq1s_grid[q[1] | ((hw << 5) & 0x700)], cv_iq1s_grid[q[0] | ((hw << 8) & 0x700)]);
         *u = _mm256_sign_epi8(g, g), *s = g;
-        const int ls = 2 * ((hw >> 12) & 7) + 1;
-        *sc = _mm256_set1_epi16((short)ls);
-        *dls = hw & 0x8000 ? -ls : ls;
     } else { /* IQ1_M */
         const blk_iq1_m *x = (const blk_iq1_m *)blk;
         const uint8_t *q = x->qs + 4 * ib, *qh = x->qh + 2 * ib;
         const __m256i g = _mm256_set_epi64x(cv_iq1s_grid[q[3] | ((qh[1] << 4) & 0x700)], cv_iq1s_grid[q[2] | ((qh[1] << 8) & 0x700)],
                                             cv_iq1s_grid[q[1] | ((qh[0] << 4) & 0x700)], cv_iq1s_grid[q[0] | ((qh[0] << 8) & 0x700)]);
         *u = _mm256_sign_epi8(g, g), *s = g;
-        const long long m = -1LL, p = 0x0101010101010101LL;
-        *ds = _mm256_set_epi64x(qh[1] & 0x80 ? m : p, qh[1] & 0x08 ? m : p, qh[0] & 0x80 ? m : p, qh[0] & 0x08 ? m : p);
-        uint16_t s16;
-        memcpy(&s16, x->scales + 2 * (ib / 2), 2);
-        const int sh = 6 * (ib % 2);
-        *sc = _mm256_set_m128i(_mm_set1_epi16((short)(2 * ((s16 >> (sh + 3)) & 7) + 1)), _mm_set1_epi16((short)(2 * ((s16 >> sh) & 7) + 1)));
+        /* δ sign bits 3, 7, 11, 15 of the two qh bytes → the top bit of 64-bit lane 0..3 → all ones there, +1 elsewhere */
+        uint16_t h16;
+        memcpy(&h16, qh, 2);
+        const __m256i t = _mm256_sllv_epi64(_mm256_set1_epi64x(h16), _mm256_set_epi64x(48, 52, 56, 60));
+        *ds = _mm256_or_si256(_mm256_cmpgt_epi64(_mm256_setzero_si256(), t), _mm256_set1_epi8(1));
     }
 }
 
 /* one weight block against nt activation blocks (a[t]): lanes l1[t], IQ1_M δ lanes l2[t], IQ1_S δ integer s1[t] */
 IQ_INLINE void iq2_lanes(const int wt, const uint8_t *blk, const blk_q8_K *const *a, const int nt, __m256i *l1, __m256i *l2, int32_t *s1) {
-    for (int t = 0; t < nt; t++) l1[t] = l2[t] = _mm256_setzero_si256(), s1[t] = 0;
+    __m256i S = _mm256_setzero_si256(), D = _mm256_setzero_si256();
+    iq2_block_prep(wt, blk, &S, &D);
+    for (int t = 0; t < nt; t++) {
+        l1[t] = l2[t] = _mm256_setzero_si256();
+        if (wt == T_IQ1_S) s1[t] = iq2_hsum_i32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[t]->bsums), D));
+    }
     const __m256i one = _mm256_set1_epi8(1);
+#pragma GCC unroll 8
     for (int ib = 0; ib < 8; ib++) {
         __m256i u, s, sc, ds = one;
-        int dls = 0;
-        iq2_sub(wt, blk, ib, &u, &s, &sc, &ds, &dls);
+        iq2_sub(wt, blk, ib, S, &u, &s, &sc, &ds);
         for (int t = 0; t < nt; t++) {
             const __m256i y = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 32 * ib));
             l1[t] = _mm256_add_epi32(l1[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(y, s)), sc));
             if (wt == T_IQ1_M) l2[t] = _mm256_add_epi32(l2[t], _mm256_madd_epi16(_mm256_maddubs_epi16(one, _mm256_sign_epi8(y, ds)), sc));
-            if (wt == T_IQ1_S) s1[t] += (a[t]->bsums[2 * ib] + a[t]->bsums[2 * ib + 1]) * dls;
         }
     }
 }
@@ -254,7 +301,7 @@ IQ_INLINE void iq2_dotn(const int wt, const void *vw, const void *va, int64_t ar
         __m256i l1[4], l2[4];
         int32_t s1[4];
         iq2_lanes(wt, blk, a, nt, l1, l2, s1);
-        const float dw = iq2_block_d(wt, blk);
+        const float dw = iq2_block_d_f16c(wt, blk);
         for (int t = 0; t < nt; t++) {
             const float d = dw * a[t]->d;
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(l1[t]), acc[t]);
@@ -282,13 +329,6 @@ IQ2_DOTS(iq2_s, T_IQ2_S)
 IQ2_DOTS(iq1_s, T_IQ1_S)
 IQ2_DOTS(iq1_m, T_IQ1_M)
 
-AVX2_FN static inline int32_t iq2_hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
 /* the tiled route for rows [r0, r1) and nt ≤ 4 activation rows: Y[t·ldy + r] */
 IQ_INLINE void iq2_tiled_rows(const int wt, const char *W, int64_t wrow, int64_t r, const void *xq, int64_t arow, int nb, const int nt,
                               float *Y, int64_t ldy) {
@@ -301,7 +341,7 @@ IQ_INLINE void iq2_tiled_rows(const int wt, const char *W, int64_t wrow, int64_t
         __m256i l1[4], l2[4];
         int32_t s1[4];
         iq2_lanes(wt, blk, a, nt, l1, l2, s1);
-        const float dw = iq2_block_d(wt, blk) * 0.125f;
+        const float dw = iq2_block_d_f16c(wt, blk) * 0.125f;
         for (int t = 0; t < nt; t++) {
             const int32_t s = iq2_hsum_i32(l1[t]);
             const int32_t si = wt == T_IQ1_S ? 8 * s + s1[t] : wt == T_IQ1_M ? 8 * s + iq2_hsum_i32(l2[t]) : s;
