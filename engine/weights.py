@@ -216,21 +216,23 @@ class NativeWeights(FloatWeights):
         """Expert e's matrix, one activation row at a time as llama.cpp's mul_mat_id runs it (vec_dot per
         row, or the repacked gemv with one activation row: ggml-cpu.c / repack.cpp forward_mul_mat_id)."""
         key = ("expert", name, e)
-        ref = self._groups.get(key)
-        if ref is None:
+        group = self._groups.get(key)
+        if group is None:
             t = self.g.tensor(name)
-            if not _native(t.type):
-                return super().matmul_expert(x, name, e)
-            ref = self._groups[key] = (t.type, np.ascontiguousarray(self.g.raw(name)[e]))
-        wtype, raw = ref
-        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-        rows = []
-        for r in x2:  # one activation row per call: never the batched (tinyBLAS / gemm) routes
-            if wtype == Q.F16:
-                rows.append(self.kernels.matmul_f16(raw.view(np.float16), r[None], self.threads))
+            raw = np.ascontiguousarray(self.g.raw(name)[e])  # (n_out, row bytes) of expert e
+            if t.type == Q.F16:
+                group = ("f16", raw, t.type)
+            elif self.kernels.supported(t.type):
+                group = ("native", self.kernels.WeightRef(raw, t.type), t.type)
             else:
-                rows.append(self.kernels.matmul(raw, wtype, r[None], self.threads))
-        return np.concatenate(rows, axis=0)
+                return super().matmul_expert(x, name, e)
+            self._groups[key] = group
+        kind, ref, wtype = group
+        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+        y = np.empty((x2.shape[0], ref.shape[0]), dtype=np.float32)
+        for i in range(x2.shape[0]):  # one activation row per call: never the batched (tinyBLAS / gemm) routes
+            self._native_matmul(kind, ref, wtype, x2[i : i + 1], {}, y[i : i + 1], 0)
+        return y
 
     def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
         """ggml_vec_swiglu_f32's arithmetic (its vectorised exp), from the native kernels."""
