@@ -213,8 +213,11 @@ class NativeWeights(FloatWeights):
         return self.kernels.softmax_rows(x)
 
     def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
-        """Expert e's matrix, one activation row at a time as llama.cpp's mul_mat_id runs it (vec_dot per
-        row, or the repacked gemv with one activation row: ggml-cpu.c / repack.cpp forward_mul_mat_id)."""
+        """Expert e's matrix times the rows routed to it, by llama.cpp's mul_mat_id route: the repacked
+        types (Q4_0 / Q4_K of rows % 8 == 0) run repack.cpp forward_mul_mat_id's gemv one activation row
+        at a time, F16 ggml_vec_dot_f16 row by row (ggml-cpu.c mul_mat_id has no tinyBLAS); the other
+        block types take all the rows at once, so 8 or more reach the tiled kernel as in
+        ggml_compute_forward_mul_mat_id_tiled (tiled/tiled.cpp), fewer their vec_dot."""
         key = ("expert", name, e)
         group = self._groups.get(key)
         if group is None:
@@ -230,8 +233,10 @@ class NativeWeights(FloatWeights):
         kind, ref, wtype = group
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
         y = np.empty((x2.shape[0], ref.shape[0]), dtype=np.float32)
-        for i in range(x2.shape[0]):  # one activation row per call: never the batched (tinyBLAS / gemm) routes
-            self._native_matmul(kind, ref, wtype, x2[i : i + 1], {}, y[i : i + 1], 0)
+        per_row = kind == "f16" or (wtype in (Q.Q4_0, Q.Q4_K) and ref.shape[0] % 8 == 0)
+        step = 1 if per_row else x2.shape[0]
+        for i in range(0, x2.shape[0], step):
+            self._native_matmul(kind, ref, wtype, x2[i : i + step], {}, y[i : i + step], 0)
         return y
 
     def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:

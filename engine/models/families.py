@@ -168,25 +168,25 @@ class FamilyModel:
 
     def _moe(self, h: np.ndarray, moe: tuple[str, str, str, str]) -> np.ndarray:
         """build_moe_ffn (llama-graph.cpp) with SiLU, norm_w = true, softmax gating: h (n, n_embd) →
-        (n, n_embd). Expert matmuls one token at a time (llama.cpp's mul_mat_id: one activation row
-        per selected expert, ggml-cpu.c / repack.cpp forward_mul_mat_id)."""
+        (n, n_embd). As ggml-cpu's mul_mat_id, each expert multiplies the rows routed to it (in token
+        order) in one call; NativeWeights.matmul_expert picks the route llama.cpp takes for them."""
         c, W = self.cfg, self.w
         gate_inp, gate_exps, up_exps, down_exps = moe
         probs = W.softmax_rows(W.matmul(h, (gate_inp,)))  # (n, n_expert): ggml_soft_max
-        # ggml_argsort_top_k: descending probability
-        sel = np.argsort(-probs, axis=1, kind="stable")[:, : c.n_expert_used]
+        sel = np.argsort(-probs, axis=1, kind="stable")[:, : c.n_expert_used]  # ggml_argsort_top_k: descending
         weights = np.take_along_axis(probs, sel, axis=1)  # get_rows
-        wsum = np.sum(weights.astype(np.float64), axis=1).astype(F32)  # ggml_sum_rows (double accumulator)
-        weights = weights / np.maximum(wsum, F32(6.103515625e-5))[:, None]  # clamp to F16's smallest normal, ggml_div
-        out = np.empty((h.shape[0], c.n_embd), dtype=F32)
-        for t in range(h.shape[0]):
-            acc = None
-            for j, e in enumerate(sel[t]):
-                x = h[t : t + 1]
-                gu = np.concatenate([W.matmul_expert(x, gate_exps, int(e)), W.matmul_expert(x, up_exps, int(e))], axis=1)
-                y = W.matmul_expert(W.swiglu(gu, gu.shape[1] // 2), down_exps, int(e))[0] * weights[t, j]  # ggml_mul
-                acc = y if acc is None else acc + y  # the views added in selection order
-            out[t] = acc
+        wsum = np.sum(weights.astype(np.float64), axis=1).astype(F32)  # ggml_sum_rows (a double accumulator)
+        weights = weights / np.maximum(wsum, F32(6.103515625e-5))[:, None]  # clamped to F16's smallest normal, ggml_div
+        y = np.empty((h.shape[0], c.n_expert_used, c.n_embd), dtype=F32)  # (token, slot, n_embd)
+        for e in np.unique(sel):
+            tok, slot = np.nonzero(sel == e)  # row-major: token order, as mul_mat_id groups them
+            x = h[tok]
+            gu = np.concatenate([W.matmul_expert(x, gate_exps, int(e)), W.matmul_expert(x, up_exps, int(e))], axis=1)
+            y[tok, slot] = W.matmul_expert(W.swiglu(gu, gu.shape[1] // 2), down_exps, int(e))
+        y = y * weights[:, :, None]  # ggml_mul(experts, weights)
+        out = y[:, 0]
+        for j in range(1, c.n_expert_used):  # the slot views added in selection order
+            out = out + y[:, j]
         return out
 
     def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True, prefix_end: int = 0) -> np.ndarray:
