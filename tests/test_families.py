@@ -133,3 +133,40 @@ def test_chat_template_renders_as_llama_cpp_python(name):
         ours = render(tmpl, msgs, bos_token=bos, eos_token=eos)
         theirs = Jinja2ChatFormatter(template=tmpl, eos_token=eos, bos_token=bos)(messages=msgs).prompt
         assert ours == theirs and msgs[-1]["content"] in ours
+
+
+@needs_llamacpp
+def test_phi3_takes_the_long_rope_factors_past_the_original_context():
+    """phi3's rope factors (llama-model.cpp get_rope_factors): with a context longer than
+    rope.scaling.original_context_length (4096) llama.cpp switches to rope_factors_long; so do we."""
+    from crossval.backends.llamacpp import LlamaCppBackend
+    from crossval.models import resolve_model
+    from engine.generate import Engine
+
+    path = resolve_model("phi3-tiny")
+    text = "Once upon a time, in a village at the edge of a great forest, there lived a cat."
+    for n_ctx, factors in ((512, "rope_factors_short.weight"), (8192, "rope_factors_long.weight")):
+        with LlamaCppBackend(path, n_ctx=n_ctx, kv_type="f32") as ref:
+            ids = ref.tokenize(text, add_bos=True)
+            want = ref.logits(ids)
+        eng = Engine(path, n_ctx=n_ctx)
+        assert eng.model._rope_factors(n_ctx) == factors
+        assert cosine_rows(eng.logits(ids), want).min() >= 0.99999, n_ctx
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not FAMILY_MODELS[n].get("n_expert")])
+def test_one_layer_description_drives_both_decode_paths(name):
+    """Faithful mode decodes a token with every layer in C (cv_layer_decode, configured from the
+    family's layer descriptions) and, with a tap attached, op by op in numpy over the native
+    kernels: the same floats."""
+    from crossval.matrix import variant
+    from engine.generate import Engine
+
+    eng = Engine(variant(name, "Q8_0"), n_ctx=64, kv_type="f16", mode="faithful")
+    ids = [1, 50, 60, 70, 80, 90, 100]
+    t = int(eng.prefill(ids).argmax())
+    in_c = eng.decode_step(t)
+    assert eng.model.w._decoder is not None
+    eng.truncate(len(ids))
+    eng.tap = lambda *a: None
+    np.testing.assert_array_equal(eng.decode_step(t), in_c)
