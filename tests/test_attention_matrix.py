@@ -1,4 +1,4 @@
-"""Attention fixture matrix (DESIGN §8): GQA ratios, windows, prefix_end, ring-buffer wrap,
+"""Attention fixture matrix (gemma.cpp's window / prefix_end semantics, engine/attention.py): GQA ratios, windows, prefix_end, ring-buffer wrap,
 batch vs token-by-token — against an independent float64 masked-softmax reference written here."""
 
 from __future__ import annotations

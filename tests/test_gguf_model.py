@@ -54,7 +54,7 @@ def test_reader_matches_gguf_reader_on_smollm2():
     ],
 )
 def test_real_model_configs(name, expect):
-    """DESIGN §6 facts about the real models, read from their metadata."""
+    """Facts about the real models (README: Real models), read from their metadata."""
     cfg = read_config(open_gguf(real_model_path(name)))
     for k, v in expect.items():
         assert getattr(cfg, k) == v, k

@@ -1,4 +1,4 @@
-"""Both real models vs llama.cpp on the default prompts (DESIGN §4, §6).
+"""Both real models vs llama.cpp on the default prompts (docs/metrics.md; README: Real models).
 
 F32 copies (every tensor dequantized, F32 KV cache on both sides): exactness — per-position
 cosine ≥ 0.99999, top-1 100 %, and identical 32-token greedy continuations.

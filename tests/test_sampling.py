@@ -115,7 +115,7 @@ def test_seeded_sampling_matches_llamacpp_on_float_copies(tmp_path, model):
         if row["exact_match_rate"] == 1.0:
             identical += 1
         else:
-            # a near-tie by DESIGN §4 (the two tokens' logprob gap, or the draw's distance to the
+            # a near-tie as docs/metrics.md defines it (the two tokens' logprob gap, or the draw's distance to the
             # token boundary, below 1e-3): the F32 engine and llama.cpp sum F32 matmuls in different
             # orders (max |Δlogit| ~0.013 on gemma-3), enough to flip a pick between two near-equal tokens
             assert div["near_tie"], row

@@ -1,4 +1,4 @@
-"""gemma.cpp's C API (gemma/bindings/c_api.h) through cffi — the FFI path of DESIGN §8.
+"""gemma.cpp's C API (gemma/bindings/c_api.h) through cffi — the gemmacpp backend's text path (docs/backends.md).
 
 The library aborts the process on fatal errors (HWY_ABORT) and printf-logs to stdout, so it is
 only ever loaded in a child: `python -m crossval.backends.gemmacpp_capi ARGS` writes one JSON
