@@ -73,7 +73,7 @@ ffibuilder.set_source(
     (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n',
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
     sources=[str(HERE / "tokmerge.c")],  # the tokenizers' merge loops (engine/tokenizer/native.py)
-    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, iq2_kernels.c, tokmerge.h
+    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, iq2_kernels.c, iq34_kernels.c, tokmerge.h
     extra_link_args=["-fopenmp"],
     libraries=["m"],
 )
