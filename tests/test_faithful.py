@@ -196,7 +196,8 @@ def test_rope_cache_is_libms_powf_cosf_sinf():
 
 @needs_llamacpp
 @pytest.mark.parametrize("model, weights", [("smollm2", "as shipped"), ("gemma3-270m", "as shipped"), ("gemma3-270m", "F16"),
-                                            ("smollm2", "Q4_0"), ("smollm2", "Q5_K_M"), ("gemma3-270m", "Q3_K_M")])  # fmt: skip
+                                            ("smollm2", "Q4_0"), ("smollm2", "Q5_K_M"), ("gemma3-270m", "Q3_K_M"),
+                                            ("smollm2", "IQ3_XXS"), ("gemma3-270m", "IQ3_XXS"), ("gemma3-270m", "IQ4_XS")])  # fmt: skip
 def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     """F16 cache, llama.cpp's default CPU paths: every logit of a teacher-forced prompt (its batched
     paths: tinyBLAS attention, repacked Q4_K gemm, tiled Q6_K) and of 24 decode steps (its one-row
@@ -204,7 +205,9 @@ def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     An F16 copy of the model takes llama.cpp's F16 matmuls: tinyBLAS for batches, ggml_vec_dot_f16
     for one row (float mode is 0.995 from llama.cpp at one position of the long prompt there); a
     Q4_0 requantization (llama.cpp's quantizer, crossval matrix's cache) its repacked Q4_0 kernels,
-    Q5_K_M and Q3_K_M ones its Q5_K and Q5_1 dots and the tiled Q5_K path."""
+    Q5_K_M and Q3_K_M ones its Q5_K and Q5_1 dots and the tiled Q5_K path; IQ3_XXS ones (made with an
+    importance matrix) its IQ3_XXS, IQ3_S and repacked IQ4_NL kernels, an IQ4_XS one its IQ4_XS dot and
+    tiled IQ4_XS path."""
     from crossval.backends.llamacpp import LlamaCppBackend
     from crossval.matrix import variant
     from engine.generate import Engine
@@ -225,6 +228,9 @@ def test_faithful_is_llamacpp_bit_for_bit(model, weights):
             last = lc.decode_step(t)
     assert len(ids) > 19
     eng = Engine(path, n_ctx=512, kv_type="f16", mode="faithful")
+    from engine.weights import faithful_fallbacks
+
+    assert faithful_fallbacks(eng.gguf) == []  # every matrix runs in a native kernel
     np.testing.assert_array_equal(eng.logits(ids), ref_forced)
     eng.reset()
     last = eng.prefill(ids)

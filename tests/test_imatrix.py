@@ -79,7 +79,7 @@ def test_gguf_layout_round_trip_and_means(wide_model, tmp_path):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("quant, wtype", [("IQ3_XXS", Q.IQ3_XXS), ("IQ2_XXS", Q.IQ2_XXS)])
+@pytest.mark.parametrize("quant, wtype", [("IQ3_XXS", Q.IQ3_XXS)])
 def test_llamacpp_quantizes_with_it_and_refuses_without(wide_model, tmp_path, quant, wtype):
     from engine.gguf_model import open_gguf
 
