@@ -408,6 +408,10 @@ def cmd_run(args) -> int:
         gemmacpp_threads=args.gemmacpp_threads, gemmacpp_patched=not args.gemmacpp_no_patches, three_way=args.three_way,
         localise=args.localise, third=args.third,
     )  # fmt: skip
+    if args.sign:
+        from crossval.signing import load_private_key
+
+        cfg.sign_key = load_private_key(args.sign)
     con = _console()
     total = len(cfg.models) * len(prompts)
     quiet = args.json or not con.is_terminal
@@ -449,18 +453,35 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from crossval.receipts import ReceiptError, read_valid
+    """Exit 0 when every file is a valid receipt (and, with --verify, validly signed); 1 when a
+    receipt fails its schema, seal or signature; 2 when a file is not a receipt at all (unreadable,
+    too large, not JSON, NaN/Infinity, too deep, an unknown kind)."""
+    from crossval.receipts import MalformedReceipt, ReceiptError, read_valid
 
-    bad = 0
+    key = None
+    if args.verify:
+        from crossval.signing import load_public_key, verify_file
+
+        key = load_public_key(args.verify)
+    bad = malformed = 0
     for p in args.paths:
         try:
-            read_valid(p)
+            verify_file(p, key) if key is not None else read_valid(p)
             if not args.quiet:
                 print(f"ok    {p}")
         except ReceiptError as e:
             bad += 1
+            malformed += isinstance(e, MalformedReceipt)
             print(f"FAIL  {e}", file=sys.stderr)
-    return 1 if bad else 0
+    return EXIT_INPUT if malformed else (1 if bad else 0)
+
+
+def cmd_keygen(args) -> int:
+    from crossval.signing import keygen, keyid, load_public_key
+
+    priv, pub = keygen(args.key)
+    print(f"private key: {priv} (keep it secret)\npublic key:  {pub} (keyid {keyid(load_public_key(pub))[:16]})")
+    return EXIT_OK
 
 
 def cmd_diff(args) -> int:
@@ -488,6 +509,9 @@ def cmd_diff(args) -> int:
             con.print(f"only in {args.new}: {f}")
         return 0
     a, b = read_valid(args.old), read_valid(args.new)
+    for path, rec in ((args.old, a), (args.new, b)):
+        if rec["kind"] != "parity":
+            raise InputError(f"{path}: a {rec['kind']} receipt; diff compares parity receipts (or two run directories)")
     changes = diff_receipts(a, b)
     if args.json:
         print(json.dumps(changes, indent=2))
@@ -577,9 +601,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--require-reference", action="store_true", help="exit 3 when the reference is unavailable")
     r.add_argument("--deterministic", action="store_true", help="threads=1, fixed seed (recorded in receipts)")
     r.add_argument("--keep-going", action="store_true", help="after a reference timeout or crash, go on with the next prompt")
+    r.add_argument("--sign", metavar="KEY", help="also write each receipt signed with this Ed25519 private key "
+                   "(crossval keygen): a DSSE envelope <model>__<prompt>.intoto.jsonl beside it (docs/receipts.md)")
     r.add_argument("--perturb-layer", type=int, default=None, help=argparse.SUPPRESS)  # test hook
     r.add_argument("--perturb-scale", type=float, default=1.5, help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
+
+    kg = sub.add_parser("keygen", help="a new Ed25519 key pair for signed receipts: KEY (private, mode 0600) and KEY.pub", epilog=EPILOG)
+    kg.add_argument("key", metavar="KEY", help="where to write the private key (never overwritten)")
+    kg.set_defaults(func=cmd_keygen)
 
     b = sub.add_parser("bench", help="engine vs llama.cpp tok/s, same run and threads → perf receipt", epilog=EPILOG)
     add(b, "model", "mode", "json", model="smollm2")
@@ -650,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check receipts against their schema (exit 1 on any invalid file)", epilog=EPILOG)
     v.add_argument("paths", nargs="+")
     v.add_argument("--quiet", action="store_true")
+    v.add_argument("--verify", metavar="PUBKEY", help="also require a valid signature by this Ed25519 public key: give the "
+                   "envelopes (*.intoto.jsonl) or the receipts (each needs its envelope beside it)")
     v.set_defaults(func=cmd_validate)
 
     tr = sub.add_parser("trend", help="metrics of the same receipts over several runs (oldest first), with direction", epilog=EPILOG)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -52,15 +53,23 @@ def _where(err: jsonschema.ValidationError) -> str:
 def validate(obj: dict) -> None:
     """Raise ReceiptError naming the first offending field; pass silently when valid."""
     if not isinstance(obj, dict):
-        raise ReceiptError("a receipt must be a JSON object")
+        raise MalformedReceipt(f"a receipt must be a JSON object, not {type(obj).__name__}")
     kind = obj.get("kind")
-    if kind not in SCHEMAS:
-        raise ReceiptError(f"kind: unknown receipt kind {kind!r} (expected one of {', '.join(SCHEMAS)})")
-    errors = sorted(_validator(kind).iter_errors(obj), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if not isinstance(kind, str) or kind not in SCHEMAS:
+        raise MalformedReceipt(f"kind: unknown receipt kind {_clip(repr(kind))} (expected one of {', '.join(SCHEMAS)})")
+    try:
+        errors = sorted(_validator(kind).iter_errors(obj), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    except RecursionError:
+        raise MalformedReceipt("nested too deeply to validate") from None
     if errors:
         e = errors[0]
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ReceiptError(f"{_where(e)}: {e.message}{more}")
+        raise ReceiptError(_clip(f"{_where(e)}: {e.message}") + more)
+
+
+def _clip(s: str, n: int = 300) -> str:
+    """Error messages quote the offending value; a hostile value can be megabytes long."""
+    return s if len(s) <= n else s[:n] + "…"
 
 
 def content_hash(obj: dict) -> str:
@@ -82,17 +91,89 @@ def check_seal(obj: dict) -> None:
         raise ReceiptError("receipt_blake3: does not match the receipt's content (edited after it was written?)")
 
 
-def read(path: str | os.PathLike) -> dict:
+MAX_RECEIPT_BYTES = 16 << 20  # the largest receipts written are under 1 MB
+MAX_DEPTH = 32  # deepest receipt nesting is 6
+
+
+class MalformedReceipt(ReceiptError):
+    """Not a receipt at all: unreadable, not a regular file, over MAX_RECEIPT_BYTES, not JSON,
+    NaN/Infinity or out-of-range numbers, nested deeper than MAX_DEPTH (CLI exit 2)."""
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(s: str) -> float:
+    f = float(s)
+    if f in (float("inf"), float("-inf")):
+        raise ValueError(f"number {s[:20]}{'…' if len(s) > 20 else ''} is out of range")
+    return f
+
+
+def _bounded_int(s: str) -> int:
+    if len(s.lstrip("-")) > 19:  # beyond int64: no receipt field holds such a number
+        raise ValueError(f"integer {s[:20]}… is out of range")
+    return int(s)
+
+
+def _depth_ok(obj) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > MAX_DEPTH:
+            return False
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values() if isinstance(v, (dict, list)))
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return True
+
+
+def loads_bounded(data: bytes):
+    """json.loads for files we did not write: strict UTF-8, no NaN/Infinity (nor floats that
+    overflow to them, nor integers beyond 19 digits), nesting at most MAX_DEPTH."""
+    if len(data) > MAX_RECEIPT_BYTES:
+        raise MalformedReceipt(f"too large ({len(data)} bytes; receipts are at most {MAX_RECEIPT_BYTES >> 20} MiB)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReceiptError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReceiptError(f"{path}: cannot read ({e})") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedReceipt(f"not UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        return json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except json.JSONDecodeError as e:
-        raise ReceiptError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise MalformedReceipt(f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise MalformedReceipt(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # NaN/Infinity, an overflowing float, an integer out of range
+        raise MalformedReceipt(f"not valid JSON ({str(e).splitlines()[0]})") from None
+    if not _depth_ok(obj):
+        raise MalformedReceipt(f"nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def read(path: str | os.PathLike):
+    """A JSON file we did not write, read within bounds (MalformedReceipt otherwise): a regular
+    file of at most MAX_RECEIPT_BYTES, parsed by loads_bounded."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise MalformedReceipt(f"{path}: not a regular file")
+            if st.st_size > MAX_RECEIPT_BYTES:
+                raise MalformedReceipt(f"{path}: too large ({st.st_size} bytes; receipts are at most {MAX_RECEIPT_BYTES >> 20} MiB)")
+            data = f.read(MAX_RECEIPT_BYTES + 1)
+    except FileNotFoundError:
+        raise MalformedReceipt(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MalformedReceipt(f"{path}: is a directory") from None
+    except OSError as e:
+        raise MalformedReceipt(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return loads_bounded(data)
+    except MalformedReceipt as e:
+        raise MalformedReceipt(f"{path}: {e}") from None
 
 
 def read_valid(path: str | os.PathLike) -> dict:
@@ -101,7 +182,7 @@ def read_valid(path: str | os.PathLike) -> dict:
         validate(obj)
         check_seal(obj)
     except ReceiptError as e:
-        raise ReceiptError(f"{path}: {e}") from None
+        raise type(e)(f"{path}: {e}") from None  # MalformedReceipt stays malformed (exit 2)
     return obj
 
 
@@ -120,13 +201,12 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
-    """Write JSON to a unique temporary file beside `path`, fsync, rename over `path`. An OSError
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write data to a unique temporary file beside `path`, fsync, rename over `path`. An OSError
     (full disk, no permission) leaves nothing behind and raises OutputError."""
     path = Path(path)
     ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -147,6 +227,10 @@ def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
     except OSError:
         pass
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: dict) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def write(path: str | os.PathLike, obj: dict) -> Path:

@@ -44,6 +44,8 @@ def load_run(run_dir: str | Path) -> tuple[dict | None, list[dict]]:
     if not d.is_dir():
         raise ReportError(f"run directory not found: {d}")
     summary = receipts.read_valid(d / "summary.json") if (d / "summary.json").exists() else None
+    if summary is not None and summary["kind"] != "run-summary":
+        raise ReportError(f"{d / 'summary.json'}: a {summary['kind']} receipt, not a run summary")
     recs = []
     for p in sorted(d.glob("*.json")):
         if p.name == "summary.json":
@@ -64,6 +66,12 @@ def _png(fig) -> bytes:
 
     plt.close(fig)
     return buf.getvalue()
+
+
+def _plain(label: str) -> str:
+    """A label matplotlib draws as written: '$' would start mathtext (and a malformed formula in a
+    prompt id or model name would abort the report)."""
+    return label.replace("$", r"\$")
 
 
 def _label(r: dict) -> str:
@@ -88,7 +96,7 @@ def plots(recs: list[dict]) -> dict[str, bytes]:
             for r in with_rows:
                 pos = [q["position"] for q in r["per_position"]]
                 val = [max(1 - q["cosine"], 1e-12) if key == "cosine" else max(q["kld"], 1e-12) for q in r["per_position"]]
-                ax.plot(pos, val, lw=0.9, label=_label(r))
+                ax.plot(pos, val, lw=0.9, label=_plain(_label(r)))
             ax.set_yscale("log")
             ax.set_xlabel("position")
             ax.set_title(title)
@@ -107,7 +115,7 @@ def plots(recs: list[dict]) -> dict[str, bytes]:
         x = np.arange(len(scored))
         for i, (k, lab) in enumerate((("top1_agreement", "top-1"), ("top5_overlap", "top-5"), ("top10_overlap", "top-10"))):
             ax.bar(x + (i - 1) * 0.27, [r["parity"][k] for r in scored], width=0.27, label=lab)
-        ax.set_xticks(x, [_label(r) for r in scored], rotation=45, ha="right", fontsize=7)
+        ax.set_xticks(x, [_plain(_label(r)) for r in scored], rotation=45, ha="right", fontsize=7)
         ax.set_ylim(min(0.8, min(r["parity"]["top1_agreement"] for r in scored) - 0.02), 1.005)
         ax.set_title("top-k agreement (teacher-forced)")
         ax.legend(fontsize=7)
@@ -122,7 +130,7 @@ def plots(recs: list[dict]) -> dict[str, bytes]:
                 grid[i * len(stages) + stages.index(q["stage"]), q["layer"]] = max(q["nmse"], 1e-16)
         fig, ax = plt.subplots(figsize=(9, 0.3 * len(grid) + 1.5))
         im = ax.imshow(np.log10(grid), aspect="auto", cmap="viridis")
-        ax.set_yticks(range(len(grid)), [f"{_label(r)} {s}" for r in loc for s in stages], fontsize=6)
+        ax.set_yticks(range(len(grid)), [_plain(f"{_label(r)} {s}") for r in loc for s in stages], fontsize=6)
         ax.set_xlabel("layer")
         ax.set_title("per-layer NMSE vs the reference (log10)")
         fig.colorbar(im, ax=ax)

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from crossval import compare, provenance, receipts, thresholds
+from crossval import compare, provenance, receipts, signing, thresholds
 from crossval.backends import backend_class, make_backend
 from crossval.backends.base import (Backend, BackendCrashed, BackendError, BackendSettings, BackendTimeout,
                                     BackendUnavailable, ComparePass)  # fmt: skip
@@ -71,6 +71,7 @@ class RunConfig:
     gemmacpp_patched: bool = True  # False: upstream gemma.cpp (the kit's --no-patches build)
     three_way: bool = False  # also run a third backend and name the odd one out at each divergence
     third: str | None = None  # that backend (default: whichever of engine/llamacpp/gemmacpp is not in use)
+    sign_key: object | None = None  # an Ed25519 private key: each receipt also goes out signed (crossval/signing.py)
 
     def settings(self, progress: Progress | None = None) -> BackendSettings:
         return BackendSettings(n_ctx=self.n_ctx, threads=self.threads, kv_type=self.kv_type, timeout=self.timeout, mode=self.mode,
@@ -539,6 +540,8 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                 rec = receipt(cfg, run_id, plan, c, b.eng.provenance(), tok_fp, env)
                 fname = f"{_safe(plan.label)}__{_safe(prompt.id)}.json"
                 receipts.write(out / fname, rec)
+                if cfg.sign_key is not None:
+                    signing.write_signed(out / fname, rec, cfg.sign_key)
                 codes.append(_exit_code(c, rec))
                 rows.append(_summary_row(fname, plan, c, rec))
                 progress("receipt", rows[-1])
