@@ -137,8 +137,8 @@ def geglu(gu: np.ndarray, n_ff: int, threads: int = 1) -> np.ndarray:
 
 class LayerDecoder:
     """A decode step's layers in C, one call per layer (cv_layer_decode): the graph of
-    engine/models/llama.py / gemma.py for one position, in the same ggml arithmetic as the per-op
-    kernels. layers: per layer, the norm weights (float32 arrays or None) and the seven matmul
+    engine/models/llama.py / gemma.py / families.py for one position, in the same ggml arithmetic as
+    the per-op kernels. layers: per layer, the norm weights (float32 arrays or None) and the seven matmul
     weights (q, k, v, o, gate, up, down) as (raw blocks, ggml type), and optionally q/k/v biases and
     rope frequency factors (bq, bk, bv, rope_ff); per_layer: rope base and window of each layer, and
     optionally a dict of its own cfg fields (e.g. rope_dim 0 on smollm3's no-rope layers). Everything the C side points at is kept alive here."""

@@ -1366,7 +1366,7 @@ int cv_ggml_lanes(void) {
 }
 
 /* ---- one decoder layer for one token (decode), in C ------------------------------------------
- * The same graph as engine/models/llama.py and gemma.py for a single position, with every op in
+ * The same graph as engine/models/llama.py, gemma.py and families.py for a single position, with every op in
  * ggml's arithmetic (rms_norm: float squares summed in double, ops.cpp ggml_compute_forward_rms_norm_f32;
  * the rest as above), so a decode step costs one call per layer instead of ~20 numpy ops. */
 
