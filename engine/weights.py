@@ -142,6 +142,16 @@ def _native(wtype) -> bool:
     return kernels.available() and (wtype == Q.F16 or kernels.supported(wtype))
 
 
+def _repacked(wtype, rows: int, lanes: int) -> bool:
+    """Whether llama.cpp's CPU backend repacks a matrix of this type and row count on x86
+    (repack.cpp ggml_repack_get_optimal_repack_type): Q4_0, Q4_K, IQ4_NL, MXFP4 with AVX2 and
+    Q2_K with AVX-512, each when rows % 8 == 0."""
+    if rows % 8 or not lanes:
+        return False
+    avx2 = {Q.Q4_0, Q.Q4_K, Q.IQ4_NL} | ({Q.MXFP4} if hasattr(Q, "MXFP4") else set())
+    return wtype in avx2 or (wtype == Q.Q2_K and lanes == 16)
+
+
 def faithful_fallbacks(g: GGUFFile) -> list[str]:
     """The ggml types of g's matrices that faithful mode has no native kernel for: those go through
     the q8 float path (llama.cpp's activation rounding, numpy's summation order), so faithful mode
@@ -214,8 +224,8 @@ class NativeWeights(FloatWeights):
 
     def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
         """Expert e's matrix times the rows routed to it, by llama.cpp's mul_mat_id route: the repacked
-        types (Q4_0 / Q4_K of rows % 8 == 0) run repack.cpp forward_mul_mat_id's gemv one activation row
-        at a time, F16 ggml_vec_dot_f16 row by row (ggml-cpu.c mul_mat_id has no tinyBLAS); the other
+        types (_repacked) run repack.cpp forward_mul_mat_id's gemv one activation row at a time, F16
+        ggml_vec_dot_f16 row by row (ggml-cpu.c mul_mat_id has no tinyBLAS); the other
         block types take all the rows at once, so 8 or more reach the tiled kernel as in
         ggml_compute_forward_mul_mat_id_tiled (tiled/tiled.cpp), fewer their vec_dot."""
         key = ("expert", name, e)
@@ -233,7 +243,7 @@ class NativeWeights(FloatWeights):
         kind, ref, wtype = group
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
         y = np.empty((x2.shape[0], ref.shape[0]), dtype=np.float32)
-        per_row = kind == "f16" or (wtype in (Q.Q4_0, Q.Q4_K) and ref.shape[0] % 8 == 0)
+        per_row = kind == "f16" or _repacked(wtype, ref.shape[0], self.kernels.ggml_lanes())
         step = 1 if per_row else x2.shape[0]
         for i in range(0, x2.shape[0], step):
             self._native_matmul(kind, ref, wtype, x2[i : i + step], {}, y[i : i + step], 0)
