@@ -27,6 +27,7 @@ from pathlib import Path
 
 import blake3
 
+from crossval import isa
 from crossval.models import cache_dir
 from engine.convert import sha256_file
 
@@ -103,7 +104,10 @@ def _find(out: Path, built_s: float | None) -> KitBuild | None:
     if not outs or not all((out / p).is_file() for p in outs):
         return None
     b = KitBuild(out, info, built_s)
-    return b if b.libllama.is_file() and b.quantize_bin.is_file() else None
+    if not (b.libllama.is_file() and b.quantize_bin.is_file()):
+        return None
+    isa.check_kit(out, info, "bitnet.cpp")  # built for a wider CPU (a restored cache): exit 3 before use
+    return b
 
 
 def ensure_built(jobs: int | None = None, progress=None) -> KitBuild:
@@ -134,6 +138,7 @@ def ensure_built(jobs: int | None = None, progress=None) -> KitBuild:
         if rc != 0:
             err = next((ln for ln in reversed(tail) if "error" in ln.lower()), tail[-1] if tail else "no output")
             raise KitError(f"bitnet.cpp kit build failed (build.sh exit {rc}): {err.strip()}")
+        isa.record(out)
         found = _find(out, time.perf_counter() - t)
         if not found:
             raise KitError(f"bitnet.cpp kit build finished but {out / 'BUILD_INFO.json'} does not list its outputs")

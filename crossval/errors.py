@@ -4,7 +4,8 @@
     1  EXIT_PARITY        a comparison failed its thresholds (the receipts say why)
     2  EXIT_INPUT         bad usage or bad input: a missing or malformed model, prompt file,
                           thresholds file, receipt, or an `--out` that cannot be written
-    3  EXIT_NO_REFERENCE  the reference cannot run here (with --require-reference)
+    3  EXIT_NO_REFERENCE  the reference cannot run here (with --require-reference), or a native
+                          build was made for a CPU with extensions this one lacks (crossval/isa.py)
     4  EXIT_CRASH         a backend timed out or crashed (a diagnostic receipt is still written)
     5  EXIT_INTERNAL      a bug in crossval: one line naming the file the traceback was saved to
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import blake3
 
+from crossval import isa
 from crossval.models import cache_dir
 from engine.convert import sha256_file
 
@@ -102,6 +103,7 @@ def _find(out: Path, gguf_sha: str, variant: str, built_s: float | None) -> KitB
             b = KitBuild(out, variant, out / w["sbs"], out / w["tokenizer"], out / "bin" / "gemma_greedy",
                          out / "lib" / "libgemma_capi.so", info, w, built_s)  # fmt: skip
             if all(p.is_file() for p in (b.sbs, b.tokenizer, b.driver, b.capi)):
+                isa.check_kit(out, info, "gemma.cpp")  # built for a wider CPU (a restored cache): exit 3 before use
                 return b
     return None
 
@@ -152,6 +154,7 @@ def ensure_built(gguf: Path, patched: bool = True, jobs: int | None = None, prog
         if rc != 0:
             err = next((ln for ln in tail if "error" in ln.lower()), tail[-1] if tail else "no output")
             raise KitError(f"gemma.cpp kit build failed (build.sh exit {rc}): {err.strip()} — logs in {out / 'logs'}")
+        isa.record(out)
         found = _find(out, gguf_sha, variant, time.perf_counter() - t)
         if not found:
             raise KitError(f"gemma.cpp kit build finished but {out / 'BUILD_INFO.json'} lists no weights for {gguf.name}")

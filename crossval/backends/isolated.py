@@ -172,6 +172,9 @@ class IsolatedLlamaCpp(ChildProcess, Backend):
         child_env = dict(os.environ if env is None else env)
         if llama_lib:
             child_env["LLAMA_CPP_LIB_PATH"] = str(llama_lib)
+        from crossval.isa import check_llama_cpp
+
+        check_llama_cpp(child_env.get("LLAMA_CPP_LIB_PATH"))  # a library built for a wider CPU: exit 3 before use
         self._start([sys.executable, "-m", "crossval.backends.isolated"], child_env, timeout)
         # the child loads the model while the caller does other work (e.g. loads the engine);
         # the first request waits for it

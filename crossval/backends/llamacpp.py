@@ -78,6 +78,9 @@ def _read_tensor(t: GGMLTensor) -> np.ndarray | None:
 
 
 def _lib():
+    from crossval.isa import check_llama_cpp
+
+    check_llama_cpp(os.environ.get("LLAMA_CPP_LIB_PATH"))  # built for a wider CPU: ForeignBuild (exit 3) before loading it
     try:
         import llama_cpp
     except Exception as e:  # ImportError, or OSError when the shared library fails to load
