@@ -248,7 +248,15 @@ def cmd_bench(args) -> int:
     threads = [int(t) for t in args.threads.split(",") if t]
     if not threads or min(threads) < 1:
         raise InputError("--threads: comma-separated counts ≥ 1")
-    rec = bench.run_bench(args.model, threads, args.decode_steps, args.prefill_tokens, args.mode)
+    model = args.model
+    if args.quant:  # llama.cpp's requantization of the model, as crossval matrix makes and caches it
+        from crossval.matrix import MatrixError, parse_quants, variant
+
+        try:
+            model = str(variant(args.model, parse_quants(args.quant)[0]))
+        except MatrixError as e:
+            raise InputError(str(e)) from None
+    rec = bench.run_bench(model, threads, args.decode_steps, args.prefill_tokens, args.mode)
     code = EXIT_OK
     if args.check:
         rec["check"] = bench.check(rec, bench.latest(rec["model"]["sha256"], Path(args.perf_dir), args.mode), args.tolerance)
@@ -614,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="engine vs llama.cpp tok/s, same run and threads → perf receipt", epilog=EPILOG)
     add(b, "model", "mode", "json", model="smollm2")
     b.add_argument("--threads", default="1,2", help="thread counts, comma-separated (both engines use the same)")
+    b.add_argument("--quant", help="bench the model requantized by llama.cpp to this type (crossval matrix's variants)")
     b.add_argument("--decode-steps", type=options.positive_int, default=64)
     b.add_argument("--prefill-tokens", type=options.positive_int, default=128)
     b.add_argument("--record", action="store_true", help="append the perf receipt to --perf-dir (the trend)")

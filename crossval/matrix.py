@@ -28,9 +28,12 @@ from crossval import receipts
 from crossval.errors import InputError
 
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
-          "Q2_K", "F16", "BF16", "TQ2_0", "TQ1_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS",
-          "IQ1_M", "IQ1_S")  # fmt: skip
+          "Q2_K", "Q2_K-PURE", "F16", "BF16", "F32", "TQ2_0", "TQ1_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_S",
+          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")  # fmt: skip
 IMATRIX_QUANTS = frozenset(q for q in QUANTS if q.startswith("IQ"))  # made with an importance matrix
+# "-PURE": llama-quantize --pure. Its Q2_K mix holds no Q2_K tensor in either real model (the
+# 256-wide matrices are ffn_down and attn_output, which the mix raises to Q3_K), the pure one does.
+PURE = "-PURE"
 DEFAULT_QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0", "Q3_K_M", "Q2_K", "F16")
 CELL_FIELDS = ("status", "passed", "tokens_match", "cosine_similarity", "exact_match_rate", "first_divergence_step", "kld_mean")
 
@@ -124,7 +127,9 @@ def _quantize_main(src: str, dst: str, quant: str, imatrix_file: str | None = No
     import llama_cpp
 
     p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    base = quant.removesuffix(PURE)
+    p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_ALL_F32" if base == "F32" else f"LLAMA_FTYPE_MOSTLY_{base}")
+    p.pure = base != quant  # llama-quantize --pure: no per-tensor type mix (shape fallbacks still apply)
     p.nthread = os.cpu_count() or 1
     if imatrix_file:
         from crossval import imatrix

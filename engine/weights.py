@@ -139,7 +139,7 @@ def _native(wtype) -> bool:
     """Faithful mode multiplies this weight type with llama.cpp's own arithmetic (engine/kernels)."""
     from engine import kernels
 
-    return kernels.available() and (wtype == Q.F16 or kernels.supported(wtype))
+    return kernels.available() and (wtype in (Q.F16, Q.F32, Q.BF16) or kernels.supported(wtype))
 
 
 def _repacked(wtype, rows: int, lanes: int) -> bool:
@@ -162,7 +162,7 @@ def faithful_fallbacks(g: GGUFFile) -> list[str]:
 
 
 class NativeWeights(FloatWeights):
-    """Faithful mode: matmuls of quantized and F16 weights run in the native kernels straight from
+    """Faithful mode: matmuls of quantized, F16, BF16 and F32 weights run in the native kernels straight from
     the GGUF's data (engine/kernels); weights of other types go through the q8 float path."""
 
     def __init__(self, g: GGUFFile, threads: int = 1):
@@ -181,6 +181,8 @@ class NativeWeights(FloatWeights):
                 t = self.g.tensor(n)
                 if t.type == Q.F16 and len(t.ne) == 2:
                     groups.append(("f16", np.ascontiguousarray(self.g.raw(n)), t.type))
+                elif t.type in (Q.F32, Q.BF16) and len(t.ne) == 2:
+                    groups.append(("dense", np.ascontiguousarray(self.g.raw(n)), t.type))
                 elif self.kernels.supported(t.type):
                     groups.append(("native", self.kernels.WeightRef(self.g.raw(n), t.type), t.type))
                 else:
@@ -282,6 +284,8 @@ class NativeWeights(FloatWeights):
         activations quantized once per activation type (kept in xq)."""
         if kind == "f16":
             return self.kernels.matmul_f16(raw, x2, self.threads, out=y, col=col)
+        if kind == "dense":
+            return self.kernels.matmul_float(raw, qtype, x2, self.threads, out=y, col=col)
         if raw.atype not in xq:
             xq[raw.atype] = self.kernels.quantize_acts(qtype, x2, self.threads)
         return self.kernels.matmul_prequantized(raw, qtype, xq[raw.atype], x2.shape[0], x2.shape[1], self.threads, out=y, col=col)

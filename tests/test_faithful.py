@@ -83,12 +83,15 @@ GEMMA3_HEAD_24 = dict(arch="gemma3", n_layer=7, sliding_window=5, n_embd=96, n_h
                          [("Q8_0", {}, [], "faithful"), ("Q4_0", {}, [], "faithful"), ("Q4_0", NARROW_KV, [], "faithful"),
                           ("Q8_0", GEMMA3_HEAD_24, [], "faithful"), ("F16", {}, [], "exact"),
                           ("Q5_1", {}, [], "faithful"), ("Q5_K", K_QUANT_WIDTH, [], "faithful"),
-                          ("Q4_K", Q4_K_NARROW_KV, [], "faithful"), ("Q3_K", K_QUANT_WIDTH, ["Q3_K"], "quantized-float")])  # fmt: skip
+                          ("Q4_K", Q4_K_NARROW_KV, [], "faithful"), ("Q2_K", K_QUANT_WIDTH, [], "faithful"),
+                          ("Q2_K", Q4_K_NARROW_KV, [], "faithful"), ("Q3_K", K_QUANT_WIDTH, [], "faithful"), ("F32", {}, [], "exact"),
+                          ("BF16", {}, [], "exact"), ("MXFP4", {}, ["MXFP4"], "quantized-float")])  # fmt: skip
 def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, shape, fallbacks, profile):
-    """A tiny llama whose matrices are all Q8_0, Q4_0, Q5_1 or Q5_K (native kernels) is gated like
-    llama.cpp itself, and its logits are llama.cpp's; so are an F16 one's (float weights: the exact
-    profile). One in Q3_K (no native kernel: the q8 float path) gets the quantized-float gate, and
-    its receipt says which types fell back."""
+    """A tiny llama whose matrices are all Q8_0, Q4_0, Q5_1, Q5_K, Q2_K or Q3_K (native kernels) is
+    gated like llama.cpp itself, and its logits are llama.cpp's; so are an F16, F32 or BF16 one's
+    (float weights: the exact profile). Q2_K's 128-row K and V take llama.cpp's repacked kernels,
+    its 4-row ones vec_dot and the tiled matmul. One in MXFP4 (no native kernel: the q8 float path)
+    gets the quantized-float gate, and its receipt says which types fell back."""
     from gguf import GGMLQuantizationType
 
     from tiny_models import write_tiny_model

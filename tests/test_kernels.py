@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not K.available(), reason=K.load_error() or "")
 # weight type → (activation kind, ggml vec_dot name)
 DOTS = {Q.Q8_0: ("q8_0", "q8_0_q8_0"), Q.Q4_0: ("q8_0", "q4_0_q8_0"), Q.Q4_1: ("q8_1", "q4_1_q8_1"),
         Q.Q5_0: ("q8_0", "q5_0_q8_0"), Q.Q5_1: ("q8_1", "q5_1_q8_1"), Q.Q4_K: ("q8_K", "q4_K_q8_K"),
-        Q.Q5_K: ("q8_K", "q5_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K")}  # fmt: skip
+        Q.Q5_K: ("q8_K", "q5_K_q8_K"), Q.Q6_K: ("q8_K", "q6_K_q8_K"), Q.Q2_K: ("q8_K", "q2_K_q8_K"),
+        Q.Q3_K: ("q8_K", "q3_K_q8_K")}  # fmt: skip
 # bit-equal to ggml's AVX2 dot (llama.cpp uses it for Q4_0 / Q4_K matrices whose rows are not a
 # multiple of 8, which it does not repack)
 EXACT_SIMD = set(DOTS)
@@ -93,7 +94,7 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
     # prefill (tokens four at a time) and decode (one token) give identical rows — except where
     # llama.cpp itself sums differently for a batch: on AVX2 its repacked Q4_K gemm (groups of 4
     # rows) and its tiled K-quant matmul (8 rows or more) change the float order, and so do we
-    batch_order_differs = simd and qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K)
+    batch_order_differs = simd and qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
     five = K.matmul(w, qtype, x[:5])  # under 8 rows every type keeps vec_dot's order (four tokens at a time + one)
     for t in range(9):
         row = K.matmul(w, qtype, x[t : t + 1])[0]
@@ -105,6 +106,96 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
             np.testing.assert_array_equal(row, one[t])
     with pytest.raises(ValueError):
         K.matmul(w, qtype, x[:, :500])
+
+
+def _random_k_blocks(qtype, rows: int, nb: int, seed: int) -> np.ndarray:
+    """Blocks of random bytes (every bit pattern of scales, mins and values is a valid Q2_K / Q3_K
+    block) with finite fp16 scales, and extreme blocks: all bits set (largest scales, mins and
+    values) and all clear."""
+    from engine.quants import block_layout
+
+    size = block_layout(qtype).type_size
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (rows, nb, size), dtype=np.uint8)
+    raw[0, 0, :] = 0xFF
+    raw[1, 0, :] = 0x00
+    d_at = [size - 4, size - 2] if qtype == Q.Q2_K else [size - 2]  # d (and dmin) at the block's end
+    for off in d_at:
+        raw[:, :, off : off + 2] = rng.uniform(1e-4, 2.0, (rows, nb)).astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+    return raw.reshape(rows, nb * size)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q2_K, Q.Q3_K], ids=lambda t: t.name)
+def test_q2_K_q3_K_dots_on_random_and_edge_blocks(qtype, simd):
+    """Arbitrary block bytes against activations with ±127 extremes and an all-zero block: equal to
+    ggml's vec_dot (exported by libggml-cpu) for every row, SIMD and portable."""
+    kind, name = DOTS[qtype]
+    n = 4 * 256
+    w = _random_k_blocks(qtype, 6, n // 256, seed=int(qtype))
+    x = np.random.default_rng(9).standard_normal((1, n)).astype(np.float32) * 3
+    x[0, 256:512] = 0.0  # an all-zero activation block
+    x[0, 600] = 40.0  # a block whose largest value quantizes to exactly 127 ...
+    x[0, 900] = -40.0  # ... and one to -127
+    a = libggml.cpu_quantize_row(x[0], kind)
+    y = K.matmul(w, qtype, x, threads=1)[0]
+    for r in range(w.shape[0]):
+        assert y[r] == _vec_dot(name, n, np.ascontiguousarray(w[r]), a), r
+
+
+def _ggml_float_dot(name: str, n: int, x: np.ndarray, y: np.ndarray) -> float:
+    return _vec_dot(name, n, np.ascontiguousarray(x), np.ascontiguousarray(y))
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    """ggml_compute_fp32_to_bf16 (round to nearest even; inputs here are finite)."""
+    u = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("n", [64, 576, 640, 1536, 13, 37, 100, 200])
+def test_f32_and_bf16_dots_equal_ggml_vec_dot(n):
+    """ggml_vec_dot_f32 / ggml_vec_dot_bf16 as the CPU's build runs them (vector steps, the reduction,
+    the tail: in float for F32 as GCC vectorised it, in double for BF16): every result equal, also for
+    magnitudes from 1e-30 to 1e30 and BF16 subnormals."""
+    rng = np.random.default_rng(n)
+    lanes, bf16_dot = K.ggml_lanes(), int(K.ggml_bf16_dot())
+    cases = [(rng.standard_normal(n) * rng.uniform(0.01, 30)).astype(np.float32) for _ in range(20)]
+    edge = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)).astype(np.float32)
+    edge[: n // 4] = np.float32(1e-39)  # subnormal
+    cases.append(edge)
+    for x in cases:
+        y = rng.standard_normal(n).astype(np.float32)
+        ours = K.lib.cv_dot_float(0, K._ptr(x, "void *"), K._ptr(y, "void *"), n, lanes, 0, 0)
+        assert np.float32(ours) == _ggml_float_dot("f32", n, x, y)
+        xb, yb = _bf16(x), _bf16(y)
+        ours = K.lib.cv_dot_float(30, K._ptr(xb, "void *"), K._ptr(yb, "void *"), n, lanes, bf16_dot, 0)
+        assert np.float32(ours) == _ggml_float_dot("bf16", n, xb, yb)
+
+
+@pytest.mark.parametrize("bf16_dot", [0, 1])
+@pytest.mark.parametrize("lanes", [16, 8, 0])
+def test_float_weight_matmuls_are_exact_on_integers(lanes, bf16_dot):
+    """Every path (vec_dot and tinyBLAS, each SIMD width, with and without AVX512-BF16) on small
+    integers, whose products and sums are exact in float: the exact integer result. The activations
+    are rounded to BF16 for BF16 weights (x.5 values round to even: still integers here)."""
+    if bf16_dot and (lanes != 16 or not K.ggml_bf16_dot()):
+        pytest.skip("AVX512-BF16 dot: needs the instruction and 16 lanes")
+    rng = np.random.default_rng(lanes + bf16_dot)
+    w = rng.integers(-8, 9, (12, 320)).astype(np.float32)
+    x = rng.integers(-8, 9, (5, 320)).astype(np.float32)
+    want = x @ w.T
+    for wtype, wraw in ((0, w), (30, _bf16(w).view(np.uint8).reshape(12, -1))):
+        for xs in (x, x[:1]):  # tinyBLAS (rows % 4 == 0, ≥ 2 activation rows) and vec_dot
+            got = K.matmul_float(wraw, wtype, xs, lanes=lanes, bf16_dot=bool(bf16_dot) if wtype else False)
+            np.testing.assert_array_equal(got, want[: len(xs)])
+
+
+def test_bf16_dot_setting_is_validated(monkeypatch):
+    monkeypatch.setenv("ENGINE_GGML_BF16", "2")
+    with pytest.raises(ValueError, match="ENGINE_GGML_BF16"):
+        K.ggml_bf16_dot()
+    monkeypatch.setenv("ENGINE_GGML_BF16", "0")
+    assert K.ggml_bf16_dot() is False
 
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1], ids=lambda t: t.name)
@@ -145,8 +236,10 @@ def test_faithful_fallbacks_name_the_matrix_types_without_a_native_kernel():
         return NS(tensors={n.replace("__", "."): NS(ne=(64, 64) if n != "norm" else (64,), type=t) for n, t in types.items()})
 
     assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q4_0, blk__0__ffn_up__weight=Q.F16, norm=Q.F32)) == []
-    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q3_K, blk__0__ffn_up__weight=Q.Q2_K, norm=Q.F32)) == ["Q2_K", "Q3_K"]
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q3_K, blk__0__ffn_up__weight=Q.Q2_K, norm=Q.F32)) == []
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.BF16, blk__0__ffn_up__weight=Q.F32, norm=Q.F32)) == []
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.MXFP4, blk__0__ffn_up__weight=Q.Q2_K, norm=Q.F32)) == ["MXFP4"]
     # a table that is only looked up (the model has its own output matrix) is exact whatever its type;
     # a tied one is also the output matmul
-    assert faithful_fallbacks(model(token_embd__weight=Q.Q3_K, output__weight=Q.Q8_0)) == []
-    assert faithful_fallbacks(model(token_embd__weight=Q.Q3_K)) == ["Q3_K"]
+    assert faithful_fallbacks(model(token_embd__weight=Q.MXFP4, output__weight=Q.Q8_0)) == []
+    assert faithful_fallbacks(model(token_embd__weight=Q.MXFP4)) == ["MXFP4"]

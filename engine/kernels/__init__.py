@@ -3,12 +3,11 @@
 `matmul(raw, wtype, x, threads)` multiplies the rows of a quantized GGUF tensor — its raw blocks,
 never a dequantized copy — by activations x quantized as ggml's CPU backend quantizes them
 (Q8_0 / Q8_1 / Q8_K), with integer block dot products and ggml's per-block scale arithmetic.
-Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, IQ3_XXS,
-IQ3_S, IQ4_XS, IQ4_NL
-(`supported(wtype)`; the i-quants' lookup tables come from the gguf package at import,
-engine/kernels/iq_tables.py), and F16 through `matmul_f16`. When the extension was not built
-(no C compiler at install time), `available()` is False and `load_error()` says why; the numpy
-engine modes still work.
+Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S,
+IQ1_S, IQ1_M, IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL (`supported(wtype)`; the i-quants' lookup tables come from
+the gguf package at import, engine/kernels/iq_tables.py), F16 through `matmul_f16`, and F32 and BF16
+through `matmul_float`. When the extension was not built (no C compiler at install time),
+`available()` is False and `load_error()` says why; the numpy engine modes still work.
 """
 
 from __future__ import annotations
@@ -94,6 +93,19 @@ def ggml_lanes() -> int:
             raise ValueError(f"ENGINE_GGML_LANES must be 0, 8 or 16, not {forced!r}")
         return int(forced)
     return int(lib.cv_ggml_lanes())
+
+
+def ggml_bf16_dot() -> bool:
+    """Whether the llama.cpp being matched multiplies BF16 with AVX512-BF16's dot instruction (vdpbf16ps):
+    by default when this CPU has it and ggml_lanes() is 16 (a build for this CPU). ENGINE_GGML_BF16=0
+    matches a build without it, like ENGINE_GGML_LANES does for the SIMD width."""
+    import os
+
+    forced = os.environ.get("ENGINE_GGML_BF16")
+    if forced is not None and forced not in ("0", "1"):
+        raise ValueError(f"ENGINE_GGML_BF16 must be 0 or 1, not {forced!r}")
+    ggml_lanes()  # validates ENGINE_GGML_LANES
+    return bool(lib.cv_ggml_bf16_dot())
 
 
 def attention_f16(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv: int, mask: np.ndarray, scale: float,
@@ -231,6 +243,29 @@ def matmul_f16(w16: np.ndarray, x: np.ndarray, threads: int = 1, out: np.ndarray
     if lib.cv_matmul_f16(_ptr(w16, "uint16_t *"), w16.shape[0], n_cols, _ptr(x, "float *"), n_tok, ffi.cast("float *", base), y.shape[1],
                          int(lanes), int(threads)):  # fmt: skip
         raise ValueError(f"F16 matmul: bad shapes or lanes ({w16.shape} · {x.shape}, lanes {lanes})")
+    return y
+
+
+FLOAT_TYPES = (0, 30)  # F32, BF16: matmul_float (F16 has matmul_f16)
+
+
+def matmul_float(w: np.ndarray, wtype: int, x: np.ndarray, threads: int = 1, out: np.ndarray | None = None, col: int = 0,
+                 lanes: int | None = None, bf16_dot: bool | None = None) -> np.ndarray:  # fmt: skip
+    """w: an F32 (wtype 0) tensor (n_rows, n_cols) float32 or a BF16 (wtype 30) one as raw bytes (n_rows,
+    2·n_cols); x (n_tok, n_cols) float32 → (n_tok, n_rows) as llama.cpp's CPU backend multiplies them
+    (BF16: activations rounded to BF16; tinyBLAS or ggml_vec_dot_f32 / _bf16). With `out`, fills
+    out[:, col : col + n_rows] in place."""
+    w = np.ascontiguousarray(w)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_tok, n_cols = x.shape
+    assert w.dtype == (np.float32 if wtype == 0 else np.uint8) and w.ndim == 2 and w.nbytes == w.shape[0] * n_cols * (4 if wtype == 0 else 2)
+    y = np.empty((n_tok, w.shape[0]), dtype=np.float32) if out is None else out
+    base = y.__array_interface__["data"][0] + 4 * col
+    lanes = ggml_lanes() if lanes is None else lanes
+    bf16_dot = ggml_bf16_dot() if bf16_dot is None else bf16_dot
+    if lib.cv_matmul_float(int(wtype), _ptr(w, "void *"), w.shape[0], n_cols, _ptr(x, "float *"), n_tok, ffi.cast("float *", base),
+                           y.shape[1], int(lanes), int(bf16_dot), int(threads)):  # fmt: skip
+        raise ValueError(f"matmul of ggml type {wtype}: bad shapes, lanes or BF16 dot ({w.shape} · {x.shape}, lanes {lanes}, bf16 dot {bf16_dot})")
     return y
 
 

@@ -47,6 +47,10 @@ double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);
 int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
                   int lanes, int n_threads);
+int cv_matmul_float(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
+                    int lanes, int bf16dot, int n_threads);
+float cv_dot_float(int wtype, const void *x, const void *y, int64_t n, int lanes, int bf16dot, int tiny);
+int cv_ggml_bf16_dot(void);
 void cv_rope_cache(const float *pos, int64_t n_pos, int n_rot, float base, float *cos_out, float *sin_out);
 void cv_rope_cache_ext(const float *pos, int64_t n_pos, int n_rot, float base, const float *ff, float mscale, float *cos_out,
                        float *sin_out);
@@ -73,7 +77,8 @@ ffibuilder.set_source(
     (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n',
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
     sources=[str(HERE / "tokmerge.c")],  # the tokenizers' merge loops (engine/tokenizer/native.py)
-    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, iq2_kernels.c, iq34_kernels.c, tokmerge.h
+    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, tokmerge.h and the .c files qkernels.c includes
+    depends=sorted(str(p) for p in [*HERE.glob("*.h"), *HERE.glob("*.c")] if not p.name.startswith("_")),  # rebuild when one changes
     extra_link_args=["-fopenmp"],
     libraries=["m"],
 )

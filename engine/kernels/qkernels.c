@@ -660,9 +660,13 @@ static dot4_fn dot4_for(int wtype) {
     return NULL;
 }
 
+#include "kquants_more.c" /* Q2_K, Q3_K */
+
 static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot) {
     const int simd = have_avx2();
     switch (wtype) {
+    case T_Q2_K: *be = 256; *bb = 84; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q2_K_avx2 : dot_q2_K; return 0;
+    case T_Q3_K: *be = 256; *bb = 110; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q3_K_avx2 : dot_q3_K; return 0;
     case T_Q8_0: *be = 32; *bb = 34; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q8_0) : dot_q8_0; return 0;
     case T_Q4_0: *be = 32; *bb = 18; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q4_0) : dot_q4_0; return 0;
     case T_Q5_1: *be = 32; *bb = 24; *atype = T_Q8_1; *ab = 36; *dot = simd ? CV_PICK(dot_q5_1) : dot_q5_1; return 0;
@@ -818,6 +822,7 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     const int64_t wrow = (int64_t)nb * bb, arow = (int64_t)nb * ab;
     if (n_threads < 1) n_threads = 1;
     if (iq34_type(wtype)) return iq34_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot), 0;
+    if (wtype == T_Q2_K || wtype == T_Q3_K) return kq_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
     const int route = ggml_route(wtype, n_rows, n_tok);
     if (route == 1 || route == 2) {
         matmul_routed(route, wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
@@ -1232,6 +1237,8 @@ int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float
     return 0;
 }
 
+#include "float_weights.c" /* F32, BF16 */
+
 /* q (n_q, n_head, d) f32; k16 (n_ctx, n_head_kv, d) fp16; v16t (n_head_kv, dv, n_ctx) fp16 (llama.cpp's
  * transposed V); mask (n_q, n_kv) additive; softcap > 0: gemma2's scale(1/cap) → tanh → scale(cap)
  * on the scores before the softmax; out (n_q, n_head, dv). Returns 0, or -1 on a bad argument. */
@@ -1410,6 +1417,7 @@ static int act_type(int wtype) {
 static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float *x, float *y, void *xq, int threads, int quantize,
                int lanes) {
     if (wtype == T_F16) return cv_matmul_f16(W, rows, cols, x, 1, y, rows, lanes, threads);
+    if (wtype == 0 || wtype == 30) return cv_matmul_float(wtype, W, rows, cols, x, 1, y, rows, lanes, -1, threads);
     if (quantize && cv_quantize_acts(wtype, x, cols, 1, xq, 1)) return -1;
     return cv_matmul_q(wtype, W, rows, cols, xq, 1, y, rows, threads);
 }
@@ -1448,7 +1456,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     const int64_t cols[7] = {E, E, E, na, E, E, F};
     int64_t xq_bytes = 0;
     for (int i = 0; i < 7; i++) {
-        const int64_t nbytes = lw->t[i] == T_F16 ? 0 : cv_act_bytes(lw->t[i], cols[i], 1);
+        const int64_t nbytes = lw->t[i] == T_F16 || lw->t[i] == 0 || lw->t[i] == 30 ? 0 : cv_act_bytes(lw->t[i], cols[i], 1);
         if (nbytes < 0) return -1;
         xq_bytes = nbytes > xq_bytes ? nbytes : xq_bytes;
     }
