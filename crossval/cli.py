@@ -302,7 +302,7 @@ def cmd_report(args) -> int:
     from crossval.report import ReportError, write_report
 
     try:
-        page = write_report(args.run_dir, args.html)
+        page = write_report(args.target, args.html, png=args.png)
     except ReportError as e:
         raise InputError(str(e)) from None
     _console().print(f"report: {page}")
@@ -650,9 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--prompt-tokens", type=options.positive_int, default=96, help="prompt length of the threads and batch sweeps")
     sw.set_defaults(func=cmd_sweep)
 
-    rp = sub.add_parser("report", help="self-contained HTML report (plots + tables) of a run's receipts", epilog=EPILOG)
-    rp.add_argument("run_dir", help="a run directory (receipts/runs/<run_id>)")
-    rp.add_argument("--html", required=True, metavar="OUT", help="output directory: OUT/index.html and OUT/plots/*.png")
+    rp = sub.add_parser("report", help="self-contained HTML pages of a run, matrix, sweep, envelope or the bench trend", epilog=EPILOG)
+    rp.add_argument("target", help="a run directory, a folder of runs (the newest), a matrix/sweep/envelope receipt, or receipts/perf")
+    rp.add_argument("--html", required=True, metavar="OUT", help="output directory: OUT/index.html, OUT/prompts/*.html, OUT/plots/*.png")
+    rp.add_argument("--png", action="store_true", help="also write OUT/screenshots/*.png (headless Chromium)")
     rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("envelope", help="sampling compatibility envelope: configs × prompts × seeds on two backends", epilog=EPILOG)

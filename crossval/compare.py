@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NEAR_TIE_LOGPROB_GAP = 1e-3  # DESIGN §4: a divergence with |logprob gap| below this is a near-tie
+DIVERGENCE_TOPK = 5  # tokens of each side's distribution kept at the first divergence
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -170,9 +171,18 @@ def exact_match_rate(ref: list[int], eng: list[int], steps: int) -> float:
     return sum(1 for i in range(steps) if i < len(ref) and i < len(eng) and ref[i] == eng[i]) / steps
 
 
+def top_logprobs(logits: np.ndarray, k: int = DIVERGENCE_TOPK) -> list[dict]:
+    """The k most likely tokens of one logit row: [{id, logprob}], logprob = log_softmax(logits)[id],
+    most likely first (ties by lower id, as a stable argsort gives them)."""
+    lp = log_softmax(logits[None])[0]
+    ids = np.argsort(-lp, kind="stable")[:k]
+    return [{"id": int(i), "logprob": float(lp[i])} for i in ids]
+
+
 def divergence_detail(ref_tok: int, eng_tok: int, ref_logits: np.ndarray, eng_logits: np.ndarray) -> dict:
-    """At the first divergent step: each token's rank and logprob in both backends' logits, and
-    whether it is a near-tie (either backend's logprob gap between the two tokens < 1e-3)."""
+    """At the first divergent step: each token's rank and logprob in both backends' logits, whether
+    it is a near-tie (either backend's logprob gap between the two tokens < 1e-3), and each side's
+    top-k tokens there."""
     lr, le = log_softmax(ref_logits[None])[0], log_softmax(eng_logits[None])[0]
     gap_ref = float(lr[ref_tok] - lr[eng_tok])
     gap_eng = float(le[eng_tok] - le[ref_tok])
@@ -186,6 +196,8 @@ def divergence_detail(ref_tok: int, eng_tok: int, ref_logits: np.ndarray, eng_lo
         "logprob_gap_reference": gap_ref,
         "logprob_gap_engine": gap_eng,
         "near_tie": bool(abs(gap_ref) < NEAR_TIE_LOGPROB_GAP or abs(gap_eng) < NEAR_TIE_LOGPROB_GAP),
+        "reference_topk": top_logprobs(ref_logits),
+        "engine_topk": top_logprobs(eng_logits),
     }
 
 

@@ -124,3 +124,16 @@ def test_three_way_names_the_odd_one_out():
     assert out["pairs"]["a~b"]["first_divergence_step"] == 2 and out["pairs"]["a~c"]["first_divergence_step"] is None
     assert out["pairs"]["a~c"]["top1_agreement"] == 0.6
     assert out["farthest"] == "c"  # c differs from both a and b at two positions; a and b share more
+
+
+def test_top_logprobs_is_the_log_softmax_of_the_k_largest():
+    # logits ln(1..6): softmax = i / 21, so the top five are ids 5..1 with log(i/21)
+    logits = np.log(np.arange(1, 7, dtype=np.float64)).astype(np.float32)
+    top = C.top_logprobs(logits, k=5)
+    assert [t["id"] for t in top] == [5, 4, 3, 2, 1]
+    for t in top:
+        assert abs(t["logprob"] - np.log((t["id"] + 1) / 21)) < 1e-6
+    # ties keep the lower id first
+    assert [t["id"] for t in C.top_logprobs(np.zeros(4, np.float32), k=3)] == [0, 1, 2]
+    d = C.divergence_detail(1, 2, logits, logits[::-1].copy())
+    assert d["reference_topk"][0]["id"] == 5 and d["engine_topk"][0]["id"] == 0

@@ -1,40 +1,103 @@
-"""`crossval report`: a self-contained HTML page whose plots render in headless Chromium and whose
-numbers are the receipts' own."""
+"""`crossval report`: pages whose every number is its receipt's, whose figures decode in headless
+Chromium, whose links resolve, and which carry nothing but the user's data."""
 
 from __future__ import annotations
 
 import base64
-import io
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import needs_llamacpp
 from crossval import receipts
 
 
-class _Page(HTMLParser):
+class Page(HTMLParser):
+    """Cells with data-field/data-value grouped by their row key, images, links and visible text."""
+
     def __init__(self):
         super().__init__()
-        self.rows: dict[str, dict] = {}
+        self.cells: list[tuple[str | None, str | None, str, object, list[str]]] = []  # (table id, row key, field, value, text)
         self.imgs: dict[str, bytes] = {}
-        self._row = None
+        self.links: list[str] = []
+        self.text: list[str] = []
+        self._table = self._row = None
+        self._cell = None
+        self._skip = 0
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "tr" and "data-file" in a:
-            self._row = self.rows.setdefault(a["data-file"], {})
-        elif tag == "td" and "data-field" in a and self._row is not None:
-            self._row[a["data-field"]] = json.loads(a["data-value"])
-        elif tag == "img" and a.get("src", "").startswith("data:image/png;base64,"):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag == "table":
+            self._table = a.get("id")
+        elif tag == "tr":
+            self._row = a.get("data-file") or a.get("data-row")
+        elif tag == "td" and "data-field" in a:
+            self._cell = (self._table, self._row, a["data-field"], json.loads(a["data-value"]), [])
+        elif tag == "img":
+            assert a["src"].startswith("data:image/png;base64,"), "figures are embedded, never fetched"
             self.imgs[a["data-plot"]] = base64.b64decode(a["src"].split(",", 1)[1])
+        elif tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        for k, v in a.items():
+            assert not (k == "src" and v and re.match(r"(https?:)?//", v)), f"a network fetch: {k}={v}"
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style"):
+            self._skip -= 1
+        elif tag == "td" and self._cell:
+            self.cells.append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._skip:
+            return
+        self.text.append(data)
+        if self._cell:
+            self._cell[4].append(data)
+
+
+def parse(path: Path) -> Page:
+    p = Page()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def shown_matches(text: str, value) -> bool:
+    """The cell's text is the receipt value rounded to the digits shown (half a unit in the last place)."""
+    text = text.strip()
+    if value is None:
+        return text == "–"
+    if isinstance(value, bool) or isinstance(value, str):
+        return text == str(value)
+    m = re.fullmatch(r"(-?\d+)(?:\.(\d+))?(?:e([+-]\d+))?", text)
+    assert m, f"not a number: {text!r}"
+    ulp = 10.0 ** (-(len(m.group(2) or "")) + int(m.group(3) or 0))
+    return abs(float(text) - value) <= 0.51 * ulp or (math.isfinite(value) and float(text) == value)
+
+
+def dig(obj: dict, dotted: str):
+    for k in dotted.split("."):
+        obj = obj[k]
+    return obj
+
+
+def check_cells(page: Page, lookup) -> int:
+    """lookup(table id, row key, field) → the receipt's value; every cell checked. Returns the count."""
+    for table, row, field, value, text in page.cells:
+        expect = lookup(table, row, field)
+        assert value == expect, (table, row, field, value, expect)
+        assert shown_matches("".join(text), value), (table, row, field, "".join(text), value)
+    return len(page.cells)
 
 
 def chromium() -> str:
@@ -47,59 +110,188 @@ def chromium() -> str:
     pytest.skip(msg)
 
 
-def check_report(run_dir: Path, out: Path, expect_plots: set[str]) -> None:
-    """Write the report, parse it, compare every table cell with its receipt, decode every PNG,
-    render the page in headless Chromium and read back which images decoded."""
-    r = subprocess.run([sys.executable, "-m", "crossval.cli", "report", str(run_dir), "--html", str(out)],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    page = (out / "index.html").read_text()
-    p = _Page()
-    p.feed(page)
-    files = sorted(f.name for f in run_dir.glob("*.json") if f.name != "summary.json")
-    assert sorted(p.rows) == files
-    for name, cells in p.rows.items():
-        parity = receipts.read_valid(run_dir / name)["parity"]
-        assert cells and all(cells[k] == parity[k] for k in cells), name
-    assert set(p.imgs) == expect_plots
+PROBE = """<script>window.addEventListener('load', () => { const i = [...document.images];
+document.body.setAttribute('data-probe', i.filter(x => x.complete && x.naturalWidth > 0).length + '/' + i.length); });</script>"""
+
+
+def decoded_in_chromium(page: Path, tmp: Path) -> str:
+    """Render a copy of the page with a probe script appended (the test's instrumentation lives in
+    the copy, never in the user's page) and read back 'decoded/total' images."""
+    probe = tmp / f".probe-{page.parent.name}-{page.name}"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    m = re.search(r'data-probe="(\d+)/(\d+)"', dom)
+    assert m, "Chromium did not render the page"
+    return f"{m.group(1)}/{m.group(2)}"
+
+
+def check_pages(out: Path, tmp: Path) -> list[Path]:
+    """Every page: figures decode (matplotlib and Chromium), links resolve, no instrumentation."""
     import matplotlib.image
+    import numpy as np
 
-    for k, png in p.imgs.items():
-        img = matplotlib.image.imread(io.BytesIO(png), format="png")
-        assert img.shape[0] > 100 and img.shape[1] > 100 and float(np.std(img)) > 0.01, k  # drawn, not blank
-        assert (out / "plots" / f"{k}.png").read_bytes() == png
-    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (out / "index.html").as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
-    line = next(ln for ln in dom.splitlines() if 'id="render-check"' in ln)
-    assert f"images {len(expect_plots)}/{len(expect_plots)} decoded" in line, line
-    for k in expect_plots:
-        assert f"{k}=" in line and f"{k}=0x" not in line
+    pages = sorted(out.rglob("*.html"))
+    assert pages
+    for f in pages:
+        p = parse(f)
+        for name, png in p.imgs.items():
+            img = matplotlib.image.imread(__import__("io").BytesIO(png), format="png")
+            assert img.shape[0] > 50 and img.shape[1] > 50 and float(np.std(img)) > 0.01, name  # drawn, not blank
+            assert (out / "plots" / f"{name}.png").read_bytes() == png
+        for href in p.links:
+            assert not re.match(r"[a-z]+:", href), f"{f.name}: external link {href}"
+            assert (f.parent / href.split("#")[0]).resolve().is_file(), f"{f.name}: broken link {href}"
+        text = " ".join(p.text)
+        for word in ("render-check", "decoded:", "data-probe", "pytest", "not rendered"):
+            assert word not in text and word not in f.read_text(), f"{f.name}: instrumentation {word!r} on the page"
+        n = len(p.imgs)
+        assert decoded_in_chromium(f, tmp) == f"{n}/{n}", f.name
+    return pages
 
 
-ALL_PLOTS = {"cosine", "kld", "logit_diff_hist", "topk", "layer_nmse"}
+def report(target: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crossval.cli", "report", str(target), "--html", str(out), *extra],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def check_run_report(run_dir: Path, out: Path, tmp: Path) -> dict[str, Page]:
+    """A run's overview and prompt pages against its receipts."""
+    r = report(run_dir, out)
+    assert r.returncode == 0, r.stderr
+    recs = {p.name: receipts.read_valid(p) for p in run_dir.glob("*.json") if p.name != "summary.json"}
+    overview = parse(out / "index.html")
+    rows = {row for _, row, *_ in overview.cells}
+    assert rows == set(recs)
+    n = check_cells(overview, lambda t, row, f: recs[row]["parity"][f])
+    assert n == len(recs) * 7
+    text = " ".join(overview.text)
+    n_exact = sum(r["parity"]["max_abs_diff"] == 0 and r["parity"]["exact_match_rate"] == 1 and r["parity"]["status"] == "ok" for r in recs.values())
+    assert f"{sum(r['verdict']['passed'] for r in recs.values())} of {len(recs)} comparisons pass" in text
+    assert ("Bit for bit" in text) == (n_exact > 0)
+    # failures first
+    order = [row for _, row, f, *_ in overview.cells if f == "cosine_similarity"]
+    passed = [recs[row]["verdict"]["passed"] for row in order]
+    assert passed == sorted(passed)
+    pages = {}
+    for name, rec in recs.items():
+        f = out / "prompts" / f"{Path(name).stem}.html"
+        page = pages[name] = parse(f)
+        div = rec["parity"]["divergence"]
+
+        def lookup(table, row, field, rec=rec, div=div):
+            return rec["parity"][field] if table == "metrics" else dig(div, field)
+
+        check_cells(page, lookup)
+        ptext = " ".join(page.text)
+        if div:
+            assert f"First divergence at step {div['step']}" in ptext
+        assert rec["prompt"]["id"] in ptext
+        if (rec["parity"].get("localisation") or {}).get("first"):
+            first = rec["parity"]["localisation"]["first"]
+            assert f"layer {first['layer']}, stage {first['stage']}" in ptext
+    check_pages(out, tmp)
+    return pages
 
 
 @needs_llamacpp
-def test_report_of_a_tiny_run(tmp_path, tiny_model):
+def test_report_of_a_failing_run_names_the_divergence_and_the_layer(tmp_path, tiny_model):
+    """A perturbed tiny model (layer 1's weights scaled) against llama.cpp: the comparison fails,
+    localisation runs, and the pages show the divergence step and the departing layer."""
     prompts = tmp_path / "p.txt"
-    prompts.write_text("hello world\nthe quick brown fox\n")
+    prompts.write_text("hello world\nthe quick brown fox <script>alert(1)</script>\n")
     out = tmp_path / "runs"
     r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(tiny_model("llama")), "--prompt-file", str(prompts),
-                        "--steps", "6", "--localise", "always", "--out", str(out), "--json"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+                        "--steps", "6", "--mode", "float", "--perturb-layer", "1", "--perturb-scale", "3.0", "--localise", "always",
+                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 1, r.stderr
     run_dir = out / json.loads(r.stdout)["run_id"]
-    for rec in run_dir.glob("*__*.json"):
-        assert receipts.read_valid(rec)["parity"]["localisation"]["layers"]  # --localise always
-    check_report(run_dir, tmp_path / "report", ALL_PLOTS)
+    pages = check_run_report(run_dir, tmp_path / "report", tmp_path)
+    assert any(p.imgs for p in pages.values())  # per-layer heatmaps
+    for f in (tmp_path / "report").rglob("*.html"):
+        assert "<script>alert(1)</script>" not in f.read_text()  # prompt markup is shown, never run
+    # the parent folder resolves to its newest run
+    r2 = report(out, tmp_path / "report2")
+    assert r2.returncode == 0, r2.stderr
+    assert (tmp_path / "report2" / "index.html").read_text() == (tmp_path / "report" / "index.html").read_text()
 
 
-def test_report_bad_input_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "crossval.cli", "report", str(tmp_path / "nope"), "--html", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert r.returncode == 2 and "run directory not found" in r.stderr and r.stderr.count("\n") == 1
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "x.json").write_text('{"kind": "parity", "schema_version": "1.0"}')
-    r = subprocess.run([sys.executable, "-m", "crossval.cli", "report", str(tmp_path / "run"), "--html", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert not (tmp_path / "o").exists()
+@pytest.fixture(scope="module")
+def engine_run(tmp_path_factory, tiny_model) -> Path:
+    """A run of the tiny llama model against our own engine (no llama.cpp needed): bit-exact."""
+    out = tmp_path_factory.mktemp("engine_run")
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(tiny_model("llama")), "--reference", "engine",
+                        "--prompts", "default", "--steps", "4", "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return out / json.loads(r.stdout)["run_id"]
+
+
+def test_report_of_a_bit_exact_run_says_so(engine_run, tmp_path):
+    check_run_report(engine_run, tmp_path / "report", tmp_path)
+    text = " ".join(parse(tmp_path / "report" / "index.html").text)
+    assert "Bit for bit: every logit at every position" in text
+
+
+@needs_llamacpp
+def test_report_of_a_matrix_receipt(tmp_path, tiny_model):
+    out = tmp_path / "mx"
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "matrix", "--model", str(tiny_model("llama")), "--quants", "Q8_0,Q4_0",
+                        "--prompts", "default", "--steps", "4", "--mode", "faithful", "--out", str(out), "--json"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode in (0, 1), r.stderr
+    mfile = next(p for p in out.rglob("*.json") if receipts.read(p).get("kind") == "matrix")
+    rec = receipts.read_valid(mfile)
+    res = report(mfile, tmp_path / "report")
+    assert res.returncode == 0, res.stderr
+    page = parse(tmp_path / "report" / "index.html")
+    cells = {f"{c['model']}/{c['quant']}/{c['prompt']}": c for c in rec["cells"]}
+
+    def lookup(table, row, field):
+        if field == "bit_exact":
+            cell = cells[row]
+            cr = receipts.read_valid(next(b / cell["receipt"] for b in (mfile.parent, Path.cwd()) if (b / cell["receipt"]).is_file()))
+            return cr["parity"]["max_abs_diff"] == 0 and cr["parity"]["exact_match_rate"] == 1 and cr["parity"]["status"] == "ok"
+        return cells[row][field]
+
+    assert check_cells(page, lookup) == len(cells) * 10
+    html = (tmp_path / "report" / "index.html").read_text()
+    for q in rec["matrix"]["quants"]:
+        for m in rec["matrix"]["models"]:
+            mine = [c for c in rec["cells"] if c["quant"] == q and c["model"] == m]
+            assert f'data-cell="{m}/{q}"' in html
+            assert f"{sum(c['passed'] for c in mine)}/{len(mine)} pass" in html
+    check_pages(tmp_path / "report", tmp_path)
+
+
+def test_report_png_writes_screenshots(engine_run, tmp_path):
+    """--png: overview and one prompt page as PNG screenshots (what CI attaches)."""
+    chromium()
+    r = report(engine_run, tmp_path / "o", "--png")
+    assert r.returncode == 0, r.stderr
+    import matplotlib.image
+
+    shots = sorted((tmp_path / "o" / "screenshots").glob("*.png"))
+    assert [s.name for s in shots][0] == "index.png" and len(shots) == 2
+    for s in shots:
+        img = matplotlib.image.imread(s)
+        assert img.shape[1] == 1280 and img.shape[0] > 500
+
+
+@pytest.mark.parametrize("case", ["missing", "schema", "not-a-dir-out", "wrong-kind", "empty-folder"])
+def test_report_bad_input_is_one_line(tmp_path, case, engine_run):
+    run = tmp_path / "run"
+    run.mkdir()
+    target, out = run, tmp_path / "o"
+    if case == "missing":
+        target = tmp_path / "nope"
+    elif case == "schema":
+        (run / "x__y.json").write_text('{"kind": "parity", "schema_version": "1.0"}')
+    elif case == "not-a-dir-out":
+        shutil.copytree(engine_run, run, dirs_exist_ok=True)
+        out.write_text("a file")
+    elif case == "wrong-kind":
+        target = engine_run / "summary.json"
+    r = report(target, out)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    if case != "not-a-dir-out":
+        assert not out.exists()
