@@ -299,12 +299,9 @@ def receipts_validate(rec: dict) -> None:
 
 # --- report ------------------------------------------------------------------------------------
 def cmd_report(args) -> int:
-    from crossval.report import ReportError, write_report
+    from crossval.report import write_report
 
-    try:
-        page = write_report(args.target, args.html, png=args.png)
-    except ReportError as e:
-        raise InputError(str(e)) from None
+    page = write_report(args.target, args.html, png=args.png)
     _console().print(f"report: {page}")
     return EXIT_OK
 

@@ -143,7 +143,7 @@ def check_pages(out: Path, tmp: Path) -> list[Path]:
             assert not re.match(r"[a-z]+:", href), f"{f.name}: external link {href}"
             assert (f.parent / href.split("#")[0]).resolve().is_file(), f"{f.name}: broken link {href}"
         text = " ".join(p.text)
-        for word in ("render-check", "decoded:", "data-probe", "pytest", "not rendered"):
+        for word in ("render-check", "decoded:", "data-probe", "not rendered", "images "):
             assert word not in text and word not in f.read_text(), f"{f.name}: instrumentation {word!r} on the page"
         n = len(p.imgs)
         assert decoded_in_chromium(f, tmp) == f"{n}/{n}", f.name
@@ -220,10 +220,13 @@ def test_report_of_a_failing_run_names_the_divergence_and_the_layer(tmp_path, ti
 def engine_run(tmp_path_factory, tiny_model) -> Path:
     """A run of the tiny llama model against our own engine (no llama.cpp needed): bit-exact."""
     out = tmp_path_factory.mktemp("engine_run")
+    prompts = out / "prompts.txt"
+    prompts.write_text("The capital of France is\nOnce upon a time\ndef fib(n):\n")
     r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(tiny_model("llama")), "--reference", "engine",
-                        "--prompts", "default", "--steps", "4", "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+                        "--prompt-file", str(prompts), "--steps", "4", "--out", str(out / "runs"), "--json"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    return out / json.loads(r.stdout)["run_id"]
+    return out / "runs" / json.loads(r.stdout)["run_id"]
 
 
 def test_report_of_a_bit_exact_run_says_so(engine_run, tmp_path):

@@ -1,6 +1,7 @@
 """Token text for a receipt's ids, so a prompt page can show *which* tokens differ.
 
-Receipts hold token ids. The text of each id comes from the model's own vocabulary (engine's
+Receipts hold token ids. A piece that is not whole UTF-8 (a byte-fallback token) is shown with its
+bytes escaped (\\xNN). The text of each id comes from the model's own vocabulary (engine's
 GGUF tokenizer, token_to_piece as llama.cpp renders it) when the model file named in the receipt is
 still on disk with the recorded size; otherwise the page shows the ids themselves (⟨id⟩).
 """
@@ -29,7 +30,7 @@ def pieces(rec: dict, ids: list[int]) -> list[str]:
     out = []
     for i in ids:
         try:
-            out.append(tok.token_to_piece(int(i)).decode("utf-8", errors="replace") if tok else f"⟨{i}⟩")
+            out.append(tok.token_to_piece(int(i)).decode("utf-8", errors="backslashreplace") if tok else f"⟨{i}⟩")
         except Exception:  # noqa: BLE001 — an id outside the vocabulary is shown as an id
             out.append(f"⟨{i}⟩")
     return out

@@ -90,7 +90,7 @@ def topk_bars(recs: list[dict]) -> bytes | None:
     low = min(r["parity"]["top1_agreement"] for r in scored)
     ax.set_ylim(min(0.8, low - 0.02), 1.005)
     ax.set_ylabel("agreement")
-    ax.legend(loc="lower left", fontsize=7, ncols=3, frameon=False)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=7, ncols=3, frameon=False)
     fig.tight_layout()
     return _png(fig)
 
