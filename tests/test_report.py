@@ -72,6 +72,11 @@ def parse(path: Path) -> Page:
     return p
 
 
+def visible(page: Page) -> str:
+    """The page's text as a reader sees it (markup boundaries removed, whitespace collapsed)."""
+    return re.sub(r"\s+", " ", "".join(page.text))
+
+
 def shown_matches(text: str, value) -> bool:
     """The cell's text is the receipt value rounded to the digits shown (half a unit in the last place)."""
     text = text.strip()
@@ -142,7 +147,7 @@ def check_pages(out: Path, tmp: Path) -> list[Path]:
         for href in p.links:
             assert not re.match(r"[a-z]+:", href), f"{f.name}: external link {href}"
             assert (f.parent / href.split("#")[0]).resolve().is_file(), f"{f.name}: broken link {href}"
-        text = " ".join(p.text)
+        text = visible(p)
         for word in ("render-check", "decoded:", "data-probe", "not rendered", "images "):
             assert word not in text and word not in f.read_text(), f"{f.name}: instrumentation {word!r} on the page"
         n = len(p.imgs)
@@ -165,7 +170,7 @@ def check_run_report(run_dir: Path, out: Path, tmp: Path) -> dict[str, Page]:
     assert rows == set(recs)
     n = check_cells(overview, lambda t, row, f: recs[row]["parity"][f])
     assert n == len(recs) * 7
-    text = " ".join(overview.text)
+    text = visible(overview)
     n_exact = sum(r["parity"]["max_abs_diff"] == 0 and r["parity"]["exact_match_rate"] == 1 and r["parity"]["status"] == "ok" for r in recs.values())
     assert f"{sum(r['verdict']['passed'] for r in recs.values())} of {len(recs)} comparisons pass" in text
     assert ("Bit for bit" in text) == (n_exact > 0)
@@ -183,7 +188,7 @@ def check_run_report(run_dir: Path, out: Path, tmp: Path) -> dict[str, Page]:
             return rec["parity"][field] if table == "metrics" else dig(div, field)
 
         check_cells(page, lookup)
-        ptext = " ".join(page.text)
+        ptext = visible(page)
         if div:
             assert f"First divergence at step {div['step']}" in ptext
         assert rec["prompt"]["id"] in ptext
@@ -231,7 +236,7 @@ def engine_run(tmp_path_factory, tiny_model) -> Path:
 
 def test_report_of_a_bit_exact_run_says_so(engine_run, tmp_path):
     check_run_report(engine_run, tmp_path / "report", tmp_path)
-    text = " ".join(parse(tmp_path / "report" / "index.html").text)
+    text = visible(parse(tmp_path / "report" / "index.html"))
     assert "Bit for bit: every logit at every position" in text
 
 

@@ -33,8 +33,6 @@ def test_crossval_run_both_real_models(tmp_path):
     statuses = {row["status"] for row in summary["receipts"]}
     assert statuses == {"ok"}
     # the HTML report of this run renders, and its numbers are the receipts' (issue: diagnostics)
-    from test_report import ALL_PLOTS, check_report
+    from test_report import check_run_report
 
-    run_dir = out / summary["run_id"]
-    has_layers = any((receipts.read_valid(p)["parity"].get("localisation") or {}).get("layers") for p in run_dir.glob("*__*.json"))
-    check_report(run_dir, tmp_path / "report", ALL_PLOTS if has_layers else ALL_PLOTS - {"layer_nmse"})
+    check_run_report(out / summary["run_id"], tmp_path / "report", tmp_path)

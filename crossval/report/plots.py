@@ -45,7 +45,8 @@ def _grid(n: int) -> tuple[int, int]:
 
 def per_position_panels(recs: list[dict], key: str, ylabel: str) -> bytes | None:
     """One panel per receipt (prompt) of `key` per teacher-forced position ("1-cosine" or "kld"),
-    log scale, shared axes. None when every value is exactly zero (nothing to draw)."""
+    log scale, a shared y axis (and x, unless the prompts' lengths differ more than 4×). None when
+    every value is exactly zero (nothing to draw)."""
     rows = [r for r in recs if r["per_position"]]
 
     def value(q):
@@ -55,7 +56,10 @@ def per_position_panels(recs: list[dict], key: str, ylabel: str) -> bytes | None
         return None
     plt = _plt()
     nr, nc = _grid(len(rows))
-    fig, axes = plt.subplots(nr, nc, figsize=(2.6 * nc, 1.9 * nr), sharex=True, sharey=True, squeeze=False)
+    size = (6.5, 2.2) if len(rows) == 1 else (2.6 * nc, 1.9 * nr)
+    lengths = [len(r["per_position"]) for r in rows]
+    sharex = max(lengths) <= 4 * min(lengths)  # one long prompt would squeeze the others into a sliver
+    fig, axes = plt.subplots(nr, nc, figsize=size, sharex=sharex, sharey=True, squeeze=False)
     for ax, r in zip(axes.flat, rows):
         pos = [q["position"] for q in r["per_position"]]
         ax.plot(pos, [max(value(q), FLOOR) for q in r["per_position"]], lw=1.0, color=OKABE_ITO[0])
