@@ -303,3 +303,62 @@ def test_report_bad_input_is_one_line(tmp_path, case, engine_run):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     if case != "not-a-dir-out":
         assert not out.exists()
+
+
+def _check_receipt_page(target: Path, tmp_path: Path, lookup) -> Page:
+    r = report(target, tmp_path / "report")
+    assert r.returncode == 0, r.stderr
+    page = parse(tmp_path / "report" / "index.html")
+    assert check_cells(page, lookup) > 0
+    check_pages(tmp_path / "report", tmp_path)
+    return page
+
+
+@needs_llamacpp
+def test_report_of_a_sweep_receipt(tmp_path, tiny_model):
+    out = tmp_path / "sw"
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "sweep", "--model", str(tiny_model("llama")), "--kinds", "threads,batch",
+                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode in (0, 1), r.stderr
+    f = next(out.glob("*.json"))
+    rec = receipts.read_valid(f)
+
+    def lookup(table, row, field):
+        kind, i = row.split("/")
+        return rec[kind][int(i)][field]
+
+    page = _check_receipt_page(f, tmp_path, lookup)
+    assert {row.split("/")[0] for _, row, *_ in page.cells} == {"threads", "batch"}
+
+
+@needs_llamacpp
+def test_report_of_an_envelope_receipt(tmp_path, tiny_model):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello world\nthe quick brown fox\n")
+    out = tmp_path / "env"
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "envelope", "--model", str(tiny_model("llama")), "--prompts", str(prompts),
+                        "--seeds", "4", "--steps", "4", "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode in (0, 1), r.stderr
+    f = next(out.glob("*.json"))
+    rec = receipts.read_valid(f)
+    configs = {c["name"]: c for c in rec["configs"]}
+    page = _check_receipt_page(f, tmp_path, lambda table, row, field: configs[row][field])
+    assert {row for _, row, *_ in page.cells} == set(configs)
+
+
+def test_report_of_the_recorded_bench_trend(tmp_path):
+    """receipts/perf (the recorded `crossval bench` receipts): the latest figures per model, and the
+    ratio trend over all of them."""
+    perf = Path(__file__).resolve().parent.parent / "receipts" / "perf"
+    recs = {p.name: receipts.read_valid(p) for p in perf.glob("*.json")}
+
+    def lookup(table, row, field):
+        name, i = row.rsplit("/", 1)
+        return recs[name]["engine"]["mode"] if field == "mode" else recs[name]["results"][int(i)][field]
+
+    page = _check_receipt_page(perf, tmp_path, lookup)
+    models = {r["model"]["name"] for r in recs.values()}
+    latest = {m: max((r for r in recs.values() if r["model"]["name"] == m), key=lambda r: r["timestamp"]) for m in models}
+    shown = {row.rsplit("/", 1)[0] for _, row, *_ in page.cells}
+    assert shown == {next(n for n, r in recs.items() if r is latest[m]) for m in models}
+    assert len(page.imgs) == 2 * len(models)  # decode and prefill trends per model

@@ -49,7 +49,7 @@ def _kind_of(p: Path) -> str | None:
 
 
 def _is_run_dir(d: Path) -> bool:
-    return (d / "summary.json").is_file() or any(p.name != "summary.json" and "__" in p.name for p in d.glob("*.json"))
+    return (d / "summary.json").is_file() or any(_kind_of(p) == "parity" for p in d.glob("*__*.json"))
 
 
 def _run(d: Path) -> Target:

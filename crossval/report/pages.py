@@ -324,7 +324,8 @@ def _sweep_page(t: Target, env) -> tuple[dict[str, str], dict[str, Image]]:
             if png:
                 images[f"sweep-{kind}"] = Image(f"sweep-{kind}", png)
                 figs.append((images[f"sweep-{kind}"], f"1 − min cosine against the reference as {xkey} varies (log scale; {plots.FLOOR:g} stands for identical)."))
-        sections.append({"heading": f"{kind} sweep", "id": kind, "note": None, "grid": None, "cols": cols, "rows": pts, "figs": figs})
+        rows = [dict(q, _key=f"{kind}/{i}") for i, q in enumerate(pts)]
+        sections.append({"heading": f"{kind} sweep", "id": kind, "note": None, "grid": None, "cols": cols, "rows": rows, "figs": figs})
     ctx = {"title": f"crossval sweep {rec['run_id']}", "sortable": True, "passed": rec["verdict"]["passed"],
            "headline": f"{'✓ Pass' if rec['verdict']['passed'] else '✗ Fail'} — invariance sweeps of {model_label(rec)}",
            "exact_line": "", "facts": [("engine", _backend_line(rec["backends"]["engine"])), ("reference", _backend_line(rec["backends"].get("reference"))),
@@ -351,7 +352,8 @@ def _envelope_page(t: Target, env) -> tuple[dict[str, str], dict[str, Image]]:
            "exact_line": "", "facts": [("engine", _backend_line(rec["backends"]["engine"])), ("reference", _backend_line(rec["backends"]["reference"])),
                                        ("seeds · steps", f"{rec['config']['seeds']} · {rec['config']['steps']}"), ("test", rec["test"])],
            "failures": rec["verdict"]["failures"],
-           "sections": [{"heading": "Sampling configs", "id": "configs", "note": None, "grid": None, "cols": cols, "rows": rec["configs"], "figs": figs}],
+           "sections": [{"heading": "Sampling configs", "id": "configs", "note": None, "grid": None, "cols": cols,
+                         "rows": [dict(c, _key=c["name"]) for c in rec["configs"]], "figs": figs}],
            "provenance": [("backends", rec["backends"]), ("config", rec["config"]), ("thresholds", rec["thresholds"]), ("environment", rec["environment"])]}  # fmt: skip
     return {"index.html": env.get_template("receipt.html").render(ctx)}, images
 
@@ -376,7 +378,7 @@ def _perf_page(t: Target, env) -> tuple[dict[str, str], dict[str, Image]]:
                 images[name] = Image(name, png)
                 figs.append((images[name], f"{model}: {what} tokens/s of the engine divided by llama.cpp's in the same run, over the recorded perf receipts (dotted: parity)."))
         last = mr[-1]
-        rows = [dict(res, recorded=last["timestamp"], mode=last["engine"]["mode"]) for res in last["results"]]
+        rows = [dict(res, mode=last["engine"]["mode"], _key=f"{last['_file']}/{i}") for i, res in enumerate(last["results"])]
         cols = [("threads", "threads", "d"), ("engine_decode_tok_s", "engine decode tok/s", ".1f"), ("llamacpp_decode_tok_s", "llama.cpp decode tok/s", ".1f"),
                 ("decode_ratio", "decode ratio", ".3f"), ("engine_prefill_tok_s", "engine prefill tok/s", ".1f"),
                 ("llamacpp_prefill_tok_s", "llama.cpp prefill tok/s", ".1f"), ("prefill_ratio", "prefill ratio", ".3f"), ("mode", "mode", "s")]  # fmt: skip
