@@ -82,13 +82,15 @@ def describe(g: GGUFFile, cfg: ModelConfig, il: int) -> Layer:
     if cfg.n_expert:
         moe = (p + "ffn_gate_inp.weight", p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight", p + "ffn_down_exps.weight")
         gate_up = ()
-    for n in (*qkv, p + "attn_output.weight", *gate_up, *(moe or ())):
-        g.tensor(n)  # a missing tensor is a one-line GGUFError, not a KeyError mid-forward
+    norms = ((None, None, p + "post_attention_norm.weight", p + "post_ffw_norm.weight") if olmo2
+             else (p + "attn_norm.weight", p + "ffn_norm.weight", None, None))  # fmt: skip
+    for n in (*qkv, p + "attn_output.weight", *gate_up, *(moe or ()), *filter(None, norms)):
+        g.tensor(n)  # a missing tensor is a one-line GGUFError now, not mid-forward
     return Layer(
-        attn_norm=None if olmo2 else p + "attn_norm.weight",
-        ffn_norm=None if olmo2 else p + "ffn_norm.weight",
-        attn_post_norm=p + "post_attention_norm.weight" if olmo2 else None,
-        ffn_post_norm=p + "post_ffw_norm.weight" if olmo2 else None,
+        attn_norm=norms[0],
+        ffn_norm=norms[1],
+        attn_post_norm=norms[2],
+        ffn_post_norm=norms[3],
         q_norm=name("attn_q_norm"),
         k_norm=name("attn_k_norm"),
         qkv=qkv,
@@ -215,9 +217,10 @@ class FamilyModel:
                 tap(il, "attn_norm", h)
             qkv = mm(h, L.qkv)
             q, k, v = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
-            bq, bk, bv = L.qkv_bias
-            if bq:
-                q, k, v = q + W[bq], k + W[bk], v + W[bv]
+            bq, bk, bv = L.qkv_bias  # build_qkv: each present bias added after its matmul
+            q = q + W[bq] if bq else q
+            k = k + W[bk] if bk else k
+            v = v + W[bv] if bv else v
             if self.qk_norm == 2:  # olmo2.cpp: build_norm on the unreshaped Qcur / Kcur
                 q, k = rms_norm(q, W[L.q_norm], c.rms_eps), rms_norm(k, W[L.k_norm], c.rms_eps)
             q = q.reshape(n, c.n_head, c.head_dim)
