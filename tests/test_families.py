@@ -20,15 +20,15 @@ from crossval.synthetic_families import FAMILY_MODELS
 NAMES = list(FAMILY_MODELS)
 
 
-def _run(tmp_path, model: str, *args: str) -> list[dict]:
-    """`crossval run` on the default prompts → the receipts (one per prompt)."""
+def _run(tmp_path, models: list[str], *args: str) -> list[dict]:
+    """One `crossval run` of the models on the default prompts → the receipts (one per model × prompt)."""
     out = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", model, "--steps", "32", "--out", str(out), "--json",
-                        *args], capture_output=True, text=True, timeout=900)  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--models", ",".join(models), "--steps", "32", "--out", str(out),
+                        "--json", *args], capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.stdout, r.stderr[-2000:]
     summary = json.loads(r.stdout)
     recs = [receipts.read_valid(out / summary["run_id"] / x["file"]) for x in summary["receipts"]]
-    assert len(recs) == 8 and r.returncode == 0, [(x["prompt"]["id"], x["verdict"]["failures"]) for x in recs]
+    assert len(recs) == 8 * len(models) and r.returncode == 0, [(x["prompt"]["id"], x["verdict"]["failures"]) for x in recs]
     return recs
 
 
@@ -37,7 +37,7 @@ def _run(tmp_path, model: str, *args: str) -> list[dict]:
 def test_float_mode_matches_llamacpp_on_every_default_prompt(tmp_path, name):
     """F32 weights, F32 KV cache on both sides: every position's logits within cosine 0.99999 of
     llama.cpp's and the same 32 greedy tokens."""
-    recs = _run(tmp_path, name, "--kv-type", "f32")
+    recs = _run(tmp_path, [name], "--mode", "float", "--kv-type", "f32")
     for rec in recs:
         p = rec["parity"]
         print(f"{name} {rec['prompt']['id']}: min cos {p['cosine_similarity']:.8f} max|d| {p['max_abs_diff']:.2e}")
@@ -47,18 +47,17 @@ def test_float_mode_matches_llamacpp_on_every_default_prompt(tmp_path, name):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("quant", ["Q4_K_M", "Q8_0"])
 @pytest.mark.parametrize("name", NAMES)
-def test_faithful_mode_is_llamacpp_bit_for_bit(tmp_path, name, quant):
-    """llama.cpp's quantizer's Q4_K_M / Q8_0 (its per-tensor type choices: Q6_K, Q5_K, F32 routers…),
+def test_faithful_mode_is_llamacpp_bit_for_bit(tmp_path, name):
+    """llama.cpp's quantizer's Q4_K_M and Q8_0 (its per-tensor type choices: Q6_K, Q5_K, F32 routers…),
     F16 cache: faithful mode's logits are llama.cpp's (max |Δlogit| 0), the greedy runs identical,
     no fallback type, the strict profile."""
     from crossval.matrix import variant
 
-    recs = _run(tmp_path, str(variant(name, quant)), "--mode", "faithful", "--kv-type", "f16")
+    recs = _run(tmp_path, [str(variant(name, q)) for q in ("Q4_K_M", "Q8_0")], "--mode", "faithful", "--kv-type", "f16")
     for rec in recs:
         p = rec["parity"]
-        print(f"{name} {quant} {rec['prompt']['id']}: max|d| {p['max_abs_diff']:.2e} exact {p['exact_match_rate']}")
+        print(f"{rec['model']['name']} {rec['prompt']['id']}: max|d| {p['max_abs_diff']:.2e} exact {p['exact_match_rate']}")
         assert rec["backends"]["engine"]["fallback_types"] == [] and rec["thresholds"]["profile"] == "faithful"
         assert p["max_abs_diff"] == 0.0 and p["exact_match_rate"] == 1.0 and p["steps_compared"] == 32, rec["prompt"]["id"]
 
