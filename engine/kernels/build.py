@@ -61,6 +61,7 @@ int cv_i2s_matmul(const uint8_t *W, int64_t N, int64_t K, const int8_t *q, const
 int cv_bitnet_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tok, float *Y, int64_t ldy,
                          int lanes, int n_threads);
 int64_t cv_bitnet_n_kv(int64_t cells, int64_t n_ctx);
+float cv_tq_dot_lanes(int wtype, const void *w, const void *a, int nb);
 int cv_attention_f16_bitnet(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t,
                             int64_t n_ctx, int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, int lanes,
                             float *out, int n_threads);

@@ -611,6 +611,7 @@ CV_GEMV(AVX2_FN, gemv_q6_K_avx2, dot_q6_K_avx2)
 #include "iq_tables.h"
 #include "iq2_kernels.c" /* IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M */
 #include "iq34_kernels.c" /* IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL */
+#include "ternary_kernels.c" /* TQ1_0, TQ2_0 */
 
 static gemv_fn gemv_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -675,7 +676,8 @@ static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot)
     case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q5_0) : dot_q5_0; return 0;
     case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
     case T_Q6_K: *be = 256; *bb = 210; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q6_K_avx2 : dot_q6_K; return 0;
-    default: return iq34_type(wtype) ? iq34_layout(wtype, be, bb, atype, ab, dot) : iq2_layout(wtype, be, bb, atype, ab, dot);
+    default: return iq34_type(wtype) ? iq34_layout(wtype, be, bb, atype, ab, dot)
+                 : iq2_layout(wtype, be, bb, atype, ab, dot) == 0 ? 0 : ternary_layout(wtype, be, bb, atype, ab, dot);
     }
 }
 
