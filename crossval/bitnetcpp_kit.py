@@ -57,7 +57,8 @@ class KitBuild:
         return self.dir / "bin" / "llama-quantize"
 
     def provenance(self) -> dict:
-        """The receipt's view of this build (commits, compiler, CMake flags, system_info)."""
+        """The receipt's backends.<side>.build section: commits, compiler, CMake flags (the library's
+        own system_info goes in the section itself)."""
         i = self.info
         return {
             "bitnet_commit": (i.get("bitnet") or {}).get("commit"),
@@ -67,7 +68,6 @@ class KitBuild:
             "cmake_flags": i.get("cmake_flags"),
             "ggml_native": i.get("GGML_NATIVE"),
             "tl2": i.get("BITNET_X86_TL2"),
-            "system_info": i.get("system_info"),
             "build_dir": str(self.dir),
         }
 

@@ -89,6 +89,26 @@ def cmd_gemmacpp_build(args) -> int:
     return EXIT_OK
 
 
+# --- bitnetcpp ---------------------------------------------------------------------------------
+def cmd_bitnetcpp_build(args) -> int:
+    import time
+
+    from crossval.bitnetcpp_kit import ensure_built
+
+    con = _console_err()
+    t = time.perf_counter()
+    with con.status("bitnet.cpp kit") as st:
+        b = ensure_built(jobs=args.jobs, progress=lambda line: st.update(f"bitnet.cpp kit: {line[:100]}"))
+    info = {"dir": str(b.dir), "libllama": str(b.libllama), "llama_quantize": str(b.quantize_bin), "built_s": b.built_s,
+            "seconds": time.perf_counter() - t, "system_info": b.info.get("system_info"), **b.provenance()}  # fmt: skip
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        how = "reused" if b.built_s is None else f"built in {b.built_s:.0f} s"
+        _console().print(f"bitnet.cpp {info['bitnet_commit'][:12]} (llama.cpp fork {info['llama_cpp_commit'][:12]}): {how}\n  {b.dir}")
+    return EXIT_OK
+
+
 def cmd_gemmacpp_generate(args) -> int:
     from crossval.backends.gemmacpp_capi import capi_generate
     from crossval.gemmacpp_kit import ensure_built
@@ -601,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--localise", choices=["auto", "always", "never"], default="auto", help="per-layer comparison with "
                    "the reference's graph tensors: auto = only when a comparison fails its thresholds (default)")
     r.add_argument("--gemmacpp-no-patches", action="store_true", help="use upstream gemma.cpp without the kit's two fixes")
-    r.add_argument("--llama-lib", help="directory holding another libllama build (LLAMA_CPP_LIB_PATH), e.g. bitnet.cpp's")
+    r.add_argument("--llama-lib", help="directory holding another libllama build of llama.cpp's current C API (LLAMA_CPP_LIB_PATH); bitnet.cpp: --reference bitnetcpp")
     r.add_argument("--thresholds", help="JSON file overriding threshold fields")
     r.add_argument("--require-reference", action="store_true", help="exit 3 when the reference is unavailable")
     r.add_argument("--deterministic", action="store_true", help="threads=1, fixed seed (recorded in receipts)")
@@ -679,6 +699,13 @@ def build_parser() -> argparse.ArgumentParser:
     gg.add_argument("--no-patches", action="store_true")
     gg.set_defaults(func=cmd_gemmacpp_generate)
 
+    bc = sub.add_parser("bitnetcpp", help="the real bitnet.cpp reference (the bitnet.cpp kit)", epilog=EPILOG)
+    bsub = bc.add_subparsers(dest="bitnetcpp_cmd", required=True, parser_class=Parser)
+    bb = bsub.add_parser("build", help="build the kit into the crossval cache (reused when cached; done on first use too)")
+    add(bb, "json")
+    bb.add_argument("--jobs", type=options.positive_int, default=None, help="parallel compile jobs (default: all cores)")
+    bb.set_defaults(func=cmd_bitnetcpp_build)
+
     g = sub.add_parser("generate", help="greedy generation with the engine", epilog=EPILOG)
     add(g, "model", "steps", "n_ctx", "kv_type", "json")
     g.add_argument("--prompt", default="The capital of France is")
@@ -754,11 +781,13 @@ def input_errors() -> tuple[type[BaseException], ...]:
 
 def unavailable_errors() -> tuple[type[BaseException], ...]:
     """Exceptions meaning a reference cannot run here (exit 3)."""
+    from crossval.backends.bitnetcpp_capi import BitnetCppError
     from crossval.backends.gemmacpp_capi import CapiError
     from crossval.backends.llamacpp import LlamaCppError
+    from crossval.bitnetcpp_kit import KitError as BitnetKitError
     from crossval.gemmacpp_kit import KitError
 
-    return (LlamaCppError, KitError, CapiError)
+    return (LlamaCppError, KitError, CapiError, BitnetKitError, BitnetCppError)
 
 
 def exit_code_for(e: BaseException) -> int:

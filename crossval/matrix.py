@@ -1,6 +1,7 @@
 """`crossval matrix`: the prompt × quant matrix, shardable, merged into one matrix receipt.
 
 Quant variants are made here: the engine writes an F32 copy of the model (engine/convert.py), then
+bitnet.cpp's llama-quantize makes I2_S (and bitnet.cpp is those cells' reference), and
 llama.cpp's own quantizer (`llama_model_quantize`, in a child process — it aborts on shapes it
 cannot handle) writes each type. Variants are cached by (source sha256, type) under
 <cache>/quants/. The IQ types are made as llama.cpp's users make them, with an importance matrix
@@ -29,7 +30,9 @@ from crossval.errors import InputError
 
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
           "Q2_K", "Q2_K-PURE", "F16", "BF16", "F32", "TQ2_0", "TQ1_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_S",
-          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")  # fmt: skip
+          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "I2_S")  # fmt: skip
+# made and run by bitnet.cpp (crossval/bitnetcpp_kit.py), not llama.cpp: its cells' reference is bitnetcpp
+BITNETCPP_QUANTS = ("I2_S",)
 IMATRIX_QUANTS = frozenset(q for q in QUANTS if q.startswith("IQ"))  # made with an importance matrix
 # "-PURE": llama-quantize --pure. Its Q2_K mix holds no Q2_K tensor in either real model (the
 # 256-wide matrices are ffn_down and attn_output, which the mix raises to Q3_K), the pure one does.
@@ -92,6 +95,15 @@ def variant(model: str, quant: str, progress=None) -> Path:
 
     src = resolve_model(model)
     f32 = cached_float_copy(src, cache_dir() / "float")
+    if quant in BITNETCPP_QUANTS:  # bitnet.cpp's llama-quantize, one thread (cached by the F32 copy's hash)
+        from crossval.bitnetcpp_kit import KitError, quantize_i2s
+
+        if progress:
+            progress("quantize", {"model": model, "quant": quant})
+        try:
+            return quantize_i2s(f32)
+        except KitError as e:
+            raise MatrixError(f"bitnet.cpp could not quantize {model} to {quant}: {e}") from None
     digest = sha256_file(src)[:16]
     imat = None
     if quant in IMATRIX_QUANTS:
@@ -177,9 +189,10 @@ def run_shard(cfg: MatrixConfig, progress=None) -> tuple[Path, dict]:
     for (m, q), pids in groups.items():
         path = variant(m, q, progress)
         progress("group", {"model": m, "quant": q, "prompts": len(pids)})
+        kwargs = dict(cfg.run_kwargs, reference="bitnetcpp") if q in BITNETCPP_QUANTS else cfg.run_kwargs
         rc = RunConfig(models=[str(path)], prompts=[by_id[p] for p in pids], prompt_set=cfg.prompt_set, steps=cfg.steps,
                        mode=cfg.mode, threads=cfg.threads, timeout=cfg.timeout, n_ctx=cfg.n_ctx, out_dir=Path(cfg.out_dir) / "receipts",
-                       keep_going=True, **cfg.run_kwargs)  # fmt: skip
+                       keep_going=True, **kwargs)  # fmt: skip
         res = run(rc)
         rows = {r["prompt"]: r for r in res.rows}
         for p in pids:

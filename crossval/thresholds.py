@@ -25,7 +25,12 @@ Profiles, chosen per run from the model file and the engine mode:
   matrix of a type with a native kernel (the configuration faithful mode emulates op by op; other
   types go through the q8 float path and get quantized-float). DESIGN §4 sets cosine ≥ 0.9999; measured
   on both real models, default prompts: identical logits at every position (cosine 1.0, KLD 0) and
-  identical greedy continuations, so every gate is as strict as `exact`'s.
+  identical greedy continuations, so every gate is as strict as `exact`'s. The same holds against
+  bitnet.cpp on its I2_S models (bitnet, bitnet-25, bitnet-b1.58 at tiny and 100m, default prompts:
+  max |Δlogit| 0, tests/test_bitnetcpp.py). Float and q8 mode against bitnet.cpp get
+  quantized-float: bitnet.cpp rounds every matmul input to int8 per row (127 levels per row's
+  max), which float mode does not; measured min cosine 0.99907–0.99924 (float) and
+  0.99952–0.99964 (q8) over the default prompts of the three tiny models.
 - bf16-matched: --mode bf16 against gemma.cpp (the engine rounds as gemma.cpp does). Measured on
   gemma3-270m, default prompts, patched gemma.cpp at 2 threads: per-prompt min cosine
   0.99940–0.99997, mean ≥ 0.99995, top-1 ≥ 0.97, KLD mean ≤ 4e-4; gate min ≥ 0.999, mean
@@ -81,7 +86,7 @@ def select(float_weights: bool, mode: str, backends: tuple[str, str] = ("engine"
         return PROFILES["bf16-matched" if matched else "bf16-reference"]
     if float_weights:
         return PROFILES["exact"]
-    if ours and mode == "faithful" and backends[1] == "llamacpp" and kv_type == "f16" and native:
+    if ours and mode == "faithful" and backends[1] in ("llamacpp", "bitnetcpp") and kv_type == "f16" and native:
         return PROFILES["faithful"]
     return PROFILES["quantized-float"]
 

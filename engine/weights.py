@@ -138,8 +138,10 @@ class FloatWeights:
 def _native(wtype) -> bool:
     """Faithful mode multiplies this weight type with llama.cpp's own arithmetic (engine/kernels)."""
     from engine import kernels
+    from engine.quants import I2_S
 
-    return kernels.available() and (wtype in (Q.F16, Q.F32, Q.BF16) or kernels.supported(wtype))
+    # I2_S: bitnet.cpp's arithmetic, in engine/models/bitnet.py through engine/kernels/bitnet.py
+    return kernels.available() and (wtype in (Q.F16, Q.F32, Q.BF16) or wtype == I2_S or kernels.supported(wtype))
 
 
 def _repacked(wtype, rows: int, lanes: int) -> bool:

@@ -254,8 +254,9 @@ def test_faithful_equals_bitnetcpp_bit_for_bit(arch, size, kit, prompts):
     """Every default prompt: the engine's faithful mode on the I2_S model gives bitnet.cpp's logits
     bit for bit at every prompt position (one batch), every step of a 32-step greedy run (one token
     at a time) and after forced tokens; the greedy tokens are identical. Float mode (dequantized
-    weights, no int8 activations) stays close: min cosine ≥ 0.999 (measured 0.9993 on bitnet-tiny:
-    bitnet.cpp rounds every matmul's input to int8 per row, float mode does not)."""
+    weights, no int8 activations) stays close: min cosine ≥ 0.998 (measured 0.99907–0.99924 over
+    the default prompts of the three tiny models: bitnet.cpp rounds every matmul's input to int8
+    per row, float mode does not)."""
     from crossval.backends.bitnetcpp import BitnetCpp
     from crossval.backends.engine import EngineBackend
     from crossval.compare import cosine_rows
@@ -278,7 +279,7 @@ def test_faithful_equals_bitnetcpp_bit_for_bit(arch, size, kit, prompts):
             assert np.abs(e.step_logits - r.step_logits).max() == 0.0, pr.id
             assert np.abs(e.forced_logits - r.forced_logits).max() == 0.0, pr.id
             f = flt.logits(ids)
-            assert cosine_rows(f, r.prompt_logits).min() >= 0.999, pr.id
+            assert cosine_rows(f, r.prompt_logits).min() >= 0.998, pr.id
     finally:
         ref.close()
 
@@ -332,3 +333,81 @@ def test_100_load_generate_free_cycles_keep_rss_bounded(kit):
         b.close()
     print(f"bitnet.cpp child RSS: {rss[10]} kB after 10 cycles, {rss[100]} kB after 100")
     assert rss[100] - rss[10] <= 8 * 1024, rss
+
+
+# --- crossval run / matrix with bitnet.cpp ---------------------------------------------------------
+def _crossval(*args, env=None, timeout=600):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "crossval.cli", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=timeout)  # fmt: skip
+
+
+def _prompts(tmp_path):
+    import json
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in (("a", "The cat sat on the mat"), ("b", "Once upon a time"))))
+    return f
+
+
+def _receipts(out, pattern="*__a.json"):
+    from crossval import receipts
+
+    return [receipts.read_valid(p) for p in sorted(out.rglob(pattern))]
+
+
+def test_run_against_bitnetcpp_in_both_directions(tmp_path, kit):
+    """--reference bitnetcpp in faithful mode: the strict profile, no fallback types, every metric
+    exact, and the receipt names bitnet.cpp's commits, CMake flags and system_info; --engine
+    bitnetcpp --reference engine passes too."""
+    out = tmp_path / "out"
+    r = _crossval("run", "--model", "bitnet-tiny:I2_S", "--reference", "bitnetcpp", "--mode", "faithful", "--prompt-file",
+                  _prompts(tmp_path), "--steps", 16, "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+    (rec,) = _receipts(out)
+    assert rec["thresholds"]["profile"] == "faithful" and rec["backends"]["engine"]["fallback_types"] == []
+    assert rec["parity"]["cosine_similarity"] == 1.0 and rec["parity"]["kld_mean"] == 0.0 and rec["parity"]["exact_match_rate"] == 1.0
+    ref = rec["backends"]["reference"]
+    assert ref["name"] == "bitnet.cpp" and ref["commit"] == "40ed0f290203a9a78540b8f7eb18bd828043fe21"
+    assert ref["build"]["bitnet_commit"] == "404980eecae38affa4871c3e419eae3f44536a95" and "-DGGML_NATIVE=ON" in ref["build"]["cmake_flags"]
+    assert "AVX" in ref["system_info"] and ref["capabilities"]["capture"]
+    out2 = tmp_path / "swapped"
+    r = _crossval("run", "--model", "bitnet-tiny:I2_S", "--engine", "bitnetcpp", "--reference", "engine", "--mode", "faithful",
+                  "--prompt-file", _prompts(tmp_path), "--steps", 8, "--out", out2)  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_localise_against_bitnetcpp_names_the_perturbed_layer(tmp_path, kit):
+    out = tmp_path / "out"
+    r = _crossval("run", "--model", "bitnet-tiny:I2_S", "--reference", "bitnetcpp", "--mode", "faithful", "--prompt-file",
+                  _prompts(tmp_path), "--steps", 8, "--perturb-layer", 1, "--perturb-scale", 3.0, "--out", out)  # fmt: skip
+    assert r.returncode == 1, r.stderr + r.stdout
+    (rec,) = _receipts(out)
+    loc = rec["parity"]["localisation"]
+    assert loc["first"]["layer"] == 1 and loc["first"]["stage"] == "l_out", loc["first"]
+    assert all(x["nmse"] == 0.0 for x in loc["layers"] if x["layer"] == 0)  # bit for bit before the perturbation
+
+
+@pytest.mark.parametrize("fault, status", [("segv@compare_pass", "crashed"), ("hang@compare_pass", "timeout")])
+def test_killed_or_hung_bitnetcpp_child_gives_a_receipt_and_exit_4(tmp_path, kit, fault, status):
+    out = tmp_path / "out"
+    r = _crossval("run", "--model", "bitnet-tiny:I2_S", "--reference", "bitnetcpp", "--prompt-file", _prompts(tmp_path),
+                  "--steps", 4, "--timeout", 5, "--out", out, env={"CROSSVAL_CHILD_FAULT": fault})  # fmt: skip
+    assert r.returncode == 4, r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+    (rec,) = _receipts(out)
+    assert rec["parity"]["status"] == status and not rec["verdict"]["passed"]
+
+
+def test_matrix_runs_i2_s_cells_through_bitnetcpp(tmp_path, kit):
+    out = tmp_path / "m"
+    r = _crossval("matrix", "--models", "bitnet-25-tiny", "--quants", "I2_S", "--mode", "faithful", "--prompt-file",
+                  _prompts(tmp_path), "--steps", 8, "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+    from crossval import receipts
+
+    m = receipts.read_valid(out / "matrix.json")
+    assert [c["status"] for c in m["cells"]] == ["ok", "ok"] and all(c["exact_match_rate"] == 1.0 for c in m["cells"])
+    (rec,) = _receipts(out, "*__a.json")
+    assert rec["backends"]["reference"]["name"] == "bitnet.cpp" and rec["model"]["arch"] == "bitnet-25"

@@ -44,6 +44,7 @@ SPECS = [
     pytest.param("engine", "llama", id="engine"),
     pytest.param("llamacpp", "llama", id="llamacpp", marks=needs_llamacpp),
     pytest.param(EXTERNAL, "llama", id="external"),
+    pytest.param("bitnetcpp", "llama", id="bitnetcpp", marks=pytest.mark.bitnetcpp),  # the fork runs llama GGUFs too
     pytest.param("transformers", "llama", id="transformers",
                  marks=pytest.mark.skipif(not _has("transformers") or not _has("torch"), reason="triangulate extra not installed")),
     pytest.param("gemmacpp", "gemma3-270m", id="gemmacpp", marks=[pytest.mark.gemmacpp, pytest.mark.real_model]),

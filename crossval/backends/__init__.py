@@ -17,15 +17,17 @@ BACKENDS = {
     "engine": ("crossval.backends.engine", "EngineBackend"),
     "llamacpp": ("crossval.backends.isolated", "IsolatedLlamaCpp"),
     "gemmacpp": ("crossval.backends.gemmacpp", "GemmaCpp"),
+    "bitnetcpp": ("crossval.backends.bitnetcpp", "BitnetCpp"),
     "external": ("crossval.backends.external", "ExternalBackend"),
     "transformers": ("crossval.backends.transformers_hf", "TransformersBackend"),
 }
 TAKES_ARG = {"external"}  # external:CMD
+OPTIONAL_ARG = {"bitnetcpp"}  # bitnetcpp:i2s — bitnet.cpp on its own I2_S quantization of the model
 
 
 def backend_class(spec: str) -> type[Backend]:
     name = spec.split(":", 1)[0]
-    if name not in BACKENDS or (name in TAKES_ARG) != (":" in spec):
+    if name not in BACKENDS or (name not in OPTIONAL_ARG and (name in TAKES_ARG) != (":" in spec)):
         known = ", ".join(n + (":CMD" if n in TAKES_ARG else "") for n in BACKENDS)
         raise InputError(f"unknown backend {spec!r} (available: {known})")
     module, cls = BACKENDS[name]

@@ -22,14 +22,29 @@ from pathlib import Path
 
 import numpy as np
 
-from crossval.backends.base import BackendUnavailable, Capabilities, ComparePass, GenerateResult
+from crossval.backends.base import (LAYER_STAGES, Backend, BackendSettings, BackendUnavailable, Capabilities, ComparePass,
+                                    GenerateResult)  # fmt: skip
 from crossval.backends.isolated import PROTOCOL, ChildProcess, _fault
 
 
-class BitnetCpp(ChildProcess):
+class BitnetCpp(ChildProcess, Backend):
     """Parent side: the bitnet.cpp Backend, answered by a child process."""
 
     name = "bitnetcpp"
+    capabilities = Capabilities(sampling=True, capture=True, concurrent=True)
+
+    @classmethod
+    def from_settings(cls, model_path, s: BackendSettings, arg: str | None = None) -> "BitnetCpp":
+        """`bitnetcpp` runs the model file as given (bitnet.cpp also runs F32/F16/TQ GGUFs of the
+        architectures it knows); `bitnetcpp:i2s` runs bitnet.cpp's own I2_S quantization of it —
+        made by its llama-quantize from the engine's F32 copy, and refused unless every I2_S matrix
+        decodes to exactly the source's values (ternary weights × one scale per tensor), so the
+        three engines of `--three-way` see the same weights."""
+        if arg is not None and arg.lower() != "i2s":
+            raise BackendUnavailable(f"bitnetcpp:{arg}: the only variant is bitnetcpp:i2s")
+        if arg is not None:
+            model_path = i2s_copy(model_path)
+        return cls(model_path, n_ctx=s.n_ctx, threads=s.threads, kv_type=s.kv_type, timeout=s.timeout, progress=s.progress)
 
     def __init__(self, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
                  env: dict | None = None, progress=None, build=None):  # fmt: skip
@@ -43,7 +58,6 @@ class BitnetCpp(ChildProcess):
         self._tmp = tempfile.TemporaryDirectory(prefix="crossval-bitnetcpp-", dir=shm)
         child_env = dict(os.environ if env is None else env)
         self._start([sys.executable, "-m", "crossval.backends.bitnetcpp"], child_env, timeout)
-        self.capabilities = Capabilities()
         self._t0 = time.perf_counter()
         # n_ctx a multiple of 32: the fork pads the attended KV length to 32 cells, capped at n_ctx
         n_ctx = (int(n_ctx) + 31) // 32 * 32
@@ -56,8 +70,9 @@ class BitnetCpp(ChildProcess):
             self._info = self._receive()
             self.load_s = time.perf_counter() - self._t0
             self.n_vocab = self._info["n_vocab"]
-            self._provenance = dict(self._info["provenance"], build=self.kit.provenance(),
-                                    commit=self.kit.provenance()["llama_cpp_commit"])  # fmt: skip
+            b = self.kit.provenance()
+            self._provenance = dict(self._info["provenance"], build=b, commit=b["llama_cpp_commit"],
+                                    version=f"bitnet.cpp {(b['bitnet_commit'] or '')[:12]} (llama.cpp fork {(b['llama_cpp_commit'] or '')[:12]})")  # fmt: skip
 
     def _npy(self, name: str) -> str:
         return str(Path(self._tmp.name) / (f"{name}.npz" if name in ("pass", "capture") else f"{name}.npy"))
@@ -90,14 +105,16 @@ class BitnetCpp(ChildProcess):
         return GenerateResult(r["tokens"], arr, r["seconds"])
 
     def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
-        self.send_compare_pass(ids, steps, forced, sampling)
-        return self.receive_compare_pass()
+        self.start_compare_pass(ids, steps, forced, sampling)
+        return self.finish_compare_pass()
 
-    def send_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
+    def start_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
+        """Start a compare_pass in the child (greedy, or the fork's own seeded sampler chain) and
+        return at once (finish_compare_pass waits)."""
         self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
                          out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
 
-    def receive_compare_pass(self) -> ComparePass:
+    def finish_compare_pass(self) -> ComparePass:
         r = self._receive()
         out = self._npy("pass")
         with np.load(out) as z:
@@ -105,10 +122,13 @@ class BitnetCpp(ChildProcess):
         os.unlink(out)
         return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
 
-    def capture_rows(self, ids: list[int], position: int, pattern: str) -> dict[str, np.ndarray]:
-        """The fork's named graph tensors (cb_eval) matching `pattern`, as the row of `position`,
-        for a teacher-forced pass over ids (a separate capturing context)."""
+    def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES,
+                     pattern: str | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+        """The fork's named graph tensors (cb_eval) of the given stages ("<stage>-<layer>", the names
+        llama.cpp uses), as the row of `position`, for a teacher-forced pass over ids (a separate
+        capturing context); `pattern` (a regular expression over tensor names) overrides stages."""
         self.wait_loaded()
+        pattern = pattern or r"^(" + "|".join(sorted(stages)) + r")-\d+$"
         out = self._npy("capture")
         self._call("capture", ids=[int(i) for i in ids], position=int(position), pattern=pattern, out=out)
         with np.load(out) as z:
@@ -118,7 +138,7 @@ class BitnetCpp(ChildProcess):
 
     def provenance(self) -> dict:
         self.wait_loaded()
-        return dict(self._provenance)
+        return self.describe(**self._provenance)
 
     def unload(self) -> None:
         """Free the child's model and context (the child keeps running)."""
@@ -137,26 +157,46 @@ class BitnetCpp(ChildProcess):
         return self._proc.pid
 
     def close(self) -> None:
-        self._shutdown()
-        self._tmp.cleanup()
+        if getattr(self, "_proc", None) is not None and not getattr(self, "_closed", False):
+            self._closed = True
+            self._shutdown()
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+def i2s_copy(model_path) -> Path:
+    """bitnet.cpp's I2_S quantization of a BitNet GGUF whose matrices it represents exactly."""
+    from crossval.bitnetcpp_kit import KitError, quantize_i2s
+    from crossval.models import cache_dir
+    from engine.convert import cached_float_copy
+    from engine.gguf_model import GGUFError, open_gguf
+    from engine.quants import I2_S
+
+    try:
+        src = open_gguf(model_path)
+        if all(t.type != I2_S for t in src.tensors.values()):
+            out = quantize_i2s(cached_float_copy(Path(model_path), cache_dir() / "float"))
+        else:
+            return Path(model_path)
+        q = open_gguf(out)
+        for name, t in q.tensors.items():
+            if t.type == I2_S and not np.array_equal(q.dequantize(name), src.dequantize(name)):
+                raise BackendUnavailable(f"bitnetcpp:i2s: {name} is not ternary × one scale per tensor; I2_S would change it")
+    except (KitError, GGUFError) as e:
+        raise BackendUnavailable(f"bitnetcpp:i2s: {e}") from None
+    return out
 
 
 # --- child side ------------------------------------------------------------------------------
 def _provenance(m) -> dict:
     return {
         "name": "bitnet.cpp",
-        "version": "bitnet.cpp (llama.cpp fork, old C API) via crossval's cffi binding",
+        "version": None,  # the parent names the commits (it knows the kit build)
         "library_sha256": m.library_sha256(),
         "system_info": m.system_info(),
         "kv_type": m.kv_type,
         "threads": m.threads,
-        "n_ctx": m.n_ctx,
     }
 
 

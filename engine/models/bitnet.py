@@ -64,7 +64,8 @@ class BitnetModel:
         """x · Wᵀ (times the weight's .scale when it has one). In the fork's faithful mode an I2_S
         weight multiplies the int8 activations xq (quantized once per input, shared by q/k/v and
         gate/up)."""
-        if self.fork and self.g.tensor(name).type == I2_S:
+        if self.fork and self.g.tensor(name).type == I2_S and name not in self.w._cache:  # (a weight replaced in the
+            # float cache — the harness's perturbation hook — goes through the float path below)
             from engine.kernels import bitnet as kb
 
             t = self.g.tensor(name)
