@@ -71,7 +71,7 @@ def test_kit_build_is_reused_and_names_its_provenance(kit):
     prov = kit.provenance()
     assert prov["bitnet_commit"] == "404980eecae38affa4871c3e419eae3f44536a95"
     assert prov["llama_cpp_commit"] == "40ed0f290203a9a78540b8f7eb18bd828043fe21"
-    assert "-DGGML_NATIVE=ON" in prov["cmake_flags"] and "LLAMAFILE = 1" in prov["system_info"]
+    assert "-DGGML_NATIVE=ON" in prov["cmake_flags"] and "LLAMAFILE = 1" in kit.info["system_info"]
 
 
 def test_i8_s_activations_equal_libggml_including_ties(ggml):
