@@ -27,7 +27,7 @@ from pathlib import Path
 
 import blake3
 
-from crossval import isa
+from crossval import isa, signals
 from crossval.models import cache_dir
 from engine.convert import sha256_file
 
@@ -128,7 +128,7 @@ def ensure_built(jobs: int | None = None, progress=None) -> KitBuild:
         cmd = ["bash", str(kit / "build.sh"), "--out", str(out), "--jobs", str(jobs or os.cpu_count() or 2)]
         t = time.perf_counter()
         tail: list[str] = []
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:
+        with signals.child(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:  # killed if we are
             for line in p.stdout:
                 line = line.rstrip("\n")
                 tail = (tail + [line])[-40:]

@@ -7,6 +7,22 @@ crossval/options.py; exit codes and the error hierarchy from crossval/errors.py.
 
 from __future__ import annotations
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def _exit_quietly(signum, frame):
+    """Until main() installs crossval/signals.py's handlers (the imports below take a moment):
+    nothing is written and no child started yet, so a signal ends the command at once."""
+    _os.write(2, f"crossval: error: interrupted by {_signal.Signals(signum).name}\n".encode())
+    _os._exit(128 + signum)
+
+
+if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "crossval":  # run as the command, not imported
+    for _s in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(_s, _exit_quietly)
+
 import argparse
 import json
 import sys
@@ -16,7 +32,7 @@ from crossval.errors import (EXIT_CRASH, EXIT_INPUT, EXIT_INTERNAL, EXIT_NO_REFE
                              CrossvalError, InputError)  # fmt: skip
 
 EPILOG = ("exit codes: 0 ok · 1 parity failure · 2 bad usage or input · 3 reference unavailable · 4 timeout/crash · "
-          "5 internal error (traceback saved)")  # fmt: skip
+          "5 internal error (traceback saved) · 130/143 interrupted")  # fmt: skip
 
 
 def _console():
@@ -454,6 +470,9 @@ def cmd_run(args) -> int:
 
         res = run(cfg, progress)
     summary = json.loads(res.summary_path.read_text())
+    if summary.get("interrupted"):
+        i = summary["interrupted"]
+        _err(f"interrupted by {i['signal']}: {i['receipts_written']} finished receipt(s) and a summary marked interrupted in {res.out_dir}")
     if args.json:
         print(json.dumps(summary, indent=2))
         return res.exit_code
@@ -825,15 +844,18 @@ def save_traceback(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from crossval import signals
+
     try:
-        prepare(args)
-        code = args.func(args)
+        with signals.interruptible():  # SIGINT/SIGTERM: unwind once (exit 130/143), a second one exits at once
+            prepare(args)
+            code = args.func(args)
         if args.notice:
             print(f"crossval: note: {args.notice}", file=sys.stderr)
         return code
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+    except KeyboardInterrupt as e:  # signals.Interrupted, or a Ctrl-C outside interruptible()
+        _err(str(e) or "interrupted")
+        return getattr(e, "exit_code", 130)
     except Exception as e:  # every failure ends in one line and its exit code (crossval/errors.py)
         code = exit_code_for(e)
         msg = (str(e).splitlines() or [""])[0] or type(e).__name__

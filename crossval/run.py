@@ -23,6 +23,7 @@ the `progress` callback the CLI hands in.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from crossval import compare, provenance, receipts, signing, thresholds
+from crossval import compare, provenance, receipts, signals, signing, thresholds
 from crossval.backends import backend_class, make_backend
 from crossval.backends.base import (Backend, BackendCrashed, BackendError, BackendSettings, BackendTimeout,
                                     BackendUnavailable, ComparePass)  # fmt: skip
@@ -179,8 +180,11 @@ class Backends:
         try:
             self._start_reference()
             try:
-                self.eng = make_backend(cfg.engine, plan.path, self.settings)
-                self.eng.wait_loaded()
+                with signals.deadline(cfg.timeout, "load"):  # the engine side loads under the backends' deadline
+                    self.eng = make_backend(cfg.engine, plan.path, self.settings)
+                    self.eng.wait_loaded()
+            except BackendTimeout:
+                raise
             except BackendError as e:
                 raise InputError(f"--engine {cfg.engine}: {e}") from None
             if cfg.three_way:
@@ -410,8 +414,10 @@ def run_prompt(c: Comparison, cfg: RunConfig, plan: ModelPlan, b: Backends) -> N
     """The per-prompt steps; a backend failure becomes the comparison's status and diagnostics."""
     t0 = time.perf_counter()
     c.timing = {"engine_load_s": b.eng.load_s, "reference_load_s": None}
-    render(c, plan)
     try:
+        c.stage = "render"
+        with signals.deadline(cfg.timeout, "render"):  # the engine-side steps: the backends' deadline
+            render(c, plan)
         ref = b.reference()
         c.stage = "load"
         ref.wait_loaded()
@@ -420,7 +426,8 @@ def run_prompt(c: Comparison, cfg: RunConfig, plan: ModelPlan, b: Backends) -> N
             b.first_load = False
         c.reference_provenance = ref.provenance()
         c.stage = "tokenize"
-        tokenize(c, b.eng, ref, cfg.n_ctx, cfg.steps)
+        with signals.deadline(cfg.timeout, "tokenize"):
+            tokenize(c, b.eng, ref, cfg.n_ctx, cfg.steps)
         c.stage = "compare"
         compare_passes(c, b.eng, ref, cfg.steps, cfg.sampling)
         failed = thresholds.evaluate(plan.thresholds, c.parity, c.tokenization)
@@ -524,10 +531,27 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     t_run = time.perf_counter()
     plans = resolve(cfg)
     run_id = receipts.new_run_id()
-    out = receipts.ensure_dir(Path(cfg.out_dir) / run_id)
-    env = provenance.environment_section(cfg.threads)
+    out = Path(cfg.out_dir) / run_id
     rows: list[dict] = []
     codes: list[int] = []
+    interrupted = None
+    try:
+        receipts.ensure_dir(out)
+        env = provenance.environment_section(cfg.threads)
+        _run_plans(cfg, plans, run_id, out, env, rows, codes, progress)
+        exit_code = worst(codes)
+    except signals.Interrupted as e:  # backends closed on the way out; finished receipts stay
+        if not out.is_dir():
+            raise  # interrupted before the run had a directory: nothing to summarise
+        interrupted = {"signal": signal.Signals(e.signum).name, "receipts_written": len(rows)}
+        exit_code = e.exit_code
+    sp = receipts.write(out / "summary.json", summary(cfg, run_id, exit_code, rows, time.perf_counter() - t_run, interrupted))
+    return RunResult(run_id, out, exit_code, rows, sp)
+
+
+def _run_plans(cfg: RunConfig, plans: list[ModelPlan], run_id: str, out: Path, env: dict, rows: list[dict], codes: list[int],
+               progress: Progress) -> None:  # fmt: skip
+    """Every (model, prompt) comparison; each receipt is written as soon as it is finished."""
     stop = False
     for plan in plans:
         progress("model", {"model": plan.name, "prompts": len(cfg.prompts)})
@@ -539,29 +563,28 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                 run_prompt(c, cfg, plan, b)
                 rec = receipt(cfg, run_id, plan, c, b.eng.provenance(), tok_fp, env)
                 fname = f"{_safe(plan.label)}__{_safe(prompt.id)}.json"
-                receipts.write(out / fname, rec)
-                if cfg.sign_key is not None:
-                    signing.write_signed(out / fname, rec, cfg.sign_key)
-                codes.append(_exit_code(c, rec))
-                rows.append(_summary_row(fname, plan, c, rec))
+                with signals.held():  # an interrupt waits until the receipt is written and counted
+                    receipts.write(out / fname, rec)
+                    if cfg.sign_key is not None:
+                        signing.write_signed(out / fname, rec, cfg.sign_key)
+                    codes.append(_exit_code(c, rec))
+                    rows.append(_summary_row(fname, plan, c, rec))
                 progress("receipt", rows[-1])
                 if rec["parity"]["status"] in ("timeout", "crashed") and not cfg.keep_going:
                     stop = True  # without --keep-going a crash or timeout ends the run (its receipt is written)
                     break
         if stop:
             break
-    exit_code = worst(codes)
-    sp = receipts.write(out / "summary.json", summary(cfg, run_id, exit_code, rows, time.perf_counter() - t_run))
-    return RunResult(run_id, out, exit_code, rows, sp)
 
 
-def summary(cfg: RunConfig, run_id: str, exit_code: int, rows: list[dict], total_s: float) -> dict:
+def summary(cfg: RunConfig, run_id: str, exit_code: int, rows: list[dict], total_s: float, interrupted: dict | None = None) -> dict:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return {
         **receipts.header("run-summary", run_id),
         "exit_code": exit_code, "passed": exit_code == EXIT_OK, "counts": counts, "receipts": rows, "total_s": total_s,
+        "interrupted": interrupted,
         "config": {"models": cfg.models, "prompt_set": cfg.prompt_set, "steps": cfg.steps, "threads": cfg.threads,
                    "seed": cfg.seed, "mode": cfg.mode, "kv_type": cfg.kv_type, "n_ctx": cfg.n_ctx,
                    "reference": cfg.reference, "engine": cfg.engine, "prefix_end": cfg.prefix_end,

@@ -8,6 +8,7 @@ the source's sha256 (engine never imports crossval; callers pass the cache dir).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -51,27 +52,32 @@ def _dtype_vtype(dt: np.dtype) -> GGUFValueType:
 
 def write_float_copy(src_path: str | os.PathLike, dst_path: str | os.PathLike, dtype: str = "f32") -> Path:
     """Dequantize every tensor of src into dst (F32, or F16 for matrices with 1-D tensors kept F32).
-    Written to dst + '.tmp' and renamed, so a crash never leaves a half-written copy."""
+    Written to a temporary file beside dst and renamed, so a crash or an interrupt never leaves a
+    half-written copy under dst's name."""
     if dtype not in FTYPE:
         raise ValueError(f"dtype must be f32 or f16, not {dtype!r}")
     src = open_gguf(src_path)
     dst = Path(dst_path)
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share it
     w = GGUFWriter(tmp, src.arch)
-    _copy_metadata(src, w)
-    w.add_file_type(FTYPE[dtype])
-    out_types = {}
-    for name, t in src.tensors.items():
-        np_dt = np.float16 if (dtype == "f16" and len(t.ne) >= 2) else np.float32
-        out_types[name] = np_dt
-        w.add_tensor_info(name, t.shape, np.dtype(np_dt), t.n_elements * np.dtype(np_dt).itemsize)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for name in src.tensors:
-        w.write_tensor_data(src.dequantize(name).astype(out_types[name]))
-    w.close()
-    os.replace(tmp, dst)
+    try:
+        _copy_metadata(src, w)
+        w.add_file_type(FTYPE[dtype])
+        out_types = {}
+        for name, t in src.tensors.items():
+            np_dt = np.float16 if (dtype == "f16" and len(t.ne) >= 2) else np.float32
+            out_types[name] = np_dt
+            w.add_tensor_info(name, t.shape, np.dtype(np_dt), t.n_elements * np.dtype(np_dt).itemsize)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for name in src.tensors:
+            w.write_tensor_data(src.dequantize(name).astype(out_types[name]))
+        w.close()
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return dst
 
 
@@ -84,10 +90,14 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def cached_float_copy(src_path: str | os.PathLike, cache_dir: str | os.PathLike, dtype: str = "f32") -> Path:
-    """The float copy of src in cache_dir, named by the source's sha256; written if missing."""
+    """The float copy of src in cache_dir, named by the source's sha256; written if missing, by
+    one process at a time (a lock file beside it)."""
     digest = sha256_file(src_path)
     dst = Path(cache_dir) / f"{Path(src_path).stem}.{digest[:16]}.{dtype.upper()}.gguf"
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
-        write_float_copy(src_path, dst, dtype)
+        with open(dst.with_name(f".{dst.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # several processes may want it at once: one writes it
+            if not dst.exists():
+                write_float_copy(src_path, dst, dtype)
     return dst

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossval import signals
 from crossval.backends.base import (
     LAYER_STAGES, Backend, BackendCrashed, BackendError, BackendSettings, BackendTimeout, BackendUnavailable, Capabilities,
     ComparePass, GenerateResult,
@@ -46,8 +47,10 @@ class ChildProcess:
         self.timeout = timeout
         self._pending: tuple[str, float] | None = None
         self._stderr = collections.deque(maxlen=40)
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env=env, start_new_session=True)  # fmt: skip
+        with signals.held():  # registered before any Ctrl-C can unwind past it (crossval/signals.py)
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          env=env, start_new_session=True)  # fmt: skip
+            signals.register(self._proc.pid)
         self._buf = b""
         self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
         self._t_err.start()
@@ -67,6 +70,7 @@ class ChildProcess:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 self._proc.kill()
+        signals.unregister(self._proc.pid)
         try:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
