@@ -411,3 +411,29 @@ def test_matrix_runs_i2_s_cells_through_bitnetcpp(tmp_path, kit):
     assert [c["status"] for c in m["cells"]] == ["ok", "ok"] and all(c["exact_match_rate"] == 1.0 for c in m["cells"])
     (rec,) = _receipts(out, "*__a.json")
     assert rec["backends"]["reference"]["name"] == "bitnet.cpp" and rec["model"]["arch"] == "bitnet-25"
+
+
+@pytest.mark.llamacpp
+def test_three_way_engine_llamacpp_tq2_0_bitnetcpp_i2_s(tmp_path, kit):
+    """One ternary model three ways: bitnet-tiny as llama.cpp's TQ2_0 for the engine (faithful) and
+    llama.cpp, and bitnet.cpp on its I2_S quantization of the same weights (bitnetcpp:i2s). The
+    engine and llama.cpp agree bit for bit, so wherever the three part, bitnet.cpp (int8 activations
+    per row instead of Q8_K blocks) is the odd one out, and the farthest."""
+    from conftest import HAS_LLAMACPP
+
+    if not HAS_LLAMACPP and not os.environ.get("CI"):
+        pytest.skip("llama-cpp-python not installed")
+    from crossval.matrix import variant
+
+    out = tmp_path / "out"
+    r = _crossval("run", "--model", variant("bitnet-tiny", "TQ2_0"), "--mode", "faithful", "--reference", "llamacpp", "--three-way",
+                  "--third", "bitnetcpp:i2s", "--prompt-file", _prompts(tmp_path), "--steps", 16, "--out", out)  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+    for rec in _receipts(out, "*__[ab].json"):
+        tw = rec["three_way"]
+        assert tw["status"] == "ok" and tw["backends"] == ["engine", "llamacpp", "bitnetcpp:i2s"]
+        assert tw["pairs"]["engine~llamacpp"]["cosine_min"] == 1.0
+        assert 0.998 < tw["pairs"]["engine~bitnetcpp:i2s"]["cosine_min"] < 1.0
+        assert tw["farthest"] == "bitnetcpp:i2s"
+        assert tw["odd_one_out_counts"]["engine"] == tw["odd_one_out_counts"]["llamacpp"] == 0
+        assert tw["odd_one_out_counts"]["bitnetcpp:i2s"] >= 1
