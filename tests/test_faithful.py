@@ -201,7 +201,8 @@ def test_rope_cache_is_libms_powf_cosf_sinf():
 @needs_llamacpp
 @pytest.mark.parametrize("model, weights", [("smollm2", "as shipped"), ("gemma3-270m", "as shipped"), ("gemma3-270m", "F16"),
                                             ("smollm2", "Q4_0"), ("smollm2", "Q5_K_M"), ("gemma3-270m", "Q3_K_M"),
-                                            ("smollm2", "IQ3_XXS"), ("gemma3-270m", "IQ3_XXS"), ("gemma3-270m", "IQ4_XS")])  # fmt: skip
+                                            ("smollm2", "IQ3_XXS"), ("gemma3-270m", "IQ3_XXS"), ("gemma3-270m", "IQ4_XS"),
+                                            ("smollm2", "IQ2_XXS"), ("gemma3-270m", "IQ1_M")])  # fmt: skip
 def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     """F16 cache, llama.cpp's default CPU paths: every logit of a teacher-forced prompt (its batched
     paths: tinyBLAS attention, repacked Q4_K gemm, tiled Q6_K) and of 24 decode steps (its one-row
@@ -211,7 +212,8 @@ def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     Q4_0 requantization (llama.cpp's quantizer, crossval matrix's cache) its repacked Q4_0 kernels,
     Q5_K_M and Q3_K_M ones its Q5_K and Q5_1 dots and the tiled Q5_K path; IQ3_XXS ones (made with an
     importance matrix) its IQ3_XXS, IQ3_S and repacked IQ4_NL kernels, an IQ4_XS one its IQ4_XS dot and
-    tiled IQ4_XS path."""
+    tiled IQ4_XS path; IQ2_XXS and IQ1_M ones (with Q2_K beside them) the IQ2_XXS / IQ1_M vec_dots and
+    their tiled paths."""
     from crossval.backends.llamacpp import LlamaCppBackend
     from crossval.matrix import variant
     from engine.generate import Engine
