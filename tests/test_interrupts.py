@@ -176,3 +176,16 @@ def test_eight_concurrent_runs_into_one_folder(tmp_path, tiny_model):
     # the one cache entry every run needed (llama.cpp's compiled ISA) was written once, complete
     (isa_rec,) = (cache / "isa").glob("llama-*.json")
     assert json.loads(isa_rec.read_text())["flags"] and not list((cache / "isa").glob(".*"))
+
+
+def test_a_cache_entry_is_built_once(tmp_path, tiny_model):
+    """Eight processes wanting the same F32 copy at once: one writes it (under its lock), the
+    others wait and use that very file — every process sees the same inode, no temporary is left."""
+    code = ("import os, sys; from engine.convert import cached_float_copy; "
+            "print(os.stat(cached_float_copy(sys.argv[1], sys.argv[2])).st_ino)")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tiny_model("gemma3")), str(tmp_path / "float")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    assert len({o.strip() for o, _ in outs}) == 1
+    assert [p.name for p in (tmp_path / "float").iterdir() if not p.name.endswith(".lock")] == [p.name for p in (tmp_path / "float").glob("*.gguf")]
