@@ -128,13 +128,21 @@ def _quantize_into(dst: Path, f32: Path, model: str, quant: str, imat: Path | No
     if progress:
         progress("quantize", {"model": model, "quant": quant})
     tmp = dst.with_name(f".{dst.name}.tmp{time.time_ns()}")
+    try:
+        _run_quantize(tmp, f32, model, quant, imat)
+    except BaseException:  # an interrupt too: no half-written variant stays behind
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dst)
+
+
+def _run_quantize(tmp: Path, f32: Path, model: str, quant: str, imat: Path | None) -> None:
     r = subprocess.run([sys.executable, "-m", "crossval.matrix", "quantize", str(f32), str(tmp), quant, *([str(imat)] if imat else [])],
                        capture_output=True, text=True, errors="replace", timeout=1800)  # fmt: skip
     if r.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
         tail = [ln for ln in r.stderr.splitlines() if ln.strip()][-1:] or [f"exit status {r.returncode}"]
         raise MatrixError(f"llama.cpp could not quantize {model} to {quant}: {tail[0][:200]}")
-    tmp.replace(dst)
 
 
 def _quantize_main(src: str, dst: str, quant: str, imatrix_file: str | None = None) -> int:
