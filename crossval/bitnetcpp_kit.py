@@ -125,6 +125,10 @@ def ensure_built(jobs: int | None = None, progress=None) -> KitBuild:
         found = _find(out, None)
         if found:
             return found
+        # a build under way is never taken for a finished one, even when it is interrupted: build.sh
+        # writes BUILD_INFO.json last (from its stage stamps), so the old one goes first
+        (out / "BUILD_INFO.json").unlink(missing_ok=True)
+        (out / isa.RECORD).unlink(missing_ok=True)
         cmd = ["bash", str(kit / "build.sh"), "--out", str(out), "--jobs", str(jobs or os.cpu_count() or 2)]
         t = time.perf_counter()
         tail: list[str] = []

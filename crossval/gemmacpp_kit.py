@@ -138,6 +138,10 @@ def ensure_built(gguf: Path, patched: bool = True, jobs: int | None = None, prog
         if missing:
             raise KitError(f"the gemma.cpp kit's GGUF converter needs {' '.join(missing)}: "
                            f"{sys.executable} -m pip install {' '.join(missing)}  (or pip install -e '.[gemmacpp]')")  # fmt: skip
+        # a build under way is never taken for a finished one, even when it is interrupted: build.sh
+        # writes BUILD_INFO.json last (from its stage stamps), so the old one goes first
+        (out / "BUILD_INFO.json").unlink(missing_ok=True)
+        (out / isa.RECORD).unlink(missing_ok=True)
         cmd = ["bash", str(kit / "build.sh"), "--out", str(out), "--gguf", str(gguf.resolve()), "--python", sys.executable,
                "--jobs", str(jobs or os.cpu_count() or 2)]  # fmt: skip
         if not patched:

@@ -189,3 +189,33 @@ def test_a_cache_entry_is_built_once(tmp_path, tiny_model):
     assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
     assert len({o.strip() for o, _ in outs}) == 1
     assert [p.name for p in (tmp_path / "float").iterdir() if not p.name.endswith(".lock")] == [p.name for p in (tmp_path / "float").glob("*.gguf")]
+
+
+def test_interrupted_kit_build_leaves_no_finished_looking_build(tmp_path, tiny_model):
+    """SIGTERM while a kit's build.sh runs (here a stand-in that starts a long child): the build's
+    whole process group is gone, exit 143, and the build directory no longer looks finished (the
+    BUILD_INFO.json of an earlier build was set aside before build.sh started)."""
+    from crossval import gemmacpp_kit
+
+    kit = tmp_path / "kit"
+    (kit / "sources").mkdir(parents=True)
+    (kit / "sources" / "SHA256SUMS").write_text("")
+    (kit / "build.sh").write_text("sleep 300 &\nwait\n")
+    env = {**os.environ, "CROSSVAL_CACHE": str(tmp_path / "cache"), gemmacpp_kit.KIT_ENV: str(kit)}
+    out = tmp_path / "cache" / "gemmacpp" / gemmacpp_kit.build_dir(True, kit).name  # the build directory in this test's cache
+    out.mkdir(parents=True)
+    (out / "BUILD_INFO.json").write_text(json.dumps({"variant": "patched", "weights": []}))  # an earlier build, another GGUF
+    p = subprocess.Popen([sys.executable, "-m", "crossval.cli", "gemmacpp", "build", "--model", str(tiny_model("gemma3"))], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    sleeper = None
+    t0 = time.perf_counter()
+    while sleeper is None and time.perf_counter() - t0 < 60:
+        sleeper = next((q for q in _descendants(p) if q.name() == "sleep"), None)
+        time.sleep(0.05)
+    assert sleeper is not None, p.stderr.read() if p.poll() is not None else "build.sh never started"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143 and len(err.strip().splitlines()) == 1, err
+    time.sleep(0.5)
+    assert not _alive([sleeper])
+    assert not (out / "BUILD_INFO.json").exists()
