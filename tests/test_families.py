@@ -169,3 +169,16 @@ def test_one_layer_description_drives_both_decode_paths(name):
     eng.truncate(len(ids))
     eng.tap = lambda *a: None
     np.testing.assert_array_equal(eng.decode_step(t), in_c)
+
+
+def test_moe_threads_split_rows_never_sums():
+    """qwen3moe in faithful mode: two threads give the same floats as one (routing, expert batches
+    and the native kernels' row split do not change any sum)."""
+    from crossval.matrix import variant
+    from engine.generate import Engine
+
+    path = variant("qwen3moe-tiny", "Q4_K_M")
+    ids = list(range(300, 340))
+    one = Engine(path, n_ctx=64, kv_type="f16", mode="faithful").logits(ids)
+    two = Engine(path, n_ctx=64, kv_type="f16", mode="faithful", threads=2).logits(ids)
+    np.testing.assert_array_equal(one, two)
