@@ -1,4 +1,4 @@
-"""Pure metric functions (DESIGN §4): arrays in, numbers out. No I/O, no backends.
+"""Pure metric functions (definitions: docs/metrics.md): arrays in, numbers out. No I/O, no backends.
 
 Logit arrays are (n_positions, n_vocab); softmaxes and sums run in float64.
 """
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NEAR_TIE_LOGPROB_GAP = 1e-3  # DESIGN §4: a divergence with |logprob gap| below this is a near-tie
+NEAR_TIE_LOGPROB_GAP = 1e-3  # docs/metrics.md: a divergence with |logprob gap| below this is a near-tie
 DIVERGENCE_TOPK = 5  # tokens of each side's distribution kept at the first divergence
 
 
@@ -83,6 +83,9 @@ class TeacherForced:
     top5: np.ndarray
     top10: np.ndarray
     ref_top1_rank: np.ndarray
+    # where the top-1 tokens differ: min over the two backends of how far each prefers its own
+    # top-1 over the other's, in logits (= in logprob: one row shares one normaliser); NaN where they agree
+    top1_margin: np.ndarray
 
     def summary(self) -> dict:
         return {
@@ -110,6 +113,7 @@ class TeacherForced:
                 "top5_overlap": float(self.top5[i]),
                 "top10_overlap": float(self.top10[i]),
                 "ref_top1_rank": int(self.ref_top1_rank[i]),
+                "top1_margin": None if np.isnan(self.top1_margin[i]) else float(self.top1_margin[i]),
             }
             for i in range(len(self.cosine))
         ]
@@ -130,6 +134,7 @@ def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> Teacher
     out = {k: np.empty(n) for k in ("cosine", "kld", "max_abs", "top5", "top10")}
     top1 = np.empty(n, dtype=bool)
     rank = np.empty(n, dtype=np.int64)
+    margin = np.full(n, np.nan)
     k = min(10, ref.shape[1])
     for s in range(0, n, chunk):
         # float32 operands, float64 accumulation: exact enough for every metric (the tests compare
@@ -148,12 +153,15 @@ def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> Teacher
         for j in range(len(r)):
             out["top5"][s + j] = len(set(rt[j, :5].tolist()) & set(et[j, :5].tolist())) / min(5, k)
             out["top10"][s + j] = len(set(rt[j].tolist()) & set(et[j].tolist())) / k
-        ref_top = np.argmax(r, axis=1)
-        top1[sl] = ref_top == np.argmax(e, axis=1)
+        ref_top, eng_top = np.argmax(r, axis=1), np.argmax(e, axis=1)
+        top1[sl] = ref_top == eng_top
+        rows = np.arange(len(r))
+        m = np.minimum(r[rows, ref_top].astype(np.float64) - r[rows, eng_top], e[rows, eng_top].astype(np.float64) - e[rows, ref_top])
+        margin[sl] = np.where(ref_top == eng_top, np.nan, m)
         v = e[np.arange(len(r)), ref_top][:, None]
         ids = np.arange(r.shape[1])[None, :]
         rank[sl] = np.sum(e > v, axis=1) + np.sum((e == v) & (ids < ref_top[:, None]), axis=1)
-    return TeacherForced(out["cosine"], out["kld"], out["max_abs"], top1, out["top5"], out["top10"], rank)
+    return TeacherForced(out["cosine"], out["kld"], out["max_abs"], top1, out["top5"], out["top10"], rank, margin)
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

@@ -104,6 +104,7 @@ class ModelPlan:
     chat_template: str | None
     bos_text: str
     eos_text: str
+    tokenizer: dict | None = None  # the receipt's `tokenizer` section (without parse_special)
 
 
 def resolve(cfg: RunConfig) -> list[ModelPlan]:
@@ -133,8 +134,20 @@ def resolve(cfg: RunConfig) -> list[ModelPlan]:
             thr = thresholds.load_overrides(thr, cfg.thresholds_file)
         bos, eos = _special_texts(g)
         label = name if name in REAL_MODELS else Path(name).stem
-        plans.append(ModelPlan(name, label, path, g, section, thr, g.get("tokenizer.chat_template"), bos, eos))
+        plans.append(ModelPlan(name, label, path, g, section, thr, g.get("tokenizer.chat_template"), bos, eos, _tokenizer_facts(g)))
     return plans
+
+
+def _tokenizer_facts(g) -> dict:
+    """The `tokenizer` receipt facts, from the GGUF (with the vocabulary the engine builds from it,
+    when it supports this one)."""
+    from engine.tokenizer import Tokenizer, TokenizerError
+
+    try:
+        vocab = Tokenizer.from_gguf(g).vocab
+    except (TokenizerError, ValueError):
+        vocab = None
+    return provenance.tokenizer_fingerprint(g, vocab)
 
 
 def _special_texts(g) -> tuple[str, str]:
@@ -185,6 +198,8 @@ class Backends:
                     self.eng.wait_loaded()
             except BackendTimeout:
                 raise
+            except BackendUnavailable as e:  # the side under test cannot run here: exit 3
+                raise BackendUnavailable(f"--engine {cfg.engine}: {e}") from None
             except BackendError as e:
                 raise InputError(f"--engine {cfg.engine}: {e}") from None
             if cfg.three_way:
@@ -430,7 +445,7 @@ def run_prompt(c: Comparison, cfg: RunConfig, plan: ModelPlan, b: Backends) -> N
             tokenize(c, b.eng, ref, cfg.n_ctx, cfg.steps)
         c.stage = "compare"
         compare_passes(c, b.eng, ref, cfg.steps, cfg.sampling)
-        failed = thresholds.evaluate(plan.thresholds, c.parity, c.tokenization)
+        failed = thresholds.evaluate(plan.thresholds, c.parity, c.tokenization, c.rows)
         if cfg.localise == "always" or (cfg.localise == "auto" and failed):
             c.stage = "localise"
             c.parity["localisation"] = localise(c, b.eng, ref, cfg.localise_threshold)
@@ -463,7 +478,7 @@ def receipt(cfg: RunConfig, run_id: str, plan: ModelPlan, c: Comparison, engine_
     verdict is the thresholds' (crossval/thresholds.py) and nothing else."""
     p, thr = c.parity, plan.thresholds
     if p["status"] in ("ok", "divergence"):
-        failures = thresholds.evaluate(thr, p, c.tokenization) + [q["message"] for q in p.get("reference_quirks") or []]
+        failures = thresholds.evaluate(thr, p, c.tokenization, c.rows) + [q["message"] for q in p.get("reference_quirks") or []]
         p["status"] = "ok" if not failures else "divergence"
     elif p["status"] in ("timeout", "crashed", "error"):
         failures = [f"{p['status']}: {c.diagnostics['error']}" if c.diagnostics else p["status"]]
@@ -556,12 +571,10 @@ def _run_plans(cfg: RunConfig, plans: list[ModelPlan], run_id: str, out: Path, e
     for plan in plans:
         progress("model", {"model": plan.name, "prompts": len(cfg.prompts)})
         with Backends(cfg, plan, progress) as b:
-            eng_tok = getattr(b.eng, "tokenizer", None)
-            tok_fp = provenance.tokenizer_fingerprint(plan.gguf, eng_tok.vocab if eng_tok else None)
             for prompt in cfg.prompts:
                 c = Comparison(prompt)
                 run_prompt(c, cfg, plan, b)
-                rec = receipt(cfg, run_id, plan, c, b.eng.provenance(), tok_fp, env)
+                rec = receipt(cfg, run_id, plan, c, b.eng.provenance(), plan.tokenizer, env)
                 fname = f"{_safe(plan.label)}__{_safe(prompt.id)}.json"
                 with signals.held():  # an interrupt waits until the receipt is written and counted
                     receipts.write(out / fname, rec)

@@ -37,9 +37,11 @@ class SweepConfig:
     kinds: tuple[str, ...] = ("threads", "batch", "context")
 
 
-def _metrics(ref: np.ndarray, eng: np.ndarray) -> dict:
-    s = compare.teacher_forced(ref, eng).summary()
-    return {k: s[k] for k in ("cosine_similarity", "cosine_mean", "kld_mean", "top1_agreement", "max_abs_diff")}
+def _metrics(ref: np.ndarray, eng: np.ndarray) -> tuple[dict, list[dict]]:
+    """(the summary metrics a sweep row records, the per-position rows the counted gates read)."""
+    tf = compare.teacher_forced(ref, eng)
+    s = tf.summary()
+    return {k: s[k] for k in ("cosine_similarity", "cosine_mean", "kld_mean", "top1_agreement", "max_abs_diff")}, tf.rows()
 
 
 def _engine_logits(eng, ids: list[int], chunk: int | None = None) -> np.ndarray:
@@ -96,8 +98,8 @@ def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
         rec_sections: dict = {}
         ref_prov = None
 
-        def judge(section: str, label: str, m: dict) -> bool:
-            fails = thresholds.evaluate(thr, m, {})
+        def judge(section: str, label: str, m: dict, rows: list[dict]) -> bool:
+            fails = thresholds.evaluate(thr, m, {}, rows)
             failures.extend(f"{section} {label}: {f}" for f in fails)
             return not fails
 
@@ -116,8 +118,8 @@ def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
             eng.engine.set_threads(1)
             if not base:
                 base += [r_log, e_log]
-            m = _metrics(r_log, e_log)
-            return {kind: value, **m, "passed": judge(kind, str(value), m),
+            m, rows = _metrics(r_log, e_log)
+            return {kind: value, **m, "passed": judge(kind, str(value), m, rows),
                     "reference_self_max_abs": float(np.abs(r_log - base[0]).max()),
                     "engine_self_max_abs": float(np.abs(e_log - base[1]).max())}  # fmt: skip
 
@@ -137,6 +139,7 @@ def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
             with threadpool_limits(limits=1, user_api="blas"):
                 e_log = _engine_logits(eng, ids)
             tf = compare.teacher_forced(r_log, e_log)
+            tf_rows = tf.rows()
             edges = sorted({0, *[e for e in (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096) if e < len(ids)], window, len(ids)})
             edges = [e for e in edges if e <= len(ids)]
             buckets = []
@@ -145,7 +148,7 @@ def run_sweep(cfg: SweepConfig, progress=None) -> tuple[Path, dict]:
                 m = {"cosine_similarity": float(tf.cosine[sl].min()), "cosine_mean": float(tf.cosine[sl].mean()),
                      "kld_mean": float(tf.kld[sl].mean()), "top1_agreement": float(tf.top1[sl].mean()),
                      "max_abs_diff": float(tf.max_abs[sl].max())}  # fmt: skip
-                buckets.append({"start": lo, "end": hi, "beyond_window": lo >= window, **m, "passed": judge("context", f"{lo}-{hi}", m)})
+                buckets.append({"start": lo, "end": hi, "beyond_window": lo >= window, **m, "passed": judge("context", f"{lo}-{hi}", m, tf_rows[sl])})
             rec_sections["context"] = {"length": len(ids), "window": window, "window_source": source, "buckets": buckets}
         rec = {
             **receipts.header("sweep"),

@@ -1,36 +1,53 @@
-"""Pass/fail thresholds: the one place they live (DESIGN §4). Written into every receipt.
+"""Pass/fail thresholds: the one place they live. Written into every receipt, the only source of pass/fail.
 
 Profiles, chosen per run from the model file and the engine mode:
 - exact: the model's matrices are float (F32/F16/BF16), so both engines run the same arithmetic
   up to summation order. Measured on F32 copies of both real models: min cosine ≥ 0.9999993,
   top-1 100 %, greedy continuations identical.
-- quantized-float: quantized weights with the float engine. llama.cpp multiplies quantized
-  weights by Q8-quantized activations; the float engine does not, and the difference compounds.
-  Measured (both real models, default prompts, F16 KV): per-prompt min cosine 0.980–0.9997,
-  mean cosine ≥ 0.998, top-1 ≥ 0.90, greedy continuations diverging on about half the prompts.
-  DESIGN §4 suggests min cosine ≥ 0.99 here; 3 of the 16 runs have one or two positions below
-  that, and they are chaotic rather than a fault of float mode: q8 mode (activations quantized
-  as llama.cpp does, other sums in numpy's order) has its own positions below 0.99, and with an
-  F32 KV cache on both sides the worst (smollm2 "chat") drops to 0.955. Only faithful mode's
-  bit-exact arithmetic removes them. So the gate is min ≥ 0.95 with mean ≥ 0.995, and
-  exact-match is reported, not gated.
-- bf16-reference: gemma.cpp on either side. It runs the GGUF's dequantized weights in f32 but
-  rounds matmul operands to bf16 (DESIGN §8). Measured against the float engine on gemma3-270m,
-  default prompts, patched gemma.cpp at 2 threads: per-prompt min cosine 0.99980–0.99998 on 7 of
-  8 prompts, mean ≥ 0.99996, top-1 ≥ 0.97, KLD mean ≤ 5e-4. The long prompt has one ill-conditioned
-  position (383 of 611) at 0.990 — where llama.cpp vs gemma.cpp is 0.990 as well (--three-way) —
-  so the gate is min ≥ 0.98 with mean ≥ 0.9999; exact-match is reported (near-ties at 0.01 logits
-  flip greedy tokens).
 - faithful: --mode faithful against llama.cpp on a quantized model with the F16 KV cache, every
   matrix of a type with a native kernel (the configuration faithful mode emulates op by op; other
-  types go through the q8 float path and get quantized-float). DESIGN §4 sets cosine ≥ 0.9999; measured
-  on both real models, default prompts: identical logits at every position (cosine 1.0, KLD 0) and
-  identical greedy continuations, so every gate is as strict as `exact`'s. The same holds against
+  types go through the q8 float path and get quantized-float). The project's target is cosine
+  ≥ 0.9999 (docs/metrics.md); measured on both real models, default prompts: identical logits at
+  every position (max |Δlogit| 0, KLD 0) and identical greedy continuations — `crossval run` with
+  no flags, 16 receipts — so every gate is as strict as `exact`'s. The same holds against
   bitnet.cpp on its I2_S models (bitnet, bitnet-25, bitnet-b1.58 at tiny and 100m, default prompts:
   max |Δlogit| 0, tests/test_bitnetcpp.py). Float and q8 mode against bitnet.cpp get
   quantized-float: bitnet.cpp rounds every matmul input to int8 per row (127 levels per row's
   max), which float mode does not; measured min cosine 0.99907–0.99924 (float) and
   0.99952–0.99964 (q8) over the default prompts of the three tiny models.
+- quantized-float: quantized weights with the float (or q8) engine. llama.cpp multiplies quantized
+  weights by Q8-quantized activations; the float engine does not, and the difference compounds
+  into positions that are chaotic rather than faulty (q8 mode has its own; an F32 KV cache on both
+  sides moves smollm2 "chat" to 0.955). A minimum or a mean over positions cannot be one gate for
+  every step count — the minimum of 600 positions sits lower than that of 6, and one chaotic
+  position moves a mean of 6 far — so this profile counts (docs/metrics.md, "Counted gates"): per
+  position, a top-1 mismatch whose margin (the smaller of the two backends' preference for its own
+  top-1, in logits) is ≥ tie_margin, a cosine < soft_cosine, a KLD > soft_kld; the receipt fails
+  when its count is improbable (P < alpha/3, binomial) for a healthy engine's per-position rate.
+  Measured by benchmarks/float_thresholds.py (llama.cpp's greedy continuation, the float engine
+  teacher-forced along it, F16 KV) on the default and chat sets (256 steps) and two generated sets
+  (40 prompts: facts, code, lists, arithmetic, six languages, long, one- and two-turn chats; 128
+  steps smollm2, 64 steps gemma3). smollm2, 52 prompts, 10,297 positions: min cosine 0.9796,
+  cosine < 0.99 at 0.24 % of positions (at most 3 in one prompt), KLD > 0.1 at 0.01 %, top-1
+  mismatches at 1.8 %, every margin ≤ 0.265. gemma3-270m, 47 prompts, 5,399 positions: min
+  cosine 0.9844, cosine < 0.99 at 0.11 % (at most 5 in one prompt), KLD > 0.1 at 0.06 %, top-1
+  mismatches at 2.0 %, margins ≤ 0.24 but one at 0.79 (prompt position 4 of "multilingual").
+  Exceedances cluster (a chaotic stretch spans several positions), so each rate is set well above
+  the measured one: tie_margin 0.5 with rate 0.002 (one decisive flip in 15,696 positions),
+  soft_cosine 0.99 with rate 0.02, soft_kld 0.1 with rate 0.01, alpha 0.003 (at most one false
+  alarm per ~330 healthy receipts, whatever their length), and a hard floor of 0.90 for any single
+  position. Exact-match of the free runs is reported, not gated. With these every measured prompt
+  passes at every step count from 1 to its full run (benchmarks/float_thresholds.py analyse: 12,544
+  (prompt, N) pairs), and a perturbed layer fails (tests/test_run.py). The former gate (min
+  ≥ 0.95, mean ≥ 0.995, top-1 ≥ 0.90, KLD mean ≤ 0.01, fitted to 32 steps) failed 13 of these 99
+  prompts at 1 step, 11 at 8, 2 at 32 and none from 64 steps on.
+- bf16-reference: gemma.cpp on either side. It runs the GGUF's dequantized weights in f32 but
+  rounds matmul operands to bf16 (docs/backends.md). Measured against the float engine on
+  gemma3-270m, default prompts, patched gemma.cpp at 2 threads: per-prompt min cosine
+  0.99980–0.99998 on 7 of 8 prompts, mean ≥ 0.99996, top-1 ≥ 0.97, KLD mean ≤ 5e-4. The long
+  prompt has one ill-conditioned position (383 of 611) at 0.990 — where llama.cpp vs gemma.cpp is
+  0.990 as well (--three-way) — so the gate is min ≥ 0.98 with mean ≥ 0.9999; exact-match is
+  reported (near-ties at 0.01 logits flip greedy tokens).
 - bf16-matched: --mode bf16 against gemma.cpp (the engine rounds as gemma.cpp does). Measured on
   gemma3-270m, default prompts, patched gemma.cpp at 2 threads: per-prompt min cosine
   0.99940–0.99997, mean ≥ 0.99995, top-1 ≥ 0.97, KLD mean ≤ 4e-4; gate min ≥ 0.999, mean
@@ -51,21 +68,53 @@ from crossval.errors import InputError
 @dataclass(frozen=True)
 class Thresholds:
     profile: str
-    min_cosine: float  # minimum over positions (receipt: parity.cosine_similarity)
-    min_cosine_mean: float
-    min_top1_agreement: float
-    max_kld_mean: float
+    min_cosine: float  # minimum over positions (receipt: parity.cosine_similarity): no position below it
+    min_cosine_mean: float | None  # None: not gated (the counted gates below judge the positions instead)
+    min_top1_agreement: float | None
+    max_kld_mean: float | None
     min_exact_match_rate: float
     allow_near_tie_divergence: bool  # a greedy divergence at a near-tie does not fail the gate
     require_tokenization_match: bool
+    # counted gates (a profile without them leaves these None): per position, a top-1 mismatch whose
+    # top1_margin is ≥ tie_margin (not a near-tie), a cosine below soft_cosine, a KLD above soft_kld
+    # each count as an exceedance; a healthy engine shows each kind at a per-position rate of at
+    # most `rates[kind]`. With x exceedances in n positions the gate fails when P(X ≥ x) < alpha / 3
+    # for X ~ Binomial(n, rate) — one false alarm in 1/alpha healthy receipts whatever n is.
+    tie_margin: float | None = None
+    soft_cosine: float | None = None
+    soft_kld: float | None = None
+    rates: dict | None = None  # {"decisive_top1": p, "low_cosine": p, "high_kld": p}
+    alpha: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+COUNTED = (("decisive_top1", "top-1 mismatches beyond a near-tie"), ("low_cosine", "positions below the soft cosine"),
+           ("high_kld", "positions above the soft KLD"))  # fmt: skip
+
+
+def exceedances(t: Thresholds, rows: list[dict]) -> dict[str, int]:
+    """How many positions exceed each soft level of a profile with counted gates."""
+    return {
+        "decisive_top1": sum(1 for r in rows if not r["top1_match"] and (r.get("top1_margin") is None or r["top1_margin"] >= t.tie_margin)),
+        "low_cosine": sum(1 for r in rows if r["cosine"] < t.soft_cosine),
+        "high_kld": sum(1 for r in rows if r["kld"] > t.soft_kld),
+    }  # fmt: skip
+
+
+def binomial_tail(x: int, n: int, p: float) -> float:
+    """P(X ≥ x) for X ~ Binomial(n, p)."""
+    from scipy.stats import binom
+
+    return 1.0 if x <= 0 else float(binom.sf(x - 1, n, p))
+
+
 PROFILES = {
     "exact": Thresholds("exact", 0.9999, 0.99999, 0.99, 1e-4, 1.0, True, True),
-    "quantized-float": Thresholds("quantized-float", 0.95, 0.995, 0.90, 0.01, 0.0, True, True),
+    "quantized-float": Thresholds("quantized-float", 0.90, None, None, None, 0.0, True, True, tie_margin=0.5, soft_cosine=0.99,
+                                  soft_kld=0.1, rates={"decisive_top1": 0.002, "low_cosine": 0.02, "high_kld": 0.01},
+                                  alpha=0.003),  # fmt: skip
     "bf16-reference": Thresholds("bf16-reference", 0.98, 0.9999, 0.95, 1e-3, 0.0, True, True),
     "faithful": Thresholds("faithful", 0.9999, 0.99999, 0.99, 1e-4, 1.0, True, True),
     "bf16-matched": Thresholds("bf16-matched", 0.999, 0.9999, 0.95, 1e-3, 0.0, True, True),
@@ -103,8 +152,9 @@ def load_overrides(base: Thresholds, path: str | Path) -> Thresholds:
     return replace(base, **data)
 
 
-def evaluate(t: Thresholds, parity: dict, tokenization: dict) -> list[str]:
-    """The failures of one comparison against the thresholds ([] = passed)."""
+def evaluate(t: Thresholds, parity: dict, tokenization: dict, rows: list[dict] | None = None) -> list[str]:
+    """The failures of one comparison against the thresholds ([] = passed). rows: the per-position
+    metrics (compare.TeacherForced.rows), which the counted gates need."""
     out = []
     if t.require_tokenization_match and tokenization.get("compared") and not tokenization.get("match"):
         out.append(f"tokenization differs at index {tokenization.get('first_mismatch_index')}")
@@ -116,10 +166,16 @@ def evaluate(t: Thresholds, parity: dict, tokenization: dict) -> list[str]:
     ]
     for key, op, lim in checks:
         v = parity.get(key)
-        if v is None:
+        if v is None or lim is None:
             continue
         if (op == ">=" and v < lim) or (op == "<=" and v > lim):
             out.append(f"{key} {v:.6g} {'<' if op == '>=' else '>'} threshold {lim:g}")
+    if t.rates and rows:
+        n, level = len(rows), t.alpha / len(COUNTED)
+        for (kind, what), x in zip(COUNTED, exceedances(t, rows).values()):
+            tail = binomial_tail(x, n, t.rates[kind])
+            if tail < level:
+                out.append(f"{x} of {n} {what} (healthy rate ≤ {t.rates[kind]:g}: P = {tail:.2g} < {level:.2g})")
     emr = parity.get("exact_match_rate")
     if emr is not None and emr < t.min_exact_match_rate:
         div = parity.get("divergence") or {}

@@ -137,3 +137,12 @@ def test_top_logprobs_is_the_log_softmax_of_the_k_largest():
     assert [t["id"] for t in C.top_logprobs(np.zeros(4, np.float32), k=3)] == [0, 1, 2]
     d = C.divergence_detail(1, 2, logits, logits[::-1].copy())
     assert d["reference_topk"][0]["id"] == 5 and d["engine_topk"][0]["id"] == 0
+
+def test_top1_margin_is_the_smaller_own_preference():
+    r = np.array([[3.0, 2.5, 0.0], [1.0, 0.0, 0.0]], dtype=np.float32)
+    e = np.array([[2.0, 2.8, 0.0], [1.0, 0.5, 0.0]], dtype=np.float32)
+    tf = C.teacher_forced(r, e)
+    # row 0: the reference prefers 0 over 1 by 0.5, the engine 1 over 0 by 0.8 → 0.5; row 1 agrees
+    assert tf.top1_margin[0] == pytest.approx(0.5) and np.isnan(tf.top1_margin[1])
+    rows = tf.rows()
+    assert rows[0]["top1_margin"] == pytest.approx(0.5) and rows[1]["top1_margin"] is None

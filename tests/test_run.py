@@ -249,3 +249,26 @@ def test_diff_runs_and_trend_over_baselines(tmp_path):
     r = subprocess.run([sys.executable, "-m", "crossval.cli", "trend", str(old), str(new), "--changed"],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0 and "worse" in r.stdout and f[:20] in r.stdout
+
+
+def test_float_mode_gates_hold_at_any_step_count_and_catch_a_fault(tmp_path):
+    """Float mode on a quantized (Q8_0) tiny llama gets the counted quantized-float gates: healthy at
+    1 and 16 steps; a perturbed layer fails."""
+    from gguf import GGMLQuantizationType
+
+    from tiny_models import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "q8.gguf", weight_type=GGMLQuantizationType.Q8_0)
+    pf = _prompt_file(tmp_path, 2)
+    for steps in (1, 16):
+        out = tmp_path / f"s{steps}"
+        r = crossval("run", "--model", model, "--prompt-file", pf, "--steps", steps, "--mode", "float", "--n-ctx", 128, "--out", out)
+        assert r.returncode == 0, r.stderr + r.stdout
+        for rec in _receipts(out):
+            assert rec["thresholds"]["profile"] == "quantized-float" and rec["thresholds"]["rates"] is not None
+    out = tmp_path / "bad"
+    r = crossval("run", "--model", model, "--prompt-file", pf, "--steps", 8, "--mode", "float", "--n-ctx", 128, "--out", out,
+                 "--perturb-layer", 1, "--perturb-scale", 3.0)  # fmt: skip
+    assert r.returncode == 1, r.stderr + r.stdout
+    for rec in _receipts(out):
+        assert not rec["verdict"]["passed"], rec["parity"]

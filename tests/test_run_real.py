@@ -1,4 +1,5 @@
-"""`crossval run` on both real models × the default prompts × 32 steps (the CI gate)."""
+"""`crossval run` with no flags — both real models × the default prompts × 32 steps, faithful mode
+(the default where the native kernels are built) — is bit-exact: the CI gate."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_crossval_run_both_real_models(tmp_path):
     for m in ("smollm2", "gemma3-270m"):
         real_model_path(m)
     out = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--steps", "32", "--out", str(out), "--json"],
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--out", str(out), "--json"],
                        capture_output=True, text=True, timeout=900)  # fmt: skip
     summary = json.loads(r.stdout)
     print(f"crossval run: {summary['total_s']:.1f} s, exit {summary['exit_code']}, counts {summary['counts']}")
@@ -29,7 +30,11 @@ def test_crossval_run_both_real_models(tmp_path):
     files = [p for p in out.rglob("*.json")]
     assert len(files) == 17  # 2 models × 8 prompts + summary
     for p in files:
-        receipts.read_valid(p)
+        rec = receipts.read_valid(p)
+        if rec["kind"] == "parity":  # no flags: faithful mode, llama.cpp's logits bit for bit
+            assert rec["config"]["mode"] == "faithful" and rec["config"]["steps"] == 32
+            assert rec["thresholds"]["profile"] == "faithful" and rec["backends"]["engine"]["fallback_types"] == []
+            assert rec["parity"]["max_abs_diff"] == 0.0 and rec["parity"]["exact_match_rate"] == 1.0, p.name
     statuses = {row["status"] for row in summary["receipts"]}
     assert statuses == {"ok"}
     # the HTML report of this run renders, and its numbers are the receipts' (issue: diagnostics)
