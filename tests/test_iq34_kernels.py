@@ -130,3 +130,36 @@ def test_iq4_nl_batched_routes_are_llamacpps_chains(rows):
     if rows % 8 == 0:  # decode takes the repacked gemv: the same chain
         np.testing.assert_array_equal(K.matmul_prequantized(w, Q.IQ4_NL, xq[: len(xq) // n_tok], 1, n)[0], ref[0])
     np.testing.assert_array_equal(y, K.matmul_prequantized(w, Q.IQ4_NL, xq, n_tok, n, threads=2))
+
+
+def test_faithful_tiny_iq4_nl_with_unrepacked_rows_is_llamacpp_bit_for_bit(tmp_path):
+    """A tiny llama with one KV head of 12 dims (K and V have 12 rows: llama.cpp repacks IQ4_NL only
+    in groups of 8 rows) quantized by llama.cpp to nothing but IQ4_NL: K and V take vec_dot when
+    decoding and tinyBLAS for the prompt's batch, every other matrix the repacked kernels — faithful
+    mode's logits are llama.cpp's to the bit, under the strict profile."""
+    import json
+    import subprocess
+    import sys
+
+    from crossval import receipts
+    from engine.gguf_model import open_gguf
+    from test_iq_kernels import _QUANTIZE_PURE
+    from tiny_models import write_tiny_model
+
+    f32 = write_tiny_model(tmp_path / "f32.gguf", arch="llama", n_embd=96, n_head=8, n_head_kv=1, n_ff=128)
+    model = tmp_path / "iq4_nl.gguf"
+    q = subprocess.run([sys.executable, "-c", _QUANTIZE_PURE, str(f32), str(model), "IQ4_NL"], capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stderr[-2000:]
+    g = open_gguf(model)
+    assert {t.type for t in g.tensors.values() if len(t.ne) >= 2} == {Q.IQ4_NL} and g.tensor("blk.0.attn_k.weight").ne[1] == 12
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "cat", "text": "the cat sat on the mat and the dog ran"}) + "\n")
+    out = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(model), "--mode", "faithful", "--prompt-file",
+                        str(prompts), "--steps", "8", "--n-ctx", "64", "--out", str(out), "--json"], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    summary = json.loads(r.stdout)
+    rec = receipts.read_valid(out / summary["run_id"] / summary["receipts"][0]["file"])
+    assert rec["backends"]["engine"]["fallback_types"] == [] and rec["thresholds"]["profile"] == "faithful"
+    assert rec["parity"]["max_abs_diff"] == 0.0 and rec["parity"]["exact_match_rate"] == 1.0, rec["parity"]
+    assert rec["verdict"]["passed"], rec["verdict"]["failures"]
