@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as Q
 from conftest import needs_llamacpp
 from crossval import imatrix as I
 
-TEXT = " ".join(f"the {w} sat on the mat number {i}, and then it went home." for i, w in enumerate(["cat", "dog", "owl", "fox"] * 6))
+TEXT = " ".join(f"the {w} sat on the mat number {i}, and then it went home." for i, w in enumerate(["cat", "dog"]))  # 3 chunks of 32
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,18 @@ def wide_model(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("im") / "wide.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=256)
 
 
-def test_sums_are_the_squared_inputs_of_every_matrix(wide_model):
+@pytest.fixture(scope="module")
+def im(wide_model):
+    return I.compute(wide_model, TEXT, chunk_size=32, dataset="t.txt")
+
+
+def test_sums_are_the_squared_inputs_of_every_matrix(wide_model, im):
     """Layer 0's q/k/v input is rms_norm(embedding) · attn_norm, a closed form of the model's own
     weights: its column sums of squares over the chunks (first token BOS) are the imatrix's."""
     from engine.gguf_model import open_gguf
     from engine.ops import rms_norm
     from engine.tokenizer import Tokenizer
 
-    im = I.compute(wide_model, TEXT, chunk_size=32, dataset="t.txt")
     g = open_gguf(wide_model)
     tok = Tokenizer.from_gguf(g)
     ids = tok.encode(TEXT, add_special=True)
@@ -52,10 +56,9 @@ def test_sums_are_the_squared_inputs_of_every_matrix(wide_model):
     assert im.sums["blk.1.ffn_down.weight"].shape == (256,) and (im.sums["blk.1.ffn_down.weight"] > 0).all()
 
 
-def test_gguf_layout_round_trip_and_means(wide_model, tmp_path):
+def test_gguf_layout_round_trip_and_means(wide_model, im, tmp_path):
     import gguf
 
-    im = I.compute(wide_model, TEXT, chunk_size=32, dataset="t.txt")
     p = I.write(im, tmp_path / "m.imatrix.gguf")
     r = gguf.GGUFReader(str(p))
     assert r.fields["general.type"].contents() == "imatrix"
@@ -80,16 +83,24 @@ def test_gguf_layout_round_trip_and_means(wide_model, tmp_path):
 
 @needs_llamacpp
 @pytest.mark.parametrize("quant, wtype", [("IQ3_XXS", Q.IQ3_XXS)])
-def test_llamacpp_quantizes_with_it_and_refuses_without(wide_model, tmp_path, quant, wtype):
+def test_llamacpp_quantizes_with_it_and_refuses_without(wide_model, im, tmp_path, quant, wtype):
+    """llama.cpp's i-quant lattice setup costs up to a minute per type on a shared machine, so the
+    quantization with the imatrix is cached (keyed by the model's and the imatrix file's hashes)."""
+    from crossval.models import cache_dir
+    from engine.convert import sha256_file
     from engine.gguf_model import open_gguf
 
-    imat = I.write(I.compute(wide_model, TEXT, chunk_size=32, dataset="t.txt"), tmp_path / "m.imatrix.gguf")
+    imat = I.write(im, tmp_path / "m.imatrix.gguf")
     cmd = [sys.executable, "-m", "crossval.matrix", "quantize", str(wide_model)]
     without = subprocess.run([*cmd, str(tmp_path / "no.gguf"), quant], capture_output=True, text=True, timeout=300)
     assert without.returncode != 0  # "this quantization requires an imatrix!"
-    out = tmp_path / f"{quant}.gguf"
-    r = subprocess.run([*cmd, str(out), quant, str(imat)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-500:]
+    out = cache_dir() / "quants" / "tiny-imatrix" / f"{sha256_file(wide_model)[:12]}.{sha256_file(imat)[:12]}.{quant}.gguf"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".tmp{tmp_path.name}")
+        r = subprocess.run([*cmd, str(tmp), quant, str(imat)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-500:]
+        tmp.replace(out)
     g = open_gguf(out)
     assert wtype in {t.type for t in g.tensors.values()}
     assert g.metadata["quantize.imatrix.entries_count"] == 14 and g.metadata["quantize.imatrix.dataset"] == "t.txt"
