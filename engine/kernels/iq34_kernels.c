@@ -205,15 +205,21 @@ IQ34_INLINE void iq34_sub(const int wt, const uint8_t *blk, int ib, __m256i *u, 
 
 /* one weight block against nt activation blocks a[t]: each one's 8 int32 lanes */
 IQ34_INLINE void iq34_lanes(const int wt, const uint8_t *blk, const blk_q8_K *const *a, const int nt, __m256i *l) {
-    for (int t = 0; t < nt; t++) l[t] = _mm256_setzero_si256();
-    for (int ib = 0; ib < 8; ib++) {
-        __m256i u, s, sc;
-        iq34_sub(wt, blk, ib, &u, &s, &sc);
+    __m256i l2[4]; /* odd sub-blocks in a second sum (two independent chains, as ggml's loop) */
+    for (int t = 0; t < nt; t++) l[t] = l2[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int ib = 0; ib < 8; ib += 2) {
+        __m256i u0, s0, sc0, u1, s1, sc1;
+        iq34_sub(wt, blk, ib, &u0, &s0, &sc0);
+        iq34_sub(wt, blk, ib + 1, &u1, &s1, &sc1);
         for (int t = 0; t < nt; t++) {
-            const __m256i y = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 32 * ib));
-            l[t] = _mm256_add_epi32(l[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(y, s)), sc));
+            const __m256i y0 = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 32 * ib));
+            const __m256i y1 = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 32 * ib + 32));
+            l[t] = _mm256_add_epi32(l[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u0, _mm256_sign_epi8(y0, s0)), sc0));
+            l2[t] = _mm256_add_epi32(l2[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_sign_epi8(y1, s1)), sc1));
         }
     }
+    for (int t = 0; t < nt; t++) l[t] = _mm256_add_epi32(l[t], l2[t]);
 }
 
 /* vec_dot for nt activation rows (arow bytes apart) at once: out[t] */
