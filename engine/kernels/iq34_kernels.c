@@ -240,19 +240,28 @@ IQ34_INLINE void iq34_dotn(const int wt, const void *vw, const void *va, int64_t
     for (int t = 0; t < nt; t++) out[t] = iq34_unit(wt) * hsum8(acc[t]);
 }
 
-/* the tiled route for weight row r and nt ≤ 4 activation rows: Y[t·ldy + r] */
-IQ34_INLINE void iq34_tiled_row(const int wt, const char *W, int64_t wrow, int64_t r, const void *xq, int64_t arow, int nb, const int nt,
+/* the tiled route for weight row r and nt ≤ 16 activation rows (arow bytes apart): each block is
+ * unpacked once (magnitudes, sign carriers, scales of its 8 sub-blocks), then every activation row
+ * takes its exact integer and out[t] = fma(float(s)·d·unit, d_a, out[t]); Y[t·ldy + r] */
+IQ34_INLINE void iq34_tiled_row(const int wt, const char *W, int64_t wrow, int64_t r, const void *xq, int64_t arow, int nb, int nt,
                                 float *Y, int64_t ldy) {
     const int bb = iq34_block_bytes(wt);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[16] = {0};
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = (const uint8_t *)W + r * wrow + (int64_t)b * bb;
-        const blk_q8_K *a[4];
-        for (int t = 0; t < nt; t++) a[t] = (const blk_q8_K *)((const char *)xq + t * arow) + b;
-        __m256i l[4];
-        iq34_lanes(wt, blk, a, nt, l);
+        __m256i u[8], sg[8], sc[8];
+        for (int ib = 0; ib < 8; ib++) iq34_sub(wt, blk, ib, &u[ib], &sg[ib], &sc[ib]);
         const float dw = _cvtsh_ss(*(const uint16_t *)blk) * iq34_unit(wt);
-        for (int t = 0; t < nt; t++) acc[t] = fmaf((float)iq34_hsum_i32(l[t]) * dw, a[t]->d, acc[t]);
+        for (int t = 0; t < nt; t++) {
+            const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
+            __m256i l0 = _mm256_setzero_si256(), l1 = _mm256_setzero_si256();
+            for (int ib = 0; ib < 8; ib += 2) {
+                const __m256i y0 = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * ib)), y1 = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * ib + 32));
+                l0 = _mm256_add_epi32(l0, _mm256_madd_epi16(_mm256_maddubs_epi16(u[ib], _mm256_sign_epi8(y0, sg[ib])), sc[ib]));
+                l1 = _mm256_add_epi32(l1, _mm256_madd_epi16(_mm256_maddubs_epi16(u[ib + 1], _mm256_sign_epi8(y1, sg[ib + 1])), sc[ib + 1]));
+            }
+            acc[t] = fmaf((float)iq34_hsum_i32(_mm256_add_epi32(l0, l1)) * dw, a->d, acc[t]);
+        }
     }
     for (int t = 0; t < nt; t++) Y[t * ldy + r] = acc[t];
 }
@@ -268,9 +277,7 @@ IQ34_INLINE void iq34_tiled_row(const int wt, const char *W, int64_t wrow, int64
     }                                                                                                                            \
     AVX2_FN static void tiled_##sfx(const char *W, int64_t wrow, int64_t r, const void *xq, int64_t arow, int nb, int nt, float *Y, \
                                     int64_t ldy) {                                                                               \
-        if (nt == 4) iq34_tiled_row(WT, W, wrow, r, xq, arow, nb, 4, Y, ldy);                                                   \
-        else                                                                                                                     \
-            for (int t = 0; t < nt; t++) iq34_tiled_row(WT, W, wrow, r, (const char *)xq + t * arow, arow, nb, 1, Y + t * ldy, ldy); \
+        iq34_tiled_row(WT, W, wrow, r, xq, arow, nb, nt, Y, ldy);                                                               \
     }                                                                                                                            \
     CV_GEMV(AVX2_FN, gemv_##sfx##_avx2, dot_##sfx##_avx2)
 IQ34_K_FNS(iq3_xxs, T_IQ3_XXS)
@@ -405,8 +412,9 @@ static void iq34_matmul(int wt, const void *W, int64_t n_rows, int nb, const voi
         for (int64_t r = 0; r < n_rows; r++) {
             const char *wr = (const char *)W + r * wrow;
             for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(wr + 4 * wrow + o);
-            for (int64_t t0 = tt; t0 < tt1; t0 += 4) {
-                const int nt = tt1 - t0 < 4 ? (int)(tt1 - t0) : 4;
+            const int gs = tiled ? 16 : 4; /* activation rows per unpacked weight block */
+            for (int64_t t0 = tt; t0 < tt1; t0 += gs) {
+                const int nt = tt1 - t0 < gs ? (int)(tt1 - t0) : gs;
                 const char *a = (const char *)xq + t0 * arow;
                 float *y = Y + t0 * ldy + r;
 #if defined(__x86_64__) && defined(__GNUC__)
