@@ -182,7 +182,7 @@ IQ_INLINE float iq2_block_d_f16c(const int wt, const uint8_t *blk) {
 
 /* per block, before its sub-blocks: S holds in dword ib the two int16 scales of sub-block ib (values
  * 0..15, 16..31); IQ1_S also D, δ·scale of each sub-block twice (one int16 per 16-value bsum) */
-IQ_INLINE void iq2_block_prep(const int wt, const uint8_t *blk, __m256i *S, __m256i *D) {
+IQ_INLINE void iq2_block_prep(const int wt, const uint8_t *blk, __m256i *S, __m256i *D, __m256i *E) {
     const __m256i one16 = _mm256_set1_epi16(1);
     if (wt == T_IQ2_XS || wt == T_IQ2_S) { /* 8 bytes of nibbles: low → values 0..15, high → 16..31 */
         const __m128i x = _mm_loadl_epi64((const __m128i *)(blk + (wt == T_IQ2_XS ? 66 : 74)));
@@ -204,6 +204,16 @@ IQ_INLINE void iq2_block_prep(const int wt, const uint8_t *blk, __m256i *S, __m2
                                               _mm256_set_epi64x(0x0706070607060706LL, 0x0504050405040504LL, 0x0302030203020302LL, 0x0100010001000100LL));
         const __m256i k = _mm256_mullo_epi16(w, _mm256_set_epi16(16, 128, 1024, 8192, 16, 128, 1024, 8192, 16, 128, 1024, 8192, 16, 128, 1024, 8192));
         *S = _mm256_add_epi16(_mm256_slli_epi16(_mm256_srli_epi16(k, 13), 1), one16);
+        /* δ·scale of each 8 values g = 0..31 (word g of D for g < 16, of E after): scale word g/2 of S, its
+         * sign from bit 3 of qh nibble g (bit 3 / 7 of qh byte g/2) */
+        const __m256i lo = _mm256_unpacklo_epi16(*S, *S), hi = _mm256_unpackhi_epi16(*S, *S);
+        const __m128i qh = _mm_loadu_si128((const __m128i *)(blk + 32));
+        const __m128i n0 = _mm_cmpeq_epi8(_mm_and_si128(qh, _mm_set1_epi8(0x08)), _mm_set1_epi8(0x08));
+        const __m128i n1 = _mm_cmpeq_epi8(_mm_and_si128(qh, _mm_set1_epi8((char)0x80)), _mm_set1_epi8((char)0x80));
+        const __m256i s0 = _mm256_or_si256(_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(n0, n1)), one16);
+        const __m256i s1 = _mm256_or_si256(_mm256_cvtepi8_epi16(_mm_unpackhi_epi8(n0, n1)), one16);
+        *D = _mm256_sign_epi16(_mm256_permute2x128_si256(lo, hi, 0x20), s0);
+        *E = _mm256_sign_epi16(_mm256_permute2x128_si256(lo, hi, 0x31), s1);
     }
 }
 
@@ -214,14 +224,14 @@ IQ_INLINE __m256i iq2_scales_of(__m256i S, int ib) {
 }
 
 /* one sub-block for the maddubs step: magnitudes u (unsigned bytes), signs s (±1 bytes, applied to the
- * activations), the scales as 16 int16 (8 for values 0..15, 8 for 16..31); IQ1_M: its δ signs ds */
-IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, const int ib, __m256i S, __m256i *u, __m256i *s, __m256i *sc, __m256i *ds) {
+ * activations), the scales as 16 int16 (8 for values 0..15, 8 for 16..31) */
+IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, const int ib, __m256i S, __m256i *u, __m256i *s, __m256i *sc) {
     if (wt == T_IQ2_XXS) {
         const blk_iq2_xxs *x = (const blk_iq2_xxs *)blk;
         uint32_t aux[2];
         memcpy(aux, x->qs + 4 * ib, 8);
-        *u = _mm256_set_epi64x(cv_iq2xxs_grid[aux[0] >> 24], cv_iq2xxs_grid[(aux[0] >> 16) & 255], cv_iq2xxs_grid[(aux[0] >> 8) & 255],
-                               cv_iq2xxs_grid[aux[0] & 255]);
+        const uint8_t *i8 = (const uint8_t *)(x->qs + 4 * ib); /* the four grid indices, one byte each */
+        *u = _mm256_set_epi64x(cv_iq2xxs_grid[i8[3]], cv_iq2xxs_grid[i8[2]], cv_iq2xxs_grid[i8[1]], cv_iq2xxs_grid[i8[0]]);
         *s = _mm256_set_epi64x(cv_signs64_iq2xs[(aux[1] >> 21) & 127], cv_signs64_iq2xs[(aux[1] >> 14) & 127],
                                cv_signs64_iq2xs[(aux[1] >> 7) & 127], cv_signs64_iq2xs[aux[1] & 127]);
         *sc = _mm256_set1_epi16((short)(2 * (aux[1] >> 28) + 1));
@@ -258,18 +268,13 @@ IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, const int ib, __m256i S
         const __m256i g = _mm256_set_epi64x(cv_iq1s_grid[q[3] | ((qh[1] << 4) & 0x700)], cv_iq1s_grid[q[2] | ((qh[1] << 8) & 0x700)],
                                             cv_iq1s_grid[q[1] | ((qh[0] << 4) & 0x700)], cv_iq1s_grid[q[0] | ((qh[0] << 8) & 0x700)]);
         *u = _mm256_sign_epi8(g, g), *s = g;
-        /* δ sign bits 3, 7, 11, 15 of the two qh bytes → the top bit of 64-bit lane 0..3 → all ones there, +1 elsewhere */
-        uint16_t h16;
-        memcpy(&h16, qh, 2);
-        const __m256i t = _mm256_sllv_epi64(_mm256_set1_epi64x(h16), _mm256_set_epi64x(48, 52, 56, 60));
-        *ds = _mm256_or_si256(_mm256_cmpgt_epi64(_mm256_setzero_si256(), t), _mm256_set1_epi8(1));
     }
 }
 
 /* one weight block against nt activation blocks (a[t]): lanes l1[t], IQ1_M δ lanes l2[t], IQ1_S δ integer s1[t] */
 IQ_INLINE void iq2_lanes(const int wt, const uint8_t *blk, const blk_q8_K *const *a, const int nt, __m256i *l1, __m256i *l2, int32_t *s1) {
-    __m256i S = _mm256_setzero_si256(), D = _mm256_setzero_si256();
-    iq2_block_prep(wt, blk, &S, &D);
+    __m256i S = _mm256_setzero_si256(), D = _mm256_setzero_si256(), E = _mm256_setzero_si256();
+    iq2_block_prep(wt, blk, &S, &D, &E);
     for (int t = 0; t < nt; t++) {
         l1[t] = l2[t] = _mm256_setzero_si256();
         if (wt == T_IQ1_S) s1[t] = iq2_hsum_i32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[t]->bsums), D));
@@ -277,12 +282,16 @@ IQ_INLINE void iq2_lanes(const int wt, const uint8_t *blk, const blk_q8_K *const
     const __m256i one = _mm256_set1_epi8(1);
 #pragma GCC unroll 8
     for (int ib = 0; ib < 8; ib++) {
-        __m256i u, s, sc, ds = one;
-        iq2_sub(wt, blk, ib, S, &u, &s, &sc, &ds);
+        __m256i u, s, sc, sd = one;
+        iq2_sub(wt, blk, ib, S, &u, &s, &sc);
+        if (wt == T_IQ1_M) /* the four δ·scale words of sub-block ib, each over its 8 values' 4 int16 pair sums */
+            sd = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(ib < 4 ? D : E, _mm256_set_epi32(2 * (ib % 4) + 1, 2 * (ib % 4), 2 * (ib % 4) + 1,
+                                     2 * (ib % 4), 2 * (ib % 4) + 1, 2 * (ib % 4), 2 * (ib % 4) + 1, 2 * (ib % 4))),
+                                     _mm256_set_epi64x(0x0706070607060706LL, 0x0504050405040504LL, 0x0302030203020302LL, 0x0100010001000100LL));
         for (int t = 0; t < nt; t++) {
             const __m256i y = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 32 * ib));
             l1[t] = _mm256_add_epi32(l1[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(y, s)), sc));
-            if (wt == T_IQ1_M) l2[t] = _mm256_add_epi32(l2[t], _mm256_madd_epi16(_mm256_maddubs_epi16(one, _mm256_sign_epi8(y, ds)), sc));
+            if (wt == T_IQ1_M) l2[t] = _mm256_add_epi32(l2[t], _mm256_madd_epi16(_mm256_maddubs_epi16(one, y), sd));
         }
     }
 }
