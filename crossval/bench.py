@@ -47,8 +47,10 @@ def micro(eng, threads: int) -> dict:
     from engine.attention import attention
 
     g, c = eng.gguf, eng.config
-    # the largest per-layer projection: the FFN's gate+up (as the forward pass runs it, fused)
-    names = tuple(n for n in ("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight") if n in g.tensors)
+    # the largest per-layer projection: the FFN's gate+up (as the forward pass runs it, fused); a
+    # model without a dense FFN (qwen3moe: routed experts) takes its q/k/v projection instead
+    names = tuple(n for n in ("blk.0.ffn_gate.weight", "blk.0.ffn_up.weight") if n in g.tensors) or \
+        tuple(n for n in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight") if n in g.tensors)
     w = eng.model.w
     w.prepare(names)
     x = np.random.default_rng(0).standard_normal((1, c.n_embd)).astype(np.float32)
