@@ -420,6 +420,27 @@ def cmd_convert(args) -> int:
     return EXIT_OK
 
 
+def cmd_imatrix(args) -> int:
+    from pathlib import Path
+
+    from crossval import imatrix
+    from crossval.models import resolve_model
+
+    src = resolve_model(args.model)
+    text_file = Path(args.text) if args.text else imatrix.TEXT
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {text_file}: {e}") from None
+    im = imatrix.compute(src, text, args.chunk_size, dataset=text_file.name)
+    try:
+        out = imatrix.write(im, args.out)
+    except OSError as e:
+        raise InputError(f"cannot write {args.out}: {e}") from None
+    print(f"{out}: {len(im.sums)} matrices, {im.chunk_count} chunks of {im.chunk_size}")
+    return EXIT_OK
+
+
 # --- run / validate / diff ----------------------------------------------------------------------
 def cmd_run(args) -> int:
     from pathlib import Path
@@ -765,6 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--type", choices=["f32", "f16"], default="f32")
     c.add_argument("--out", required=True, help="output GGUF path")
     c.set_defaults(func=cmd_convert)
+    im = sub.add_parser("imatrix", help="an importance matrix (llama.cpp imatrix tool's GGUF) from the engine's activations",
+                        epilog=EPILOG)  # fmt: skip
+    add(im, "model")
+    im.add_argument("--text", help="calibration text file (default: crossval/prompts/imatrix.txt)")
+    im.add_argument("--chunk-size", type=options.positive_int, default=256, help="tokens per chunk (the tool's -c)")
+    im.add_argument("--out", required=True, help="output .imatrix.gguf path")
+    im.set_defaults(func=cmd_imatrix)
     return p
 
 

@@ -33,13 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
+from crossval.errors import InputError
+
 MIN_BATCH = 16  # collect_imatrix skips smaller batches
 DEFAULT_CHUNK = 256
 TEXT = Path(__file__).parent / "prompts" / "imatrix.txt"  # the calibration text (written for this project)
 
 
-class ImatrixError(ValueError):
-    """Bad input for an importance matrix (one-line message)."""
+class ImatrixError(InputError):
+    """Bad input for an importance matrix (one line, exit 2)."""
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Imatrix:
     chunk_count: int = 0
     chunk_size: int = 0
     datasets: list[str] = field(default_factory=list)
+    arch: str = "llama"  # the model's general.architecture (our writer records it; llama.cpp ignores it)
 
 
 def compute(model_path: str | os.PathLike, text: str, chunk_size: int = DEFAULT_CHUNK, dataset: str = "") -> Imatrix:
@@ -89,16 +92,16 @@ def compute(model_path: str | os.PathLike, text: str, chunk_size: int = DEFAULT_
             chunk[0] = bos
         eng.logits(chunk)
     return Imatrix({n: s.astype(np.float32) for n, s in sorted(sums.items())}, dict(sorted(counts.items())), n_chunk, chunk_size,
-                   [dataset] if dataset else [])  # fmt: skip
+                   [dataset] if dataset else [], str(eng.gguf.metadata.get("general.architecture", "llama")))  # fmt: skip
 
 
-def write(im: Imatrix, path: str | os.PathLike, arch: str = "llama") -> Path:
+def write(im: Imatrix, path: str | os.PathLike) -> Path:
     """Store `im` in the imatrix tool's GGUF layout; written to a temporary name, then renamed."""
     import gguf
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{time.time_ns()}")
-    wr = gguf.GGUFWriter(str(tmp), arch)
+    wr = gguf.GGUFWriter(str(tmp), im.arch)
     wr.add_string("general.type", "imatrix")
     wr.add_array("imatrix.datasets", list(im.datasets))
     wr.add_uint32("imatrix.chunk_count", im.chunk_count)
@@ -133,6 +136,8 @@ def read(path: str | os.PathLike) -> Imatrix:
         im.chunk_size = int(fields["imatrix.chunk_size"].contents())
     if "imatrix.datasets" in fields:
         im.datasets = list(fields["imatrix.datasets"].contents())
+    if "general.architecture" in fields:
+        im.arch = str(fields["general.architecture"].contents())
     for t in r.tensors:
         if t.name.endswith(".in_sum2"):
             im.sums[t.name[: -len(".in_sum2")]] = np.asarray(t.data, dtype=np.float32).reshape(-1).copy()
@@ -158,7 +163,6 @@ def cached(model: str, progress=None, chunk_size: int = DEFAULT_CHUNK) -> Path:
     kept in the crossval cache under <cache>/imatrix/, keyed by the model's and the text's hashes."""
     from crossval.models import cache_dir, resolve_model
     from engine.convert import sha256_file
-    from engine.gguf_model import open_gguf
 
     src = resolve_model(model)
     text = TEXT.read_text(encoding="utf-8")
@@ -168,5 +172,4 @@ def cached(model: str, progress=None, chunk_size: int = DEFAULT_CHUNK) -> Path:
     if progress:
         progress("imatrix", {"model": model})
     dst.parent.mkdir(parents=True, exist_ok=True)
-    arch = str(open_gguf(src).metadata.get("general.architecture", "llama"))
-    return write(compute(src, text, chunk_size, dataset=TEXT.name), dst, arch=arch)
+    return write(compute(src, text, chunk_size, dataset=TEXT.name), dst)

@@ -104,3 +104,22 @@ def test_llamacpp_quantizes_with_it_and_refuses_without(wide_model, im, tmp_path
     g = open_gguf(out)
     assert wtype in {t.type for t in g.tensors.values()}
     assert g.metadata["quantize.imatrix.entries_count"] == 14 and g.metadata["quantize.imatrix.dataset"] == "t.txt"
+
+
+def test_crossval_imatrix_command(wide_model, im, tmp_path):
+    """`crossval imatrix` writes the file llama-quantize reads; bad input is one line, exit 2."""
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "m.imatrix.gguf"
+    base = [sys.executable, "-m", "crossval.cli", "imatrix", "--model", str(wide_model), "--chunk-size", "32"]
+    r = subprocess.run([*base, "--text", str(text), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    back = I.read(out)
+    assert back.datasets == ["calib.txt"] and back.arch == "llama" and back.counts == im.counts
+    assert all(np.array_equal(back.sums[n], im.sums[n]) for n in im.sums)
+    for bad_text in (tmp_path / "missing.txt", tmp_path / "short.txt"):
+        if bad_text.name == "short.txt":
+            bad_text.write_text("too short")
+        r = subprocess.run([*base, "--text", str(bad_text), "--out", str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "x.gguf").exists()
