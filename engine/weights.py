@@ -208,9 +208,9 @@ class NativeWeights(FloatWeights):
         """kernels.LayerDecoder over these layers, or None when a matmul weight has no native kernel.
         layers: per layer {vector name (norms, biases, rope factors): GGUF name or None, matmul name:
         GGUF name, or (GGUF name, first row, end row) for a slice of a fused matrix} (LayerDecoder.MATS)."""
-        mats = self.kernels.LayerDecoder.MATS
+        mats = (*self.kernels.LayerDecoder.MATS, "gate_inp")  # gate_inp: qwen3moe's router
         whole = lambda m: m[0] if isinstance(m, tuple) else m  # noqa: E731
-        if not all(_native(self.g.tensor(whole(L[m])).type) for L in layers for m in mats):
+        if not all(_native(self.g.tensor(whole(L[m])).type) for L in layers for m in mats if L.get(m)):
             return None
 
         def matrix(m):
@@ -219,7 +219,7 @@ class NativeWeights(FloatWeights):
                 return self.g.raw(name)[lo:hi], self.g.tensor(name).type
             return self.g.raw(m), self.g.tensor(m).type
 
-        specs = [{k: (self[v] if v else None) if k not in mats else matrix(v) for k, v in L.items()} for L in layers]
+        specs = [{k: (self[v] if v else None) if k not in mats else (matrix(v) if v else None) for k, v in L.items()} for L in layers]
         return self.kernels.LayerDecoder(dims, specs, per_layer, self.threads)
 
     def softmax_rows(self, x: np.ndarray) -> np.ndarray:

@@ -174,6 +174,12 @@ class LayerDecoder:
                 ref = WeightRef(*L[m])
                 self._keep.append(ref)
                 w.w[i], w.t[i] = ref.ptr, ref.wtype
+                if ref.raw.ndim == 3:  # gate / up / down of routed experts (n_expert, rows, row bytes): expert 0 first
+                    w.exp_stride[i - 4] = ref.raw[0].nbytes
+            if L.get("gate_inp") is not None:  # qwen3moe's router
+                ref = WeightRef(*L["gate_inp"])
+                self._keep.append(ref)
+                w.gate_inp, w.t_gate_inp = ref.ptr, ref.wtype
             self.cfgs.append(c)
             self.ws.append(w)
 

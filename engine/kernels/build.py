@@ -17,12 +17,16 @@ typedef struct {
     int64_t window;
     int no_pre_norms;
     float residual_scale, rope_mscale;
+    int n_expert, n_expert_used;
 } cv_layer_cfg;
 typedef struct {
     const float *attn_norm, *ffn_norm, *attn_post_norm, *ffn_post_norm, *q_norm, *k_norm;
     const void *w[7];
     int t[7];
     const float *bq, *bk, *bv, *rope_ff;
+    const void *gate_inp;
+    int t_gate_inp;
+    int64_t exp_stride[3];
 } cv_layer_w;
 int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64_t pos, uint16_t *k16, uint16_t *v16t,
                     int64_t n_ctx);

@@ -1387,6 +1387,7 @@ typedef struct {
     int no_pre_norms;                  /* olmo2: the blocks read x itself (no attn_norm / ffn_norm) */
     float residual_scale, rope_mscale; /* granite: block outputs · residual_scale before the add (0: none);
                                           phi3: rope's attn_factor on cos and sin (0: none) */
+    int n_expert, n_expert_used;       /* qwen3moe: routed experts (moe_decode.c; 0: a dense FFN) */
 } cv_layer_cfg;
 
 typedef struct {
@@ -1395,6 +1396,9 @@ typedef struct {
     int t[7];         /* their ggml types */
     const float *bq, *bk, *bv; /* qwen2: q/k/v biases, added after the matmuls (or NULL) */
     const float *rope_ff;      /* phi3: rope frequency factors, theta_i / ff_i (or NULL) */
+    const void *gate_inp;      /* qwen3moe: the router (n_expert rows) and its type; w[4..6] are expert 0's */
+    int t_gate_inp;
+    int64_t exp_stride[3];     /* bytes from one expert's gate / up / down matrix to the next */
 } cv_layer_w;
 
 static void rms_norm_row(const float *x, const float *w, float *y, int64_t n, float eps) {
@@ -1444,6 +1448,8 @@ static void rope_row(float *x, int n_heads, int head_dim, int n_rot, int neox, c
         }
     }
 }
+
+#include "moe_decode.c" /* qwen3moe's routed FFN */
 
 /* x (n_embd) in place: x ← layer(x) at position pos. k16 (n_ctx, n_head_kv, head_dim) and v16t
  * (n_head_kv, head_dim_v, n_ctx) are this layer's F16 cache; row pos is written. */
@@ -1508,13 +1514,18 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
         if (c->no_pre_norms) memcpy(h, x, sizeof(float) * (size_t)E);
         else rms_norm_row(x, lw->ffn_norm, h, E, c->rms_eps);
-        err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads, 1, c->lanes);
-        err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]), c->lanes);
+        if (c->n_expert) err |= moe_ffn_row(c, lw, h, o, gu, f, xq);
+        else {
+            err |= mm1(lw->t[4], lw->w[4], F, E, h, gu, xq, c->threads, 1, c->lanes);
+            err |= mm1(lw->t[5], lw->w[5], F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]), c->lanes);
+        }
     }
     if (!err) {
-        if (c->gelu) cv_geglu(gu, f, 1, F, 1);
-        else cv_swiglu(gu, f, 1, F, c->lanes, 1);
-        err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1, c->lanes);
+        if (!c->n_expert) {
+            if (c->gelu) cv_geglu(gu, f, 1, F, 1);
+            else cv_swiglu(gu, f, 1, F, c->lanes, 1);
+            err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1, c->lanes);
+        }
         if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
         if (c->residual_scale != 0.0f) for (int64_t i = 0; i < E; i++) o[i] = o[i] * c->residual_scale;
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];

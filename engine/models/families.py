@@ -137,13 +137,13 @@ class FamilyModel:
 
     def _decoder_spec(self, n_ctx: int):
         """(dims, layers, per_layer) of the C decode path (kernels.LayerDecoder; faithful mode), from
-        the same layer descriptions; None for qwen3moe (its routed FFN runs in the per-op path)."""
+        the same layer descriptions (qwen3moe: the router and the 3-D expert tensors, moe_decode.c)."""
         c = self.cfg
-        if c.n_expert:
-            return None
+        n_ff = self.g.tensor(self.layers[0].moe[1]).ne[1] if c.n_expert else c.n_ff  # an expert's width
         dims = dict(n_embd=c.n_embd, n_head=c.n_head, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
-                    n_ff=c.n_ff, rope_dim=c.rope_dim, neox=int(c.rope_neox), gelu=0, post_norms=int(c.arch == "olmo2"),
-                    qk_norm=self.qk_norm, no_pre_norms=int(c.arch == "olmo2"), rms_eps=c.rms_eps,
+                    n_ff=n_ff, n_expert=c.n_expert, n_expert_used=c.n_expert_used, rope_dim=c.rope_dim,
+                    neox=int(c.rope_neox), gelu=0, post_norms=int(c.arch == "olmo2"), qk_norm=self.qk_norm,
+                    no_pre_norms=int(c.arch == "olmo2"), rms_eps=c.rms_eps,
                     attn_scale=c.attn_scale if self.q_prescale else 1.0, kq_scale=1.0 if self.q_prescale else c.attn_scale,
                     softcap=0.0, residual_scale=c.residual_scale,
                     rope_mscale=c.rope_attn_factor if c.rope_attn_factor != 1.0 else 0.0)  # fmt: skip
@@ -156,7 +156,10 @@ class FamilyModel:
                 q, k, v = (w, 0, nq), (w, nq, nq + nk), (w, nq + nk, nq + 2 * nk)
             else:
                 q, k, v = L.qkv
-            if len(L.gate_up) == 1:
+            gate_inp, down = None, L.down
+            if L.moe:  # the whole 3-D expert tensors; LayerDecoder points at expert 0 and steps by expert
+                gate_inp, gate, up, down = L.moe
+            elif len(L.gate_up) == 1:
                 (w,) = L.gate_up
                 gate, up = (w, 0, c.n_ff), (w, c.n_ff, 2 * c.n_ff)
             else:
@@ -164,7 +167,7 @@ class FamilyModel:
             bq, bk, bv = L.qkv_bias
             layers.append(dict(attn_norm=L.attn_norm, ffn_norm=L.ffn_norm, attn_post_norm=L.attn_post_norm,
                                ffn_post_norm=L.ffn_post_norm, q_norm=L.q_norm, k_norm=L.k_norm, bq=bq, bk=bk, bv=bv,
-                               rope_ff=ff, q=q, k=k, v=v, o=L.o, gate=gate, up=up, down=L.down))  # fmt: skip
+                               rope_ff=ff, q=q, k=k, v=v, o=L.o, gate=gate, up=up, down=down, gate_inp=gate_inp))  # fmt: skip
             per_layer.append((c.rope_base, 0, {} if L.rope else {"rope_dim": 0}))
         return dims, layers, per_layer
 
