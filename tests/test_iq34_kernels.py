@@ -105,7 +105,7 @@ def test_iq4_nl_batched_routes_are_llamacpps_chains(rows):
     rows go through tinyBLAS: 8 lanes (4 values each), each an FMA chain with d_w·d_a, hsum at the end."""
     if K.lib.cv_simd() < 2:
         pytest.skip("repacking and tinyBLAS are llama.cpp's x86 AVX2 paths")
-    n, n_tok = 32 * 9, 6
+    n, n_tok = 32 * 9, 19  # 16 activation rows per unpacked block, then 3
     w = blocks(Q.IQ4_NL, rows, n, seed=11)
     x = activations(n_tok, n, seed=12)
     xq = K.quantize_acts(Q.IQ4_NL, x)
@@ -130,6 +130,11 @@ def test_iq4_nl_batched_routes_are_llamacpps_chains(rows):
     if rows % 8 == 0:  # decode takes the repacked gemv: the same chain
         np.testing.assert_array_equal(K.matmul_prequantized(w, Q.IQ4_NL, xq[: len(xq) // n_tok], 1, n)[0], ref[0])
     np.testing.assert_array_equal(y, K.matmul_prequantized(w, Q.IQ4_NL, xq, n_tok, n, threads=2))
+    try:  # VNNI's dpbusd (this CPU's pick) and plain AVX2's maddubs + madd form the same integers
+        assert K.lib.cv_set_simd(2) == 2
+        np.testing.assert_array_equal(K.matmul_prequantized(w, Q.IQ4_NL, xq, n_tok, n), ref)
+    finally:
+        K.lib.cv_set_simd(-1)
 
 
 def test_faithful_tiny_iq4_nl_with_unrepacked_rows_is_llamacpp_bit_for_bit(tmp_path):

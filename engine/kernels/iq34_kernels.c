@@ -327,30 +327,44 @@ AVX2_FN static void tiny_iq4_nl_avx2(const void *vw, const void *va, int64_t aro
     for (int t = 0; t < nt; t++) out[t] = hsum8(acc[t]);
 }
 
-/* the repacked 8×8 kernels for eight weight rows (wrow bytes apart) and nt ≤ 4 activation rows: lane i
- * of a chain is row i's; each block's integer sum times d_w·d_a added with an FMA. out[8t + i] */
-AVX2_FN static void rep8_iq4_nl_avx2(const char *W, int64_t wrow, const void *xq, int64_t arow, int nt, int nb, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++) {
-        __m256i v[8], av[8];
-        float dw[8];
-        for (int i = 0; i < 8; i++) {
-            const blk_iq4_nl *w = (const blk_iq4_nl *)(W + i * wrow) + b;
-            v[i] = iq4_values(w->qs), av[i] = _mm256_sign_epi8(v[i], v[i]), dw[i] = _cvtsh_ss(w->d);
-        }
-        const __m256 vdw = _mm256_loadu_ps(dw);
-        for (int t = 0; t < nt; t++) {
-            const blk_q8_0 *a = (const blk_q8_0 *)((const char *)xq + t * arow) + b;
-            __m256i p[8];
-            for (int i = 0; i < 8; i++) p[i] = iq4_nl_block(v[i], av[i], a);
-            const __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-            const __m256i s1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-            const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(vdw, _mm256_set1_ps(_cvtsh_ss(a->d))), acc[t]);
-        }
+/* the repacked 8×8 kernels for eight weight rows (wrow bytes apart) and nt ≤ 16 activation rows: lane i
+ * of a chain is row i's; each block's integer sum times d_w·d_a added with an FMA. out[8t + i]. The
+ * eight rows' values are unpacked once per block for all nt activation rows; PAIRS forms the 8-lane
+ * int32 sums of adjacent u8·s8 products (maddubs + madd, or one VNNI dpbusd: the same integers). */
+#define IQ4_NL_REP8(NAME, ATTR, PAIRS)                                                                                             \
+    ATTR static void NAME(const char *W, int64_t wrow, const void *xq, int64_t arow, int nt, int nb, float *out) {                \
+        __m256 acc[16];                                                                                                            \
+        for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();                                                                 \
+        const __m128i kv = _mm_loadu_si128((const __m128i *)cv_kvalues_iq4nl), m4 = _mm_set1_epi8(0x0f);                            \
+        for (int b = 0; b < nb; b++) {                                                                                             \
+            __m256i v[8], av[8];                                                                                                   \
+            float dw[8];                                                                                                           \
+            for (int i = 0; i < 8; i++) {                                                                                          \
+                const blk_iq4_nl *w = (const blk_iq4_nl *)(W + i * wrow) + b;                                                      \
+                const __m128i q = _mm_loadu_si128((const __m128i *)w->qs);                                                         \
+                v[i] = _mm256_set_m128i(_mm_shuffle_epi8(kv, _mm_and_si128(_mm_srli_epi16(q, 4), m4)), _mm_shuffle_epi8(kv, _mm_and_si128(q, m4))); \
+                av[i] = _mm256_sign_epi8(v[i], v[i]), dw[i] = _cvtsh_ss(w->d);                                                     \
+            }                                                                                                                      \
+            const __m256 vdw = _mm256_loadu_ps(dw);                                                                                \
+            for (int t = 0; t < nt; t++) {                                                                                         \
+                const blk_q8_0 *a = (const blk_q8_0 *)((const char *)xq + t * arow) + b;                                          \
+                const __m256i y = _mm256_loadu_si256((const __m256i *)a->qs);                                                      \
+                __m256i p[8];                                                                                                      \
+                for (int i = 0; i < 8; i++) p[i] = PAIRS(av[i], _mm256_sign_epi8(y, v[i]));                                        \
+                const __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));               \
+                const __m256i s1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));               \
+                const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31)); \
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(vdw, _mm256_set1_ps(_cvtsh_ss(a->d))), acc[t]);  \
+            }                                                                                                                      \
+        }                                                                                                                          \
+        for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);                                                       \
     }
-    for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
-}
+#define IQ4_PAIRS_AVX2(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+#define IQ4_PAIRS_AVXVNNI(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+#define IQ4_PAIRS_AVX512VNNI(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+IQ4_NL_REP8(rep8_iq4_nl_avx2, AVX2_FN, IQ4_PAIRS_AVX2)
+IQ4_NL_REP8(rep8_iq4_nl_avxvnni, __attribute__((target("avx2,fma,f16c,avxvnni"))), IQ4_PAIRS_AVXVNNI)
+IQ4_NL_REP8(rep8_iq4_nl_avx512vnni, __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))), IQ4_PAIRS_AVX512VNNI)
 #endif
 
 /* layout() for these types; unsupported until their tables arrived */
@@ -378,14 +392,15 @@ static void iq34_matmul(int wt, const void *W, int64_t n_rows, int nb, const voi
     const int repacked = wt == T_IQ4_NL && simd && n_rows % 8 == 0;
 #if defined(__x86_64__) && defined(__GNUC__)
     if (repacked) {
+        void (*rep8)(const char *, int64_t, const void *, int64_t, int, int, float *) = CV_PICK(rep8_iq4_nl);
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
         for (int64_t r = 0; r < n_rows; r += 8) {
             const char *next = (const char *)W + (r + 8) * wrow;
             for (int64_t o = 0; r + 8 < n_rows && o < 8 * wrow; o += 64) __builtin_prefetch(next + o);
-            for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
-                const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
-                float o[32];
-                rep8_iq4_nl_avx2((const char *)W + r * wrow, wrow, (const char *)xq + t0 * arow, arow, nt, nb, o);
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 16) {
+                const int nt = n_tok - t0 < 16 ? (int)(n_tok - t0) : 16;
+                float o[128];
+                rep8((const char *)W + r * wrow, wrow, (const char *)xq + t0 * arow, arow, nt, nb, o);
                 for (int t = 0; t < nt; t++)
                     for (int i = 0; i < 8; i++) Y[(t0 + t) * ldy + r + i] = o[8 * t + i];
             }
