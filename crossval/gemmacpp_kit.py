@@ -108,6 +108,24 @@ def _find(out: Path, gguf_sha: str, variant: str, built_s: float | None) -> KitB
     return None
 
 
+def built_simd_target() -> str | None:
+    """The Highway target of the kit as already built on this machine (BUILD_INFO.json), without
+    building: the target engine mode bf16 reproduces. None when no build exists yet."""
+    try:
+        kit = kit_path()
+    except KitError:
+        return None
+    for patched in (True, False):
+        try:
+            info = json.loads((build_dir(patched, kit) / "BUILD_INFO.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        target = (info.get("compiler") or {}).get("hwy_static_target")
+        if target:
+            return str(target)
+    return None
+
+
 def missing_python_packages(python: str = sys.executable) -> list[str]:
     code = "import importlib.util,sys;print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m if m!='protobuf' else 'google.protobuf') is None))"
     r = subprocess.run([python, "-c", code, *PY_PACKAGES], capture_output=True, text=True)

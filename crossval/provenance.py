@@ -95,6 +95,24 @@ def _cpu() -> dict:
         return {"model": platform.processor() or "unknown", "flags": []}
 
 
+@lru_cache(maxsize=1)
+def _blas() -> list[dict]:
+    """The BLAS libraries loaded in this process (threadpoolctl): which build, version and — for
+    OpenBLAS — the core type whose kernels it picked for this CPU (OPENBLAS_CORETYPE overrides it).
+    No verdict depends on them (every tight comparison runs in the native kernels); recorded so a
+    float-mode difference between machines can be traced to its BLAS."""
+    try:
+        import numpy  # noqa: F401 — loads its BLAS first
+        from threadpoolctl import threadpool_info
+
+        return [{"library": i.get("internal_api"), "version": i.get("version"), "core_type": i.get("architecture"),
+                 "threading_layer": i.get("threading_layer"), "num_threads": i.get("num_threads"),
+                 "file": Path(i.get("filepath") or "").name or None}
+                for i in threadpool_info() if i.get("user_api") == "blas"]  # fmt: skip
+    except Exception:  # threadpoolctl can fail on exotic builds; provenance must not
+        return []
+
+
 def environment(threads: int) -> dict:
     import numpy
 
@@ -106,6 +124,7 @@ def environment(threads: int) -> dict:
         "libc": _libc(),
         "python": sys.version.split()[0],
         "numpy": numpy.__version__,
+        "blas": _blas(),
         "machine": platform.machine(),
         "cpu_model": _cpu()["model"],
         "cpu_flags": _cpu()["flags"],

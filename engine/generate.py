@@ -28,8 +28,9 @@ Tap = Callable[[int, str, np.ndarray], None]
 #     GGUF blocks by activations quantized as ggml does, integer dot products, ggml's per-block
 #     scale arithmetic; threads split the rows. Types the kernels lack fall back to q8. With an F16
 #     cache, attention and every other op follow llama.cpp's CPU code (docs/architecture.md).
-# bf16: as float, but gemma.cpp's rounding: both operands of every matmul, and attention's q, K
-#     and V, rounded to bfloat16.
+# bf16: gemma.cpp's arithmetic (Gemma models): every op in the native kernels in the order and
+#     precision gemma.cpp computes it for one Highway target (engine/models/gemmacpp.py), f32 KV
+#     cache as gemma.cpp keeps; other architectures: float with both matmul operands rounded to bf16.
 MODES = ("float", "q8", "faithful", "bf16")
 
 
@@ -41,21 +42,23 @@ class Generation:
 
 class Engine:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 2048, kv_type: str = "f32", mode: str = "float", tap: Tap | None = None,
-                 threads: int = 1):  # fmt: skip
+                 threads: int = 1, simd_target: str | None = None):  # fmt: skip
+        """simd_target: mode bf16 follows gemma.cpp built for this Highway target (e.g. AVX3_SPR;
+        None: the one this CPU's features give)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.path = str(path)
         self.gguf = open_gguf(path)
         self.config: ModelConfig = read_config(self.gguf)
-        self.model = build_model(self.gguf, self.config, mode=mode, threads=threads)
+        self.model = build_model(self.gguf, self.config, mode=mode, threads=threads, simd_target=simd_target)
         self.mode = mode
         self.tap = tap
         c = self.config
         self.n_ctx = n_ctx
         # faithful mode with an F16 cache keeps llama.cpp's cache layout for the native attention kernel
         layout = "ggml" if mode == "faithful" and kv_type == "f16" else "rows"
-        if mode == "bf16":  # gemma.cpp's arithmetic keeps K and V in bfloat16, whatever the llama.cpp side uses
-            kv_type = "bf16"
+        if mode == "bf16":  # gemma.cpp keeps K and V in f32 (its KV_t), whatever the llama.cpp side uses
+            kv_type = "f32" if hasattr(self.model, "target") else "bf16"
         self.cache = KVCache(c.n_layer, n_ctx, c.n_head_kv, c.head_dim, c.head_dim_v, kv_type, layout)
 
     def set_threads(self, n: int) -> None:

@@ -23,9 +23,17 @@ class EngineBackend(Backend):
         from engine.generate import Engine
 
         t = time.perf_counter()
-        self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads).load()
+        simd = None
+        if mode == "bf16":  # gemma.cpp's arithmetic for the Highway target the kit was built for here
+            from crossval.gemmacpp_kit import built_simd_target
+
+            simd = built_simd_target()
+        try:
+            self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads, simd_target=simd).load()
+        except ValueError as e:  # e.g. mode bf16 for a target this CPU cannot run
+            raise BackendError(str(e)) from None
         self.load_s = time.perf_counter() - t
-        self.mode, self.kv_type = mode, self.engine.cache.dtype  # mode bf16 keeps a bf16 cache
+        self.mode, self.kv_type = mode, self.engine.cache.dtype  # mode bf16 keeps gemma.cpp's f32 cache
         self.prefix_end = prefix_end  # prefix-LM attention over the prompt (gemma.cpp's prefix_end); 0 = causal
         self.perturb = perturb
         if perturb is not None:
@@ -138,7 +146,7 @@ class EngineBackend(Backend):
             "version": f"crossval-engine {crossval.__version__}",
             "library_sha256": None,
             "commit": _git_commit(),
-            "system_info": None,
+            "system_info": f"gemma.cpp arithmetic for Highway target {t.name}" if (t := getattr(self.engine.model, "target", None)) else None,
             "mode": self.mode,
             "kv_type": self.kv_type,
             "threads": self.engine.model.w.threads if self.mode == "faithful" else None,

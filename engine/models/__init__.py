@@ -20,7 +20,12 @@ MODEL_CLASSES = {
 }
 
 
-def build_model(g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1):
+def build_model(g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1, simd_target: str | None = None):
+    """simd_target: mode bf16's gemma.cpp Highway target (engine/kernels/gemmacpp.py Target.named)."""
+    if mode == "bf16" and cfg.arch in ("gemma", "gemma2", "gemma3"):
+        from engine.models.gemmacpp import GemmaCppModel
+
+        return GemmaCppModel(g, cfg, simd_target=simd_target, threads=threads)
     cls = MODEL_CLASSES.get(cfg.arch)
     if cls is None:
         raise GGUFError(f"{g.path.name}: architecture {cfg.arch!r} has no forward pass yet")

@@ -1,0 +1,168 @@
+"""Gemma (1/2/3) in gemma.cpp's arithmetic: engine mode bf16, every op in the native kernels
+(engine/kernels/gemmacpp.py, gemma_kernels.c) for one Highway target.
+
+Follows gemma.cpp's gemma/gemma.cc TransformerLayer, gemma/attention.cc and gemma/gemma-inl.h,
+with the activation types of gemma/activations.h (f32 unless marked bf16):
+  x = token_embd[ids] · bf16(sqrt(n_embd))                           (EmbedMMToken)
+  per layer:
+    h = rmsnorm(x) · (1 + w)                                          pre_att_rms_out f32
+    q, k, v = MatMul(bf16(h), bf16(Wq|Wk|Wv))                         f32; the KV cache is f32
+    k = rope(rmsnorm(k)·(1 + k_norm), mul 1)                          (ComputeQKV, gemma3)
+    q = rope(rmsnorm(q)·(1 + q_norm), mul query_scale)                (SingleDotSoftmaxWeightedSum)
+    a = Σ softmax(q·k) v   q·k in f64, Highway Exp, f64 sum            att_out f32 (old attention path)
+    a = MatMul(bf16(a), bf16(Wo))                                     att_sums bf16
+    a = rmsnorm(a) · (1 + post_att)                                   bf16, in place (gemma2/3)
+    x = x + a
+    h = rmsnorm(x) · (1 + pre_ffw)                                    pre_ffw_rms_out bf16
+    g, u = MatMul(h, Wgate), MatMul(h, Wup)                           C1, C2 bf16
+    f = MatMul(bf16(u · gelu_tanh(g)), Wdown)                         ffw_out f32
+    f = rmsnorm(f) · (1 + post_ffw)                                   f32 (gemma2/3)
+    x = x + f
+  logits = MatMul(bf16(rmsnorm(x)·(1 + final_norm)), bf16(token_embd)) (+ final softcap, gemma2)
+Norm scales are gemma.cpp's: the GGUF's norm weight − 1 in float32, as the kit's converter writes
+them. The attention is gemma.cpp's DotSoftmaxWeightedSum, the path gemma.cc takes on targets with
+a native bf16 dot product; on other targets gemma.cpp runs its FlashAttention instead (not
+reproduced: there this mode is close to, but not bit-equal with, gemma.cpp).
+Shapes: x (n, n_embd); q (n, n_head, head_dim); k, v (n, n_head_kv, head_dim).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.gguf_model import GGUFFile, ModelConfig
+from engine.kv_cache import KVCache
+
+F32 = np.float32
+
+
+class GemmaCppWeights:
+    """Weights as gemma.cpp holds them: matrices as bf16 bits (its MatMul rounds f32 weights to bf16
+    as it reads them), norm scales as (GGUF weight − 1), embedding rows dequantized f32."""
+
+    def __init__(self, g: GGUFFile, target, threads: int = 1):
+        self.g, self.t, self.threads = g, target, threads
+        self._mats: dict[str, np.ndarray] = {}
+        self._norms: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.g.tensors
+
+    def mat(self, name: str) -> np.ndarray:
+        w = self._mats.get(name)
+        if w is None:
+            from engine.kernels import gemmacpp as gm
+
+            w = self._mats[name] = gm.bf16_bits(self.g.dequantize(name), self.t)
+        return w
+
+    def norm(self, name: str) -> np.ndarray:
+        w = self._norms.get(name)
+        if w is None:
+            w = self._norms[name] = (self.g.dequantize(name).astype(F32) - F32(1.0)).astype(F32)
+        return w
+
+    def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        from engine.quants import dequantize
+
+        t = self.g.tensor(name)
+        return dequantize(self.g.raw(name)[ids], t.type).reshape(len(ids), t.ne[0]).astype(F32)
+
+    def matmul(self, x: np.ndarray, name: str, out_bf16: bool = False) -> np.ndarray:
+        from engine.kernels import gemmacpp as gm
+
+        return gm.matmul(x, self.mat(name), self.t, out_bf16=out_bf16, threads=self.threads)
+
+
+class GemmaCppModel:
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, simd_target: str | None = None, threads: int = 1):
+        from engine.kernels import gemmacpp as gm
+
+        self.g, self.cfg = g, cfg
+        self.target = gm.Target.named(simd_target)
+        self.w = GemmaCppWeights(g, self.target, threads)
+        self.v2 = cfg.arch in ("gemma2", "gemma3")
+        self.v3 = cfg.arch == "gemma3"
+        self.inv_ts_global = gm.inv_timescale(cfg.rope_dim, cfg.rope_base)
+        self.inv_ts_local = gm.inv_timescale(cfg.rope_dim, cfg.rope_base_swa)
+        # EmbeddingScaling: sqrt(model_dim) in f32, rounded to bf16 (Gemma's Embedder casts first)
+        self.emb_scale = gm.round_bf16(np.float32([np.sqrt(np.float32(cfg.n_embd))]), self.target)[0]
+        self.query_scale = F32(cfg.attn_scale)
+
+    def _output(self) -> str:
+        return "token_embd.weight" if self.cfg.tied_output else "output.weight"
+
+    def load_all(self) -> None:
+        """Convert every weight now instead of on first use."""
+        for il in range(self.cfg.n_layer):
+            p = f"blk.{il}."
+            for m in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+                self.w.mat(p + m + ".weight")
+            for nm in ("attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm"):
+                if p + nm + ".weight" in self.w:
+                    self.w.norm(p + nm + ".weight")
+        self.w.mat(self._output())
+        self.w.norm("output_norm.weight")
+
+    def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True, prefix_end: int = 0) -> np.ndarray:
+        """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32 (only the last row
+        when all_logits is False)."""
+        from engine.kernels import gemmacpp as gm
+
+        c, W, t = self.cfg, self.w, self.target
+        n = len(ids)
+        cache.check_room(n)
+        pos = np.arange(cache.n_past, cache.n_past + n, dtype=np.int64)
+        x = W.embedding_rows("token_embd.weight", ids) * self.emb_scale
+        nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            local = c.swa_layers[il]
+            inv_ts = self.inv_ts_local if local else self.inv_ts_global
+            h = gm.rms_norm(x, W.norm(p + "attn_norm.weight"), t)
+            if tap:
+                tap(il, "attn_norm", h)
+            q = W.matmul(h, p + "attn_q.weight").reshape(n, c.n_head, c.head_dim)
+            k = W.matmul(h, p + "attn_k.weight").reshape(n, c.n_head_kv, c.head_dim)
+            v = W.matmul(h, p + "attn_v.weight").reshape(n, c.n_head_kv, c.head_dim_v)
+            if self.v3:
+                k = gm.rms_norm(k, W.norm(p + "attn_k_norm.weight"), t)
+                q = gm.rms_norm(q, W.norm(p + "attn_q_norm.weight"), t)
+            k = gm.rope(k, pos, inv_ts, 1.0)
+            q = gm.rope(q, pos, inv_ts, self.query_scale)
+            if tap:
+                tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
+            ks, vs = cache.store(il, k, v)
+            window = c.sliding_window if local else 0
+            start = pos - np.minimum(window - 1, pos) if window else np.zeros_like(pos)
+            last = np.maximum(pos, prefix_end - 1) if prefix_end else pos
+            a = gm.attention(q, ks, vs, start, last, t, c.attn_softcap, W.threads).reshape(n, nq)
+            if tap:
+                tap(il, "kqv_out", a)
+            a = W.matmul(a, p + "attn_output.weight", out_bf16=True)
+            if self.v2:
+                a = gm.rms_norm(a, W.norm(p + "post_attention_norm.weight"), t, in_bf16=True, out_bf16=True)
+            x = x + a
+            if tap:
+                tap(il, "ffn_inp", x)
+            h = gm.rms_norm(x, W.norm(p + "ffn_norm.weight"), t, out_bf16=True)
+            gate = W.matmul(h, p + "ffn_gate.weight", out_bf16=True)
+            up = W.matmul(h, p + "ffn_up.weight", out_bf16=True)
+            f = W.matmul(gm.geglu(gate, up, t), p + "ffn_down.weight")
+            if self.v2:
+                f = gm.rms_norm(f, W.norm(p + "post_ffw_norm.weight"), t)
+            if tap:
+                tap(il, "ffn_out", f)
+            x = x + f
+            if tap:
+                tap(il, "l_out", x)
+        cache.advance(n)
+        if not all_logits:
+            x = x[-1:]
+        x = gm.rms_norm(x, W.norm("output_norm.weight"), t, out_bf16=True)
+        if tap:
+            tap(-1, "result_norm", x)
+        logits = W.matmul(x, self._output())
+        if c.final_softcap:
+            logits = gm.softcap(logits, c.final_softcap)
+        return logits
