@@ -91,11 +91,29 @@ class EngineBackend(Backend):
         choose = Sampler(sampling) if sampling is not None else None
         if self.prefix_end > len(ids):
             raise BackendError(f"prefix_end {self.prefix_end} exceeds the prompt's {len(ids)} tokens")
+        if self.mode == "bf16" and hasattr(self.engine.model, "target") and choose is None and not self.prefix_end:
+            return self._gemmacpp_pass(ids, steps, forced)
         cp = greedy_compare_pass(_EngineSteps(self.engine, self.prefix_end), ids, steps, forced, choose)
         if choose is not None:
             cp.extra = {"sampling_trace": choose.trace}
         self._last_pass = (tuple(ids), tuple(cp.tokens))  # what the cache holds (forced_suffix reuses it)
         return cp
+
+    def _gemmacpp_pass(self, ids: list[int], steps: int, forced: list[int] | None) -> ComparePass:
+        """compare_pass as gemma.cpp's backend makes it (two runs of its driver): teacher-forced logits
+        of the prompt and the forced tokens in one run, the greedy continuation in a fresh one. Mode
+        bf16 reproduces each run (the score buffer carried between gemma.cpp's decode steps differs
+        between them past a sliding window), so it runs them the same way."""
+        t = time.perf_counter()
+        rows = self.engine.logits(list(ids) + list(forced or []))
+        t_tf = time.perf_counter() - t
+        t = time.perf_counter()
+        g = self.engine.generate(ids, steps, keep_logits=True)
+        t_gen = time.perf_counter() - t
+        n = len(ids)
+        self._last_pass = (tuple(ids), tuple(g.tokens))  # the cache holds the free run
+        return ComparePass(rows[:n], g.tokens, np.stack(g.logits) if g.logits else None, rows[n:] if forced else None,
+                           {"prefill_s": t_tf, "generate_s": t_gen})  # fmt: skip
 
     def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES) -> dict[str, np.ndarray]:
         """The engine's per-layer stage outputs at `position` for a teacher-forced pass over ids,

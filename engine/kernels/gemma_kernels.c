@@ -390,49 +390,43 @@ void cv_gm_softcap(float *x, int64_t n, float cap) {
 /* ---- attention ----------------------------------------------------------------------------------- */
 /* q (n_q, n_head, d), already normed, rotated and scaled; k, v (n_kv, n_head_kv, d) f32 (gemma.cpp's
  * KV cache is f32); query i attends positions [start[i], last[i]]; cap: the scores' soft-cap (0: none)
- * → out (n_q, n_head, d). */
+ * → out (n_q, n_head, d).
+ * att (n_rows, n_head, seq_cap) is gemma.cpp's `activations.att`, kept between calls: query i uses row
+ * row[i]. As gemma.cpp does, the scores of [start, last] are written into the row, then the soft-cap
+ * and softmax run over the row's first last+1 entries — below start those hold what an earlier call
+ * left there (a sliding-window layer past its window: attention.cc's att_len) — and only
+ * [start, last] weight V. */
 int cv_gm_attention(const float *q, int64_t n_q, int n_head, int d, const float *k, const float *v, int n_head_kv,
-                    const int64_t *start, const int64_t *last, float cap, float *out, int lanes, int n_threads) {
+                    const int64_t *start, const int64_t *last, float cap, float *att, const int64_t *row, int64_t seq_cap,
+                    float *out, int lanes, int n_threads) {
     const int group = n_head / n_head_kv, dl = lanes / 2;
-    int64_t max_len = 0;
     for (int64_t i = 0; i < n_q; i++)
-        if (last[i] + 1 > max_len) max_len = last[i] + 1;
+        if (last[i] >= seq_cap || start[i] < 0 || start[i] > last[i]) return -1;
     const int64_t tasks = n_q * n_head;
-    int err = 0;
-#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1) if (n_threads > 1 && tasks > 1)
-    {
-        float *att = (float *)malloc((size_t)(max_len > 0 ? max_len : 1) * sizeof(float));
-        if (!att) {
-#pragma omp atomic write
-            err = 1;
+#pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && tasks > 1)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int64_t i = task / n_head;
+        const int h = (int)(task % n_head), hk = h / group;
+        const float *qv = q + task * (int64_t)d;
+        const int64_t s0 = start[i], s1 = last[i], len = s1 + 1;
+        float *a = att + (row[i] * n_head + h) * seq_cap;
+        for (int64_t p = s0; p <= s1; p++) a[p] = gm_dot_f32(qv, k + (p * n_head_kv + hk) * (int64_t)d, d, dl);
+        if (cap != 0.0f) cv_gm_softcap(a, len, cap);
+        float mx = -3.402823466e+38f;
+        for (int64_t p = 0; p < len; p++) mx = a[p] > mx ? a[p] : mx;
+        for (int64_t p = 0; p < len; p++) a[p] = gm_exp(a[p] - mx);
+        const float sum = gm_sum_f32(a, len, dl);
+        const float inv = 1.0f / sum;
+        for (int64_t p = 0; p < len; p++) a[p] = a[p] * inv;
+        float *o = out + task * (int64_t)d;
+        const float *v0 = v + (s0 * n_head_kv + hk) * (int64_t)d;
+        for (int j = 0; j < d; j++) o[j] = v0[j] * a[s0];
+        for (int64_t p = s0 + 1; p <= s1; p++) {
+            const float *vp = v + (p * n_head_kv + hk) * (int64_t)d, c = a[p];
+            for (int j = 0; j < d; j++) o[j] = fmaf(vp[j], c, o[j]);
         }
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < tasks; task++) {
-            if (!att) continue;
-            const int64_t i = task / n_head;
-            const int h = (int)(task % n_head), hk = h / group;
-            const float *qv = q + task * (int64_t)d;
-            const int64_t s0 = start[i], s1 = last[i], len = s1 - s0 + 1;
-            float *a = att + s0;
-            for (int64_t p = s0; p <= s1; p++) a[p - s0] = gm_dot_f32(qv, k + (p * n_head_kv + hk) * (int64_t)d, d, dl);
-            if (cap != 0.0f) cv_gm_softcap(a, len, cap);
-            float mx = -3.402823466e+38f;
-            for (int64_t p = 0; p < len; p++) mx = a[p] > mx ? a[p] : mx;
-            for (int64_t p = 0; p < len; p++) a[p] = gm_exp(a[p] - mx);
-            const float sum = gm_sum_f32(a, len, dl);
-            const float inv = 1.0f / sum;
-            for (int64_t p = 0; p < len; p++) a[p] = a[p] * inv;
-            float *o = out + task * (int64_t)d;
-            const float *v0 = v + (s0 * n_head_kv + hk) * (int64_t)d;
-            for (int j = 0; j < d; j++) o[j] = v0[j] * a[0];
-            for (int64_t p = s0 + 1; p <= s1; p++) {
-                const float *vp = v + (p * n_head_kv + hk) * (int64_t)d, c = a[p - s0];
-                for (int j = 0; j < d; j++) o[j] = fmaf(vp[j], c, o[j]);
-            }
-        }
-        free(att);
     }
-    return err ? -1 : 0;
+    return 0;
 }
 
 /* ---- GeGLU --------------------------------------------------------------------------------------- */

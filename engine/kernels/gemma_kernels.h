@@ -10,7 +10,8 @@ void cv_gm_sincos(float x, float *s, float *c);
 void cv_gm_inv_timescale(int rope_dim, double base, float *out);
 void cv_gm_rope(float *x, int64_t n_tok, int n_head, int dim, const int64_t *pos, const float *inv_ts, float mul);
 int cv_gm_attention(const float *q, int64_t n_q, int n_head, int d, const float *k, const float *v, int n_head_kv,
-                    const int64_t *start, const int64_t *last, float cap, float *out, int lanes, int n_threads);
+                    const int64_t *start, const int64_t *last, float cap, float *att, const int64_t *row, int64_t seq_cap,
+                    float *out, int lanes, int n_threads);
 void cv_gm_softcap(float *x, int64_t n, float cap);
 void cv_gm_geglu(const float *gate, const float *up, float *out, int64_t n, int native);
 int cv_gm_matmul(const float *A, int64_t M, int64_t K, const uint16_t *B, int64_t N, float *C, int64_t ldc, int out_bf16,

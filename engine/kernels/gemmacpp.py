@@ -120,19 +120,25 @@ def rope(x: np.ndarray, positions: np.ndarray, inv_ts: np.ndarray, mul: float = 
     return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: np.ndarray, last: np.ndarray, t: Target, softcap: float = 0.0,
-              threads: int = 1) -> np.ndarray:  # fmt: skip
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: np.ndarray, last: np.ndarray, att: np.ndarray, rows: np.ndarray,
+              t: Target, softcap: float = 0.0, threads: int = 1) -> np.ndarray:  # fmt: skip
     """q (n, heads, d); k, v (n_kv, heads_kv, d) f32; query i attends [start[i], last[i]], its scores
-    soft-capped first when softcap (gemma2) → (n, heads, d)."""
+    soft-capped first when softcap (gemma2) → (n, heads, d). att (n_rows, heads, seq_cap) float32 is
+    gemma.cpp's score buffer, updated in place: query i works in row rows[i], and its softmax also
+    covers what that row holds below start[i] (see gemma_kernels.c cv_gm_attention)."""
     q, k, v = _f32(q), _f32(k), _f32(v)
     n, heads, d = q.shape
     s, e = np.ascontiguousarray(start, dtype=np.int64), np.ascontiguousarray(last, dtype=np.int64)
-    if e.max(initial=-1) >= k.shape[0] or s.min(initial=0) < 0:
+    r = np.ascontiguousarray(rows, dtype=np.int64)
+    if att.dtype != np.float32 or not att.flags.c_contiguous or att.shape[1] != heads or r.max(initial=0) >= att.shape[0]:
+        raise ValueError("attention: the score buffer does not fit these queries")
+    if e.max(initial=-1) >= k.shape[0]:
         raise ValueError("attention: a position outside the cache")
     out = np.empty_like(q)
     if lib.cv_gm_attention(_ptr(q, "float *"), n, heads, d, _ptr(k, "float *"), _ptr(v, "float *"), k.shape[1], _ptr(s, "int64_t *"),
-                           _ptr(e, "int64_t *"), float(softcap), _ptr(out, "float *"), t.lanes, int(threads)):  # fmt: skip
-        raise MemoryError("attention: out of memory")
+                           _ptr(e, "int64_t *"), float(softcap), _ptr(att, "float *"), _ptr(r, "int64_t *"), att.shape[2],
+                           _ptr(out, "float *"), t.lanes, int(threads)):  # fmt: skip
+        raise ValueError("attention: a query's positions lie outside its score row")
     return out
 
 

@@ -34,6 +34,7 @@ from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
 
 F32 = np.float32
+PREFILL_TBATCH = 256  # gemma.cpp's default prefill_tbatch_size (gemma/gemma_args.h)
 
 
 class GemmaCppWeights:
@@ -88,6 +89,8 @@ class GemmaCppModel:
         # EmbeddingScaling: sqrt(model_dim) in f32, rounded to bf16 (Gemma's Embedder casts first)
         self.emb_scale = gm.round_bf16(np.float32([np.sqrt(np.float32(cfg.n_embd))]), self.target)[0]
         self.query_scale = F32(cfg.attn_scale)
+        self._att: np.ndarray | None = None
+        self._seq_cap = 0  # set by the engine: the cache's n_ctx
 
     def _output(self) -> str:
         return "token_embd.weight" if self.cfg.tied_output else "output.weight"
@@ -106,15 +109,61 @@ class GemmaCppModel:
 
     def forward(self, ids: np.ndarray, cache: KVCache, tap=None, all_logits: bool = True, prefix_end: int = 0) -> np.ndarray:
         """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32 (only the last row
-        when all_logits is False)."""
+        when all_logits is False).
+
+        Rows of gemma.cpp's score buffer (see _att) follow how gemma.cpp would have run these tokens:
+        a decode step uses row 0; a prompt whose last logits only are wanted is Generate's prefill —
+        all but the last token in batches of prefill_tbatch_size (row = index in the batch), the
+        last one decoded at row 0; teacher-forced logits of every position are the kit driver's
+        --force run, one decode at row 0 per token; with prefix_end the prompt is one batch."""
+        n = len(ids)
+        cache.check_room(n)
+        if self._seq_cap != cache.n_ctx:
+            self._seq_cap, self._att = cache.n_ctx, None
+        if n == 1 or prefix_end:
+            return self._run(ids, cache, np.arange(n), tap, True if n == 1 else all_logits, prefix_end)
+        if not all_logits:
+            head = ids[:-1]
+            for s in range(0, len(head), PREFILL_TBATCH):
+                chunk = head[s : s + PREFILL_TBATCH]
+                self._run(chunk, cache, np.arange(len(chunk)), tap, None)
+            return self._run(ids[-1:], cache, np.zeros(1, np.int64), tap, False)
+        # one decode per token at row 0. A token reads row 0's earlier contents only past a sliding
+        # window, so the tokens before that run as one batch (each in a row of its own, the last
+        # one's row then becoming row 0's contents), the rest one at a time.
+        c = self.cfg
+        p0 = cache.n_past
+        stale_from = c.sliding_window if any(c.swa_layers) and c.sliding_window else 1 << 62
+        nb = int(min(n, max(0, stale_from - p0)))
+        out = []
+        if nb:
+            out.append(self._run(ids[:nb], cache, np.arange(1, nb + 1), tap, True))
+            self._buffer(nb + 1)[0] = self._att[nb]
+        for i in range(nb, n):
+            out.append(self._run(ids[i : i + 1], cache, np.zeros(1, np.int64), tap, True))
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _buffer(self, rows: int) -> np.ndarray:
+        """gemma.cpp's activations.att: per row and head, a score/probability row over positions,
+        kept from call to call (its contents below a window's start reach the softmax)."""
+        need = (max(rows, PREFILL_TBATCH + 1), self.cfg.n_head, self._seq_cap)
+        if self._att is None or self._att.shape[0] < need[0]:
+            old, self._att = self._att, np.zeros(need, dtype=np.float32)
+            if old is not None:
+                self._att[: old.shape[0]] = old
+        return self._att
+
+    def _run(self, ids: np.ndarray, cache: KVCache, rows: np.ndarray, tap, all_logits: bool | None, prefix_end: int = 0):
+        """One batch through every layer, token i working in score-buffer row rows[i]; logits of every
+        row (all_logits), the last row (False) or none (None: a prefill batch before the last token)."""
         from engine.kernels import gemmacpp as gm
 
         c, W, t = self.cfg, self.w, self.target
         n = len(ids)
-        cache.check_room(n)
+        att = self._buffer(int(rows.max()) + 1)
         pos = np.arange(cache.n_past, cache.n_past + n, dtype=np.int64)
         x = W.embedding_rows("token_embd.weight", ids) * self.emb_scale
-        nq, nkv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        nq = c.n_head * c.head_dim
         for il in range(c.n_layer):
             p = f"blk.{il}."
             local = c.swa_layers[il]
@@ -136,7 +185,7 @@ class GemmaCppModel:
             window = c.sliding_window if local else 0
             start = pos - np.minimum(window - 1, pos) if window else np.zeros_like(pos)
             last = np.maximum(pos, prefix_end - 1) if prefix_end else pos
-            a = gm.attention(q, ks, vs, start, last, t, c.attn_softcap, W.threads).reshape(n, nq)
+            a = gm.attention(q, ks, vs, start, last, att, rows, t, c.attn_softcap, W.threads).reshape(n, nq)
             if tap:
                 tap(il, "kqv_out", a)
             a = W.matmul(a, p + "attn_output.weight", out_bf16=True)
@@ -157,6 +206,8 @@ class GemmaCppModel:
             if tap:
                 tap(il, "l_out", x)
         cache.advance(n)
+        if all_logits is None:
+            return None
         if not all_logits:
             x = x[-1:]
         x = gm.rms_norm(x, W.norm("output_norm.weight"), t, out_bf16=True)
