@@ -51,7 +51,9 @@ class ChildProcess:
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           env=env, start_new_session=True)  # fmt: skip
             signals.register(self._proc.pid)
-        self._buf = b""
+        self._buf = bytearray()  # bytes read from the child's stdout, not yet returned
+        self._scan = 0  # _buf[:_scan] is known to hold no newline
+        self.reader_stats = {"reads": 0, "bytes_read": 0, "bytes_scanned": 0}  # linear-time check (tests)
         self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
         self._t_err.start()
 
@@ -76,27 +78,50 @@ class ChildProcess:
         except subprocess.TimeoutExpired:
             pass
 
-    def _readline(self, deadline: float, stage: str) -> bytes:
+    def _fill(self, deadline: float, stage: str) -> None:
+        """Append what the child has written (at most 1 MiB) to the buffer, waiting until the deadline."""
         fd = self._proc.stdout.fileno()
         sel = selectors.DefaultSelector()
         sel.register(fd, selectors.EVENT_READ)
         try:
-            while b"\n" not in self._buf:
+            while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._kill()
                     raise BackendTimeout(stage, self.timeout, self.stderr_tail())
-                if not sel.select(timeout=min(left, 1.0)):
-                    continue
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    rc = self._proc.wait(timeout=5) if self._proc.poll() is None else self._proc.returncode
-                    raise BackendCrashed(stage, _describe_exit(rc), rc, self.stderr_tail())
-                self._buf += chunk
+                if sel.select(timeout=min(left, 1.0)):
+                    break
         finally:
             sel.close()
-        line, self._buf = self._buf.split(b"\n", 1)
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            rc = self._proc.wait(timeout=5) if self._proc.poll() is None else self._proc.returncode
+            raise BackendCrashed(stage, _describe_exit(rc), rc, self.stderr_tail())
+        self.reader_stats["reads"] += 1
+        self.reader_stats["bytes_read"] += len(chunk)
+        self._buf += chunk  # amortised O(len(chunk)): a bytearray grows in place
+
+    def _readline(self, deadline: float, stage: str) -> bytes:
+        """The next line (without its newline). Each byte is searched for the newline once: the
+        search resumes where the previous one ended, so a reply of n bytes costs O(n)."""
+        while (i := self._buf.find(b"\n", self._scan)) < 0:
+            self.reader_stats["bytes_scanned"] += len(self._buf) - self._scan
+            self._scan = len(self._buf)
+            self._fill(deadline, stage)
+        self.reader_stats["bytes_scanned"] += i + 1 - self._scan
+        line = bytes(memoryview(self._buf)[:i])
+        del self._buf[: i + 1]  # O(1) amortised in CPython: the bytearray moves its start
+        self._scan = 0
         return line
+
+    def _readexact(self, n: int, deadline: float, stage: str) -> bytes:
+        """The next n bytes (a binary frame after a reply line)."""
+        while len(self._buf) < n:
+            self._fill(deadline, stage)
+        data = bytes(memoryview(self._buf)[:n])
+        del self._buf[:n]
+        self._scan = 0
+        return data
 
     def _send(self, op: str, **args) -> None:
         if self._proc.poll() is not None:
