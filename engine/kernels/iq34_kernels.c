@@ -360,11 +360,56 @@ AVX2_FN static void tiny_iq4_nl_avx2(const void *vw, const void *va, int64_t aro
         for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);                                                       \
     }
 #define IQ4_PAIRS_AVX2(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-#define IQ4_PAIRS_AVXVNNI(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
-#define IQ4_PAIRS_AVX512VNNI(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 IQ4_NL_REP8(rep8_iq4_nl_avx2, AVX2_FN, IQ4_PAIRS_AVX2)
-IQ4_NL_REP8(rep8_iq4_nl_avxvnni, __attribute__((target("avx2,fma,f16c,avxvnni"))), IQ4_PAIRS_AVXVNNI)
-IQ4_NL_REP8(rep8_iq4_nl_avx512vnni, __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))), IQ4_PAIRS_AVX512VNNI)
+
+/* With VNNI the eight rows' block is transposed so that lane i of every vector holds row i: vector k
+ * carries values 4k..4k+3 of each row, offset by +128 to unsigned bytes; dpbusd against activation
+ * dword k broadcast to all lanes then sums row i's products in lane i directly, and the offset comes
+ * back out as 128·Σ activations (ysum, per activation row and block). The same integers again. */
+#define IQ4_NL_REP8T(NAME, ATTR, DPBUSD)                                                                                           \
+    ATTR static void NAME(const char *W, int64_t wrow, const void *xq, int64_t arow, int nt, int nb, const int32_t *ysum,        \
+                          float *out) {                                                                                            \
+        __m256 acc[16];                                                                                                            \
+        for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();                                                                 \
+        const __m128i kv = _mm_loadu_si128((const __m128i *)cv_kvalues_iq4nl), m4 = _mm_set1_epi8(0x0f);                            \
+        for (int b = 0; b < nb; b++) {                                                                                             \
+            __m256i v[8], u[8];                                                                                                    \
+            float dw[8];                                                                                                           \
+            for (int i = 0; i < 8; i++) {                                                                                          \
+                const blk_iq4_nl *w = (const blk_iq4_nl *)(W + i * wrow) + b;                                                      \
+                const __m128i q = _mm_loadu_si128((const __m128i *)w->qs);                                                         \
+                v[i] = _mm256_set_m128i(_mm_shuffle_epi8(kv, _mm_and_si128(_mm_srli_epi16(q, 4), m4)), _mm_shuffle_epi8(kv, _mm_and_si128(q, m4))); \
+                dw[i] = _cvtsh_ss(w->d);                                                                                           \
+            }                                                                                                                      \
+            /* 8×8 transpose of dwords: u[k] lane i = v[i] dword k */                                                              \
+            __m256i t0[8], t1[8];                                                                                                  \
+            for (int i = 0; i < 8; i += 2) t0[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]), t0[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]); \
+            for (int i = 0; i < 8; i += 4)                                                                                         \
+                for (int j = 0; j < 2; j++)                                                                                        \
+                    t1[i + j] = _mm256_unpacklo_epi64(t0[i + j], t0[i + j + 2]), t1[i + j + 2] = _mm256_unpackhi_epi64(t0[i + j], t0[i + j + 2]); \
+            const __m256i off = _mm256_set1_epi8((char)0x80);                                                                      \
+            for (int k = 0; k < 4; k++) {                                                                                          \
+                const int src = (k & 1) * 2 + (k >> 1); /* t1 order: lo-lo, hi-lo, lo-hi, hi-hi */                                \
+                u[k] = _mm256_xor_si256(_mm256_permute2x128_si256(t1[src], t1[src + 4], 0x20), off);                               \
+                u[k + 4] = _mm256_xor_si256(_mm256_permute2x128_si256(t1[src], t1[src + 4], 0x31), off);                           \
+            }                                                                                                                      \
+            const __m256 vdw = _mm256_loadu_ps(dw);                                                                                \
+            for (int t = 0; t < nt; t++) {                                                                                         \
+                const blk_q8_0 *a = (const blk_q8_0 *)((const char *)xq + t * arow) + b;                                          \
+                const int32_t *y4 = (const int32_t *)a->qs;                                                                        \
+                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();                                                  \
+                for (int k = 0; k < 8; k += 2) {                                                                                   \
+                    s0 = DPBUSD(s0, u[k], _mm256_set1_epi32(y4[k]));                                                               \
+                    s1 = DPBUSD(s1, u[k + 1], _mm256_set1_epi32(y4[k + 1]));                                                       \
+                }                                                                                                                  \
+                const __m256i sums = _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_set1_epi32(128 * ysum[t * nb + b]));        \
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(vdw, _mm256_set1_ps(_cvtsh_ss(a->d))), acc[t]);  \
+            }                                                                                                                      \
+        }                                                                                                                          \
+        for (int t = 0; t < nt; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);                                                       \
+    }
+IQ4_NL_REP8T(rep8t_iq4_nl_avxvnni, __attribute__((target("avx2,fma,f16c,avxvnni"))), _mm256_dpbusd_avx_epi32)
+IQ4_NL_REP8T(rep8t_iq4_nl_avx512vnni, __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))), _mm256_dpbusd_epi32)
 #endif
 
 /* layout() for these types; unsupported until their tables arrived */
@@ -392,7 +437,17 @@ static void iq34_matmul(int wt, const void *W, int64_t n_rows, int nb, const voi
     const int repacked = wt == T_IQ4_NL && simd && n_rows % 8 == 0;
 #if defined(__x86_64__) && defined(__GNUC__)
     if (repacked) {
-        void (*rep8)(const char *, int64_t, const void *, int64_t, int, int, float *) = CV_PICK(rep8_iq4_nl);
+        const int vnni = vnni_kind();
+        int32_t *ysum = NULL; /* Σ of each activation block's 32 values (the transposed VNNI kernels' offset) */
+        if (vnni && (ysum = malloc(sizeof(int32_t) * (size_t)(n_tok * nb)))) {
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int b = 0; b < nb; b++) {
+                    const blk_q8_0 *a = (const blk_q8_0 *)((const char *)xq + t * arow) + b;
+                    int32_t sy = 0;
+                    for (int j = 0; j < 32; j++) sy += a->qs[j];
+                    ysum[t * nb + b] = sy;
+                }
+        }
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
         for (int64_t r = 0; r < n_rows; r += 8) {
             const char *next = (const char *)W + (r + 8) * wrow;
@@ -400,11 +455,15 @@ static void iq34_matmul(int wt, const void *W, int64_t n_rows, int nb, const voi
             for (int64_t t0 = 0; t0 < n_tok; t0 += 16) {
                 const int nt = n_tok - t0 < 16 ? (int)(n_tok - t0) : 16;
                 float o[128];
-                rep8((const char *)W + r * wrow, wrow, (const char *)xq + t0 * arow, arow, nt, nb, o);
+                const char *wr8 = (const char *)W + r * wrow, *a = (const char *)xq + t0 * arow;
+                if (ysum && vnni == 2) rep8t_iq4_nl_avx512vnni(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, o);
+                else if (ysum) rep8t_iq4_nl_avxvnni(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, o);
+                else rep8_iq4_nl_avx2(wr8, wrow, a, arow, nt, nb, o);
                 for (int t = 0; t < nt; t++)
                     for (int i = 0; i < 8; i++) Y[(t0 + t) * ldy + r + i] = o[8 * t + i];
             }
         }
+        free(ysum);
         return;
     }
     if (simd && n_tok == 1) { /* decode: vec_dot, one row loop per type */
