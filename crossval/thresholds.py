@@ -53,9 +53,9 @@ Profiles, chosen per run from the model file and the engine mode:
   reported (near-ties at 0.01 logits flip greedy tokens).
 - bf16-matched: --mode bf16 against gemma.cpp (the engine runs gemma.cpp's arithmetic for the
   Highway target the kit was built for, engine/models/gemmacpp.py). Measured on gemma3-270m, default
-  prompts shorter than the 512-token sliding window, patched gemma.cpp at 2 threads, target
-  AVX3_SPR: identical logits at every teacher-forced position and free-running step, identical
-  greedy tokens (tests/test_gemmacpp.py). On targets
+  prompts (the long one past the 512-token sliding window included), patched gemma.cpp at 2
+  threads, target AVX3_SPR: identical logits at every teacher-forced position and free-running
+  step, identical greedy tokens (tests/test_gemmacpp.py). On targets
   without a native bf16 dot (AVX3_DL, AVX2) gemma.cpp runs a FlashAttention the engine does not
   reproduce, so the gate stays what rounding alone guarantees (measured before the native kernels,
   with bf16-rounded operands and numpy's sums: per-prompt min cosine 0.99940–0.99997, mean ≥
