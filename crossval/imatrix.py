@@ -12,8 +12,9 @@ batch of at least 16 rows,
 over `chunk_size`-token chunks of a text (tokenized with BOS, each chunk a fresh context whose
 first token is BOS when the vocabulary adds one, the text cut to whole chunks, at least two), and
 stores them as GGUF (save_imatrix): general.type = "imatrix", imatrix.datasets (string array),
-imatrix.chunk_count and imatrix.chunk_size (u32); tensors "<W>.in_sum2" (ne = n_in × 1) and
-"<W>.counts" (1 × 1), F32, sorted by name. llama-quantize reads that file back and hands
+imatrix.chunk_count and imatrix.chunk_size (u32); tensors "<W>.in_sum2" (ne = n_in × n_mat) and
+"<W>.counts" (1 × n_mat), F32, sorted by name — n_mat = 1, or one row per expert of a 3-D expert
+tensor, whose rows are collected per expert from every batch routed to it (MUL_MAT_ID, no floor). llama-quantize reads that file back and hands
 llama_model_quantize the per-column means in_sum2 / counts (1 where a count is 0;
 tools/quantize/quantize.cpp load_imatrix) — `quantize_weights` does the same here.
 
@@ -46,8 +47,8 @@ class ImatrixError(InputError):
 
 @dataclass
 class Imatrix:
-    sums: dict[str, np.ndarray] = field(default_factory=dict)  # W → Σ x² per input column (float32)
-    counts: dict[str, int] = field(default_factory=dict)  # W → activation rows seen
+    sums: dict[str, np.ndarray] = field(default_factory=dict)  # W → Σ x² per input column, (n_mat, n_in) float32
+    counts: dict[str, np.ndarray] = field(default_factory=dict)  # W → activation rows seen, (n_mat,) int64
     chunk_count: int = 0
     chunk_size: int = 0
     datasets: list[str] = field(default_factory=list)
@@ -69,22 +70,32 @@ def compute(model_path: str | os.PathLike, text: str, chunk_size: int = DEFAULT_
     if n_chunk < 2:
         raise ImatrixError(f"the text has {len(tokens)} tokens: need at least two chunks of {chunk_size}")
     sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    counts: dict[str, np.ndarray] = {}
     w = eng.model.w
-    real_matmul = w.matmul
+    real_matmul, real_expert = w.matmul, getattr(w, "matmul_expert", None)
+
+    def add(name: str, x2: np.ndarray, mat: int, n_mat: int) -> None:
+        if name not in sums:
+            sums[name], counts[name] = np.zeros((n_mat, x2.shape[1])), np.zeros(n_mat, dtype=np.int64)
+        sums[name][mat] += np.square(x2, dtype=np.float64).sum(axis=0)
+        counts[name][mat] += x2.shape[0]
 
     def recording_matmul(x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         if not all(n.startswith("blk.") for n in names):  # the output projection: not collected, logits unused
             return np.zeros((*x.shape[:-1], sum(w.g.tensor(n).ne[1] for n in names)), dtype=np.float32)
         x2 = x.reshape(-1, x.shape[-1])
         if x2.shape[0] >= MIN_BATCH:
-            sq = np.square(x2, dtype=np.float64).sum(axis=0)
             for n in names:
-                sums[n] = sums.get(n, 0.0) + sq
-                counts[n] = counts.get(n, 0) + x2.shape[0]
+                add(n, x2, 0, 1)
         return real_matmul(x, names)
 
+    def recording_expert(x: np.ndarray, name: str, e: int) -> np.ndarray:
+        add(name, x.reshape(-1, x.shape[-1]), int(e), int(w.g.tensor(name).ne[2]))
+        return real_expert(x, name, e)
+
     w.matmul = recording_matmul
+    if real_expert is not None:
+        w.matmul_expert = recording_expert
     bos = vocab.vocab.bos if vocab.vocab.add_bos else None
     for c in range(n_chunk):
         chunk = list(tokens[c * chunk_size : (c + 1) * chunk_size])
@@ -107,8 +118,8 @@ def write(im: Imatrix, path: str | os.PathLike) -> Path:
     wr.add_uint32("imatrix.chunk_count", im.chunk_count)
     wr.add_uint32("imatrix.chunk_size", im.chunk_size)
     for name in sorted(im.sums):
-        wr.add_tensor(f"{name}.in_sum2", np.ascontiguousarray(im.sums[name], dtype=np.float32).reshape(1, -1))
-        wr.add_tensor(f"{name}.counts", np.array([[im.counts[name]]], dtype=np.float32))
+        wr.add_tensor(f"{name}.in_sum2", np.ascontiguousarray(im.sums[name], dtype=np.float32))
+        wr.add_tensor(f"{name}.counts", np.asarray(im.counts[name], dtype=np.float32).reshape(-1, 1))
     try:
         wr.write_header_to_file()
         wr.write_kv_data_to_file()
@@ -139,19 +150,24 @@ def read(path: str | os.PathLike) -> Imatrix:
     if "general.architecture" in fields:
         im.arch = str(fields["general.architecture"].contents())
     for t in r.tensors:
+        n_in, n_mat = int(t.shape[0]), int(np.prod(t.shape[1:]))
         if t.name.endswith(".in_sum2"):
-            im.sums[t.name[: -len(".in_sum2")]] = np.asarray(t.data, dtype=np.float32).reshape(-1).copy()
+            im.sums[t.name[: -len(".in_sum2")]] = np.asarray(t.data, dtype=np.float32).reshape(n_mat, n_in).copy()
         elif t.name.endswith(".counts"):
-            im.counts[t.name[: -len(".counts")]] = int(round(float(np.asarray(t.data).reshape(-1)[0])))
-    if not im.sums or set(im.sums) != set(im.counts):
+            im.counts[t.name[: -len(".counts")]] = np.rint(np.asarray(t.data, dtype=np.float64).reshape(-1)).astype(np.int64)
+    if not im.sums or set(im.sums) != set(im.counts) or any(len(im.counts[n]) != im.sums[n].shape[0] for n in im.sums):
         raise ImatrixError(f"{path}: no imatrix data, or sums without counts")
     return im
 
 
 def quantize_weights(im: Imatrix) -> dict[str, np.ndarray]:
-    """What llama-quantize passes to llama_model_quantize: per matrix, in_sum2 / counts (1 where the
-    count is 0), float32."""
-    return {n: (s / np.float32(im.counts[n])).astype(np.float32) if im.counts[n] > 0 else np.ones_like(s) for n, s in im.sums.items()}
+    """What llama-quantize passes to llama_model_quantize: per matrix (and expert), in_sum2 / counts
+    (1 where the count is 0), flattened, float32."""
+    out = {}
+    for n, s in im.sums.items():
+        c = im.counts[n].astype(np.float32)[:, None]
+        out[n] = np.where(c > 0, s / np.where(c > 0, c, 1), np.float32(1)).astype(np.float32).reshape(-1)
+    return out
 
 
 def text_digest(text: str, chunk_size: int) -> str:

@@ -43,7 +43,7 @@ def test_sums_are_the_squared_inputs_of_every_matrix(wide_model, im):
     assert im.chunk_count == n_chunk >= 2 and im.chunk_size == 32 and im.datasets == ["t.txt"]
     layers = {n.split(".")[1] for n in im.sums}
     assert len(layers) == 2 and len(im.sums) == 2 * 7  # q k v o gate up down per layer; no output / embedding
-    assert set(im.counts.values()) == {32 * n_chunk}
+    assert {int(c[0]) for c in im.counts.values()} == {32 * n_chunk} and all(len(c) == 1 for c in im.counts.values())
     emb, norm = g.dequantize("token_embd.weight"), g.dequantize("blk.0.attn_norm.weight")
     expect = np.zeros(256)
     for c in range(n_chunk):
@@ -52,8 +52,8 @@ def test_sums_are_the_squared_inputs_of_every_matrix(wide_model, im):
         x = rms_norm(emb[chunk], norm, float(g.metadata["llama.attention.layer_norm_rms_epsilon"]))
         expect += np.square(x.astype(np.float64)).sum(0)
     for m in ("attn_q", "attn_k", "attn_v"):
-        np.testing.assert_allclose(im.sums[f"blk.0.{m}.weight"], expect, rtol=1e-5)
-    assert im.sums["blk.1.ffn_down.weight"].shape == (256,) and (im.sums["blk.1.ffn_down.weight"] > 0).all()
+        np.testing.assert_allclose(im.sums[f"blk.0.{m}.weight"][0], expect, rtol=1e-5)
+    assert im.sums["blk.1.ffn_down.weight"].shape == (1, 256) and (im.sums["blk.1.ffn_down.weight"] > 0).all()
 
 
 def test_gguf_layout_round_trip_and_means(wide_model, im, tmp_path):
@@ -68,10 +68,10 @@ def test_gguf_layout_round_trip_and_means(wide_model, im, tmp_path):
     s = t["blk.0.ffn_up.weight.in_sum2"]
     assert s.tensor_type == Q.F32 and list(s.shape) == [256, 1] and list(t["blk.0.ffn_up.weight.counts"].shape) == [1, 1]
     back = I.read(p)
-    assert back.counts == im.counts and all(np.array_equal(back.sums[n], im.sums[n]) for n in im.sums)
+    assert all(np.array_equal(back.counts[n], im.counts[n]) and np.array_equal(back.sums[n], im.sums[n]) for n in im.sums)
     means = I.quantize_weights(back)
-    np.testing.assert_array_equal(means["blk.0.ffn_up.weight"], im.sums["blk.0.ffn_up.weight"] / np.float32(im.counts["blk.0.ffn_up.weight"]))
-    back.counts["blk.0.ffn_up.weight"] = 0  # a matrix the text never reached: weight 1 everywhere, as llama-quantize does
+    np.testing.assert_array_equal(means["blk.0.ffn_up.weight"], im.sums["blk.0.ffn_up.weight"][0] / np.float32(im.counts["blk.0.ffn_up.weight"][0]))
+    back.counts["blk.0.ffn_up.weight"][:] = 0  # a matrix the text never reached: weight 1 everywhere, as llama-quantize does
     assert (I.quantize_weights(back)["blk.0.ffn_up.weight"] == 1).all()
     with pytest.raises(I.ImatrixError):
         I.compute(wide_model, "too short", chunk_size=32)
@@ -115,11 +115,33 @@ def test_crossval_imatrix_command(wide_model, im, tmp_path):
     r = subprocess.run([*base, "--text", str(text), "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     back = I.read(out)
-    assert back.datasets == ["calib.txt"] and back.arch == "llama" and back.counts == im.counts
-    assert all(np.array_equal(back.sums[n], im.sums[n]) for n in im.sums)
+    assert back.datasets == ["calib.txt"] and back.arch == "llama"
+    assert all(np.array_equal(back.counts[n], im.counts[n]) and np.array_equal(back.sums[n], im.sums[n]) for n in im.sums)
     for bad_text in (tmp_path / "missing.txt", tmp_path / "short.txt"):
         if bad_text.name == "short.txt":
             bad_text.write_text("too short")
         r = subprocess.run([*base, "--text", str(bad_text), "--out", str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert not (tmp_path / "x.gguf").exists()
+
+
+@needs_llamacpp
+def test_experts_are_collected_per_expert_and_llamacpp_takes_them(tmp_path):
+    """A 3-D expert tensor's rows are collected per expert from the rows routed to it (the tool's
+    MUL_MAT_ID branch: in_sum2 n_in × n_expert, one count per expert, every routed row counted), and
+    llama.cpp's quantizer accepts them (it checks each entry's size against n_in · n_expert)."""
+    from crossval.models import resolve_model
+
+    model = resolve_model("qwen3moe-tiny")
+    text = " ".join(f"the {w} sat on the mat number {i}, and then it went home." for i, w in enumerate(["cat", "dog", "owl", "fox"] * 3))
+    im = I.compute(model, text, chunk_size=16)
+    exps = [n for n in im.sums if "_exps." in n]
+    assert exps and all(im.sums[n].shape == (8, 256) and len(im.counts[n]) == 8 for n in exps)
+    assert all(int(im.counts[n].sum()) == im.chunk_count * 16 * 2 for n in exps)  # two experts per token
+    imat = I.write(im, tmp_path / "moe.imatrix.gguf")
+    back = I.read(imat)
+    assert all(np.array_equal(back.counts[n], im.counts[n]) and np.array_equal(back.sums[n], im.sums[n]) for n in exps)
+    out = tmp_path / "moe.IQ4_XS.gguf"
+    r = subprocess.run([sys.executable, "-m", "crossval.matrix", "quantize", str(model), str(out), "IQ4_XS", str(imat)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0 and "is different from tensor size" not in r.stderr, r.stderr[-500:]
