@@ -531,6 +531,8 @@ def cmd_validate(args) -> int:
     bad = malformed = 0
     for p in args.paths:
         try:
+            if key is None and str(p).endswith(".intoto.jsonl"):
+                raise MalformedReceipt(f"{p}: a signed receipt (DSSE envelope): check it with --verify PUBKEY")
             verify_file(p, key) if key is not None else read_valid(p)
             if not args.quiet:
                 print(f"ok    {p}")

@@ -52,6 +52,8 @@ def test_untampered_receipts_verify(signed_run):
     rec = receipts.read_valid(recs[0])
     assert st["predicate"] == rec and st["subject"][0]["digest"]["sha256"] == rec["model"]["sha256"]
     assert crossval("validate", "--verify", d / "key.pub", run_dir / "summary.json").returncode == 1  # not signed
+    r = crossval("validate", envs[0])  # an envelope without a key to check it with
+    assert r.returncode == 2 and "--verify" in r.stderr
 
 
 def _tamper(path, edit):
