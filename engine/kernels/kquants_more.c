@@ -272,8 +272,110 @@ static int kq_build_lanes(void) {
 KQ_ROWS(, kq_rows_q2_K, blk_q2_K, dot_q2_K, q2_K_isums_c, q2_K_dmin, 1)
 KQ_ROWS(, kq_rows_q3_K, blk_q3_K, dot_q3_K, q3_K_isums_c, q3_K_dmin, 0)
 #if defined(__x86_64__) && defined(__GNUC__)
-KQ_ROWS(AVX2_FN, kq_rows_q2_K_avx2, blk_q2_K, dot_q2_K_avx2, q2_K_isums_avx2, q2_K_dmin, 1)
-KQ_ROWS(AVX2_FN, kq_rows_q3_K_avx2, blk_q3_K, dot_q3_K_avx2, q3_K_isums_avx2, q3_K_dmin, 0)
+/* Up to four activation rows per weight block (prefill): each block's values and scales are unpacked
+ * once for all of them; per token the lanes are the one-row kernels' (sj[t][j]: half j, mn[t]: the
+ * min lanes), so every output keeps its one-token float order. */
+AVX2_FN static inline void q2_K_block4(const blk_q2_K *w, const blk_q8_K *const *a, int nt, __m256i sj[4][2], __m256i *mn) {
+    const __m128i ms = _mm_loadu_si128((const __m128i *)w->scales), m4 = _mm_set1_epi8(0xf);
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(ms, 4), m4));
+    for (int t = 0; t < nt; t++) mn[t] = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)a[t]->bsums));
+    const __m256i all = _mm256_cvtepu8_epi16(_mm_and_si128(ms, m4)), m3 = _mm256_set1_epi8(3);
+    for (int j = 0; j < 2; j++) {
+        const __m128i sc16 = j ? _mm256_extracti128_si256(all, 1) : _mm256_castsi256_si128(all);
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+        for (int t = 0; t < nt; t++) sj[t][j] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3), sc = q2_K_scale_pair(sc16, k);
+            for (int t = 0; t < nt; t++) {
+                const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(a[t]->qs + 128 * j + 32 * k)));
+                sj[t][j] = _mm256_add_epi32(sj[t][j], _mm256_madd_epi16(sc, p));
+            }
+        }
+    }
+}
+
+AVX2_FN static inline void q3_K_block4(const blk_q3_K *w, const blk_q8_K *const *a, int nt, __m256i sj[4][2], __m256i *mn) {
+    int8_t scl[16];
+    q3_K_scales(w->scales, scl);
+    const __m256i all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scl)), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i hbits = _mm256_loadu_si256((const __m256i *)w->hmask);
+    for (int t = 0; t < nt; t++) mn[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 2; j++) {
+        const __m128i sc16 = j ? _mm256_extracti128_si256(all, 1) : _mm256_castsi256_si128(all);
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+        for (int t = 0; t < nt; t++) sj[t][j] = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) {
+            const __m256i ql = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3), sc = q2_K_scale_pair(sc16, k);
+            const __m256i qh = _mm256_slli_epi16(_mm256_andnot_si256(_mm256_and_si256(_mm256_srli_epi16(hbits, 4 * j + k), one), one), 2);
+            for (int t = 0; t < nt; t++) {
+                const __m256i y = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 128 * j + 32 * k));
+                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(ql, y), _mm256_maddubs_epi16(qh, y));
+                sj[t][j] = _mm256_add_epi32(sj[t][j], _mm256_madd_epi16(sc, p));
+            }
+        }
+    }
+}
+
+/* four 8-lane integer vectors → their four sums; and per 128-bit half (lo: out[0..3], hi: out[4..7]) */
+AVX2_FN static inline void kq_reduce4(__m256i v0, __m256i v1, __m256i v2, __m256i v3, int32_t *out) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    _mm256_storeu_si256((__m256i *)out, h);
+}
+
+#define KQ_ROWS4(name, BLK, blockf, dminf, HAS_MIN)                                                                       \
+    AVX2_FN static void name(const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y, int64_t ldy,    \
+                             int route, int64_t n_gemm, int n_threads) {                                                    \
+        const int64_t wrow = nb * (int64_t)sizeof(BLK), arow = (int64_t)nb * 292;                                         \
+        _Pragma("omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)")                             \
+        for (int64_t r = 0; r < n_rows; r++) {                                                                              \
+            const BLK *w = (const BLK *)((const char *)W + r * wrow);                                                       \
+            for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch((const char *)w + 4 * wrow + o);                      \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {                                                                     \
+                const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;                                                      \
+                __m256 vacc[4];                                                                                             \
+                float acc[4] = {0, 0, 0, 0}, accm[4] = {0, 0, 0, 0};                                                        \
+                for (int t = 0; t < 4; t++) vacc[t] = _mm256_setzero_ps();                                                  \
+                for (int b = 0; b < nb; b++) {                                                                              \
+                    const blk_q8_K *a[4];                                                                                   \
+                    for (int t = 0; t < nt; t++) a[t] = (const blk_q8_K *)((const char *)xq + (t0 + t) * arow) + b;         \
+                    __m256i sj[4][2], mn[4];                                                                                \
+                    blockf(&w[b], a, nt, sj, mn);                                                                           \
+                    for (int t = nt; t < 4; t++) sj[t][0] = sj[t][1] = mn[t] = _mm256_setzero_si256();                      \
+                    const float dw = _cvtsh_ss(w[b].d), dmw = dminf(&w[b]);                                                 \
+                    if (route == 0) { /* vec_dot: the lanes fused with d (Q2_K: the min lanes with dmin first) */           \
+                        for (int t = 0; t < nt; t++) {                                                                      \
+                            if (HAS_MIN) vacc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-a[t]->d * dmw), _mm256_cvtepi32_ps(mn[t]), vacc[t]); \
+                            vacc[t] = _mm256_fmadd_ps(_mm256_set1_ps(a[t]->d * dw), _mm256_cvtepi32_ps(_mm256_add_epi32(sj[t][0], sj[t][1])), vacc[t]); \
+                        }                                                                                                   \
+                        continue;                                                                                           \
+                    }                                                                                                       \
+                    int32_t h0[8], h1[8], hm[8]; /* per token: half 0, half 1, mins (lo: half 0, hi: half 1) */            \
+                    kq_reduce4(sj[0][0], sj[1][0], sj[2][0], sj[3][0], h0);                                                 \
+                    kq_reduce4(sj[0][1], sj[1][1], sj[2][1], sj[3][1], h1);                                                 \
+                    kq_reduce4(mn[0], mn[1], mn[2], mn[3], hm);                                                             \
+                    for (int t = 0; t < nt; t++) {                                                                          \
+                        const int32_t is0 = h0[t] + h0[4 + t], is1 = h1[t] + h1[4 + t], im0 = hm[t], im1 = hm[4 + t];       \
+                        const float da = a[t]->d;                                                                           \
+                        if (route == 2) { /* tiled */                                                                       \
+                            const float s1 = (float)(is0 + is1) * dw;                                                       \
+                            acc[t] = fmaf(HAS_MIN ? fmaf(-dmw, (float)(im0 + im1), s1) : s1, da, acc[t]);                   \
+                        } else if (t0 + t < n_gemm) { /* repacked gemm */                                                   \
+                            const float dd = dw * da, dm = dmw * da;                                                        \
+                            acc[t] = fmaf((float)is0, dd, acc[t]), accm[t] = fmaf((float)im0, dm, accm[t]);                 \
+                            acc[t] = fmaf((float)is1, dd, acc[t]), accm[t] = fmaf((float)im1, dm, accm[t]);                 \
+                        } else { /* repacked gemv */                                                                        \
+                            acc[t] = fmaf((float)(is0 + is1), dw * da, acc[t]);                                             \
+                            accm[t] = fmaf((float)(im0 + im1), dmw * da, accm[t]);                                          \
+                        }                                                                                                   \
+                    }                                                                                                       \
+                }                                                                                                           \
+                for (int t = 0; t < nt; t++) Y[(t0 + t) * ldy + r] = route == 0 ? hsum8(vacc[t]) : acc[t] - accm[t];        \
+            }                                                                                                               \
+        }                                                                                                                   \
+    }
+
+KQ_ROWS4(kq_rows_q2_K_avx2, blk_q2_K, q2_K_block4, q2_K_dmin, 1)
+KQ_ROWS4(kq_rows_q3_K_avx2, blk_q3_K, q3_K_block4, q3_K_dmin, 0)
 #endif
 
 /* Y (n_tok × n_rows, stride ldy) for Q2_K / Q3_K weights, by llama.cpp's route (see the top) */
