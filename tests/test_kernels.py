@@ -190,6 +190,29 @@ def test_float_weight_matmuls_are_exact_on_integers(lanes, bf16_dot):
             np.testing.assert_array_equal(got, want[: len(xs)])
 
 
+@pytest.mark.parametrize("wtype", [0, 30], ids=["F32", "BF16"])
+def test_float_weight_matmul_rows_are_their_dots(wtype):
+    """A matmul's outputs are the single dots of the path llama.cpp takes — vec_dot for one activation
+    row (however many weight rows the kernel walks at once), tinyBLAS for batches of rows % 4 == 0."""
+    rng = np.random.default_rng(wtype)
+    lanes, bf16_dot = K.ggml_lanes(), K.ggml_bf16_dot()
+    for rows, n in ((13, 640), (8, 576), (6, 100)):
+        w = (rng.standard_normal((rows, n)) * rng.uniform(0.01, 3, (rows, 1))).astype(np.float32)
+        x = rng.standard_normal((3, n)).astype(np.float32)
+        wraw = w if wtype == 0 else _bf16(w).view(np.uint8).reshape(rows, -1)
+        xs = x if wtype == 0 else _bf16(x)
+        wd = w if wtype == 0 else _bf16(w)
+        kn = 32 if wtype and bf16_dot else lanes
+        for ntok in (1, 3):
+            got = K.matmul_float(wraw, wtype, x[:ntok])
+            tiny = int(lanes > 0 and ntok >= 2 and rows % 4 == 0 and n % kn == 0)
+            for t in range(ntok):
+                for r in range(rows):
+                    want = K.lib.cv_dot_float(wtype, K._ptr(np.ascontiguousarray(wd[r]), "void *"), K._ptr(np.ascontiguousarray(xs[t]), "void *"),
+                                              n, lanes, int(bf16_dot), tiny)  # fmt: skip
+                    assert got[t, r] == np.float32(want), (rows, n, ntok, t, r)
+
+
 def test_bf16_dot_setting_is_validated(monkeypatch):
     monkeypatch.setenv("ENGINE_GGML_BF16", "2")
     with pytest.raises(ValueError, match="ENGINE_GGML_BF16"):

@@ -150,6 +150,44 @@ AVX512BF16_FN static float dot_bf16_dp(const uint16_t *x, const uint16_t *y, int
     return (float)s;
 }
 
+/* the one-row dots (tiny = 0) of four weight rows (ldw apart) against one activation row: each row
+ * keeps its own chains, in dot_f32_16's / dot_bf16_dp's order; the activation loads are shared */
+AVX512_FN static void dot4r_f32_16(const float *w, int64_t ldw, const float *x, int64_t n, float *out) {
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512 xv[4];
+        for (int j = 0; j < 4; j++) xv[j] = _mm512_loadu_ps(x + i + 16 * j);
+        for (int r = 0; r < 4; r++)
+            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(_mm512_loadu_ps(w + r * ldw + i + 16 * j), xv[j], acc[r][j]);
+    }
+    for (int r = 0; r < 4; r++) {
+        const __m512 a = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][2]), _mm512_add_ps(acc[r][1], acc[r][3]));
+        out[r] = f32_tail(w + r * ldw, x, i, n, hsum16_vec(a));
+    }
+}
+
+AVX512BF16_FN static void dot4r_bf16_dp(const uint16_t *w, int64_t ldw, const uint16_t *x, int64_t n, float *out) {
+    __m512 c1[4], c2[4];
+    for (int r = 0; r < 4; r++) c1[r] = c2[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const __m512bh x1 = (__m512bh)_mm512_loadu_si512(x + i), x2 = (__m512bh)_mm512_loadu_si512(x + i + 32);
+        for (int r = 0; r < 4; r++) {
+            c1[r] = _mm512_dpbf16_ps(c1[r], (__m512bh)_mm512_loadu_si512(w + r * ldw + i), x1);
+            c2[r] = _mm512_dpbf16_ps(c2[r], (__m512bh)_mm512_loadu_si512(w + r * ldw + i + 32), x2);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        double s = (double)hsum16_vec(c1[r]);
+        s += (double)hsum16_vec(c2[r]);
+        for (int64_t k = i; k < n; k++) s += (double)(bf2f(w[r * ldw + k]) * bf2f(x[k]));
+        out[r] = (float)s;
+    }
+}
+
 static int have_avx512bf16(void) {
     static int c = -1;
     if (c < 0) {
@@ -204,6 +242,37 @@ int cv_matmul_float(int wtype, const void *W, int64_t n_rows, int64_t n_cols, co
     const int kn = wtype == 30 && bf16dot ? 32 : lanes; /* tinyBLAS's step (KN) */
     const int tiny = lanes > 0 && n_tok >= 2 && n_rows % 4 == 0 && n_cols % kn == 0;
     if (n_threads < 1) n_threads = 1;
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* one-row dots four weight rows at a time (decode): the same per-row order, more loads in flight */
+    if (!tiny && lanes == 16 && vec_ok(16) && (wtype == 0 || bf16dot)) {
+        uint16_t *xb = NULL;
+        if (wtype == 30) {
+            if (!(xb = malloc((size_t)(n_tok * n_cols) * sizeof *xb)) && n_tok) return -1;
+            for (int64_t i = 0; i < n_tok * n_cols; i++) xb[i] = f2bf(X[i]);
+        }
+        const int64_t es = wtype == 0 ? 4 : 2, n4 = (n_rows + 3) / 4;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+        for (int64_t g = 0; g < n4; g++) {
+            const int64_t r = 4 * g;
+            const char *wr = (const char *)W + r * n_cols * es;
+            for (int64_t o = 0; o < 4 * n_cols * es; o += 64) __builtin_prefetch(wr + 8 * n_cols * es + o);
+            for (int64_t t = 0; t < n_tok; t++) {
+                float o4[4];
+                if (r + 4 <= n_rows) {
+                    if (wtype == 0) dot4r_f32_16((const float *)wr, n_cols, X + t * n_cols, n_cols, o4);
+                    else dot4r_bf16_dp((const uint16_t *)wr, n_cols, xb + t * n_cols, n_cols, o4);
+                } else {
+                    for (int64_t k = 0; r + k < n_rows; k++)
+                        o4[k] = wtype == 0 ? dot_f32((const float *)wr + k * n_cols, X + t * n_cols, n_cols, lanes, 0)
+                                           : dot_bf16((const uint16_t *)wr + k * n_cols, xb + t * n_cols, n_cols, lanes, bf16dot, 0);
+                }
+                for (int64_t k = 0; k < 4 && r + k < n_rows; k++) Y[t * ldy + r + k] = o4[k];
+            }
+        }
+        free(xb);
+        return 0;
+    }
+#endif
     if (wtype == 0) {
         const float *w = W;
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
