@@ -148,15 +148,13 @@ def test_engine_steps_run_under_the_deadline(tmp_path):
     model = write_tiny_model(tmp_path / "m.gguf", "llama", extra_kv={"tokenizer.chat_template": (forever, GGUFValueType.STRING)})
     f = tmp_path / "chat.jsonl"
     f.write_text(json.dumps({"id": "c", "messages": [{"role": "user", "content": "hi"}]}) + "\n")
-    t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(model), "--reference", "engine", "--prompt-file",
                         str(f), "--steps", "2", "--timeout", "3", "--out", str(tmp_path / "o"), "--json"],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 4, r.stderr
     (rec,) = [p for p in (tmp_path / "o").rglob("*__c.json")]
     d = receipts.read_valid(rec)
-    assert d["parity"]["status"] == "timeout" and d["diagnostics"]["stage"] == "render"
-    assert time.perf_counter() - t < 100  # (a bound, not a timing: without the deadline this takes hours)
+    assert d["parity"]["status"] == "timeout" and d["diagnostics"]["stage"] == "render"  # (without the deadline: hours)
 
 
 @needs_llamacpp
