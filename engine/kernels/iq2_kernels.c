@@ -271,6 +271,13 @@ IQ_INLINE void iq2_sub(const int wt, const uint8_t *blk, const int ib, __m256i S
     }
 }
 
+/* IQ1_M: the four δ·scale words of sub-block ib, each over its 8 values' 4 int16 pair sums */
+IQ_INLINE __m256i iq2_sd_of(__m256i D, __m256i E, const int ib) {
+    const int q = 2 * (ib % 4);
+    return _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(ib < 4 ? D : E, _mm256_set_epi32(q + 1, q, q + 1, q, q + 1, q, q + 1, q)),
+                               _mm256_set_epi64x(0x0706070607060706LL, 0x0504050405040504LL, 0x0302030203020302LL, 0x0100010001000100LL));
+}
+
 /* one weight block against nt activation blocks (a[t]): lanes l1[t], IQ1_M δ lanes l2[t], IQ1_S δ integer s1[t] */
 IQ_INLINE void iq2_lanes(const int wt, const uint8_t *blk, const blk_q8_K *const *a, const int nt, __m256i *l1, __m256i *l2, int32_t *s1) {
     __m256i S = _mm256_setzero_si256(), D = _mm256_setzero_si256(), E = _mm256_setzero_si256();
@@ -284,10 +291,7 @@ IQ_INLINE void iq2_lanes(const int wt, const uint8_t *blk, const blk_q8_K *const
     for (int ib = 0; ib < 8; ib++) {
         __m256i u, s, sc, sd = one;
         iq2_sub(wt, blk, ib, S, &u, &s, &sc);
-        if (wt == T_IQ1_M) /* the four δ·scale words of sub-block ib, each over its 8 values' 4 int16 pair sums */
-            sd = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(ib < 4 ? D : E, _mm256_set_epi32(2 * (ib % 4) + 1, 2 * (ib % 4), 2 * (ib % 4) + 1,
-                                     2 * (ib % 4), 2 * (ib % 4) + 1, 2 * (ib % 4), 2 * (ib % 4) + 1, 2 * (ib % 4))),
-                                     _mm256_set_epi64x(0x0706070607060706LL, 0x0504050405040504LL, 0x0302030203020302LL, 0x0100010001000100LL));
+        if (wt == T_IQ1_M) sd = iq2_sd_of(D, E, ib);
         for (int t = 0; t < nt; t++) {
             const __m256i y = _mm256_loadu_si256((const __m256i *)(a[t]->qs + 32 * ib));
             l1[t] = _mm256_add_epi32(l1[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(y, s)), sc));
@@ -338,23 +342,43 @@ IQ2_DOTS(iq2_s, T_IQ2_S)
 IQ2_DOTS(iq1_s, T_IQ1_S)
 IQ2_DOTS(iq1_m, T_IQ1_M)
 
-/* the tiled route for rows [r0, r1) and nt ≤ 4 activation rows: Y[t·ldy + r] */
-IQ_INLINE void iq2_tiled_rows(const int wt, const char *W, int64_t wrow, int64_t r, const void *xq, int64_t arow, int nb, const int nt,
+/* the tiled route for row r and nt ≤ 16 activation rows (Y[t·ldy + r]): each weight block unpacked once
+ * for all of them (IQ1: as the tiled kernel's values 8·grid + δ), then per row its whole integer and one
+ * FMA step of the chain */
+IQ_INLINE void iq2_tiled_rows(const int wt, const char *W, int64_t wrow, int64_t r, const void *xq, int64_t arow, int nb, int nt,
                               float *Y, int64_t ldy) {
     const int bb = iq2_block_bytes(wt);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[16];
+    for (int t = 0; t < nt; t++) acc[t] = 0.0f;
     for (int b = 0; b < nb; b++) {
         const uint8_t *blk = (const uint8_t *)W + r * wrow + (int64_t)b * bb;
-        const blk_q8_K *a[4];
-        for (int t = 0; t < nt; t++) a[t] = (const blk_q8_K *)((const char *)xq + t * arow) + b;
-        __m256i l1[4], l2[4];
-        int32_t s1[4];
-        iq2_lanes(wt, blk, a, nt, l1, l2, s1);
+        __m256i S = _mm256_setzero_si256(), D = _mm256_setzero_si256(), E = _mm256_setzero_si256(), u[8], s[8], sc[8];
+        iq2_block_prep(wt, blk, &S, &D, &E);
+#pragma GCC unroll 8
+        for (int ib = 0; ib < 8; ib++) {
+            iq2_sub(wt, blk, ib, S, &u[ib], &s[ib], &sc[ib]);
+            if (wt == T_IQ1_S || wt == T_IQ1_M) { /* the tiled kernel's values 8·grid + δ (never 0), as magnitude and sign */
+                __m256i dl;
+                if (wt == T_IQ1_S) dl = _mm256_set1_epi8(((const blk_iq1_s *)blk)->qh[ib] & 0x8000 ? -1 : 1);
+                else {
+                    const uint8_t *qh = ((const blk_iq1_m *)blk)->qh + 2 * ib;
+                    const long long m = -1LL, p = 0x0101010101010101LL;
+                    dl = _mm256_set_epi64x(qh[1] & 0x80 ? m : p, qh[1] & 0x08 ? m : p, qh[0] & 0x80 ? m : p, qh[0] & 0x08 ? m : p);
+                }
+                const __m256i v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), s[ib]), dl);
+                u[ib] = _mm256_sign_epi8(v, v), s[ib] = v;
+            }
+        }
         const float dw = iq2_block_d_f16c(wt, blk) * 0.125f;
         for (int t = 0; t < nt; t++) {
-            const int32_t s = iq2_hsum_i32(l1[t]);
-            const int32_t si = wt == T_IQ1_S ? 8 * s + s1[t] : wt == T_IQ1_M ? 8 * s + iq2_hsum_i32(l2[t]) : s;
-            acc[t] = fmaf((float)si * dw, a[t]->d, acc[t]);
+            const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
+            __m256i l1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int ib = 0; ib < 8; ib++) {
+                const __m256i y = _mm256_loadu_si256((const __m256i *)(a->qs + 32 * ib));
+                l1 = _mm256_add_epi32(l1, _mm256_madd_epi16(_mm256_maddubs_epi16(u[ib], _mm256_sign_epi8(y, s[ib])), sc[ib]));
+            }
+            acc[t] = fmaf((float)iq2_hsum_i32(l1) * dw, a->d, acc[t]);
         }
     }
     for (int t = 0; t < nt; t++) Y[t * ldy + r] = acc[t];
@@ -363,9 +387,7 @@ IQ_INLINE void iq2_tiled_rows(const int wt, const char *W, int64_t wrow, int64_t
 #define IQ2_TILED(sfx, WT)                                                                                                       \
     AVX2_FN static void tiled_##sfx(const char *W, int64_t wrow, int64_t r, const void *xq, int64_t arow, int nb, int nt, float *Y, \
                                     int64_t ldy) {                                                                               \
-        if (nt == 4) iq2_tiled_rows(WT, W, wrow, r, xq, arow, nb, 4, Y, ldy);                                                   \
-        else                                                                                                                     \
-            for (int t = 0; t < nt; t++) iq2_tiled_rows(WT, W, wrow, r, (const char *)xq + t * arow, arow, nb, 1, Y + t * ldy, ldy); \
+        iq2_tiled_rows(WT, W, wrow, r, xq, arow, nb, nt, Y, ldy);                                                                \
     }
 IQ2_TILED(iq2_xxs, T_IQ2_XXS)
 IQ2_TILED(iq2_xs, T_IQ2_XS)
@@ -405,23 +427,20 @@ static dot4_fn iq2_dot4_for(int wt) {
          : wt == T_IQ1_S   ? dot4_iq1_s_avx2   : wt == T_IQ1_M  ? dot4_iq1_m_avx2  : NULL;
 }
 
-/* the tiled route: rows split across threads, tokens in L1-sized tiles, four at a time */
+/* the tiled route: rows split across threads, tokens in L1-sized tiles of up to 16 */
 static void iq2_matmul_tiled(int wt, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y, int64_t ldy,
                              int n_threads) {
     const iq2_tiled_fn f = wt == T_IQ2_XXS ? tiled_iq2_xxs : wt == T_IQ2_XS ? tiled_iq2_xs : wt == T_IQ2_S ? tiled_iq2_s
                          : wt == T_IQ1_S   ? tiled_iq1_s   : tiled_iq1_m;
     const int64_t wrow = (int64_t)nb * iq2_block_bytes(wt), arow = (int64_t)nb * 292;
-    const int64_t tile = arow * 16 <= 32768 ? 16 : arow * 8 <= 32768 ? 8 : 4;
+    const int64_t tile = 16; /* activations of 16 rows stay in L1 (or L2) while each weight block is unpacked once for them */
 #pragma omp parallel num_threads(n_threads)
     for (int64_t tt = 0; tt < n_tok; tt += tile) {
         const int64_t tt1 = tt + tile < n_tok ? tt + tile : n_tok;
 #pragma omp for schedule(static) nowait
         for (int64_t r = 0; r < n_rows; r++) {
             for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch((const char *)W + (r + 4) * wrow + o);
-            for (int64_t t0 = tt; t0 < tt1; t0 += 4) {
-                const int nt = tt1 - t0 < 4 ? (int)(tt1 - t0) : 4;
-                f((const char *)W, wrow, r, (const char *)xq + t0 * arow, arow, nb, nt, Y + t0 * ldy, ldy);
-            }
+            f((const char *)W, wrow, r, (const char *)xq + tt * arow, arow, nb, (int)(tt1 - tt), Y + tt * ldy, ldy);
         }
     }
 }
