@@ -136,3 +136,29 @@ def test_attention_softmax_covers_the_score_rows_stale_entries_as_gemmacpp_does(
     want = (p[3:, None] * v[3:, 0].astype(F64)).sum(0)
     np.testing.assert_allclose(win[0, 0], want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(win, full, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
+def test_bf16_mode_on_tiny_gemmas_tracks_float_mode_and_its_own_runs(tiny_model, arch):
+    """Mode bf16 (engine/models/gemmacpp.py) on the tiny Gemmas. Within the sliding window (5 on the
+    tiny gemma2/3) it is float mode up to bf16 operands; past it gemma.cpp's softmax also covers the
+    score row's older entries, and the engine, following it, departs from float mode there. gemma.cpp's
+    own consistency holds: a decode step at row 0 after a teacher-forced run gives the teacher-forced
+    row, and thread counts change nothing."""
+    from crossval.compare import cosine_rows
+    from engine.generate import Engine
+
+    ids = [1, 5, 9, 2, 7, 3, 11, 4, 8, 6, 10, 12]
+    e = Engine(tiny_model(arch), n_ctx=64, mode="bf16", simd_target="AVX3_DL")
+    assert e.cache.dtype == "f32" and e.model.target.name == "AVX3_DL"
+    ours = e.logits(ids)
+    flt = Engine(tiny_model(arch), n_ctx=64, mode="float", kv_type="f32").logits(ids)
+    cos = cosine_rows(flt, ours)
+    window = e.config.sliding_window if any(e.config.swa_layers) else len(ids)
+    assert cos[:window].min() > 0.999
+    if window < len(ids):
+        assert cos[window:].min() < 0.99  # gemma.cpp's stale scores, reproduced
+    e2 = Engine(tiny_model(arch), n_ctx=64, mode="bf16", simd_target="AVX3_DL", threads=2)
+    np.testing.assert_array_equal(e2.logits(ids), ours)
+    e2.logits(ids[:-1])
+    np.testing.assert_array_equal(e2.decode_step(ids[-1]), ours[-1])

@@ -115,13 +115,16 @@ class GemmaCppModel:
         a decode step uses row 0; a prompt whose last logits only are wanted is Generate's prefill —
         all but the last token in batches of prefill_tbatch_size (row = index in the batch), the
         last one decoded at row 0; teacher-forced logits of every position are the kit driver's
-        --force run, one decode at row 0 per token; with prefix_end the prompt is one batch."""
+        --force run, one decode at row 0 per token; with prefix_end the prompt is one batch. With a
+        tap (per-layer diagnostics) every position runs in one batch, each in a row of its own."""
         n = len(ids)
         cache.check_room(n)
         if self._seq_cap != cache.n_ctx:
             self._seq_cap, self._att = cache.n_ctx, None
         if n == 1 or prefix_end:
             return self._run(ids, cache, np.arange(n), tap, True if n == 1 else all_logits, prefix_end)
+        if tap is not None:  # per-layer taps want the whole batch's tensors: one batch, own rows
+            return self._run(ids, cache, np.arange(1, n + 1), tap, all_logits)
         if not all_logits:
             head = ids[:-1]
             for s in range(0, len(head), PREFILL_TBATCH):
