@@ -1,9 +1,15 @@
-"""The engine as an external backend: `python -m engine.serve` speaks crossval's JSON-lines
-protocol (docs/backends.md) on stdin/stdout, so the harness can drive it as a child process
-exactly as it drives any other engine (a Rust port, a C++ wrapper).
+"""The engine as an external backend: `python -m engine.serve` speaks crossval's external protocol
+(docs/backends.md) on stdin/stdout, so the harness can drive it as a child process exactly as it
+drives any other engine (a Rust port, a C++ wrapper).
 
-Arrays travel as base64 of little-endian float32 with their shape. stdout carries protocol
-lines only; everything else goes to stderr.
+It speaks version 2 (`crossval-external/2`): its hello offers both array transports, and arrays
+travel as the client's `load` chose — `"transport": "frames"`: raw little-endian float32 frames
+after the reply line, their byte lengths in the reply's `frames` list, each array naming its
+frame; otherwise base64 inside the JSON line (version 1's form). stdout carries protocol bytes
+only; everything else goes to stderr.
+
+The answers are crossval.backends.engine.EngineBackend's, so the served engine computes exactly
+what the in-process one does (mode, perturbation test hook and per-layer capture included).
 """
 
 from __future__ import annotations
@@ -15,69 +21,98 @@ import sys
 
 import numpy as np
 
-PROTOCOL = "crossval-external/1"
+PROTOCOL = "crossval-external/2"
+STAGES = ("attn_norm", "Qcur", "Kcur", "Vcur", "kqv_out", "ffn_inp", "ffn_out", "l_out")
 
 
-def _array(a: np.ndarray) -> dict:
-    a = np.ascontiguousarray(a, dtype="<f4")
-    return {"shape": list(a.shape), "dtype": "float32", "data": base64.b64encode(a.tobytes()).decode("ascii")}
+class Replies:
+    """Writes protocol replies to a binary stream; arrays as frames or base64 (the `transport`)."""
+
+    def __init__(self, out, transport: str = "base64"):
+        self.out, self.transport = out, transport
+
+    def send(self, ok: bool, result=None, error: str | None = None) -> None:
+        frames: list[np.ndarray] = []
+
+        def enc(v):
+            if isinstance(v, np.ndarray):
+                a = np.ascontiguousarray(v, dtype="<f4")
+                if self.transport == "frames":
+                    frames.append(a)
+                    return {"shape": list(a.shape), "dtype": "float32", "frame": len(frames) - 1}
+                return {"shape": list(a.shape), "dtype": "float32", "data": base64.b64encode(a.tobytes()).decode("ascii")}
+            if isinstance(v, dict):
+                return {k: enc(x) for k, x in v.items()}
+            return v
+
+        msg = {"protocol": PROTOCOL, "ok": ok}
+        msg.update({"result": enc(result)} if ok else {"error": error})
+        if frames:
+            msg["frames"] = [a.nbytes for a in frames]
+        self.out.write(json.dumps(msg).encode() + b"\n")
+        for a in frames:
+            self.out.write(memoryview(a).cast("B"))
+        self.out.flush()
 
 
 def main() -> int:
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-
-    def send(ok: bool, result=None, error: str | None = None) -> None:
-        msg = {"protocol": PROTOCOL, "ok": ok}
-        msg.update({"result": result} if ok else {"error": error})
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
-
-    send(True, {"type": "hello", "name": "crossval-engine",
-                "capabilities": {"tokenize": True, "logits": True, "generate": True, "top_k_logits": True}})  # fmt: skip
-    eng = tok = None
+    r = Replies(out)
+    r.send(True, {"type": "hello", "name": "crossval-engine", "transports": ["base64", "frames"],
+                  "capabilities": {"tokenize": True, "logits": True, "generate": True, "capture": True, "top_k_logits": True}})  # fmt: skip
+    b = None
     for line in sys.stdin:
         try:
             req = json.loads(line)
             op, a = req["op"], req.get("args", {})
+            if not isinstance(op, str) or not isinstance(a, dict):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
-            send(False, error="malformed request")
+            r.send(False, error="malformed request")
             continue
         try:
             if op == "close":
                 break
             if op == "load":
-                from engine.generate import Engine
-                from engine.tokenizer import Tokenizer
+                from crossval.backends.engine import EngineBackend
 
-                eng = Engine(a["model_path"], n_ctx=a.get("n_ctx", 2048), kv_type=a.get("kv_type", "f32")).load()
-                tok = Tokenizer.from_gguf(eng.gguf)
-                send(True, {"n_vocab": eng.config.n_vocab,
-                            "provenance": {"name": "crossval-engine", "version": "engine.serve/1", "mode": eng.mode,
-                                           "kv_type": a.get("kv_type", "f32")}})  # fmt: skip
-            elif eng is None:
-                send(False, error=f"{op} before load")
+                perturb = tuple(a["perturb"]) if a.get("perturb") else None
+                b = EngineBackend(a["model_path"], n_ctx=a.get("n_ctx", 2048), kv_type=a.get("kv_type", "f32"),
+                                  mode=a.get("mode", "float"), perturb=perturb, threads=a.get("threads", 1))  # fmt: skip
+                r.transport = "frames" if a.get("transport") == "frames" else "base64"
+                r.send(True, {"n_vocab": b.engine.config.n_vocab,
+                              "provenance": {"name": "crossval-engine", "version": "engine.serve/2", "mode": b.mode,
+                                             "kv_type": str(b.kv_type), "transport": r.transport}})  # fmt: skip
+            elif b is None:
+                r.send(False, error=f"{op} before load")
             elif op == "tokenize":
-                send(True, tok.encode(a["text"], a.get("add_bos", True), a.get("parse_special", False)))
+                r.send(True, b.tokenize(a["text"], a.get("add_bos", True), a.get("parse_special", False)))
             elif op == "detokenize":
-                send(True, tok.detokenize(a["ids"]))
+                r.send(True, b.detokenize(a["ids"]))
             elif op == "logits":
-                logits = eng.logits(a["ids"])
+                logits = b.logits(a["ids"])
                 k = a.get("top_k")
                 if k:
                     idx = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-                    top = [[[int(i), float(row[i])] for i in ix] for row, ix in zip(logits, idx)]
-                    send(True, {"top": top})
+                    r.send(True, {"top": [[[int(i), float(row[i])] for i in ix] for row, ix in zip(logits, idx)]})
                 else:
-                    send(True, _array(logits))
+                    r.send(True, logits)
             elif op == "generate":
-                g = eng.generate(a["ids"], a["steps"], keep_logits=True)
-                send(True, {"tokens": g.tokens, **_array(np.stack(g.logits) if g.logits else np.zeros((0, eng.config.n_vocab)))})
+                g = b.generate(a["ids"], a["steps"])
+                logits = g.logits if g.logits is not None else np.zeros((0, b.engine.config.n_vocab), np.float32)
+                r.send(True, {"tokens": g.tokens, "logits": logits})
+            elif op == "capture":
+                stages = tuple(a.get("stages") or STAGES)
+                rows = b.capture_rows(a["ids"], int(a["position"]), stages)
+                r.send(True, {"rows": {k: v.reshape(1, -1) for k, v in rows.items()}})
             else:
-                send(False, error=f"unknown op {op!r}")
+                r.send(False, error=f"unknown op {op!r}")
         except Exception as e:  # report and keep serving
-            send(False, error=f"{type(e).__name__}: {e}")
+            r.send(False, error=f"{type(e).__name__}: {e}")
+    if b is not None:
+        b.close()
     return 0
 
 

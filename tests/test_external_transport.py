@@ -7,6 +7,9 @@ import os
 import sys
 import time
 
+import pytest
+
+from conftest import needs_llamacpp
 from crossval.backends.isolated import ChildProcess
 
 LINE = 160_000_000  # a 650 × 49,152 float32 logits reply in base64 is about this long
@@ -32,3 +35,63 @@ def test_a_160_mb_reply_line_is_read_in_linear_time():
         assert c._readline(deadline, "test") == b"next"
     finally:
         c._shutdown()
+
+
+def _long_prompt() -> str:
+    import json
+    from pathlib import Path
+
+    import crossval
+
+    rows = [json.loads(x) for x in (Path(crossval.__file__).parent / "prompts" / "default.jsonl").read_text().splitlines() if x.strip()]
+    return next(r["text"] for r in rows if r["id"] == "long")
+
+
+@pytest.mark.parametrize("mode, transport", [("float", "frames"), ("faithful", "frames"), ("float", "base64")])
+def test_served_engine_is_bit_identical_to_the_engine_in_process(tiny_model, mode, transport):
+    """`python -m engine.serve` through the protocol vs the engine in process, the long default
+    prompt: identical logits (teacher-forced, generated) and per-layer capture rows, both transports."""
+    import numpy as np
+
+    from crossval.backends.engine import EngineBackend
+    from crossval.backends.external import ExternalBackend
+
+    path = tiny_model("llama")
+    with EngineBackend(path, n_ctx=4096, kv_type="f32", mode=mode) as e, \
+            ExternalBackend(f"{sys.executable} -m engine.serve", path, n_ctx=4096, kv_type="f32", mode=mode, transport=transport) as x:  # fmt: skip
+        ids = e.tokenize(_long_prompt())
+        assert len(ids) > 100 and x.tokenize(_long_prompt()) == ids
+        a, b = x.logits(ids), e.logits(ids)
+        assert a.shape == b.shape and a.tobytes() == b.tobytes()
+        g, h = x.generate(ids, 4), e.generate(ids, 4)
+        assert g.tokens == h.tokens and g.logits.tobytes() == h.logits.tobytes()
+        if transport == "frames":
+            r, q = x.capture_rows(ids, 50), e.capture_rows(ids, 50)
+            assert sorted(r) == sorted(q) and len(r) == 3 * 2  # three stages × the tiny model's two layers
+            assert all(np.array_equal(r[k], q[k]) for k in r)
+
+
+@needs_llamacpp
+def test_localise_against_an_external_engine_names_the_same_layer(tmp_path, tiny_model):
+    """--localise always on a tiny model whose layer 1 is perturbed: the engine served through the
+    protocol (its `capture` request) and the engine in process name the same first layer."""
+    import json
+    import subprocess
+
+    from crossval import receipts
+
+    prompt = tmp_path / "p.jsonl"
+    prompt.write_text(json.dumps({"id": "p0", "text": "the cat sat on the mat"}) + "\n")
+    first = {}
+    for side in ("engine", f"external:{sys.executable} -m engine.serve"):
+        out = tmp_path / ("ext" if side != "engine" else "eng")
+        r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(tiny_model("llama")), "--prompt-file", str(prompt),
+                            "--steps", "4", "--n-ctx", "128", "--engine", side, "--reference", "llamacpp", "--perturb-layer", "1",
+                            "--perturb-scale", "3.0", "--localise", "always", "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert r.returncode == 1, r.stderr + r.stdout
+        (rec,) = [receipts.read_valid(p) for p in out.rglob("*__p0.json")]
+        loc = rec["parity"]["localisation"]
+        assert loc is not None, rec["parity"]
+        first[side] = (loc["first"]["layer"], loc["first"]["stage"], loc["position"])
+    assert len(set(first.values())) == 1 and next(iter(first.values()))[0] == 1, first

@@ -1,6 +1,10 @@
-"""Any engine as a reference: a child process speaking crossval's JSON-lines protocol
+"""Any engine as a reference: a child process speaking crossval's external protocol
 (docs/backends.md), started from `--reference external:CMD`. Timeouts, crashes and protocol
-violations become diagnostic receipts like the llama.cpp child's (crossval/backends/isolated.py)."""
+violations become diagnostic receipts like the llama.cpp child's (crossval/backends/isolated.py).
+
+Version 2 (`crossval-external/2`) adds binary frames for arrays, chosen in `load` when the hello
+offers `"transports": [..., "frames"]`, and the optional `capture` request; a version-1 server
+(JSON lines, arrays in base64) is still accepted as it is."""
 
 from __future__ import annotations
 
@@ -12,11 +16,12 @@ import time
 import numpy as np
 
 from crossval.backends.base import (Backend, BackendCrashed, BackendError, BackendSettings, BackendUnavailable, Capabilities,
-                                    ComparePass, GenerateResult, Unsupported)  # fmt: skip
+                                    ComparePass, GenerateResult, LAYER_STAGES, Unsupported)  # fmt: skip
 from crossval.backends.isolated import ChildProcess
 from crossval.errors import InputError
 
-PROTOCOL = "crossval-external/1"
+PROTOCOL = "crossval-external/2"
+PROTOCOLS = ("crossval-external/1", PROTOCOL)  # the envelope tags accepted
 
 
 class ExternalBackend(ChildProcess, Backend):
@@ -25,9 +30,13 @@ class ExternalBackend(ChildProcess, Backend):
 
     @classmethod
     def from_settings(cls, model_path, s: BackendSettings, command: str = "") -> "ExternalBackend":
-        return cls(command, model_path, n_ctx=s.n_ctx, threads=s.threads, kv_type=s.kv_type, timeout=s.timeout)
+        return cls(command, model_path, n_ctx=s.n_ctx, threads=s.threads, kv_type=s.kv_type, timeout=s.timeout, mode=s.mode,
+                   perturb=s.perturb)  # fmt: skip
 
-    def __init__(self, command: str, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0):
+    def __init__(self, command: str, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
+                 mode: str = "float", perturb: tuple[int, float] | None = None, transport: str | None = None):  # fmt: skip
+        """transport: "frames" or "base64" (None: frames when the hello offers them). `mode` and
+        `perturb` go to the server's load as hints (engine.serve honours them; others may ignore them)."""
         argv = shlex.split(command)
         if not argv:
             raise InputError("external: empty command (external:CMD)")
@@ -44,12 +53,24 @@ class ExternalBackend(ChildProcess, Backend):
             raise BackendCrashed("handshake", "protocol error: the first message is not a hello", None, self.stderr_tail())
         caps = hello.get("capabilities") or {}
         self.capabilities = Capabilities(tokenize=bool(caps.get("tokenize")), logits=bool(caps.get("logits")),
-                                         generate=bool(caps.get("generate")))  # fmt: skip
-        info = self._call("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+                                         generate=bool(caps.get("generate")), capture=bool(caps.get("capture")))  # fmt: skip
+        offered = hello.get("transports") or ["base64"]
+        self.transport = transport or ("frames" if "frames" in offered else "base64")
+        if self.transport not in offered:
+            self._kill()
+            raise BackendUnavailable(f"external: the server does not offer the {self.transport} transport (offers {offered})")
+        extra = {"mode": mode, **({"perturb": list(perturb)} if perturb else {})}
+        info = self._call("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type, transport=self.transport,
+                          **extra)  # fmt: skip
         self.n_vocab = self._field(info, "n_vocab", int, "load")
         self._provenance = {"name": str(hello.get("name", "external")), "version": (info.get("provenance") or {}).get("version"),
                             "command": command}  # fmt: skip
         self.load_s = time.perf_counter() - t
+
+    def _tag_ok(self, tag) -> bool:
+        if getattr(self, "_hello_tag", None) is None and tag in PROTOCOLS:
+            self._hello_tag = tag  # the version the server speaks; every later reply must carry it
+        return tag == getattr(self, "_hello_tag", None)
 
     def _field(self, obj, key, typ, stage):
         if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], typ):
@@ -57,21 +78,36 @@ class ExternalBackend(ChildProcess, Backend):
             raise BackendCrashed(stage, f"protocol error: reply lacks {key!r}", None, self.stderr_tail())
         return obj[key]
 
-    def _matrix(self, obj, rows: int, stage: str) -> np.ndarray:
+    def _matrix(self, obj, rows: int | None, stage: str, cols: int | None = None) -> np.ndarray:
+        """An array of the reply: {"shape", "dtype": "float32"} and either "frame" (the index of a
+        binary frame after the line) or "data" (base64 of the little-endian float32 bytes).
+        rows None, cols -1: any."""
+        cols = self.n_vocab if cols is None else cols
         shape = self._field(obj, "shape", list, stage)
-        data = self._field(obj, "data", str, stage)
-        if shape != [rows, self.n_vocab] or obj.get("dtype", "float32") != "float32":
+        ok = len(shape) == 2 and all(isinstance(x, int) and x >= 0 for x in shape)
+        if not ok or (rows is not None and shape[0] != rows) or (cols != -1 and shape[1] != cols) or obj.get("dtype", "float32") != "float32":
             self._kill()
-            raise BackendCrashed(stage, f"protocol error: array of shape {shape}, expected {[rows, self.n_vocab]}", None, self.stderr_tail())
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except ValueError:
+            want = [rows if rows is not None else "any", cols if cols != -1 else "any"]
+            raise BackendCrashed(stage, f"protocol error: array of shape {shape}, expected {want}", None, self.stderr_tail())
+        if "frame" in obj:
+            k = obj["frame"]
+            if not isinstance(k, int) or not 0 <= k < len(self._frames):
+                self._kill()
+                raise BackendCrashed(stage, f"protocol error: array names frame {k!r} of {len(self._frames)}", None, self.stderr_tail())
+            raw = self._frames[k]
+        else:
+            data = self._field(obj, "data", str, stage)
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except ValueError:
+                self._kill()
+                raise BackendCrashed(stage, "protocol error: array data is not base64", None, self.stderr_tail()) from None
+        if len(raw) != shape[0] * shape[1] * 4:
             self._kill()
-            raise BackendCrashed(stage, "protocol error: array data is not base64", None, self.stderr_tail()) from None
-        if len(raw) != rows * self.n_vocab * 4:
-            self._kill()
-            raise BackendCrashed(stage, "protocol error: array data has the wrong length", None, self.stderr_tail())
-        return np.frombuffer(raw, dtype="<f4").reshape(rows, self.n_vocab).astype(np.float32)
+            raise BackendCrashed(stage, f"protocol error: array data has {len(raw)} bytes, shape {shape} needs {shape[0] * shape[1] * 4}",
+                                 None, self.stderr_tail())  # fmt: skip
+        a = np.frombuffer(raw, dtype="<f4").reshape(shape)
+        return a if isinstance(raw, bytearray) and a.dtype == np.float32 else a.astype(np.float32)  # frames: no second copy
 
     # --- Backend -------------------------------------------------------------------------------
     def _require(self, what: str) -> None:
@@ -106,8 +142,24 @@ class ExternalBackend(ChildProcess, Backend):
         if len(tokens) != steps or not all(isinstance(x, int) for x in tokens):
             self._kill()
             raise BackendCrashed("generate", f"protocol error: {len(tokens)} tokens for {steps} steps", None, self.stderr_tail())
-        step_logits = self._matrix(r, len(tokens), "generate") if steps else None
+        step_logits = self._matrix(r.get("logits", r), len(tokens), "generate") if steps else None
         return GenerateResult([int(x) for x in tokens], step_logits, time.perf_counter() - t)
+
+    def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES) -> dict[str, np.ndarray]:
+        """`capture` op (capability `capture`): {"rows": {"<stage>-<layer>": array (1, width)}} for a
+        teacher-forced pass over ids, the row of `position`, under llama.cpp's cb_eval names."""
+        self._require("capture")
+        r = self._call("capture", ids=[int(i) for i in ids], position=int(position), stages=list(stages))
+        rows = self._field(r, "rows", dict, "capture")
+        out = {}
+        for name, arr in rows.items():
+            stage, _, layer = str(name).rpartition("-")
+            if stage not in stages or not layer.isdigit():
+                self._kill()
+                raise BackendCrashed("capture", f"protocol error: capture row {name!r} is not one of <stage>-<layer> for {list(stages)}",
+                                     None, self.stderr_tail())  # fmt: skip
+            out[name] = self._matrix(arr, 1, "capture", cols=-1)[0]
+        return out
 
     def provenance(self) -> dict:
         return self.describe(**self._provenance)
