@@ -127,12 +127,13 @@ AVX2_FN static float dot_tq1_0_avx2(const void *vw, const void *va, int nb) {
         const __m128i r0 = _mm_loadu_si128((const __m128i *)(w[b].qs + 32));
         const __m256i r = _mm256_broadcastsi128_si256(r0);
         const __m256i r1 = mul3_u8(r), r2 = mul9_u8(r), r3 = mul9_u8(r1), r4 = mul9_u8(r2);
-        uint32_t qh;
+        int32_t qh;
         memcpy(&qh, w[b].qh, 4);
-        uint8_t h[16];
-        for (int l = 0, p = 1; l < 4; l++, p *= 3)
-            for (int j = 0; j < 4; j++) h[4 * l + j] = (uint8_t)(((qh >> (8 * j)) & 0xFF) * p);
-        const __m128i hv = _mm_loadu_si128((const __m128i *)h);
+        /* byte 4l + j = qh[j]·3^l (mod 256): 16-bit lanes, multiplied, masked, packed */
+        const __m256i qh16 = _mm256_cvtepu8_epi16(_mm_set1_epi32(qh));
+        const __m256i hm = _mm256_and_si256(_mm256_mullo_epi16(qh16, _mm256_setr_epi16(1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27)),
+                                            _mm256_set1_epi16(0xFF));
+        const __m128i hv = _mm_packus_epi16(_mm256_castsi256_si128(hm), _mm256_extracti128_si256(hm, 1));
         c[5] = tq1_codes(_mm256_permute2x128_si256(r, r1, 0x20)); /* [r·1 | r·3] */
         c[6] = tq1_codes(_mm256_permute2x128_si256(r2, r3, 0x20));
         c[7] = tq1_codes(_mm256_inserti128_si256(r4, hv, 1));
