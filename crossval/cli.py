@@ -125,6 +125,30 @@ def cmd_bitnetcpp_build(args) -> int:
     return EXIT_OK
 
 
+# --- protocol ----------------------------------------------------------------------------------
+def cmd_protocol_check(args) -> int:
+    from crossval import protocol_check
+
+    model = args.model or str(_protocol_model())
+    cases = protocol_check.check(args.command, model, timeout=args.timeout)
+    ok = protocol_check.passed(cases)
+    if args.json:
+        print(json.dumps({"command": args.command, "passed": ok, "cases": [vars(c) for c in cases]}, indent=2))
+    else:
+        rows = [(c.name, {True: "pass", False: "FAIL", None: "—"}[c.ok], c.reason) for c in cases]
+        w = max(len(r[0]) for r in rows)
+        for name, verdict, reason in rows:
+            print(f"{name:<{w}}  {verdict:<4}  {reason}")
+        print(f"protocol check: {'passed' if ok else 'FAILED'} ({args.command})")
+    return EXIT_OK if ok else 1
+
+
+def _protocol_model():
+    from crossval.synthetic import synthetic_path
+
+    return synthetic_path("qwen2-tiny")
+
+
 def cmd_gemmacpp_generate(args) -> int:
     from crossval.backends.gemmacpp_capi import capi_generate
     from crossval.gemmacpp_kit import ensure_built
@@ -747,6 +771,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(bb, "json")
     bb.add_argument("--jobs", type=options.positive_int, default=None, help="parallel compile jobs (default: all cores)")
     bb.set_defaults(func=cmd_bitnetcpp_build)
+
+    pc = sub.add_parser("protocol", help="the external protocol: 'protocol check CMD' runs a server through every case", epilog=EPILOG)
+    psub = pc.add_subparsers(dest="protocol_cmd", required=True, parser_class=Parser)
+    pk = psub.add_parser("check", help="every request, malformed input, deadline and shutdown; a pass/fail table (exit 0/1)")
+    pk.add_argument("command", help="the server's command line, e.g. 'python -m engine.serve'")
+    pk.add_argument("--model", help="the GGUF path the server loads (default: the synthetic qwen2-tiny model)")
+    pk.add_argument("--timeout", type=float, default=30.0, help="seconds each reply may take (default 30)")
+    add(pk, "json")
+    pk.set_defaults(func=cmd_protocol_check)
 
     g = sub.add_parser("generate", help="greedy generation with the engine", epilog=EPILOG)
     add(g, "model", "steps", "n_ctx", "kv_type", "json")

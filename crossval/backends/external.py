@@ -68,9 +68,11 @@ class ExternalBackend(ChildProcess, Backend):
         self.load_s = time.perf_counter() - t
 
     def _tag_ok(self, tag) -> bool:
-        if getattr(self, "_hello_tag", None) is None and tag in PROTOCOLS:
-            self._hello_tag = tag  # the version the server speaks; every later reply must carry it
-        return tag == getattr(self, "_hello_tag", None)
+        if getattr(self, "_hello_tag", None) is None:
+            if tag not in PROTOCOLS:
+                return False
+            self._hello_tag = self.protocol = tag  # the version the server speaks; every later reply must carry it
+        return tag == self._hello_tag
 
     def _field(self, obj, key, typ, stage):
         if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], typ):

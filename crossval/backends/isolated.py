@@ -157,11 +157,15 @@ class ChildProcess:
         line = self._readline(deadline, op)
         try:
             msg = json.loads(line)
-            if not isinstance(msg, dict) or not self._tag_ok(msg.get("protocol")):
+            if not isinstance(msg, dict):
                 raise ValueError("not a protocol message")
         except ValueError:
             self._kill()
             raise BackendCrashed(op, f"protocol error: unexpected output {line[:80]!r}", self._proc.returncode, self.stderr_tail()) from None
+        if not self._tag_ok(msg.get("protocol")):
+            self._kill()
+            raise BackendCrashed(op, f"protocol error: reply tagged {msg.get('protocol')!r}, expected {self.protocol!r}", self._proc.returncode,
+                                 self.stderr_tail())  # fmt: skip
         self._frames = []
         if "frames" in msg:  # binary frames follow the line (crossval-external/2)
             sizes = msg["frames"]
