@@ -188,6 +188,40 @@ AVX512BF16_FN static void dot4r_bf16_dp(const uint16_t *w, int64_t ldw, const ui
     }
 }
 
+/* tinyBLAS's dots (tiny = 1: one accumulator per output over the whole length, then hsum) for four
+ * weight rows × nt ≤ 4 activation rows at once; out[4·t + r] */
+AVX512_FN static void tile4_f32_16(const float *w, int64_t ldw, const float *x, int64_t ldx, int nt, int64_t n, float *out) {
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i + 16 <= n; i += 16) {
+        __m512 xv[4];
+        for (int t = 0; t < nt; t++) xv[t] = _mm512_loadu_ps(x + t * ldx + i);
+        for (int r = 0; r < 4; r++) {
+            const __m512 wv = _mm512_loadu_ps(w + r * ldw + i);
+            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) out[4 * t + r] = hsum16_vec(acc[r][t]);
+}
+
+AVX512BF16_FN static void tile4_bf16_dp(const uint16_t *w, int64_t ldw, const uint16_t *x, int64_t ldx, int nt, int64_t n, float *out) {
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i + 32 <= n; i += 32) {
+        __m512bh xv[4];
+        for (int t = 0; t < nt; t++) xv[t] = (__m512bh)_mm512_loadu_si512(x + t * ldx + i);
+        for (int r = 0; r < 4; r++) {
+            const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * ldw + i);
+            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv, xv[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) out[4 * t + r] = hsum16_vec(acc[r][t]);
+}
+
 static int have_avx512bf16(void) {
     static int c = -1;
     if (c < 0) {
@@ -243,6 +277,29 @@ int cv_matmul_float(int wtype, const void *W, int64_t n_rows, int64_t n_cols, co
     const int tiny = lanes > 0 && n_tok >= 2 && n_rows % 4 == 0 && n_cols % kn == 0;
     if (n_threads < 1) n_threads = 1;
 #if defined(__x86_64__) && defined(__GNUC__)
+    /* tinyBLAS four weight rows × four activation rows at a time (prefill; n_rows % 4 == 0 there) */
+    if (tiny && lanes == 16 && vec_ok(16) && (wtype == 0 || bf16dot)) {
+        uint16_t *xb = NULL;
+        if (wtype == 30) {
+            if (!(xb = malloc((size_t)(n_tok * n_cols) * sizeof *xb))) return -1;
+            for (int64_t i = 0; i < n_tok * n_cols; i++) xb[i] = f2bf(X[i]);
+        }
+        const int64_t es = wtype == 0 ? 4 : 2;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+        for (int64_t r = 0; r < n_rows; r += 4) {
+            const char *wr = (const char *)W + r * n_cols * es;
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+                const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+                float o[16];
+                if (wtype == 0) tile4_f32_16((const float *)wr, n_cols, X + t0 * n_cols, n_cols, nt, n_cols, o);
+                else tile4_bf16_dp((const uint16_t *)wr, n_cols, xb + t0 * n_cols, n_cols, nt, n_cols, o);
+                for (int t = 0; t < nt; t++)
+                    for (int k = 0; k < 4; k++) Y[(t0 + t) * ldy + r + k] = o[4 * t + k];
+            }
+        }
+        free(xb);
+        return 0;
+    }
     /* one-row dots four weight rows at a time (decode): the same per-row order, more loads in flight */
     if (!tiny && lanes == 16 && vec_ok(16) && (wtype == 0 || bf16dot)) {
         uint16_t *xb = NULL;
