@@ -777,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk = psub.add_parser("check", help="every request, malformed input, deadline and shutdown; a pass/fail table (exit 0/1)")
     pk.add_argument("command", help="the server's command line, e.g. 'python -m engine.serve'")
     pk.add_argument("--model", help="the GGUF path the server loads (default: the synthetic qwen2-tiny model)")
-    pk.add_argument("--timeout", type=float, default=30.0, help="seconds each reply may take (default 30)")
+    pk.add_argument("--timeout", type=options.positive_float, default=30.0, help="seconds each reply may take (default 30)")
     add(pk, "json")
     pk.set_defaults(func=cmd_protocol_check)
 

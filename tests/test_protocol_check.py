@@ -99,3 +99,9 @@ def test_the_compiled_c_server_passes_and_answers_as_llama_cpp(tmp_path, tiny_mo
     # logits within llama.cpp's own batch-size variation (measured 0.010 max |Δ| on this model)
     assert g.tokens == h.tokens and (a.argmax(1) == b.argmax(1)).all()
     assert np.abs(a - b).max() <= 0.05 * np.abs(b).max(), float(np.abs(a - b).max())
+
+
+@pytest.mark.parametrize("command, words", [("", "empty command"), ("/nonexistent/server", "cannot start")])
+def test_a_command_that_cannot_start_is_a_one_line_input_error(command, words):
+    rc, r = check(command)
+    assert rc == 2 and words in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
