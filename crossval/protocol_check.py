@@ -15,6 +15,8 @@ deadline and shutdown, one case after another in one child:
     generate         len(tokens) == steps, logits (steps, n_vocab), tokens[0] = argmax of the prompt's last row
     capture          (capability capture) rows named <stage>-<layer> for the stages asked, one row each
     close            the child exits with status 0 within 10 s and writes nothing more
+    other-transport  (both transports offered) a second child answering logits in the other
+                     transport gives the same bytes
 
 Every reply must arrive within the deadline. A case that kills the child (a crash, a protocol
 error, a timeout) fails with the harness's own reason (the words a receipt would carry), and the
@@ -203,6 +205,23 @@ def check(command: str, model_path: str, timeout: float = 30.0, steps: int = 3) 
                 break
     finally:
         c._shutdown()
+    offered = caps.get("_transports") or []
+    if "first" in state and len(offered) > 1:  # a second child: the other transport must give the same bytes
+        other = "base64" if c.transport == "frames" else "frames"
+        d = _Client(argv, timeout)
+        try:
+            d._pending = ("handshake", time.monotonic() + timeout)
+            d._receive()
+            d.capabilities = c.capabilities
+            info = d._call("load", model_path=str(model_path), n_ctx=512, threads=1, kv_type="f32", transport=other)
+            d.n_vocab = d._field(info, "n_vocab", int, "load")
+            a = d.logits(ids)
+            same = a.tobytes() == state["first"].tobytes()
+            cases.append(Case("other-transport", same, f"logits as {other}: {'the same bytes as' if same else 'differ from'} {c.transport}"))
+        except BackendError as e:
+            cases.append(Case("other-transport", False, f"{other}: {e}"))
+        finally:
+            d._shutdown()
     return cases
 
 

@@ -52,6 +52,7 @@ def test_the_toy_server_passes():
     ("no-load-check", "before-load", "answered ok: true (an error reply was expected)"),
     ("stdout-noise", "load", "protocol error: unexpected output b'loading model...'"),
     ("ignore-close", "close", "still running 10 s after close"),
+    ("base64-differs", "other-transport", "logits as base64: differ from frames"),
     ("noise-at-close", "close", "wrote 4 bytes after its last reply: b'bye\\n'"),
 ])  # fmt: skip
 def test_a_broken_server_fails_at_the_right_case(brk, case, words):

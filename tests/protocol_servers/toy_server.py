@@ -2,6 +2,7 @@
 protocol in one chosen way: `python toy_server.py BREAK` (BREAK "none" speaks it correctly).
 tests/test_protocol_check.py runs `crossval protocol check` against each break."""
 
+import base64
 import json
 import struct
 import sys
@@ -25,16 +26,22 @@ def rows(ids):  # position p's logits: (ids[p] + 3 j) mod 8 for token j
     return [[float((i + 3 * j) % V) for j in range(V)] for i in ids]
 
 
+TRANSPORT = "frames"
+
+
 def array(r, cols=V, nbytes=None):
     data = b"".join(struct.pack(f"<{len(x)}f", *x) for x in r)
     if nbytes is not None:
         data = data[:nbytes]
+    if TRANSPORT == "base64":  # base64-differs: the base64 form carries other numbers
+        data = data[:-4] + struct.pack("<f", 99.0)
+        return {"shape": [len(r), cols], "dtype": "float32", "data": base64.b64encode(data).decode()}, []
     return {"shape": [len(r), cols], "dtype": "float32", "frame": 0}, [data]
 
 
 if BREAK == "silent":
     time.sleep(3600)
-say({"ok": True, "result": {"type": "hello", "name": "toy", "transports": ["frames"],
+say({"ok": True, "result": {"type": "hello", "name": "toy", "transports": ["frames", "base64"] if BREAK == "base64-differs" else ["frames"],
                             "capabilities": {"tokenize": False, "logits": True, "generate": True}}})
 loaded = False
 for raw in sys.stdin.buffer:
@@ -58,6 +65,7 @@ for raw in sys.stdin.buffer:
             out.write(b"loading model...\n")
             out.flush()
         loaded = True
+        TRANSPORT = a.get("transport", "base64")
         say({"ok": True, "result": {"n_vocab": V, "provenance": {"version": "toy/1"}}}, tag="crossval-external/9" if BREAK == "wrong-tag" else TAG)
     elif not loaded:
         if BREAK == "no-load-check":
