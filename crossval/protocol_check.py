@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crossval.backends.base import BackendCrashed, BackendError, BackendTimeout, BackendUnavailable, Unsupported
-from crossval.backends.external import PROTOCOLS, ExternalBackend
+from crossval.backends.external import ExternalBackend
 from crossval.errors import InputError
 
 CASES = ("hello", "before-load", "load", "malformed-json", "non-utf8", "unknown-op", "tokenize", "logits", "deterministic",
