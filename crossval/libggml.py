@@ -105,3 +105,86 @@ def decode_q8_row(raw: np.ndarray, kind: str) -> np.ndarray:
         d = b[:, :2].copy().view(np.float16).astype(np.float32)
         qs = b[:, ts - 32 :].view(np.int8)
     return (qs.astype(np.float32) * d).reshape(-1)
+
+
+# --- the CPU backend's rope, run as a one-op graph (ggml.h ggml_rope_ext) ------------------------
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def cpu_rope(x: np.ndarray, positions: np.ndarray, n_dims: int, neox: bool, freq_base: float = 10000.0) -> np.ndarray:
+    """ggml-cpu's rope of x (n_pos, n_heads, head_dim) float32 at the given positions (mode NORM,
+    or NEOX), computed by ggml_graph_compute_with_ctx on one thread: what llama.cpp's graph does."""
+    base, cpu = _lib(), _cpu_lib()
+    vp, i64, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    sigs = {"ggml_init": (vp, [_InitParams]), "ggml_free": (None, [vp]), "ggml_get_data": (vp, [vp]),
+            "ggml_new_tensor_1d": (vp, [vp, ctypes.c_int, i64]), "ggml_new_tensor_3d": (vp, [vp, ctypes.c_int, i64, i64, i64]),
+            "ggml_rope_ext": (vp, [vp, vp, vp, vp] + [ctypes.c_int] * 3 + [f] * 6), "ggml_new_graph": (vp, [vp]),
+            "ggml_build_forward_expand": (None, [vp, vp])}  # fmt: skip
+    for name, (res, args) in sigs.items():
+        fn = getattr(base, name)
+        fn.restype, fn.argtypes = res, args
+    cpu.ggml_cpu_init()
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_pos, n_heads, head_dim = x.shape
+    ctx = base.ggml_init(_InitParams(64 * 1024 * 1024 + 4 * x.size * 4, None, False))
+    if not ctx:
+        raise RuntimeError("ggml_init failed")
+    try:
+        a = base.ggml_new_tensor_3d(ctx, 0, head_dim, n_heads, n_pos)  # GGML_TYPE_F32
+        p = base.ggml_new_tensor_1d(ctx, 26, n_pos)  # GGML_TYPE_I32
+        ctypes.memmove(base.ggml_get_data(a), x.ctypes.data, x.nbytes)
+        pos = np.ascontiguousarray(positions, dtype=np.int32)
+        ctypes.memmove(base.ggml_get_data(p), pos.ctypes.data, pos.nbytes)
+        r = base.ggml_rope_ext(ctx, a, p, None, n_dims, 2 if neox else 0, 0, freq_base, 1.0, 0.0, 1.0, 32.0, 1.0)
+        g = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(g, r)
+        if cpu.ggml_graph_compute_with_ctx(ctx, g, 1) != 0:
+            raise RuntimeError("ggml_graph_compute_with_ctx failed")
+        out = np.empty_like(x)
+        ctypes.memmove(out.ctypes.data, base.ggml_get_data(r), out.nbytes)
+        return out
+    finally:
+        base.ggml_free(ctx)
+
+
+def rope_fused(n_rot: int, neox: bool) -> list[bool]:
+    """Per rope pair: whether the loaded ggml-cpu rotates it with fused multiply-adds,
+    x0·cos − x1·sin = fma(x0, cos, −fl(x1·sin)) and x0·sin + x1·cos = fma(x0, sin, fl(x1·cos)), rather
+    than rounding each product (fl(fl(x0·cos) − fl(x1·sin)), ...). Decided on 64 positions × 4 heads of
+    seeded values: a pair is fused when every output matches the fused form and some miss the other."""
+    from engine.ops import rope_cache
+
+    rng = np.random.default_rng(n_rot)
+    pos = np.arange(64)
+    x = rng.standard_normal((64, 4, n_rot)).astype(np.float32)
+    got = cpu_rope(x, pos, n_rot, neox)
+    cos, sin = (v[:, None, :].astype(np.float64) for v in rope_cache(pos, n_rot, 10000.0))
+    half = n_rot // 2
+    i0, i1 = (np.arange(half), np.arange(half) + half) if neox else (np.arange(0, n_rot, 2), np.arange(1, n_rot, 2))
+    a, b = x[..., i0].astype(np.float64), x[..., i1].astype(np.float64)
+    f32 = lambda u: np.asarray(u, dtype=np.float32)  # noqa: E731
+    fused = (f32(a * cos - f32(b * sin)), f32(a * sin + f32(b * cos)))
+    unfused = (f32(f32(a * cos) - f32(b * sin)), f32(f32(a * sin) + f32(b * cos)))
+    out = []
+    for p in range(half):
+        is_f = all((fused[j][..., p] == got[..., (i0, i1)[j][p]]).all() for j in (0, 1))
+        is_u = all((unfused[j][..., p] == got[..., (i0, i1)[j][p]]).all() for j in (0, 1))
+        if is_f == is_u:
+            raise RuntimeError(f"ggml's rope pair {p} of {half} ({'NEOX' if neox else 'NORM'}) is neither form")
+        out.append(is_f)
+    return out
+
+
+@lru_cache(maxsize=2)
+def rope_vector_pairs(neox: bool) -> int:
+    """How many pairs the loaded ggml-cpu's rotate_pairs rotates per vector (fused; the pairs after its
+    last whole vector unfused), the engine's kernels.set_rope_vec: the g in 1, 2, 4, 8, 16 for which
+    the first 15 // g · g of 15 pairs are the fused ones (15 tells them apart)."""
+    pattern = rope_fused(30, neox)
+    for g in (1, 2, 4, 8, 16):
+        if pattern == [p < 15 // g * g for p in range(15)]:
+            return g
+    raise RuntimeError(f"ggml's rope fuses pairs {pattern} ({'NEOX' if neox else 'NORM'}): no whole-vector pattern")

@@ -84,10 +84,14 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
 
 
 def rope_fused_pairs(n_rot: int, neox: bool) -> int:
-    """How many of rotate_pairs' n_rot/2 pairs ggml-cpu computes in its 8-float vector loop (with
-    fused multiply-adds): 4 pairs per vector for NORM's interleaved pairs, 8 for NEOX's halves.
-    Measured against llama.cpp on head_dim 12 (tests/test_faithful.py)."""
-    per_vec = 8 if neox else 4
+    """How many of rotate_pairs' n_rot/2 pairs ggml-cpu computes in whole vectors (with fused
+    multiply-adds): per_vec pairs per vector, as the compiler vectorised it — 4 for NORM's interleaved
+    pairs and 8 for NEOX's halves in one build, 2 and 1 in another (GCC 12.2 for an AVX-512 Intel
+    host). kernels.set_rope_vec holds the build's values
+    (measured with ggml's own rope: crossval/libggml.py rope_vector_pairs, tests/test_faithful.py)."""
+    from engine import kernels
+
+    per_vec = kernels.rope_vec(neox) if kernels.available() else (8 if neox else 4)
     return (n_rot // 2) // per_vec * per_vec
 
 

@@ -130,6 +130,25 @@ def _ggml_fn(name: str, restype, *argtypes):
 
 
 @needs_llamacpp
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope_is_ggml_rope(neox):
+    """The engine's rope (fused vectors of kernels.rope_vec pairs, as crossval measures the loaded
+    ggml-cpu) equals ggml's own rope op bit for bit, head dims with and without leftover pairs."""
+    from crossval import libggml
+    from crossval.backends.engine import _match_ggml_rope
+    from engine.ops import rope, rope_cache
+
+    _match_ggml_rope()
+    assert kernels.rope_vec(neox) == libggml.rope_vector_pairs(neox)
+    rng = np.random.default_rng(7)
+    for head_dim in (4, 6, 12, 14, 24, 30, 64, 128):
+        x = (rng.standard_normal((40, 3, head_dim)) * 4).astype(np.float32)
+        pos = np.arange(100, 140)
+        cos, sin = rope_cache(pos, head_dim, 10000.0)
+        assert np.array_equal(rope(x, cos, sin, neox), libggml.cpu_rope(x, pos, head_dim, neox)), head_dim
+
+
+@needs_llamacpp
 @pytest.mark.parametrize("n", [64, 256, 320, 13, 100])
 def test_f16_dot_is_ggml_vec_dot_f16(n):
     import ctypes

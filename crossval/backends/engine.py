@@ -10,6 +10,21 @@ from crossval.backends.base import (LAYER_STAGES, Backend, BackendError, Backend
                                     GenerateResult, Unsupported, greedy_compare_pass)  # fmt: skip
 
 
+def _match_ggml_rope() -> None:
+    """Faithful mode's rope as the loaded llama.cpp's ggml-cpu was compiled (how many pairs per fused
+    vector: crossval/libggml.py rope_vector_pairs); without llama-cpp-python the engine's default."""
+    from engine import kernels
+
+    if not kernels.available():
+        return
+    try:
+        from crossval import libggml
+
+        kernels.set_rope_vec(libggml.rope_vector_pairs(False), libggml.rope_vector_pairs(True))
+    except (ImportError, OSError):
+        pass
+
+
 class EngineBackend(Backend):
     name = "engine"
 
@@ -22,6 +37,8 @@ class EngineBackend(Backend):
                  perturb: tuple[int, float] | None = None, prefix_end: int = 0, threads: int = 1):  # fmt: skip
         from engine.generate import Engine
 
+        if mode == "faithful":
+            _match_ggml_rope()
         t = time.perf_counter()
         simd = None
         if mode == "bf16":  # gemma.cpp's arithmetic for the Highway target the kit was built for here

@@ -95,6 +95,20 @@ def ggml_lanes() -> int:
     return int(lib.cv_ggml_lanes())
 
 
+def set_rope_vec(norm_pairs: int, neox_pairs: int) -> None:
+    """How many rope pairs the compiled ggml-cpu rotates per vector with fused multiply-adds (its
+    rotate_pairs as the compiler vectorised it): norm_pairs for interleaved (NORM) pairs, neox_pairs for
+    NEOX halves; pairs after the last whole vector are computed unfused. The default, 4 and 8, is
+    one build's; crossval measures the loaded llama.cpp's (crossval/libggml.py rope_vector_pairs)."""
+    if lib.cv_set_rope_vec(int(norm_pairs), int(neox_pairs)) != 0:
+        raise ValueError(f"rope vector sizes must be >= 1, not {norm_pairs}, {neox_pairs}")
+
+
+def rope_vec(neox: bool) -> int:
+    """set_rope_vec's current value for NORM (neox False) or NEOX pairs."""
+    return int(lib.cv_rope_vec(int(bool(neox))))
+
+
 def ggml_bf16_dot() -> bool:
     """Whether the llama.cpp being matched multiplies BF16 with AVX512-BF16's dot instruction (vdpbf16ps):
     by default when this CPU has it and ggml_lanes() is 16 (a build for this CPU). ENGINE_GGML_BF16=0

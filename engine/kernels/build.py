@@ -46,6 +46,8 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
 void cv_swiglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int lanes, int n_threads);
 void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_threads);
 int cv_ggml_lanes(void);
+int cv_set_rope_vec(int norm_pairs, int neox_pairs);
+int cv_rope_vec(int neox);
 int cv_set_table(const char *name, const void *data, int64_t nbytes);
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes);
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);

@@ -1428,10 +1428,21 @@ static int mm1(int wtype, const void *W, int64_t rows, int64_t cols, const float
     return cv_matmul_q(wtype, W, rows, cols, xq, 1, y, rows, threads);
 }
 
-/* ops.cpp rotate_pairs as compiled: fused in its 8-float vector loop (4 interleaved pairs or 8 NEOX
- * pairs per vector), each product rounded in the leftover pairs (engine/ops.py rope_fused_pairs) */
+/* ops.cpp rotate_pairs as compiled: fused in whole vectors of rope_vec_pairs[neox] pairs, each product
+ * rounded in the leftover pairs (engine/ops.py rope_fused_pairs); cv_set_rope_vec sets the vector
+ * sizes the llama.cpp being matched was compiled with (default: 4 interleaved pairs, 8 NEOX pairs) */
+static int rope_vec_pairs[2] = {4, 8};
+
+int cv_set_rope_vec(int norm_pairs, int neox_pairs) {
+    if (norm_pairs < 1 || neox_pairs < 1) return -1;
+    rope_vec_pairs[0] = norm_pairs, rope_vec_pairs[1] = neox_pairs;
+    return 0;
+}
+
+int cv_rope_vec(int neox) { return rope_vec_pairs[neox ? 1 : 0]; }
+
 static void rope_row(float *x, int n_heads, int head_dim, int n_rot, int neox, const float *cs, const float *sn) {
-    const int per_vec = neox ? 8 : 4, fused = n_rot / 2 / per_vec * per_vec;
+    const int per_vec = rope_vec_pairs[neox ? 1 : 0], fused = n_rot / 2 / per_vec * per_vec;
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (int64_t)h * head_dim;
         for (int i = 0; i < n_rot / 2; i++) {
