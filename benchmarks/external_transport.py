@@ -5,11 +5,11 @@
 
 
 A stand-in server (this file with --serve) answers `logits` with a prepared random array through
-engine.serve's reply writer, so the figure is transport only: the server's write, the pipe, the
+crossval.serve's reply writer, so the figure is transport only: the server's write, the pipe, the
 client's read and decode (crossval.backends.external.ExternalBackend). Compare it with the wall
 time of the run it belongs to (e.g. `crossval bench`'s prefill figures for the model).
 
-With --model, the real thing: the engine in process and through `python -m engine.serve` (frames)
+With --model, the real thing: the engine in process and through `python -m crossval.serve` (frames)
 over the long default prompt, the same logits request timed on both sides; prints whether the
 logits are bit-identical and the overhead (external − in process) as a share of the external time.
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 
 def serve(rows: int, vocab: int) -> int:
-    from engine.serve import Replies
+    from crossval.serve import Replies
 
     r = Replies(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)
@@ -61,12 +61,12 @@ def real(model: str, modes: list[str]) -> int:
             t = time.perf_counter()
             want = e.logits(ids)
             t_in = time.perf_counter() - t
-        with ExternalBackend(f"{sys.executable} -m engine.serve", path, kv_type="f16", mode=mode, timeout=1200) as x:
+        with ExternalBackend(f"{sys.executable} -m crossval.serve", path, kv_type="f16", mode=mode, timeout=1200) as x:
             t = time.perf_counter()
             got = x.logits(ids)
             t_ext = time.perf_counter() - t
         same = got.shape == want.shape and got.tobytes() == want.tobytes()
-        print(f"{Path(path).name} {mode:8} {len(ids)} × {want.shape[1]}: in process {t_in:6.2f} s, through engine.serve {t_ext:6.2f} s, "
+        print(f"{Path(path).name} {mode:8} {len(ids)} × {want.shape[1]}: in process {t_in:6.2f} s, through crossval.serve {t_ext:6.2f} s, "
               f"overhead {(t_ext - t_in) / t_ext:+.1%}, bit-identical {same}", flush=True)  # fmt: skip
     return 0
 
@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=650)
     ap.add_argument("--vocab", type=int, nargs="+", default=[49152, 262144])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--model", help="a model name or GGUF path: engine in process vs engine.serve on the long prompt")
+    ap.add_argument("--model", help="a model name or GGUF path: engine in process vs crossval.serve on the long prompt")
     ap.add_argument("--mode", nargs="+", default=["float", "faithful"])
     ap.add_argument("--serve", nargs=2, type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -775,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("protocol", help="the external protocol: 'protocol check CMD' runs a server through every case", epilog=EPILOG)
     psub = pc.add_subparsers(dest="protocol_cmd", required=True, parser_class=Parser)
     pk = psub.add_parser("check", help="every request, malformed input, deadline and shutdown; a pass/fail table (exit 0/1)")
-    pk.add_argument("command", help="the server's command line, e.g. 'python -m engine.serve'")
+    pk.add_argument("command", help="the server's command line, e.g. 'python -m crossval.serve'")
     pk.add_argument("--model", help="the GGUF path the server loads (default: the synthetic qwen2-tiny model)")
     pk.add_argument("--timeout", type=options.positive_float, default=30.0, help="seconds each reply may take (default 30)")
     add(pk, "json")

@@ -46,7 +46,7 @@ def positive_float(s: str) -> float:
 
 BACKEND_HELP = ("llamacpp (llama.cpp in a child process), gemmacpp (the real gemma.cpp, built from the kit on first use), "
                 "engine, transformers, or external:CMD (a child process speaking the JSON-lines protocol of "
-                "docs/backends.md, e.g. 'external:python -m engine.serve')")  # fmt: skip
+                "docs/backends.md, e.g. 'external:python -m crossval.serve')")  # fmt: skip
 
 # name → (flags, argparse keywords). The one place these defaults live.
 OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {

@@ -27,7 +27,7 @@ from crossval.backends import BACKENDS, backend_class, make_backend
 from crossval.backends.base import LAYER_STAGES, Backend, BackendSettings, Capabilities, Unsupported
 from tiny_models import TINY_MODELS
 
-EXTERNAL = f"external:{sys.executable} -m engine.serve"
+EXTERNAL = f"external:{sys.executable} -m crossval.serve"
 
 
 def _has(module: str) -> bool:

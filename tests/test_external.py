@@ -28,13 +28,13 @@ def _prompts(tmp_path):
 def test_engine_vs_engine_through_the_protocol(tmp_path, tiny_model, name):
     out = tmp_path / "out"
     r = crossval("run", "--model", tiny_model(name), "--prompt-file", _prompts(tmp_path), "--steps", 8, "--kv-type", "f32",
-                 "--reference", f"external:{sys.executable} -m engine.serve", "--out", out, "--json")  # fmt: skip
+                 "--reference", f"external:{sys.executable} -m crossval.serve", "--out", out, "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
     for p in out.rglob("*__p*.json"):
         rec = receipts.read_valid(p)
         assert rec["parity"]["cosine_similarity"] >= 1 - 1e-12 and rec["parity"]["exact_match_rate"] == 1.0
         assert rec["tokenization"]["match"] is True
-        assert rec["backends"]["reference"]["command"].endswith("-m engine.serve")
+        assert rec["backends"]["reference"]["command"].endswith("-m crossval.serve")
 
 
 FAKE = """

@@ -50,7 +50,7 @@ def _long_prompt() -> str:
 # base64 against frames is the protocol checker's other-transport case (tests/test_protocol_check.py)
 @pytest.mark.parametrize("mode, transport", [("float", "frames"), ("faithful", "frames")])
 def test_served_engine_is_bit_identical_to_the_engine_in_process(tiny_model, mode, transport):
-    """`python -m engine.serve` through the protocol vs the engine in process, the long default
+    """`python -m crossval.serve` through the protocol vs the engine in process, the long default
     prompt: identical logits (teacher-forced, generated) and per-layer capture rows, both transports."""
     import numpy as np
 
@@ -59,7 +59,7 @@ def test_served_engine_is_bit_identical_to_the_engine_in_process(tiny_model, mod
 
     path = tiny_model("llama")
     with EngineBackend(path, n_ctx=4096, kv_type="f32", mode=mode) as e, \
-            ExternalBackend(f"{sys.executable} -m engine.serve", path, n_ctx=4096, kv_type="f32", mode=mode, transport=transport) as x:  # fmt: skip
+            ExternalBackend(f"{sys.executable} -m crossval.serve", path, n_ctx=4096, kv_type="f32", mode=mode, transport=transport) as x:  # fmt: skip
         ids = e.tokenize(_long_prompt())
         assert len(ids) > 100 and x.tokenize(_long_prompt()) == ids
         a, b = x.logits(ids), e.logits(ids)
@@ -84,7 +84,7 @@ def test_localise_against_an_external_engine_names_the_same_layer(tmp_path, tiny
     prompt = tmp_path / "p.jsonl"
     prompt.write_text(json.dumps({"id": "p0", "text": "the cat sat on the mat"}) + "\n")
     first = {}
-    for side in ("engine", f"external:{sys.executable} -m engine.serve"):
+    for side in ("engine", f"external:{sys.executable} -m crossval.serve"):
         out = tmp_path / ("ext" if side != "engine" else "eng")
         r = subprocess.run([sys.executable, "-m", "crossval.cli", "run", "--model", str(tiny_model("llama")), "--prompt-file", str(prompt),
                             "--steps", "4", "--n-ctx", "128", "--engine", side, "--reference", "llamacpp", "--perturb-layer", "1",

@@ -23,10 +23,10 @@ def check(command: str, *extra):
 
 
 def test_engine_serve_passes(tiny_model):
-    rc, out = check(f"{sys.executable} -m engine.serve", "--model", tiny_model("llama"))
+    rc, out = check(f"{sys.executable} -m crossval.serve", "--model", tiny_model("llama"))
     assert rc == 0, out
     cases = {c["name"]: c for c in out["cases"]}
-    assert all(c["ok"] for c in cases.values()), cases  # engine.serve declares every capability
+    assert all(c["ok"] for c in cases.values()), cases  # crossval.serve declares every capability
     assert "transport frames" in cases["load"]["reason"]
 
 

@@ -35,7 +35,7 @@ def backend_class(spec: str) -> type[Backend]:
 
 
 def make_backend(spec: str, model_path: Path, settings: BackendSettings) -> Backend:
-    """A started backend for `spec` (e.g. "engine", "llamacpp", "external:python -m engine.serve").
+    """A started backend for `spec` (e.g. "engine", "llamacpp", "external:python -m crossval.serve").
     The caller closes it (`with make_backend(...) as b:`)."""
     cls = backend_class(spec)
     arg = spec.split(":", 1)[1] if ":" in spec else None

@@ -36,7 +36,7 @@ class ExternalBackend(ChildProcess, Backend):
     def __init__(self, command: str, model_path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16", timeout: float = 120.0,
                  mode: str = "float", perturb: tuple[int, float] | None = None, transport: str | None = None):  # fmt: skip
         """transport: "frames" or "base64" (None: frames when the hello offers them). `mode` and
-        `perturb` go to the server's load as hints (engine.serve honours them; others may ignore them)."""
+        `perturb` go to the server's load as hints (crossval.serve honours them; others may ignore them)."""
         argv = shlex.split(command)
         if not argv:
             raise InputError("external: empty command (external:CMD)")

@@ -1,4 +1,4 @@
-"""The engine as an external backend: `python -m engine.serve` speaks crossval's external protocol
+"""The engine as an external backend: `python -m crossval.serve` speaks crossval's external protocol
 (docs/backends.md) on stdin/stdout, so the harness can drive it as a child process exactly as it
 drives any other engine (a Rust port, a C++ wrapper).
 
@@ -83,7 +83,7 @@ def main() -> int:
                                   mode=a.get("mode", "float"), perturb=perturb, threads=a.get("threads", 1))  # fmt: skip
                 r.transport = "frames" if a.get("transport") == "frames" else "base64"
                 r.send(True, {"n_vocab": b.engine.config.n_vocab,
-                              "provenance": {"name": "crossval-engine", "version": "engine.serve/2", "mode": b.mode,
+                              "provenance": {"name": "crossval-engine", "version": "crossval.serve/2", "mode": b.mode,
                                              "kv_type": str(b.kv_type), "transport": r.transport}})  # fmt: skip
             elif b is None:
                 r.send(False, error=f"{op} before load")
