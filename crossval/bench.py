@@ -6,7 +6,11 @@ over time, because absolute times move with the machine and ratios much less. Pl
 micro-benchmarks: perf_matmul_decode (one token through the model's largest projection) and
 perf_attention_decode (one query over a KV cache). `--record` appends the receipt to
 receipts/perf/ (the trend); `--check` compares the ratios with the latest recorded receipt of the
-same model and fails (exit 1) when one fell by more than the tolerance.
+same model and fails (exit 1) when one fell by more than the tolerance. Each thread count also gets
+the memory roofline (crossval/roofline.py): the decode bytes per token of the GGUF, this machine's
+streaming read bandwidth measured in the same run, and each engine's decode_roofline fraction;
+prefill's achieved int8 GOP/s against the measured peak of the engine's Q8_0 dot-product kernel.
+--check guards the engine's decode_roofline like the ratios.
 """
 
 from __future__ import annotations
@@ -128,6 +132,9 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
     eng = Engine(path, n_ctx=512, kv_type="f16", mode=mode).load()
     load_s = time.perf_counter() - t
     results = []
+    from crossval import roofline
+
+    bpt, n_w = roofline.decode_bytes_per_token(g, eng.config), roofline.prefill_weight_elements(g, eng.config)
     for th in threads:
         ref = LlamaCppBackend(path, n_ctx=512, threads=th, kv_type="f16")
         try:
@@ -135,6 +142,20 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
             prov = ref.provenance()
         finally:
             ref.close()
+    from engine import kernels
+
+    roof = None
+    if kernels.available():  # the stream and Q8_0 kernels are native: without them no roofline figures
+        buf = roofline.stream_buffer_bytes()
+        bw, peak = roofline.stream_bandwidth(threads, buf), roofline.matmul_peak(threads)
+        for row in results:
+            th = row["threads"]
+            row["stream_gb_s"], row["matmul_peak_gop_s"] = bw[th], peak[th]
+            for label in ("engine", "llamacpp"):
+                row[f"{label}_decode_roofline"] = roofline.decode_roofline(bpt, row[f"{label}_decode_tok_s"], bw[th])
+                row[f"{label}_prefill_gop_s"] = roofline.prefill_gop_s(n_w, row[f"{label}_prefill_tok_s"])
+        roof = {"decode_bytes_per_token": bpt, "prefill_weight_elements": n_w, "stream_buffer_bytes": buf,
+                "l3_bytes": roofline.l3_bytes(), "matmul_peak_shape": dict(roofline.PEAK_SHAPE)}  # fmt: skip
     return {
         **receipts.header("perf"),
         "model": {**provenance.model_facts(g, path, model), "float_weights": provenance.float_weights(g)},
@@ -144,6 +165,7 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
         "open_s": open_s,
         "load_s": load_s,
         "results": results,
+        "roofline": roof,
         "micro": micro(eng, threads[0]),
         "check": None,
         "environment": provenance.environment_section(max(threads)),
@@ -164,7 +186,8 @@ def latest(model_sha: str, perf_dir: Path = PERF_DIR, mode: str | None = None) -
 
 
 def check(rec: dict, baseline: tuple[Path, dict] | None, tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Ratios against the baseline's at the same thread count: a fall beyond tolerance fails."""
+    """Ratios (and the engine's decode_roofline, where both receipts have it) against the baseline's
+    at the same thread count: a fall beyond tolerance fails."""
     if baseline is None:
         return {"baseline": None, "tolerance": tolerance, "passed": True, "failures": [], "note": "no recorded baseline for this model"}
     path, base = baseline
@@ -173,8 +196,8 @@ def check(rec: dict, baseline: tuple[Path, dict] | None, tolerance: float = DEFA
         old = next((b for b in base["results"] if b["threads"] == row["threads"]), None)
         if old is None:
             continue
-        for k in ("decode_ratio", "prefill_ratio"):
-            if row[k] < old[k] * (1 - tolerance):
+        for k in ("decode_ratio", "prefill_ratio", "engine_decode_roofline"):
+            if k in row and k in old and row[k] < old[k] * (1 - tolerance):
                 failures.append(f"{k} at {row['threads']} thread(s) fell from {old[k]:.3f} to {row[k]:.3f} (more than {tolerance:.0%})")
     return {"baseline": str(path), "tolerance": tolerance, "passed": not failures, "failures": failures, "note": None}
 

@@ -340,6 +340,12 @@ def cmd_bench(args) -> int:
     con.print(f"perf_matmul_decode {m['perf_matmul_decode']['type']} {m['perf_matmul_decode']['n_in']}→{m['perf_matmul_decode']['n_out']}: "
               f"{m['perf_matmul_decode']['us']:.0f} µs ({m['perf_matmul_decode']['gflops']:.1f} GFLOP/s) · perf_attention_decode "
               f"kv {m['perf_attention_decode']['kv_len']}: {m['perf_attention_decode']['us']:.0f} µs")  # fmt: skip
+    if rec["roofline"]:
+        for r in rec["results"]:
+            con.print(f"roofline {r['threads']} thread(s): {rec['roofline']['decode_bytes_per_token'] / 1e6:.1f} MB/token at "
+                      f"{r['stream_gb_s']:.1f} GB/s → decode engine {r['engine_decode_roofline']:.0%}, llama.cpp "
+                      f"{r['llamacpp_decode_roofline']:.0%}; prefill engine {r['engine_prefill_gop_s']:.0f}, llama.cpp "
+                      f"{r['llamacpp_prefill_gop_s']:.0f} of Q8_0 peak {r['matmul_peak_gop_s']:.0f} GOP/s")  # fmt: skip
     if args.record:
         con.print(f"recorded: {path}")
     if rec["check"]:

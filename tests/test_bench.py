@@ -30,6 +30,14 @@ def test_bench_records_and_checks_ratios(tmp_path, tiny_model):
     rec_path = next((tmp_path / "perf").glob("*.json"))
     rec = receipts.read_valid(rec_path)
     assert rec["kind"] == "perf" and rec["micro"]["perf_matmul_decode"]["gflops"] > 0
+    # the roofline figures are the documented formulas of the receipt's own fields
+    roof, row = rec["roofline"], rec["results"][0]
+    for label in ("engine", "llamacpp"):
+        expect = roof["decode_bytes_per_token"] * row[f"{label}_decode_tok_s"] / (row["stream_gb_s"] * 1e9)
+        assert abs(row[f"{label}_decode_roofline"] - expect) <= 1e-12 * expect
+        gop = 2 * roof["prefill_weight_elements"] * row[f"{label}_prefill_tok_s"] / 1e9
+        assert abs(row[f"{label}_prefill_gop_s"] - gop) <= 1e-12 * gop
+    assert row["matmul_peak_gop_s"] > 0 and roof["stream_buffer_bytes"] >= 256 << 20
     # a baseline whose ratios were 10× better: --check reports the regression, exit 1
     fast = json.loads(rec_path.read_text())
     for row in fast["results"]:
@@ -50,5 +58,12 @@ def test_check_logic_is_about_ratios():
     c = bench.check(rec, ("b.json", base), tolerance=0.25)
     assert not c["passed"] and "0.500 to 0.300" in c["failures"][0]
     assert bench.check(rec, None)["passed"]  # nothing recorded yet: nothing to regress from
+    # the engine's decode roofline fraction is guarded like the ratios, where both receipts have it
+    base["results"][0]["engine_decode_roofline"] = 0.8
+    rec["results"][0].update(decode_ratio=0.5, engine_decode_roofline=0.5)
+    c = bench.check(rec, ("b.json", base), tolerance=0.25)
+    assert not c["passed"] and c["failures"] == ["engine_decode_roofline at 1 thread(s) fell from 0.800 to 0.500 (more than 25%)"]
+    del base["results"][0]["engine_decode_roofline"]  # a baseline recorded before the field existed
+    assert bench.check(rec, ("b.json", base), tolerance=0.25)["passed"]
     rec["results"][0]["threads"] = 2  # no baseline at this thread count: not compared
     assert bench.check(rec, ("b.json", base))["passed"]

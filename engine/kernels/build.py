@@ -75,16 +75,17 @@ void *cv_strtab_new(const uint8_t *blob, int64_t blob_len, const int64_t *off, c
                     const int32_t *value, int32_t n, const float *scores, int32_t n_score);
 void cv_strtab_free(void *t);
 int64_t cv_merge(const void *t, const void *tokens, int spm, const uint8_t *text, int64_t n, int32_t *out_id);
+uint64_t cv_stream_read(const uint64_t *buf, int64_t n_words, int threads);
 """ + (HERE / "gemma_kernels.h").read_text()
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "engine.kernels._qkernels",
-    (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n#include "gemma_kernels.h"\n',
+    (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n#include "gemma_kernels.h"\n#include "stream_bench.h"\n',
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
     # the tokenizers' merge loops (engine/tokenizer/native.py); gemma.cpp's arithmetic (engine mode bf16)
-    sources=[str(HERE / "tokmerge.c"), str(HERE / "gemma_kernels.c")],
+    sources=[str(HERE / "tokmerge.c"), str(HERE / "gemma_kernels.c"), str(HERE / "stream_bench.c")],  # + the bench's read-bandwidth kernel
     include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, tokmerge.h, gemma_kernels.h and the .c files qkernels.c includes
     depends=sorted(str(p) for p in [*HERE.glob("*.h"), *HERE.glob("*.c")] if not p.name.startswith("_")),  # rebuild when one changes
     extra_link_args=["-fopenmp"],
