@@ -13,7 +13,6 @@ failure paths.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -22,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from crossval.backends.base import (LAYER_STAGES, Backend, BackendSettings, BackendUnavailable, Capabilities, ComparePass,
-                                    GenerateResult)  # fmt: skip
-from crossval.backends.isolated import PROTOCOL, ChildProcess, _fault
+from crossval.backends.base import (LAYER_STAGES, Backend, BackendError, BackendSettings, BackendUnavailable,
+                                    Capabilities)  # fmt: skip
+from crossval.backends.isolated import ChildBackend, serve
 
 
-class BitnetCpp(ChildProcess, Backend):
+class BitnetCpp(ChildBackend, Backend):
     """Parent side: the bitnet.cpp Backend, answered by a child process."""
 
     name = "bitnetcpp"
@@ -78,50 +77,6 @@ class BitnetCpp(ChildProcess, Backend):
         return str(Path(self._tmp.name) / (f"{name}.npz" if name in ("pass", "capture") else f"{name}.npy"))
 
     # --- Backend ------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
-        self.wait_loaded()
-        return self._call("tokenize", text=text, add_bos=add_bos, parse_special=parse_special)
-
-    def detokenize(self, ids: list[int]) -> str:
-        self.wait_loaded()
-        return self._call("detokenize", ids=[int(i) for i in ids])
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        self.wait_loaded()
-        out = self._npy("logits")
-        self._call("logits", ids=[int(i) for i in ids], out=out)
-        arr = np.load(out)
-        os.unlink(out)
-        return arr
-
-    def generate(self, ids: list[int], steps: int) -> GenerateResult:
-        self.wait_loaded()
-        out = self._npy("gen")
-        r = self._call("generate", ids=[int(i) for i in ids], steps=steps, out=out)
-        arr = None
-        if steps > 0:
-            arr = np.load(out)
-            os.unlink(out)
-        return GenerateResult(r["tokens"], arr, r["seconds"])
-
-    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
-        self.start_compare_pass(ids, steps, forced, sampling)
-        return self.finish_compare_pass()
-
-    def start_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
-        """Start a compare_pass in the child (greedy, or the fork's own seeded sampler chain) and
-        return at once (finish_compare_pass waits)."""
-        self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
-                         out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
-
-    def finish_compare_pass(self) -> ComparePass:
-        r = self._receive()
-        out = self._npy("pass")
-        with np.load(out) as z:
-            arrs = {k: z[k] for k in z.files}
-        os.unlink(out)
-        return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
-
     def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES,
                      pattern: str | None = None) -> dict[str, np.ndarray]:  # fmt: skip
         """The fork's named graph tensors (cb_eval) of the given stages ("<stage>-<layer>", the names
@@ -135,10 +90,6 @@ class BitnetCpp(ChildProcess, Backend):
             rows = {k: z[k] for k in z.files}
         os.unlink(out)
         return rows
-
-    def provenance(self) -> dict:
-        self.wait_loaded()
-        return self.describe(**self._provenance)
 
     def unload(self) -> None:
         """Free the child's model and context (the child keeps running)."""
@@ -200,114 +151,27 @@ def _provenance(m) -> dict:
     }
 
 
-def child_main() -> int:
-    # the protocol gets a private copy of fd 1; fd 1 (what the C library prints to) goes to stderr
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    def reply(ok: bool, result=None, error: str | None = None, unavailable: bool = False):
-        msg = {"protocol": PROTOCOL, "ok": ok}
-        if ok:
-            msg["result"] = result
-        else:
-            msg["error"], msg["unavailable"] = error, unavailable
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
-
+def _load(a: dict):
     from crossval.backends.bitnetcpp_capi import BitnetCppError, BitnetCppModel
 
-    m = None
-    for line in sys.stdin:
-        try:
-            req = json.loads(line)
-            op, a = req["op"], req.get("args", {})
-        except (ValueError, KeyError):
-            reply(False, error="malformed request")
-            continue
-        _fault(op, out)
-        try:
-            if op == "close":
-                break
-            if op == "unload":  # free the model and its context (lifecycle tests: load/generate/unload cycles)
-                if m is not None:
-                    m.close()
-                    m = None
-                reply(True, {"ok": True})
-                continue
-            if op == "load":
-                if m is not None:
-                    m.close()
-                    m = None
-                try:
-                    m = BitnetCppModel(a["lib"], a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"])
-                except BitnetCppError as e:
-                    reply(False, error=str(e), unavailable="cannot use" in str(e))
-                    continue
-                m._load_args = a
-                reply(True, {"n_vocab": m.n_vocab, "provenance": _provenance(m)})
-            elif m is None:
-                reply(False, error=f"{op} before load")
-            elif op == "tokenize":
-                reply(True, m.tokenize(a["text"], a["add_bos"], a["parse_special"]))
-            elif op == "detokenize":
-                reply(True, m.detokenize(a["ids"]))
-            elif op == "logits":
-                np.save(a["out"], m.logits(a["ids"]))
-                reply(True, {"ok": True})
-            elif op == "generate":
-                t = time.perf_counter()
-                toks, logs = m.generate(a["ids"], a["steps"], keep_logits=True)
-                sec = time.perf_counter() - t
-                if logs:
-                    np.save(a["out"], np.stack(logs))
-                reply(True, {"tokens": toks, "seconds": sec})
-            elif op == "capture":
-                import re
+    try:
+        m = BitnetCppModel(a["lib"], a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"])
+    except BitnetCppError as e:
+        raise (BackendUnavailable if "cannot use" in str(e) else BackendError)(str(e)) from None
+    m._load_args = a
+    return m, _provenance(m)
 
-                pat = re.compile(a["pattern"])
-                la = m._load_args
-                cap = BitnetCppModel(la["lib"], la["model_path"], n_ctx=max(32, (len(a["ids"]) + 32) // 32 * 32), threads=la["threads"],
-                                     kv_type=la["kv_type"], capture=True)  # fmt: skip
-                try:
-                    _, tensors = cap.capture_logits(a["ids"], lambda n: bool(pat.match(n)))
-                finally:
-                    cap.close()
-                n = len(a["ids"])
-                rows = {k: v.reshape(n, -1)[a["position"]] for k, v in tensors.items() if v.size % n == 0}
-                with open(a["out"], "wb") as f:
-                    np.savez(f, **rows)
-                reply(True, {"n": len(rows)})
-            elif op == "compare_pass":
-                from crossval.backends.base import greedy_compare_pass
 
-                choose, chain = None, None
-                if a.get("sampling"):
-                    from engine.sampling import SamplingParams
+def _capture_model(m, ids: list[int]):
+    from crossval.backends.bitnetcpp_capi import BitnetCppModel
 
-                    chain = m.sampler_chain(SamplingParams(**a["sampling"]))
-                    choose = lambda row, chain=chain: m.sample_logits(chain, row)  # noqa: E731
-                try:
-                    cp = greedy_compare_pass(m, a["ids"], a["steps"], a["forced"] or None, choose)
-                finally:
-                    if chain is not None:
-                        m.free_sampler(chain)
-                arrs = {"prompt": cp.prompt_logits}
-                if cp.step_logits is not None:
-                    arrs["steps"] = cp.step_logits
-                if cp.forced_logits is not None:
-                    arrs["forced"] = cp.forced_logits
-                with open(a["out"], "wb") as f:
-                    np.savez(f, **arrs)
-                reply(True, {"tokens": cp.tokens, "seconds": cp.seconds})
-            else:
-                reply(False, error=f"unknown op {op!r}")
-        except Exception as e:  # report, keep serving: the parent decides what an error means
-            reply(False, error=f"{type(e).__name__}: {e}")
-    if m is not None:
-        m.close()
-    return 0
+    la = m._load_args
+    return BitnetCppModel(la["lib"], la["model_path"], n_ctx=max(32, (len(ids) + 32) // 32 * 32), threads=la["threads"],
+                          kv_type=la["kv_type"], capture=True)  # fmt: skip
 
+
+def child_main() -> int:
+    return serve(_load, _capture_model, lambda m, chain: m.free_sampler(chain))
 
 if __name__ == "__main__":
     sys.exit(child_main())

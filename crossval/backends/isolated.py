@@ -203,7 +203,61 @@ class ChildProcess:
             pass
 
 
-class IsolatedLlamaCpp(ChildProcess, Backend):
+class ChildBackend(ChildProcess):
+    """The Backend requests a child answering serve() (below) understands, the same for every
+    such backend: the subclass starts the child, sends "load" and defines wait_loaded() (which sets
+    n_vocab and _provenance), _npy(name) (the file an array travels through) and capture_rows."""
+
+    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
+        self.wait_loaded()
+        return self._call("tokenize", text=text, add_bos=add_bos, parse_special=parse_special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        self.wait_loaded()
+        return self._call("detokenize", ids=[int(i) for i in ids])
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        self.wait_loaded()
+        out = self._npy("logits")
+        self._call("logits", ids=[int(i) for i in ids], out=out)
+        arr = np.load(out)
+        os.unlink(out)
+        return arr
+
+    def generate(self, ids: list[int], steps: int) -> GenerateResult:
+        self.wait_loaded()
+        out = self._npy("gen")
+        r = self._call("generate", ids=[int(i) for i in ids], steps=steps, out=out)
+        arr = None
+        if steps > 0:
+            arr = np.load(out)
+            os.unlink(out)
+        return GenerateResult(r["tokens"], arr, r["seconds"])
+
+    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
+        self.start_compare_pass(ids, steps, forced, sampling)
+        return self.finish_compare_pass()
+
+    def start_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
+        """Start a compare_pass in the child (greedy, or the backend's own seeded sampler chain) and
+        return at once (finish_compare_pass waits)."""
+        self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
+                         out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
+
+    def finish_compare_pass(self) -> ComparePass:
+        r = self._receive()
+        out = self._npy("pass")
+        with np.load(out) as z:
+            arrs = {k: z[k] for k in z.files}
+        os.unlink(out)
+        return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
+
+    def provenance(self) -> dict:
+        self.wait_loaded()
+        return self.describe(**self._provenance)
+
+
+class IsolatedLlamaCpp(ChildBackend, Backend):
     """Parent side: the llama.cpp Backend, answered by a child process."""
 
     name = "llamacpp"
@@ -242,48 +296,6 @@ class IsolatedLlamaCpp(ChildProcess, Backend):
         return str(Path(self._tmp.name) / (f"{name}.npz" if name == "pass" else f"{name}.npy"))
 
     # --- Backend ------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
-        self.wait_loaded()
-        return self._call("tokenize", text=text, add_bos=add_bos, parse_special=parse_special)
-
-    def detokenize(self, ids: list[int]) -> str:
-        self.wait_loaded()
-        return self._call("detokenize", ids=[int(i) for i in ids])
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        self.wait_loaded()
-        out = self._npy("logits")
-        self._call("logits", ids=[int(i) for i in ids], out=out)
-        arr = np.load(out)
-        os.unlink(out)
-        return arr
-
-    def generate(self, ids: list[int], steps: int) -> GenerateResult:
-        self.wait_loaded()
-        out = self._npy("gen")
-        r = self._call("generate", ids=[int(i) for i in ids], steps=steps, out=out)
-        arr = np.load(out) if steps > 0 else None
-        if steps > 0:
-            os.unlink(out)
-        return GenerateResult(r["tokens"], arr, r["seconds"])
-
-    def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
-        self.start_compare_pass(ids, steps, forced, sampling)
-        return self.finish_compare_pass()
-
-    def start_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
-        """Start a compare_pass in the child and return at once (finish_compare_pass waits)."""
-        self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
-                   out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
-
-    def finish_compare_pass(self) -> ComparePass:
-        r = self._receive()
-        out = self._npy("pass")
-        with np.load(out) as z:
-            arrs = {k: z[k] for k in z.files}
-        os.unlink(out)
-        return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
-
     def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES) -> dict[str, np.ndarray]:
         """llama.cpp's named graph tensors (cb_eval) of the given stages, as the row of
         `position`, for a teacher-forced pass over ids (a separate capturing context). llama.cpp's
@@ -297,10 +309,6 @@ class IsolatedLlamaCpp(ChildProcess, Backend):
             rows = {k.replace("sa_out-", "ffn_inp-"): z[k] for k in z.files}
         os.unlink(out)
         return rows
-
-    def provenance(self) -> dict:
-        self.wait_loaded()
-        return self.describe(**self._provenance)
 
     def close(self) -> None:
         self._shutdown()
@@ -347,9 +355,19 @@ def _fault(op: str, protocol_out) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def child_main() -> int:
+def serve(load, capture_model, free_sampler) -> int:
+    """The child's request loop, shared by every backend that runs in a child process (llama.cpp
+    here, bitnet.cpp in bitnetcpp.py): read JSON-lines requests on stdin, answer each with one
+    protocol line, until "close" or end of input.
+
+    load(args) -> (model, provenance dict) loads a model (raising BackendUnavailable / BackendError
+    for a refused load); capture_model(model, ids) -> a capturing model for a teacher-forced pass
+    over ids (closed after use); free_sampler(model, chain) frees a sampler chain of the model.
+    The model answers tokenize, detokenize, logits, generate, capture_logits, sampler_chain,
+    sample_logits, n_vocab and close, as crossval.backends.base.greedy_compare_pass expects.
+    """
     # the protocol gets a private copy of fd 1; fd 1 itself (and sys.stdout) then point at stderr,
-    # so nothing llama.cpp or Python prints can corrupt the protocol stream
+    # so nothing the C library or Python prints can corrupt the protocol stream
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -364,7 +382,7 @@ def child_main() -> int:
         out.write(json.dumps(msg) + "\n")
         out.flush()
 
-    backend = None
+    m = None
     for line in sys.stdin:
         try:
             req = json.loads(line)
@@ -376,40 +394,43 @@ def child_main() -> int:
         try:
             if op == "close":
                 break
+            if op == "unload":  # free the model and its context (lifecycle tests: load/generate/unload cycles)
+                if m is not None:
+                    m.close()
+                    m = None
+                reply(True, {"ok": True})
+                continue
             if op == "load":
-                from crossval.backends.llamacpp import LlamaCppBackend, LlamaCppError, LlamaCppUnavailable
-
+                if m is not None:
+                    m.close()
+                    m = None
                 try:
-                    backend = LlamaCppBackend(a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"],
-                                              n_batch=a.get("n_batch"))  # fmt: skip
-                except LlamaCppError as e:
-                    reply(False, error=str(e), unavailable=isinstance(e, LlamaCppUnavailable))
+                    m, provenance = load(a)
+                except BackendError as e:
+                    reply(False, error=str(e), unavailable=isinstance(e, BackendUnavailable))
                     continue
-                reply(True, {"n_vocab": backend.n_vocab, "provenance": backend.provenance()})
-            elif backend is None:
+                reply(True, {"n_vocab": m.n_vocab, "provenance": provenance})
+            elif m is None:
                 reply(False, error=f"{op} before load")
             elif op == "tokenize":
-                reply(True, backend.tokenize(a["text"], a["add_bos"], a["parse_special"]))
+                reply(True, m.tokenize(a["text"], a["add_bos"], a["parse_special"]))
             elif op == "detokenize":
-                reply(True, backend.detokenize(a["ids"]))
+                reply(True, m.detokenize(a["ids"]))
             elif op == "logits":
-                np.save(a["out"], backend.logits(a["ids"]))
+                np.save(a["out"], m.logits(a["ids"]))
                 reply(True, {"ok": True})
             elif op == "generate":
                 t = time.perf_counter()
-                toks, logs = backend.generate(a["ids"], a["steps"], keep_logits=True)
+                toks, logs = m.generate(a["ids"], a["steps"], keep_logits=True)
                 sec = time.perf_counter() - t
                 if logs:
                     np.save(a["out"], np.stack(logs))
                 reply(True, {"tokens": toks, "seconds": sec})
             elif op == "capture":
-                import re as _re
+                import re
 
-                from crossval.backends.llamacpp import LlamaCppBackend
-
-                pat = _re.compile(a["pattern"])
-                cap = LlamaCppBackend(backend.model_path, n_ctx=max(8, len(a["ids"]) + 1), threads=backend.threads,
-                                      kv_type=backend.kv_type, capture=True)  # fmt: skip
+                pat = re.compile(a["pattern"])
+                cap = capture_model(m, a["ids"])
                 try:
                     _, tensors = cap.capture_logits(a["ids"], lambda n: bool(pat.match(n)))
                 finally:
@@ -426,13 +447,13 @@ def child_main() -> int:
                 if a.get("sampling"):
                     from engine.sampling import SamplingParams
 
-                    chain = backend.sampler_chain(SamplingParams(**a["sampling"]))
-                    choose = lambda row, chain=chain: backend.sample_logits(chain, row)  # noqa: E731
+                    chain = m.sampler_chain(SamplingParams(**a["sampling"]))
+                    choose = lambda row, chain=chain, m=m: m.sample_logits(chain, row)  # noqa: E731
                 try:
-                    cp = greedy_compare_pass(backend, a["ids"], a["steps"], a["forced"] or None, choose)
+                    cp = greedy_compare_pass(m, a["ids"], a["steps"], a["forced"] or None, choose)
                 finally:
                     if chain is not None:
-                        backend.lc.llama_sampler_free(chain)
+                        free_sampler(m, chain)
                 arrs = {"prompt": cp.prompt_logits}
                 if cp.step_logits is not None:
                     arrs["steps"] = cp.step_logits
@@ -445,10 +466,29 @@ def child_main() -> int:
                 reply(False, error=f"unknown op {op!r}")
         except Exception as e:  # report, keep serving: the parent decides what an error means
             reply(False, error=f"{type(e).__name__}: {e}")
-    if backend is not None:
-        backend.close()
+    if m is not None:
+        m.close()
     return 0
 
+
+def _load_llamacpp(a: dict):
+    from crossval.backends.llamacpp import LlamaCppBackend, LlamaCppError, LlamaCppUnavailable
+
+    try:
+        backend = LlamaCppBackend(a["model_path"], n_ctx=a["n_ctx"], threads=a["threads"], kv_type=a["kv_type"], n_batch=a.get("n_batch"))
+    except LlamaCppError as e:
+        raise (BackendUnavailable if isinstance(e, LlamaCppUnavailable) else BackendError)(str(e)) from None
+    return backend, backend.provenance()
+
+
+def _capture_llamacpp(backend, ids: list[int]):
+    from crossval.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(backend.model_path, n_ctx=max(8, len(ids) + 1), threads=backend.threads, kv_type=backend.kv_type, capture=True)
+
+
+def child_main() -> int:
+    return serve(_load_llamacpp, _capture_llamacpp, lambda backend, chain: backend.lc.llama_sampler_free(chain))
 
 if __name__ == "__main__":
     sys.exit(child_main())
