@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crossval.backends.llamacpp import GreedyDecoding, sampler_chain, tensor_array
+
 CDEF = """
 typedef int32_t llama_token;
 typedef int32_t llama_pos;
@@ -189,20 +191,17 @@ def load_library(libllama: str | Path):
 
 def _read_tensor(ffi, t) -> np.ndarray | None:
     """An F32/F16 graph tensor out of host memory → float32 numpy in (ne3, ne2, ne1, ne0) order."""
-    dt = {0: np.float32, 1: np.float16}.get(t.type)
-    if dt is None or t.data == ffi.NULL:
+    if t.data == ffi.NULL:
         return None
-    ne, nb = list(t.ne), list(t.nb)
-    span = sum((n - 1) * b for n, b in zip(ne, nb)) + np.dtype(dt).itemsize
-    base = np.frombuffer(ffi.buffer(t.data, span), dtype=np.uint8)
-    arr = np.ndarray(shape=tuple(reversed(ne)), dtype=dt, buffer=base, strides=tuple(reversed(nb)))
-    return arr.astype(np.float32)
+    return tensor_array(t.type, t.ne, t.nb, lambda span: ffi.buffer(t.data, span))
 
 
-class BitnetCppModel:
+class BitnetCppModel(GreedyDecoding):
     """One model and one context of bitnet.cpp (in the child process)."""
 
     name = "bitnetcpp"
+    error = BitnetCppError
+    no_capture = "model was loaded without capture"
 
     def __init__(self, libllama: str | Path, model_path: str | Path, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16",
                  capture: bool = False):  # fmt: skip
@@ -312,64 +311,16 @@ class BitnetCppModel:
             out[j] = np.frombuffer(self.ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32)
         return out
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Teacher-forced logits of every position in one batch, fresh cache: (n, n_vocab)."""
-        self.reset()
-        return self._decode([int(i) for i in ids], all_logits=True)
-
-    def prefill_all(self, ids: list[int]) -> np.ndarray:
-        return self._decode([int(i) for i in ids], all_logits=True)
-
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        return self._decode([int(i) for i in ids], all_logits=False)[0]
-
-    def decode_step(self, token: int) -> np.ndarray:
-        return self._decode([int(token)], all_logits=True)[0]
-
     def truncate(self, n_past: int) -> None:
         """Drop cached positions ≥ n_past (llama_kv_cache_seq_rm)."""
         self.lib.llama_kv_cache_seq_rm(self.ctx, 0, n_past, -1)
         self.n_past = n_past
 
-    def generate(self, ids: list[int], steps: int, keep_logits: bool = False):
-        """Greedy continuation (argmax) after a fresh prefill → (tokens, per-step logits)."""
-        self.reset()
-        last = self.prefill(ids)
-        toks, logs = [], []
-        for i in range(steps):
-            if keep_logits:
-                logs.append(last)
-            t = int(np.argmax(last))
-            toks.append(t)
-            if i + 1 < steps:
-                last = self.decode_step(t)
-        return toks, logs
-
-    def capture_logits(self, ids: list[int], want) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Teacher-forced logits plus every graph tensor whose name satisfies want(name)."""
-        if not hasattr(self, "_cb"):
-            raise BitnetCppError("model was loaded without capture")
-        self.captured = {}
-        self._capture_filter = want
-        try:
-            out = self.logits(ids)
-        finally:
-            self._capture_filter = None
-        return out, dict(self.captured)
-
     # --- the fork's own sampler chain -----------------------------------------------------------
     def sampler_chain(self, params):
         """top-k → typical → top-p → min-p → temperature → dist(seed), as llama-cpp-python builds it
         for llama.cpp (crossval/backends/llamacpp.py), from the fork's sampler functions."""
-        lib = self.lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(params.top_k))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_typical(params.typical_p, params.min_keep))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, params.min_keep))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(params.min_p, params.min_keep))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(params.seed))
-        return chain
+        return sampler_chain(self.lib, params)
 
     def sample_logits(self, chain, logits: np.ndarray) -> int:
         n = len(logits)

@@ -64,17 +64,91 @@ class GGMLTensor(ctypes.Structure):
     ]
 
 
-def _read_tensor(t: GGMLTensor) -> np.ndarray | None:
-    """Copy an F32/F16 tensor out of host memory → numpy in (ne[3], ne[2], ne[1], ne[0]) order."""
-    dt = {0: np.float32, 1: np.float16}.get(t.type)
-    if dt is None or not t.data:
+def tensor_array(type_: int, ne, nb, host_bytes) -> np.ndarray | None:
+    """An F32/F16 ggml tensor (ggml type, ne, nb) → float32 numpy in (ne[3], ne[2], ne[1], ne[0])
+    order; host_bytes(span) returns a buffer over the span bytes the tensor occupies in host
+    memory. None for another type."""
+    dt = {0: np.float32, 1: np.float16}.get(type_)
+    if dt is None:
         return None
-    ne, nb = list(t.ne), list(t.nb)
+    ne, nb = list(ne), list(nb)
     span = sum((n - 1) * b for n, b in zip(ne, nb)) + np.dtype(dt).itemsize
-    raw = (ctypes.c_char * span).from_address(t.data)
-    base = np.frombuffer(raw, dtype=np.uint8)
+    base = np.frombuffer(host_bytes(span), dtype=np.uint8)
     arr = np.ndarray(shape=tuple(reversed(ne)), dtype=dt, buffer=base, strides=tuple(reversed(nb)))
     return arr.astype(np.float32)
+
+
+def _read_tensor(t: GGMLTensor) -> np.ndarray | None:
+    """Copy an F32/F16 tensor out of host memory → numpy in (ne[3], ne[2], ne[1], ne[0]) order."""
+    if not t.data:
+        return None
+    return tensor_array(t.type, t.ne, t.nb, lambda span: (ctypes.c_char * span).from_address(t.data))
+
+
+def sampler_chain(api, params):
+    """The chain llama-cpp-python builds (llama.py _init_sampler): top-k → typical → top-p →
+    min-p → temperature → dist(seed), from `api`'s llama_sampler_* functions (llama.cpp's through
+    llama_cpp, or a fork's through cffi). Free it with llama_sampler_free."""
+    chain = api.llama_sampler_chain_init(api.llama_sampler_chain_default_params())
+    api.llama_sampler_chain_add(chain, api.llama_sampler_init_top_k(params.top_k))
+    api.llama_sampler_chain_add(chain, api.llama_sampler_init_typical(params.typical_p, params.min_keep))
+    api.llama_sampler_chain_add(chain, api.llama_sampler_init_top_p(params.top_p, params.min_keep))
+    api.llama_sampler_chain_add(chain, api.llama_sampler_init_min_p(params.min_p, params.min_keep))
+    api.llama_sampler_chain_add(chain, api.llama_sampler_init_temp(params.temperature))
+    api.llama_sampler_chain_add(chain, api.llama_sampler_init_dist(params.seed))
+    return chain
+
+
+class GreedyDecoding:
+    """Teacher-forced logits, greedy generation and graph capture over a llama.cpp-style context,
+    shared by LlamaCppBackend and bitnet.cpp's BitnetCppModel. The class provides reset(),
+    _decode(ids, all_logits) → (rows, n_vocab) float32, and (when built to capture) _cb, captured
+    and _capture_filter; `error` is the exception it raises, `no_capture` the message when the
+    model was built without capture."""
+
+    error: type[Exception] = RuntimeError
+    no_capture = "model was created without capture"
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Teacher-forced logits of every position, fresh cache: (n, n_vocab) float32."""
+        self.reset()
+        return self._decode([int(i) for i in ids], all_logits=True)
+
+    def prefill_all(self, ids: list[int]) -> np.ndarray:
+        return self._decode([int(i) for i in ids], all_logits=True)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        return self._decode([int(i) for i in ids], all_logits=False)[0]
+
+    def decode_step(self, token: int) -> np.ndarray:
+        return self._decode([int(token)], all_logits=True)[0]
+
+    def generate(self, ids: list[int], steps: int, keep_logits: bool = False):
+        """Greedy continuation (argmax) after a fresh prefill; → (tokens, per-step logits)."""
+        self.reset()
+        last = self.prefill(ids)
+        toks, logs = [], []
+        for i in range(steps):
+            if keep_logits:
+                logs.append(last)
+            t = int(np.argmax(last))
+            toks.append(t)
+            if i + 1 < steps:
+                last = self.decode_step(t)
+        return toks, logs
+
+    def capture_logits(self, ids: list[int], want) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Teacher-forced logits plus every graph tensor whose name satisfies want(name)
+        (e.g. 'l_out-3', 'ffn_out-3', 'kqv_out-3', 'result_norm'). Needs capture=True."""
+        if not hasattr(self, "_cb"):
+            raise self.error(self.no_capture)
+        self.captured = {}
+        self._capture_filter = want
+        try:
+            out = self.logits(ids)
+        finally:
+            self._capture_filter = None
+        return out, dict(self.captured)
 
 
 def _lib():
@@ -102,8 +176,10 @@ def _silence(llama_cpp) -> None:
         llama_cpp.llama_backend_init()
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(GreedyDecoding):
     name = "llamacpp"
+    error = LlamaCppError
+    no_capture = "backend was created without capture=True"
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int = 2048, threads: int = 1, kv_type: str = "f16",
                  flash_attn: bool = False, vocab_only: bool = False, n_batch: int | None = None,
@@ -227,65 +303,15 @@ class LlamaCppBackend:
             out[j] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
         return out
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Teacher-forced logits of every position, fresh cache: (n, n_vocab) float32."""
-        self.reset()
-        return self._decode(list(ids), all_logits=True)
-
-    def prefill_all(self, ids: list[int]) -> np.ndarray:
-        return self._decode(list(ids), all_logits=True)
-
     def truncate(self, n_past: int) -> None:
         """Drop cached positions ≥ n_past (llama_memory_seq_rm)."""
         self.lc.llama_memory_seq_rm(self.lc.llama_get_memory(self.ctx), 0, n_past, -1)
         self.n_past = n_past
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        return self._decode(list(ids), all_logits=False)[0]
-
-    def decode_step(self, token: int) -> np.ndarray:
-        return self._decode([int(token)], all_logits=True)[0]
-
-    def generate(self, ids: list[int], steps: int, keep_logits: bool = False):
-        """Greedy continuation (argmax) after a fresh prefill; → (tokens, per-step logits)."""
-        self.reset()
-        last = self.prefill(ids)
-        toks, logs = [], []
-        for i in range(steps):
-            if keep_logits:
-                logs.append(last)
-            t = int(np.argmax(last))
-            toks.append(t)
-            if i + 1 < steps:
-                last = self.decode_step(t)
-        return toks, logs
-
-    def capture_logits(self, ids: list[int], want) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Teacher-forced logits plus every graph tensor whose name satisfies want(name)
-        (e.g. 'l_out-3', 'ffn_out-3', 'kqv_out-3', 'result_norm'). Needs capture=True."""
-        if not hasattr(self, "_cb"):
-            raise LlamaCppError("backend was created without capture=True")
-        self.captured = {}
-        self._capture_filter = want
-        try:
-            out = self.logits(ids)
-        finally:
-            self._capture_filter = None
-        return out, dict(self.captured)
-
     # --- sampling (llama.cpp's own chain) -------------------------------------------------------------
     def sampler_chain(self, params):
-        """The chain llama-cpp-python builds (llama.py _init_sampler): top-k → typical → top-p →
-        min-p → temperature → dist(seed). Free it with llama_sampler_free."""
-        lc = self.lc
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(params.top_k))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_typical(params.typical_p, params.min_keep))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, params.min_keep))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(params.min_p, params.min_keep))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(params.seed))
-        return chain
+        """llama.cpp's sampler chain (sampler_chain above); free it with llama_sampler_free."""
+        return sampler_chain(self.lc, params)
 
     def sample_logits(self, chain, logits: np.ndarray) -> int:
         """Apply a sampler chain to a logits vector (llama_sampler_apply on a token-data array)."""
