@@ -18,16 +18,13 @@ source file's sha256.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
-from crossval import isa, signals
+from crossval import isa
+from crossval.kit_build import build_info, build_once, hash_files, run_build_sh
 from crossval.models import cache_dir
 from engine.convert import sha256_file
 
@@ -83,12 +80,7 @@ def kit_path() -> Path:
 
 def kit_hash(kit: Path) -> str:
     """blake3 over build.sh, SHA256SUMS (which pins the tarballs) and the tools."""
-    h = blake3.blake3()
-    files = [kit / "build.sh", kit / "SHA256SUMS"] + sorted(p for p in (kit / "tools").rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(kit)).encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return hash_files(kit, [kit / "build.sh", kit / "SHA256SUMS"] + sorted(p for p in (kit / "tools").rglob("*") if p.is_file()))
 
 
 def build_dir(kit: Path | None = None) -> Path:
@@ -96,9 +88,8 @@ def build_dir(kit: Path | None = None) -> Path:
 
 
 def _find(out: Path, built_s: float | None) -> KitBuild | None:
-    try:
-        info = json.loads((out / "BUILD_INFO.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    info = build_info(out)
+    if info is None:
         return None
     outs = info.get("outputs") or []
     if not outs or not all((out / p).is_file() for p in outs):
@@ -116,37 +107,25 @@ def ensure_built(jobs: int | None = None, progress=None) -> KitBuild:
     progress = progress or (lambda line: None)
     kit = kit_path()
     out = build_dir(kit)
-    found = _find(out, None)
-    if found:
-        return found
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building this very directory
-        found = _find(out, None)
-        if found:
-            return found
-        # a build under way is never taken for a finished one, even when it is interrupted: build.sh
-        # writes BUILD_INFO.json last (from its stage stamps), so the old one goes first
-        (out / "BUILD_INFO.json").unlink(missing_ok=True)
-        (out / isa.RECORD).unlink(missing_ok=True)
+
+    def build() -> KitBuild:
         cmd = ["bash", str(kit / "build.sh"), "--out", str(out), "--jobs", str(jobs or os.cpu_count() or 2)]
-        t = time.perf_counter()
-        tail: list[str] = []
-        with signals.child(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:  # killed if we are
-            for line in p.stdout:
-                line = line.rstrip("\n")
-                tail = (tail + [line])[-40:]
-                if line.startswith("build.sh: ") and "error" not in line:
-                    progress(line[len("build.sh: ") :])
-            rc = p.wait()
-        if rc != 0:
-            err = next((ln for ln in reversed(tail) if "error" in ln.lower()), tail[-1] if tail else "no output")
-            raise KitError(f"bitnet.cpp kit build failed (build.sh exit {rc}): {err.strip()}")
-        isa.record(out)
-        found = _find(out, time.perf_counter() - t)
+        found = _find(out, run_build_sh(cmd, out, _stage, progress, _failed))
         if not found:
             raise KitError(f"bitnet.cpp kit build finished but {out / 'BUILD_INFO.json'} does not list its outputs")
         return found
+
+    return build_once(out, lambda: _find(out, None), build)
+
+
+def _stage(line: str) -> str | None:
+    """build.sh's step lines ("build.sh: <step>", not its errors) → the step."""
+    return line[len("build.sh: ") :] if line.startswith("build.sh: ") and "error" not in line else None
+
+
+def _failed(rc: int, tail: list[str]) -> KitError:
+    err = next((ln for ln in reversed(tail) if "error" in ln.lower()), tail[-1] if tail else "no output")
+    return KitError(f"bitnet.cpp kit build failed (build.sh exit {rc}): {err.strip()}")
 
 
 def quantize_i2s(src: Path, build: KitBuild | None = None, timeout: float = 600.0) -> Path:

@@ -11,18 +11,14 @@ asked for. A file lock keeps two crossval processes from building the same direc
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
-from crossval import isa, signals
+from crossval import isa
+from crossval.kit_build import build_info, build_once, hash_files, run_build_sh
 from crossval.models import cache_dir
 from engine.convert import sha256_file
 
@@ -77,13 +73,9 @@ def kit_path() -> Path:
 def kit_hash(kit: Path) -> str:
     """blake3 over the kit's own files; the source tarballs enter through sources/SHA256SUMS
     (build.sh verifies them against it)."""
-    h = blake3.blake3()
     files = [kit / "build.sh", kit / "sources" / "SHA256SUMS"]
     files += sorted(p for d in ("patches", "tools") for p in (kit / d).rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(kit)).encode() + b"\0")
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return hash_files(kit, files)
 
 
 def build_dir(patched: bool = True, kit: Path | None = None) -> Path:
@@ -92,11 +84,8 @@ def build_dir(patched: bool = True, kit: Path | None = None) -> Path:
 
 
 def _find(out: Path, gguf_sha: str, variant: str, built_s: float | None) -> KitBuild | None:
-    try:
-        info = json.loads((out / "BUILD_INFO.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if info.get("variant") != variant:
+    info = build_info(out)
+    if info is None or info.get("variant") != variant:
         return None
     for w in info.get("weights") or []:
         if w.get("gguf_sha256") == gguf_sha:
@@ -116,9 +105,8 @@ def built_simd_target() -> str | None:
     except KitError:
         return None
     for patched in (True, False):
-        try:
-            info = json.loads((build_dir(patched, kit) / "BUILD_INFO.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        info = build_info(build_dir(patched, kit))
+        if info is None:
             continue
         target = (info.get("compiler") or {}).get("hwy_static_target")
         if target:
@@ -143,41 +131,30 @@ def ensure_built(gguf: Path, patched: bool = True, jobs: int | None = None, prog
     variant = "patched" if patched else "upstream"
     gguf_sha = sha256_file(gguf)
     out = build_dir(patched, kit)
-    found = _find(out, gguf_sha, variant, None)
-    if found:
-        return found
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building this very directory
-        found = _find(out, gguf_sha, variant, None)
-        if found:
-            return found
+
+    def build() -> KitBuild:
         missing = missing_python_packages()
         if missing:
             raise KitError(f"the gemma.cpp kit's GGUF converter needs {' '.join(missing)}: "
                            f"{sys.executable} -m pip install {' '.join(missing)}  (or pip install -e '.[gemmacpp]')")  # fmt: skip
-        # a build under way is never taken for a finished one, even when it is interrupted: build.sh
-        # writes BUILD_INFO.json last (from its stage stamps), so the old one goes first
-        (out / "BUILD_INFO.json").unlink(missing_ok=True)
-        (out / isa.RECORD).unlink(missing_ok=True)
         cmd = ["bash", str(kit / "build.sh"), "--out", str(out), "--gguf", str(gguf.resolve()), "--python", sys.executable,
                "--jobs", str(jobs or os.cpu_count() or 2)]  # fmt: skip
         if not patched:
             cmd.append("--no-patches")
-        t = time.perf_counter()
-        tail: list[str] = []
-        with signals.child(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as p:  # killed if we are
-            for line in p.stdout:
-                line = line.rstrip("\n")
-                tail = (tail + [line])[-40:]
-                if line.startswith("[build.sh]"):
-                    progress(line[len("[build.sh] ") :])
-            rc = p.wait()
-        if rc != 0:
-            err = next((ln for ln in tail if "error" in ln.lower()), tail[-1] if tail else "no output")
-            raise KitError(f"gemma.cpp kit build failed (build.sh exit {rc}): {err.strip()} — logs in {out / 'logs'}")
-        isa.record(out)
-        found = _find(out, gguf_sha, variant, time.perf_counter() - t)
+        built_s = run_build_sh(cmd, out, _stage, progress, lambda rc, tail: _failed(rc, tail, out))
+        found = _find(out, gguf_sha, variant, built_s)
         if not found:
             raise KitError(f"gemma.cpp kit build finished but {out / 'BUILD_INFO.json'} lists no weights for {gguf.name}")
         return found
+
+    return build_once(out, lambda: _find(out, gguf_sha, variant, None), build)
+
+
+def _stage(line: str) -> str | None:
+    """build.sh's stage lines ("[build.sh] <stage>") → the stage."""
+    return line[len("[build.sh] ") :] if line.startswith("[build.sh]") else None
+
+
+def _failed(rc: int, tail: list[str], out: Path) -> KitError:
+    err = next((ln for ln in tail if "error" in ln.lower()), tail[-1] if tail else "no output")
+    return KitError(f"gemma.cpp kit build failed (build.sh exit {rc}): {err.strip()} — logs in {out / 'logs'}")
