@@ -122,12 +122,10 @@ def ggml_bf16_dot() -> bool:
     return bool(lib.cv_ggml_bf16_dot())
 
 
-def attention_f16(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv: int, mask: np.ndarray, scale: float,
-                  softcap: float = 0.0, lanes: int | None = None, threads: int = 1) -> np.ndarray:  # fmt: skip
-    """llama.cpp's CPU attention over an F16 cache (no flash attention), bit for bit.
-    q (n_q, n_head, d) float32; k16 (n_ctx, n_head_kv, d) and v16t (n_head_kv, dv, n_ctx) float16 —
-    V transposed as llama.cpp stores it; keys [0, n_kv) are read; mask (n_q, n_kv) additive.
-    → (n_q, n_head, dv) float32."""
+def attention_buffers(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv: int, mask: np.ndarray):
+    """The checked arguments of an attention over an F16 cache (layout as attention_f16):
+    → (q, mask) as contiguous float32, the (n_q, n_head, dv) float32 output buffer, and
+    (n_q, n_head, d, n_ctx, n_head_kv, dv)."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     mask = np.ascontiguousarray(mask, dtype=np.float32)
     n_q, n_head, d = q.shape
@@ -136,6 +134,16 @@ def attention_f16(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv: int, m
     assert k16.dtype == np.float16 and v16t.dtype == np.float16 and k16.flags.c_contiguous and v16t.flags.c_contiguous
     assert mask.shape == (n_q, n_kv) and v16t.shape == (n_head_kv, dv, n_ctx)
     out = np.empty((n_q, n_head, dv), dtype=np.float32)
+    return q, mask, out, (n_q, n_head, d, n_ctx, n_head_kv, dv)
+
+
+def attention_f16(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv: int, mask: np.ndarray, scale: float,
+                  softcap: float = 0.0, lanes: int | None = None, threads: int = 1) -> np.ndarray:  # fmt: skip
+    """llama.cpp's CPU attention over an F16 cache (no flash attention), bit for bit.
+    q (n_q, n_head, d) float32; k16 (n_ctx, n_head_kv, d) and v16t (n_head_kv, dv, n_ctx) float16 —
+    V transposed as llama.cpp stores it; keys [0, n_kv) are read; mask (n_q, n_kv) additive.
+    → (n_q, n_head, dv) float32."""
+    q, mask, out, (n_q, n_head, d, n_ctx, n_head_kv, dv) = attention_buffers(q, k16, v16t, n_kv, mask)
     lanes = ggml_lanes() if lanes is None else lanes
     if lib.cv_attention_f16(_ptr(q, "float *"), n_q, n_head, d, _ptr(k16, "uint16_t *"), _ptr(v16t, "uint16_t *"), n_ctx, int(n_kv),
                             n_head_kv, dv, _ptr(mask, "float *"), float(scale), float(softcap), int(lanes), _ptr(out, "float *"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels import _ptr, ffi, ggml_lanes, lib
+from engine.kernels import _ptr, attention_buffers, ffi, ggml_lanes, lib
 
 
 def i2s_quantize_acts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,14 +65,7 @@ def n_kv(cells: int, n_ctx: int) -> int:
 def attention_f16(q: np.ndarray, k16: np.ndarray, v16t: np.ndarray, n_kv_cells: int, mask: np.ndarray, scale: float,
                   lanes: int | None = None, threads: int = 1) -> np.ndarray:  # fmt: skip
     """The fork's CPU attention over an F16 cache (layout as engine.kernels.attention_f16)."""
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    mask = np.ascontiguousarray(mask, dtype=np.float32)
-    n_q, n_head, d = q.shape
-    n_ctx, n_head_kv, _ = k16.shape
-    dv = v16t.shape[1]
-    assert k16.dtype == np.float16 and v16t.dtype == np.float16 and k16.flags.c_contiguous and v16t.flags.c_contiguous
-    assert mask.shape == (n_q, n_kv_cells) and v16t.shape == (n_head_kv, dv, n_ctx)
-    out = np.empty((n_q, n_head, dv), dtype=np.float32)
+    q, mask, out, (n_q, n_head, d, n_ctx, n_head_kv, dv) = attention_buffers(q, k16, v16t, n_kv_cells, mask)
     lanes = ggml_lanes() if lanes is None else lanes
     if lib.cv_attention_f16_bitnet(_ptr(q, "float *"), n_q, n_head, d, _ptr(k16, "uint16_t *"), _ptr(v16t, "uint16_t *"), n_ctx,
                                    int(n_kv_cells), n_head_kv, dv, _ptr(mask, "float *"), float(scale), int(lanes), _ptr(out, "float *"),
