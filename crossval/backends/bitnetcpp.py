@@ -64,14 +64,10 @@ class BitnetCpp(ChildBackend, Backend):
         self._send("load", **self._load_args)
         self._info = None
 
-    def wait_loaded(self) -> None:
-        if self._info is None:
-            self._info = self._receive()
-            self.load_s = time.perf_counter() - self._t0
-            self.n_vocab = self._info["n_vocab"]
-            b = self.kit.provenance()
-            self._provenance = dict(self._info["provenance"], build=b, commit=b["llama_cpp_commit"],
-                                    version=f"bitnet.cpp {(b['bitnet_commit'] or '')[:12]} (llama.cpp fork {(b['llama_cpp_commit'] or '')[:12]})")  # fmt: skip
+    def _with_build(self, provenance: dict) -> dict:
+        b = self.kit.provenance()
+        return dict(provenance, build=b, commit=b["llama_cpp_commit"],
+                    version=f"bitnet.cpp {(b['bitnet_commit'] or '')[:12]} (llama.cpp fork {(b['llama_cpp_commit'] or '')[:12]})")  # fmt: skip
 
     def _npy(self, name: str) -> str:
         return str(Path(self._tmp.name) / (f"{name}.npz" if name in ("pass", "capture") else f"{name}.npy"))

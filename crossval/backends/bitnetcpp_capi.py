@@ -289,27 +289,7 @@ class BitnetCppModel(GreedyDecoding):
         bad = [t for t in ids if not 0 <= t < self.n_vocab]
         if bad:
             raise BitnetCppError(f"token id {bad[0]} out of range [0, {self.n_vocab})")
-        batch = lib.llama_batch_init(n, 0, 1)
-        try:
-            for i, t in enumerate(ids):
-                batch.token[i] = t
-                batch.pos[i] = self.n_past + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1 if (all_logits or i == n - 1) else 0
-            batch.n_tokens = n
-            rc = lib.llama_decode(self.ctx, batch)
-            if rc != 0:
-                raise BitnetCppError(f"llama_decode failed with code {rc}")
-        finally:
-            lib.llama_batch_free(batch)
-        self.n_past += n
-        rows = range(n) if all_logits else [n - 1]
-        out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
-        for j, i in enumerate(rows):
-            ptr = lib.llama_get_logits_ith(self.ctx, i)
-            out[j] = np.frombuffer(self.ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32)
-        return out
+        return self._decode_batch(lib, ids, all_logits, lambda ptr: np.frombuffer(self.ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32))
 
     def truncate(self, n_past: int) -> None:
         """Drop cached positions ≥ n_past (llama_kv_cache_seq_rm)."""

@@ -205,8 +205,21 @@ class ChildProcess:
 
 class ChildBackend(ChildProcess):
     """The Backend requests a child answering serve() (below) understands, the same for every
-    such backend: the subclass starts the child, sends "load" and defines wait_loaded() (which sets
-    n_vocab and _provenance), _npy(name) (the file an array travels through) and capture_rows."""
+    such backend: the subclass starts the child, sends "load" (setting _info = None and _t0) and
+    defines _npy(name) (the file an array travels through) and capture_rows; it may add to the
+    child's provenance (_with_build)."""
+
+    def wait_loaded(self) -> None:
+        """Wait for the reply to "load": sets load_s, n_vocab and the provenance."""
+        if self._info is None:
+            self._info = self._receive()
+            self.load_s = time.perf_counter() - self._t0
+            self.n_vocab = self._info["n_vocab"]
+            self._provenance = self._with_build(self._info["provenance"])
+
+    def _with_build(self, provenance: dict) -> dict:
+        """The child's provenance, completed with what only the parent knows (e.g. the kit build)."""
+        return provenance
 
     def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
         self.wait_loaded()
@@ -284,13 +297,6 @@ class IsolatedLlamaCpp(ChildBackend, Backend):
         self._t0 = time.perf_counter()
         self._send("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch)
         self._info = None
-
-    def wait_loaded(self) -> None:
-        if self._info is None:
-            self._info = self._receive()
-            self.load_s = time.perf_counter() - self._t0
-            self.n_vocab = self._info["n_vocab"]
-            self._provenance = self._info["provenance"]
 
     def _npy(self, name: str) -> str:
         return str(Path(self._tmp.name) / (f"{name}.npz" if name == "pass" else f"{name}.npy"))

@@ -100,14 +100,41 @@ def sampler_chain(api, params):
 
 
 class GreedyDecoding:
-    """Teacher-forced logits, greedy generation and graph capture over a llama.cpp-style context,
-    shared by LlamaCppBackend and bitnet.cpp's BitnetCppModel. The class provides reset(),
-    _decode(ids, all_logits) → (rows, n_vocab) float32, and (when built to capture) _cb, captured
+    """Batched decoding, teacher-forced logits, greedy generation and graph capture over a
+    llama.cpp-style context (ctx, n_past, n_vocab), shared by LlamaCppBackend and bitnet.cpp's
+    BitnetCppModel. The class provides reset(), _decode(ids, all_logits) → (rows, n_vocab) float32
+    (its checks, then _decode_batch), and (when built to capture) _cb, captured
     and _capture_filter; `error` is the exception it raises, `no_capture` the message when the
     model was built without capture."""
 
     error: type[Exception] = RuntimeError
     no_capture = "model was created without capture"
+
+    def _decode_batch(self, api, ids: list[int], all_logits: bool, row) -> np.ndarray:
+        """One llama_decode of ids (sequence 0, positions n_past…) through `api`'s llama_batch_* /
+        llama_decode → the logits of every position (all_logits) or of the last, each read by
+        row(llama_get_logits_ith pointer) as (n_vocab,) float32."""
+        n = len(ids)
+        batch = api.llama_batch_init(n, 0, 1)
+        try:
+            for i, t in enumerate(ids):
+                batch.token[i] = t
+                batch.pos[i] = self.n_past + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1 if (all_logits or i == n - 1) else 0
+            batch.n_tokens = n
+            rc = api.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise self.error(f"llama_decode failed with code {rc}")
+        finally:
+            api.llama_batch_free(batch)
+        self.n_past += n
+        rows = range(n) if all_logits else [n - 1]
+        out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
+        for j, i in enumerate(rows):
+            out[j] = row(api.llama_get_logits_ith(self.ctx, i))
+        return out
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Teacher-forced logits of every position, fresh cache: (n, n_vocab) float32."""
@@ -281,27 +308,7 @@ class LlamaCppBackend(GreedyDecoding):
         lc, n = self.lc, len(ids)
         if self.n_past + n > self.n_ctx:
             raise LlamaCppError(f"context full: {self.n_past} + {n} > n_ctx {self.n_ctx}")
-        batch = lc.llama_batch_init(n, 0, 1)
-        try:
-            for i, t in enumerate(ids):
-                batch.token[i] = t
-                batch.pos[i] = self.n_past + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = all_logits or i == n - 1
-            batch.n_tokens = n
-            rc = lc.llama_decode(self.ctx, batch)
-            if rc != 0:
-                raise LlamaCppError(f"llama_decode failed with code {rc}")
-        finally:
-            lc.llama_batch_free(batch)
-        self.n_past += n
-        rows = range(n) if all_logits else [n - 1]
-        out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
-        for j, i in enumerate(rows):
-            ptr = lc.llama_get_logits_ith(self.ctx, i)
-            out[j] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-        return out
+        return self._decode_batch(lc, ids, all_logits, lambda ptr: np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
 
     def truncate(self, n_past: int) -> None:
         """Drop cached positions ≥ n_past (llama_memory_seq_rm)."""
