@@ -335,7 +335,7 @@ def compare_passes(c: Comparison, eng: Backend, ref: Backend, steps: int, sampli
         p["cosine_min_position"] += off
         for r in c.rows:
             r["position"] += off
-    p["reference_quirks"] = _quirks(rp, len(ids))
+    p["reference_quirks"] = _quirks(rp, len(ids), getattr(eng, "mode", None))  # mode: the engine backend's arithmetic
     _free_running(p, rp, ep, steps)
     c.timing.update({
         "reference_logits_s": rp.seconds.get("prefill_s"), "engine_logits_s": ep.seconds.get("prefill_s"),
@@ -347,12 +347,24 @@ def compare_passes(c: Comparison, eng: Backend, ref: Backend, steps: int, sampli
         c.timing["engine_decode_tok_s"] = (steps - 1) / max(ep.seconds["generate_s"], 1e-9)
 
 
-def _quirks(rp: ComparePass, n_prompt: int) -> list[dict]:
+def _quirks(rp: ComparePass, n_prompt: int, engine_mode: str | None = None) -> list[dict]:
+    out = []
+    if rp.extra.get("stale_scores_from") is not None and engine_mode != "bf16":
+        # gemma.cpp's non-flash attention (Highway targets with a native bf16 dot) normalises a
+        # sliding-window layer's softmax over stale scores below the window: from that position on its
+        # logits are not the model's; --mode bf16 reproduces them, any other mode cannot
+        w = rp.extra["stale_scores_from"]
+        out.append({
+            "code": "reference_stale_attention_scores",
+            "message": f"the reference's logits from position {w} on are computed from stale attention scores: gemma.cpp built "
+                       f"for {rp.extra.get('simd_target')} normalises each sliding-window layer's softmax over leftover scores "
+                       f"below the window's start (docs/backends.md); compare with --mode bf16, which reproduces it",
+        })  # fmt: skip
     if not rp.extra.get("position_shift"):
-        return []
+        return out
     # gemma.cpp with prefix_end == prompt length runs the last prompt token again at position P:
     # its step s predicts after prompt + [last token] + continuation[:s]
-    return [{
+    return out + [{
         "code": "reference_reran_last_prompt_token",
         "message": f"the reference started decoding at position {rp.extra['pos'][0]}, not {n_prompt}: with prefix_end == "
                    f"prompt length gemma.cpp runs the last prompt token again, so its continuation is predicted from "

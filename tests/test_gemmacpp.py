@@ -95,13 +95,32 @@ def test_tokenizer_and_greedy_ids_match_the_kit_readme(gemma):
     np.testing.assert_array_equal(tf[len(ids) - 1 :], g.logits[:4])
 
 
+STALE = "reference_stale_attention_scores"
+
+
 @needs_llamacpp
 def test_run_against_gemmacpp_default_prompts(tmp_path):
+    """Float mode against gemma.cpp on the default prompts. Where gemma.cpp's build normalises
+    sliding-window softmaxes over stale scores (Highway targets with a native bf16 dot), a run past
+    the window is failed with that quirk named, and the positions before the window are held to
+    the same bounds as everywhere else."""
     r, summary, recs = _run(tmp_path, "--reference", "gemmacpp", "--mode", "float", "--steps", "32")
-    assert r.returncode == 0, r.stderr
     assert len(recs) == 8
+    stale = {pid for pid, rec in recs.items() if any(q["code"] == STALE for q in rec["parity"]["reference_quirks"])}
+    target = next(iter(recs.values()))["backends"]["reference"]["build"]["simd_target"]
+    from engine.kernels.gemmacpp import TARGETS
+
+    native_dot = TARGETS.get(target, (False, 0))[0]
+    long_run = {pid for pid, rec in recs.items() if rec["prompt"]["n_tokens"] + 32 > 512}
+    assert stale == (long_run if native_dot else set()), (target, stale)
+    assert r.returncode == (1 if stale else 0), r.stderr
+    for pid in stale:
+        assert any("stale attention scores" in f for f in recs[pid]["verdict"]["failures"])
     below = {}
     for pid, rec in recs.items():
+        if pid in stale:  # only the positions gemma.cpp computed correctly
+            rec["per_position"] = [q for q in rec["per_position"] if q["position"] < 512]
+            rec["parity"]["cosine_mean"] = sum(q["cosine"] for q in rec["per_position"]) / len(rec["per_position"])
         p = rec["parity"]
         ref = rec["backends"]["reference"]
         assert ref["name"] == "gemmacpp" and ref["threads"] == 2 and ref["build"]["variant"] == "patched"
@@ -176,9 +195,12 @@ def test_bf16_mode_equals_gemmacpp_bit_for_bit(kit, gemma):
 def test_three_way_names_the_odd_one_out(tmp_path):
     from crossval.prompts import load_set
 
+    # the long prompt cut to stay inside gemma-3's 512-token window: past it, gemma.cpp builds with a
+    # native bf16 dot compute from stale attention scores (test_run_against_gemmacpp_default_prompts)
     long = next(p for p in load_set("default") if p.id == "long")
-    r, summary, recs = _run(tmp_path, "--reference", "llamacpp", "--three-way", "--prompt-file",
-                            _prompt_file(tmp_path, {"long": long.text}))  # fmt: skip
+    r, summary, recs = _run(tmp_path, "--reference", "llamacpp", "--three-way", "--mode", "float", "--prompt-file",
+                            _prompt_file(tmp_path, {"long": long.text[:1200]}))  # fmt: skip
+    assert recs["long"]["prompt"]["n_tokens"] + 32 <= 512
     tw = recs["long"]["three_way"]
     assert tw["status"] == "ok" and tw["backends"] == ["engine", "llamacpp", "gemmacpp"]
     pairs = tw["pairs"]

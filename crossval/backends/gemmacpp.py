@@ -66,6 +66,7 @@ class GemmaCpp(Backend):
         self.bos = int(g.get("tokenizer.ggml.bos_token_id", 2))
         self.threads, self.timeout, self.prefix_end = threads, timeout, prefix_end
         self.n_vocab = int(cfg.n_vocab)
+        self.stale_scores_from = _stale_scores_from(self.kit.provenance().get("simd_target"), cfg)
         self._stderr: list[str] = []
         self.load_s = time.perf_counter() - t
 
@@ -137,6 +138,9 @@ class GemmaCpp(Backend):
         pos0 = (out.get("pos") or [len(ids)])[0]
         if pos0 != len(ids):
             extra["position_shift"] = pos0 - len(ids)
+        if self.stale_scores_from is not None and len(ids) + steps > self.stale_scores_from:
+            extra["stale_scores_from"] = self.stale_scores_from
+            extra["simd_target"] = self.kit.provenance().get("simd_target")
         t = time.perf_counter()
         if self.prefix_end > 0:
             prompt = step_logits[:1]
@@ -183,6 +187,22 @@ class GemmaCpp(Backend):
             "nproc": os.cpu_count(),
             "build": p,
         })  # fmt: skip
+
+
+def _stale_scores_from(simd_target: str | None, cfg) -> int | None:
+    """The first position whose logits gemma.cpp computes from stale attention scores, or None.
+
+    On Highway targets with a native bf16 dot (AVX3_ZEN4, AVX3_SPR, ...) gemma.cpp takes its
+    non-flash attention path, whose softmax runs over the whole score row of the activations buffer;
+    for a sliding-window layer the entries below the window's start still hold scores left there by
+    earlier layers and tokens, so every position from the window size on is normalised against them.
+    The engine's --mode bf16 reproduces this (engine/models/gemmacpp.py); float mode cannot."""
+    from engine.kernels.gemmacpp import TARGETS
+
+    native_dot = TARGETS.get(simd_target or "", (False, 0))[0]
+    if not native_dot or not cfg.sliding_window or not any(cfg.swa_layers):
+        return None
+    return int(cfg.sliding_window)
 
 
 def _tail(text, n: int = 20) -> list[str]:
