@@ -32,7 +32,7 @@ class BenchError(InputError):
     pass
 
 
-def _timed(f, min_s: float = 0.2) -> float:
+def timed(f, min_s: float = 0.2) -> float:
     """Seconds per call of f, averaged over enough calls to fill min_s."""
     f()
     n, t0 = 0, time.perf_counter()
@@ -74,8 +74,8 @@ def micro(eng, threads: int) -> dict:
     else:
         attend = lambda: attention(q, k, v, mask, scale=c.attn_scale)  # noqa: E731
     with threadpool_limits(limits=threads):
-        t_mm = _timed(lambda: w.matmul(x, names))
-        t_at = _timed(attend)
+        t_mm = timed(lambda: w.matmul(x, names))
+        t_at = timed(attend)
     return {
         "perf_matmul_decode": {"weights": list(names), "type": g.tensor(names[0]).type.name, "n_in": int(c.n_embd),
                                "n_out": int(n_out), "us": t_mm * 1e6, "gflops": 2 * c.n_embd * n_out / t_mm / 1e9},

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crossval.bench import timed
+
 MIB = 1 << 20
 
 
@@ -123,15 +125,7 @@ def matmul_peak(threads: list[int], min_s: float = 0.3) -> dict[int, float]:
     res = {}
     for th in threads:
         f = lambda: kernels.matmul_prequantized(raw, int(q8), xq, n, c, threads=th, out=out)  # noqa: E731
-        f()
-        k, t0 = 0, time.perf_counter()
-        while True:
-            f()
-            k += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_s:
-                break
-        res[th] = 2 * r * c * n / (dt / k) / 1e9
+        res[th] = 2 * r * c * n / timed(f, min_s) / 1e9
     return res
 
 
