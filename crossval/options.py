@@ -14,24 +14,22 @@ import argparse
 from engine.generate import MODES as ENGINE_MODES
 
 
-def positive_int(s: str) -> int:
+def _whole_number_at_least(s: str, low: int) -> int:
     try:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 1, not {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ {low}, not {v}")
     return v
+
+
+def positive_int(s: str) -> int:
+    return _whole_number_at_least(s, 1)
 
 
 def non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, not {v}")
-    return v
+    return _whole_number_at_least(s, 0)
 
 
 def positive_float(s: str) -> float:
