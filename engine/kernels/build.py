@@ -8,6 +8,12 @@ from pathlib import Path
 import cffi
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent  # setup.py's folder: setuptools wants every path relative to it
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
 
 CDEF = """
 typedef struct {
@@ -85,9 +91,9 @@ ffibuilder.set_source(
     (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n#include "gemma_kernels.h"\n#include "stream_bench.h"\n',
     extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
     # the tokenizers' merge loops (engine/tokenizer/native.py); gemma.cpp's arithmetic (engine mode bf16)
-    sources=[str(HERE / "tokmerge.c"), str(HERE / "gemma_kernels.c"), str(HERE / "stream_bench.c")],  # + the bench's read-bandwidth kernel
-    include_dirs=[str(HERE)],  # qdots_x86.h, iq_tables.h, tokmerge.h, gemma_kernels.h and the .c files qkernels.c includes
-    depends=sorted(str(p) for p in [*HERE.glob("*.h"), *HERE.glob("*.c")] if not p.name.startswith("_")),  # rebuild when one changes
+    sources=[_rel(HERE / "tokmerge.c"), _rel(HERE / "gemma_kernels.c"), _rel(HERE / "stream_bench.c")],  # + the bench's read-bandwidth kernel
+    include_dirs=[_rel(HERE)],  # qdots_x86.h, iq_tables.h, tokmerge.h, gemma_kernels.h and the .c files qkernels.c includes
+    depends=sorted(_rel(p) for p in [*HERE.glob("*.h"), *HERE.glob("*.c")] if not p.name.startswith("_")),  # rebuild when one changes
     extra_link_args=["-fopenmp"],
     libraries=["m"],
 )
@@ -95,5 +101,5 @@ ffibuilder.set_source(
 if __name__ == "__main__":
     import os
 
-    os.chdir(HERE.parent.parent)  # the module lands in engine/kernels/ next to this file
+    os.chdir(ROOT)  # the paths above are relative to it, and the module lands in engine/kernels/
     ffibuilder.compile(verbose=False)
