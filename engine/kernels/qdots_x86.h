@@ -194,8 +194,186 @@ CV_FN static void CV_SFX(dot8_q5_0)(const void *vw, int64_t wrow, const void *va
     for (int k = 0; k < 8; k++) out[k] = hsum8(acc[k]);
 }
 
-CV_GEMV(CV_FN, CV_SFX(gemv_q8_0), CV_SFX(dot_q8_0))
-CV_GEMV(CV_FN, CV_SFX(gemv_q4_1), CV_SFX(dot_q4_1))
-CV_GEMV(CV_FN, CV_SFX(gemv_q5_0), CV_SFX(dot_q5_0))
-CV_GEMV(CV_FN, CV_SFX(gemv_q4_0), CV_SFX(dot_q4_0))
-CV_GEMV(CV_FN, CV_SFX(gemv_q5_1), CV_SFX(dot_q5_1))
+
+/* ---- decode, four weight rows per pass ---------------------------------------------------------
+ * One activation row against rows [r0, r1): four rows at a time, each keeping its own 8-lane FMA chain
+ * in its vec_dot's order (the floats of dot_* above, bit for bit), so the four chains' latencies
+ * overlap and each activation block (its values, scale and offset term) is read once for the four.
+ * The integer lanes come from the weights' unsigned values: lane l = Σ u·y − off·Σy over its four
+ * bytes = Σ (u − off)·y, exactly ggml's lane (CV_PAIRS_ACC starts from −off·Σy). */
+
+/* 32 unsigned nibbles of 16 bytes: low nibbles (values 0..15), then high (16..31) */
+CV_FN static inline __m256i CV_SFX(nib32)(const uint8_t *q) {
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+    return _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0f));
+}
+
+/* the 5-bit types' 32 unsigned values: nibbles, bit e of qh as bit 4 of value e */
+CV_FN static inline __m256i CV_SFX(q5u)(const uint8_t *qs, const uint8_t *qhp) {
+#ifdef CV_MASK_BYTES
+    uint32_t qh;
+    memcpy(&qh, qhp, 4);
+    const __m256i n = CV_SFX(nib32)(qs);
+    return _mm256_mask_add_epi8(n, (__mmask32)qh, n, _mm256_set1_epi8(0x10));
+#else
+    return q5_values(qs, qhp);
+#endif
+}
+
+/* −off·Σy per 4-byte lane of an activation block (off ≤ 128: no int16 saturation without VNNI) */
+CV_FN static inline __m256i CV_SFX(neg_off)(__m256i y, int off) {
+    return off ? _mm256_sub_epi32(_mm256_setzero_si256(), CV_PAIRS(_mm256_set1_epi8((char)off), y)) : _mm256_setzero_si256();
+}
+
+/* one activation block (values y, scale da) against four rows' unsigned values u[i] and scales dw[i] */
+CV_FN static inline void CV_SFX(acc4_u8)(const __m256i *u, const float *dw, __m256i y, __m256i base, float da, __m256 *acc) {
+    for (int i = 0; i < 4; i++)
+        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * da), _mm256_cvtepi32_ps(CV_PAIRS_ACC(base, u[i], y)), acc[i]);
+}
+
+#define CV_GEMV4_PREFETCH(W, wrow, r, r1)                                                                              \
+    for (int64_t o = 0; (r) + 12 <= (r1) && o < 4 * (wrow); o += 64) __builtin_prefetch((W) + ((r) + 8) * (wrow) + o)
+
+/* Q4_0 / Q5_0 (signed: u − off) and Q8_0 against Q8_0 activations; the rows left over go one at a time */
+#define CV_GEMV4_Q8_0ACT(NAME, BT, UNPACK, OFF, DOT1)                                                                   \
+    CV_FN static void CV_SFX(NAME)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) { \
+        const blk_q8_0 *a = xq;                                                                                         \
+        int64_t r = r0;                                                                                                 \
+        for (; r + 4 <= r1; r += 4) {                                                                                   \
+            CV_GEMV4_PREFETCH(W, wrow, r, r1);                                                                          \
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};     \
+            for (int b = 0; b < nb; b++) {                                                                              \
+                __m256i u[4];                                                                                           \
+                float dw[4];                                                                                            \
+                for (int i = 0; i < 4; i++) {                                                                           \
+                    const BT *w = (const BT *)(W + (r + i) * wrow) + b;                                                \
+                    u[i] = UNPACK, dw[i] = _cvtsh_ss(w->d);                                                             \
+                }                                                                                                       \
+                const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);                                         \
+                CV_SFX(acc4_u8)(u, dw, y, CV_SFX(neg_off)(y, OFF), _cvtsh_ss(a[b].d), acc);                            \
+            }                                                                                                           \
+            for (int i = 0; i < 4; i++) Y[r + i] = hsum8(acc[i]);                                                       \
+        }                                                                                                               \
+        for (; r < r1; r++) Y[r] = DOT1(W + r * wrow, xq, nb);                                                          \
+    }
+
+CV_GEMV4_Q8_0ACT(gemv4_q4_0, blk_q4_0, CV_SFX(nib32)(w->qs), 8, CV_SFX(dot_q4_0))
+CV_GEMV4_Q8_0ACT(gemv4_q5_0, blk_q5_0, CV_SFX(q5u)(w->qs, w->qh), 16, CV_SFX(dot_q5_0))
+
+/* Q8_0: with VNNI the values moved to unsigned (x + 128, offset 128); maddubs would saturate there,
+ * so without VNNI the sign trick of dot_s8 */
+CV_FN static void CV_SFX(gemv4_q8_0)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) {
+    const blk_q8_0 *a = xq;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        CV_GEMV4_PREFETCH(W, wrow, r, r1);
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int b = 0; b < nb; b++) {
+            const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);
+            const float da = _cvtsh_ss(a[b].d);
+#ifdef CV_VNNI
+            const __m256i base = CV_SFX(neg_off)(y, 128);
+#endif
+            for (int i = 0; i < 4; i++) {
+                const blk_q8_0 *w = (const blk_q8_0 *)(W + (r + i) * wrow) + b;
+                const __m256i x = _mm256_loadu_si256((const __m256i *)w->qs);
+#ifdef CV_VNNI
+                const __m256i l = CV_PAIRS_ACC(base, _mm256_xor_si256(x, _mm256_set1_epi8((char)0x80)), y);
+#else
+                const __m256i l = CV_PAIRS(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+#endif
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w->d) * da), _mm256_cvtepi32_ps(l), acc[i]);
+            }
+        }
+        for (int i = 0; i < 4; i++) Y[r + i] = hsum8(acc[i]);
+    }
+    for (; r < r1; r++) Y[r] = CV_SFX(dot_q8_0)(W + r * wrow, xq, nb);
+}
+
+/* Q4_1 / Q5_1 against Q8_1: the lanes fused with d_w·d_a, m_w·s_a added to each row's float sum */
+#define CV_GEMV4_Q8_1ACT(NAME, BT, UNPACK, DOT1)                                                                        \
+    CV_FN static void CV_SFX(NAME)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) { \
+        const blk_q8_1 *a = xq;                                                                                         \
+        int64_t r = r0;                                                                                                 \
+        for (; r + 4 <= r1; r += 4) {                                                                                   \
+            CV_GEMV4_PREFETCH(W, wrow, r, r1);                                                                          \
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};     \
+            float summs[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                                  \
+            for (int b = 0; b < nb; b++) {                                                                              \
+                __m256i u[4];                                                                                           \
+                float dw[4];                                                                                            \
+                const float sa = _cvtsh_ss(a[b].s);                                                                     \
+                for (int i = 0; i < 4; i++) {                                                                           \
+                    const BT *w = (const BT *)(W + (r + i) * wrow) + b;                                                \
+                    u[i] = UNPACK, dw[i] = _cvtsh_ss(w->d);                                                             \
+                    summs[i] += _cvtsh_ss(w->m) * sa;                                                                   \
+                }                                                                                                       \
+                CV_SFX(acc4_u8)(u, dw, _mm256_loadu_si256((const __m256i *)a[b].qs), _mm256_setzero_si256(), _cvtsh_ss(a[b].d), acc); \
+            }                                                                                                           \
+            for (int i = 0; i < 4; i++) Y[r + i] = hsum8(acc[i]) + summs[i];                                            \
+        }                                                                                                               \
+        for (; r < r1; r++) Y[r] = DOT1(W + r * wrow, xq, nb);                                                          \
+    }
+
+CV_GEMV4_Q8_1ACT(gemv4_q4_1, blk_q4_1, CV_SFX(nib32)(w->qs), CV_SFX(dot_q4_1))
+CV_GEMV4_Q8_1ACT(gemv4_q5_1, blk_q5_1, CV_SFX(q5u)(w->qs, w->qh), CV_SFX(dot_q5_1))
+
+/* eight int32 vectors → one whose lane i is the sum of v[i]'s lanes (integers: any order is exact) */
+CV_FN static inline __m256i CV_SFX(hsum8x8_i32)(const __m256i *v) {
+    const __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i s1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31));
+}
+
+/* One Q4_K block of a row against one Q8_K activation block: the block's whole scaled integer Σ sc·q·y
+ * in 8 int32 lanes (*sum) and its min term Σ mn·bsums in 4 (*min); bsp: the activation's 8 sums of
+ * 32 values as int16, in both halves */
+CV_FN static inline void CV_SFX(q4_K_block_ints)(const blk_q4_K *w, const blk_q8_K *a, __m128i bsp, __m256i *sum, __m128i *min) {
+    uint32_t u[3];
+    memcpy(u, w->scales, 12);
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_lo = u[1] & 0x3f3f3f3fu, mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    const __m128i scm = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)); /* 8 scales as int16 */
+    *min = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo)), bsp);
+    const __m256i sc = _mm256_broadcastsi128_si256(scm), m4 = _mm256_set1_epi8(0x0f);
+    __m256i acc = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(w->qs + 32 * j));
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j)));
+        const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_loadu_si256((const __m256i *)(a->qs + 64 * j + 32)));
+        /* every int16 lane = scale 2j, resp. 2j+1 (bytes 4j, 4j+1 resp. 4j+2, 4j+3 of sc) */
+        const __m256i s0 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((4 * j + 1) << 8 | (4 * j))));
+        const __m256i s1 = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((4 * j + 3) << 8 | (4 * j + 2))));
+        acc = CV_MADD_ACC(CV_MADD_ACC(acc, p0, s0), p1, s1);
+    }
+    *sum = acc;
+}
+
+/* Q4_K's repacked gemv (repack.cpp ggml_gemv_q4_K_8x8_q8_K) on eight plain rows at a time (rows % 8 == 0):
+ * lane i of two float chains is row i — acc += float(block integer) · (d_w·d_a), accm += float(min
+ * integer) · (dmin_w·d_a), both fused — and the row's output is acc − accm */
+CV_FN static void CV_SFX(gemv8_q4_K)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) {
+    const blk_q8_K *a = xq;
+    for (int64_t r = r0; r + 8 <= r1; r += 8) {
+        for (int64_t o = 0; r + 16 <= r1 && o < 8 * wrow; o += 64) __builtin_prefetch(W + (r + 8) * wrow + o);
+        __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a[b].bsums);
+            const __m128i bsp = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            __m256i s[8];
+            __m128i m[8];
+            uint16_t d[8], dm[8];
+            for (int i = 0; i < 8; i++) {
+                const blk_q4_K *w = (const blk_q4_K *)(W + (r + i) * wrow) + b;
+                CV_SFX(q4_K_block_ints)(w, &a[b], bsp, &s[i], &m[i]);
+                d[i] = w->d, dm[i] = w->dmin;
+            }
+            const __m128i m03 = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
+            const __m128i m47 = _mm_hadd_epi32(_mm_hadd_epi32(m[4], m[5]), _mm_hadd_epi32(m[6], m[7]));
+            const __m256 da = _mm256_set1_ps(a[b].d);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(CV_SFX(hsum8x8_i32)(s)), _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d)), da), acc);
+            accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_set_m128i(m47, m03)), _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm)), da), accm);
+        }
+        _mm256_storeu_ps(Y + r, _mm256_sub_ps(acc, accm));
+    }
+}

@@ -359,27 +359,45 @@ AVX2_FN static inline void q6_K_half(const uint8_t *ql, const uint8_t *qhp, __m2
             Y[r] = dotf(W + r * wrow, xq, nb);                                                                     \
         }                                                                                                          \
     }
+/* CV_PAIRS_ACC(acc, u, s): acc + CV_PAIRS(u, s); CV_VNNI: dpbusd (no int16 pair saturation);
+ * CV_MASK_BYTES: AVX-512BW byte masks */
 #define CV_FN AVX2_FN
 #define CV_SFX(name) name##_avx2
 #define CV_PAIRS(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+#define CV_PAIRS_ACC(acc, u, s) _mm256_add_epi32(acc, CV_PAIRS(u, s))
+#define CV_MADD_ACC(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
 #include "qdots_x86.h"
+#undef CV_MADD_ACC
 #undef CV_FN
 #undef CV_SFX
 #undef CV_PAIRS
+#undef CV_PAIRS_ACC
+#define CV_VNNI
 #define CV_FN __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define CV_SFX(name) name##_avxvnni
 #define CV_PAIRS(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+#define CV_PAIRS_ACC(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#define CV_MADD_ACC(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
 #include "qdots_x86.h"
+#undef CV_MADD_ACC
 #undef CV_FN
 #undef CV_SFX
 #undef CV_PAIRS
-#define CV_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+#undef CV_PAIRS_ACC
+#define CV_MASK_BYTES
+#define CV_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 #define CV_SFX(name) name##_avx512vnni
 #define CV_PAIRS(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+#define CV_PAIRS_ACC(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#define CV_MADD_ACC(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
 #include "qdots_x86.h"
+#undef CV_MADD_ACC
 #undef CV_FN
 #undef CV_SFX
 #undef CV_PAIRS
+#undef CV_PAIRS_ACC
+#undef CV_VNNI
+#undef CV_MASK_BYTES
 
 /* Q4_K block: the low and high nibbles of its four 32-byte groups (values 64j..64j+31, 64j+32..64j+63) */
 AVX2_FN static inline void q4_K_nibbles(const blk_q4_K *w, __m256i *lo, __m256i *hi) {
@@ -567,7 +585,7 @@ static int vnni_kind(void) {
     if (!have_avx2() || simd_override == 2) return 0;
     if (cached < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") ? 2
+        cached = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") ? 2
                  : __builtin_cpu_supports("avxvnni")                                        ? 1
                                                                                              : 0;
     }
@@ -616,11 +634,11 @@ CV_GEMV(AVX2_FN, gemv_q6_K_avx2, dot_q6_K_avx2)
 static gemv_fn gemv_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (have_avx2()) {
-        if (wtype == T_Q8_0) return CV_PICK(gemv_q8_0);
-        if (wtype == T_Q4_1) return CV_PICK(gemv_q4_1);
-        if (wtype == T_Q5_0) return CV_PICK(gemv_q5_0);
-        if (wtype == T_Q4_0) return CV_PICK(gemv_q4_0);
-        if (wtype == T_Q5_1) return CV_PICK(gemv_q5_1);
+        if (wtype == T_Q8_0) return CV_PICK(gemv4_q8_0);
+        if (wtype == T_Q4_1) return CV_PICK(gemv4_q4_1);
+        if (wtype == T_Q5_0) return CV_PICK(gemv4_q5_0);
+        if (wtype == T_Q4_0) return CV_PICK(gemv4_q4_0);
+        if (wtype == T_Q5_1) return CV_PICK(gemv4_q5_1);
         if (wtype == T_Q6_K) return gemv_q6_K_avx2;
         if (iq2_type(wtype)) return iq2_gemv_for(wtype);
     }
@@ -813,6 +831,23 @@ static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, i
 }
 #endif
 
+/* one activation row: rows split across threads in runs of a multiple of `group` rows (the kernel's
+ * rows per pass); no thread team for one thread */
+static void gemv_rows(gemv_fn gemv, const char *W, int64_t wrow, int64_t n_rows, int group, const void *xq, int nb, float *Y,
+                      int n_threads) {
+    if (n_threads <= 1) {
+        gemv(W, wrow, 0, n_rows, xq, nb, Y);
+        return;
+    }
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int64_t nt = omp_get_num_threads(), it = omp_get_thread_num();
+        const int64_t per = (n_rows / group + nt - 1) / nt * group;
+        const int64_t r0 = it * per < n_rows ? it * per : n_rows, r1 = r0 + per < n_rows ? r0 + per : n_rows;
+        if (r0 < r1) gemv(W, wrow, r0, r1, xq, nb, Y);
+    }
+}
+
 /* Y (n_tok × n_rows, row stride ldy floats) from weights W (n_rows rows of n_cols in wtype blocks)
  * and pre-quantized xq. ldy > n_rows lets several weights fill column ranges of one output. */
 int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const void *xq, int64_t n_tok, float *Y, int64_t ldy,
@@ -826,6 +861,12 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     if (iq34_type(wtype)) return iq34_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot), 0;
     if (wtype == T_Q2_K || wtype == T_Q3_K) return kq_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
     const int route = ggml_route(wtype, n_rows, n_tok);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (route == 1 && n_tok == 1) { /* the repacked gemv, eight rows per pass */
+        gemv_rows(CV_PICK(gemv8_q4_K), (const char *)W, wrow, n_rows, 8, xq, nb, Y, n_threads);
+        return 0;
+    }
+#endif
     if (route == 1 || route == 2) {
         matmul_routed(route, wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
         return 0;
@@ -857,17 +898,8 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     const dot4_fn dot4 = dot4_for(wtype);
     const dot8_fn dot8 = n_tok >= 4 ? dot8_for(wtype) : NULL;
     const gemv_fn gemv = n_tok == 1 ? gemv_for(wtype) : NULL;
-    if (gemv) { /* decode: one row loop per type, the dot inlined; no thread team for one thread */
-        if (n_threads == 1) {
-            gemv((const char *)W, wrow, 0, n_rows, xq, nb, Y);
-        } else {
-#pragma omp parallel num_threads(n_threads)
-            {
-                const int64_t nt = omp_get_num_threads(), it = omp_get_thread_num(), per = (n_rows + nt - 1) / nt;
-                const int64_t r0 = it * per, r1 = r0 + per < n_rows ? r0 + per : n_rows;
-                if (r0 < r1) gemv((const char *)W, wrow, r0, r1, xq, nb, Y);
-            }
-        }
+    if (gemv) { /* decode: one row loop per type, the dot inlined */
+        gemv_rows(gemv, (const char *)W, wrow, n_rows, 4, xq, nb, Y, n_threads);
         return 0;
     }
     /* tokens in tiles whose activations stay in L1 while every weight row passes over them (one
