@@ -377,3 +377,150 @@ CV_FN static void CV_SFX(gemv8_q4_K)(const char *W, int64_t wrow, int64_t r0, in
         _mm256_storeu_ps(Y + r, _mm256_sub_ps(acc, accm));
     }
 }
+
+#ifdef CV_VNNI
+/* ---- prefill, 32-value block types (tinyBLAS_Q0_AVX / vec_dot order: one 8-lane FMA chain per output)
+ * A thread takes four weight rows at a time, turns their blocks once into unsigned values u (32 bytes),
+ * d_w (and Q4_1/Q5_1's m_w) as floats, then runs every token past them four at a time: 16 outputs in
+ * registers, each its own chain acc = fma(d_w·d_a, float(lane), acc) block after block, lane =
+ * Σ u·y − off·Σy (dpbusd from −off·Σy: ggml's lane exactly). Unsigned Q8_0 (x + 128) needs dpbusd:
+ * maddubs would saturate, so this path is VNNI only. */
+#ifndef CV_U8MM_TYPE
+#define CV_U8MM_TYPE
+typedef struct {
+    int wtype, off, mins;          /* offset subtracted from u; mins: + m_w·s_a per block (Q8_1 activations) */
+    int64_t wrow, arow, ab;        /* bytes per weight row, activation row, activation block */
+    int nb;
+} cv_u8mm;
+#endif
+
+/* row blocks → u (nb × 32 bytes), dw (nb), mw (nb) */
+CV_FN static void CV_SFX(u8mm_unpack)(const cv_u8mm *p, const char *wr, uint8_t *u, float *dw, float *mw) {
+    for (int b = 0; b < p->nb; b++) {
+        __m256i v;
+        if (p->wtype == T_Q8_0) {
+            const blk_q8_0 *w = (const blk_q8_0 *)wr + b;
+            v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)w->qs), _mm256_set1_epi8((char)0x80)), dw[b] = _cvtsh_ss(w->d);
+        } else if (p->wtype == T_Q4_0) {
+            const blk_q4_0 *w = (const blk_q4_0 *)wr + b;
+            v = CV_SFX(nib32)(w->qs), dw[b] = _cvtsh_ss(w->d);
+        } else if (p->wtype == T_Q5_0) {
+            const blk_q5_0 *w = (const blk_q5_0 *)wr + b;
+            v = CV_SFX(q5u)(w->qs, w->qh), dw[b] = _cvtsh_ss(w->d);
+        } else if (p->wtype == T_Q4_1) {
+            const blk_q4_1 *w = (const blk_q4_1 *)wr + b;
+            v = CV_SFX(nib32)(w->qs), dw[b] = _cvtsh_ss(w->d), mw[b] = _cvtsh_ss(w->m);
+        } else {
+            const blk_q5_1 *w = (const blk_q5_1 *)wr + b;
+            v = CV_SFX(q5u)(w->qs, w->qh), dw[b] = _cvtsh_ss(w->d), mw[b] = _cvtsh_ss(w->m);
+        }
+        _mm256_storeu_si256((__m256i *)(u + 32 * b), v);
+    }
+}
+
+/* NR (≤ 4) unpacked rows × NT (1 or 4) tokens: y0 points at the first token's first block values (rows
+ * arow bytes apart, blocks ab); da / sa: d_a / s_a of block b, token t at [b·n_tok + t] (from the tile's
+ * first token). d_w·d_a for a row's NT tokens in one multiply, each broadcast from its lane. out[r][t] */
+#define CV_U8MM_TILE(NAME, NR, NT, MINS)                                                                                \
+    CV_FN static void CV_SFX(NAME)(const uint8_t *u, const float *dw, const float *mw, int nb, const char *y0, int64_t arow, \
+                                   int64_t ab, const float *da, const float *sa, int64_t n_tok, int off, float out[4][4]) { \
+        __m256 acc[NR][NT];                                                                                             \
+        __m128 sm[NR];                                                                                                  \
+        for (int r = 0; r < NR; r++) {                                                                                  \
+            sm[r] = _mm_setzero_ps();                                                                                   \
+            for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();                                               \
+        }                                                                                                               \
+        const __m256i c_off = _mm256_set1_epi8((char)off);                                                              \
+        for (int b = 0; b < nb; b++) {                                                                                  \
+            __m256i y[NT], no[NT];                                                                                      \
+            for (int t = 0; t < NT; t++) {                                                                              \
+                y[t] = _mm256_loadu_si256((const __m256i *)(y0 + t * arow + b * ab));                                   \
+                no[t] = MINS ? _mm256_setzero_si256() : _mm256_sub_epi32(_mm256_setzero_si256(), CV_PAIRS(c_off, y[t])); \
+            }                                                                                                           \
+            const __m256 dav = NT == 4 ? _mm256_castps128_ps256(_mm_loadu_ps(da + (int64_t)b * n_tok)) : _mm256_set1_ps(da[(int64_t)b * n_tok]); \
+            for (int r = 0; r < NR; r++) {                                                                              \
+                const __m256i ur = _mm256_loadu_si256((const __m256i *)(u + ((int64_t)r * nb + b) * 32));               \
+                const __m256 d = _mm256_mul_ps(_mm256_set1_ps(dw[r * nb + b]), dav);                                    \
+                for (int t = 0; t < NT; t++)                                                                            \
+                    acc[r][t] = _mm256_fmadd_ps(NT == 1 ? d : _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(t)),        \
+                                                _mm256_cvtepi32_ps(CV_PAIRS_ACC(no[t], ur, y[t])), acc[r][t]);          \
+            }                                                                                                           \
+            if (MINS) {                                                                                                 \
+                const float *s = sa + (int64_t)b * n_tok;                                                               \
+                const __m128 s4 = NT == 4 ? _mm_loadu_ps(s) : _mm_set_ss(s[0]);                                         \
+                for (int r = 0; r < NR; r++) sm[r] = _mm_add_ps(sm[r], _mm_mul_ps(_mm_set1_ps(mw[r * nb + b]), s4));  \
+            }                                                                                                           \
+        }                                                                                                               \
+        for (int r = 0; r < NR; r++) {                                                                                  \
+            float s4[4];                                                                                                \
+            _mm_storeu_ps(s4, sm[r]);                                                                                   \
+            for (int t = 0; t < NT; t++) out[r][t] = MINS ? hsum8(acc[r][t]) + s4[t] : hsum8(acc[r][t]);                \
+        }                                                                                                               \
+    }
+CV_U8MM_TILE(u8mm_4x4, 4, 4, 0)
+CV_U8MM_TILE(u8mm_4x1, 4, 1, 0)
+CV_U8MM_TILE(u8mm_1x4, 1, 4, 0)
+CV_U8MM_TILE(u8mm_1x1, 1, 1, 0)
+CV_U8MM_TILE(u8mm_4x4m, 4, 4, 1)
+CV_U8MM_TILE(u8mm_4x1m, 4, 1, 1)
+CV_U8MM_TILE(u8mm_1x4m, 1, 4, 1)
+CV_U8MM_TILE(u8mm_1x1m, 1, 1, 1)
+
+/* Y (n_tok × n_rows, stride ldy) = W · xq for Q8_0 / Q4_0 / Q5_0 / Q4_1 / Q5_1; returns -1 without memory */
+CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, const char *xq, int64_t n_tok, float *Y,
+                              int64_t ldy, int n_threads) {
+    cv_u8mm p = {wtype, wtype == T_Q8_0 ? 128 : wtype == T_Q4_0 ? 8 : wtype == T_Q5_0 ? 16 : 0, wtype == T_Q4_1 || wtype == T_Q5_1,
+                 (int64_t)nb * (wtype == T_Q8_0 ? 34 : wtype == T_Q4_0 ? 18 : wtype == T_Q5_0 ? 22 : wtype == T_Q4_1 ? 20 : 24), 0, 0, nb};
+    p.ab = p.mins ? 36 : 34, p.arow = (int64_t)nb * p.ab;
+    float *da = malloc(sizeof(float) * (size_t)(n_tok * nb * (p.mins ? 2 : 1)));
+    if (!da) return -1;
+    float *sa = da + n_tok * nb;
+    int err = 0;
+#pragma omp parallel num_threads(n_threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int b = 0; b < nb; b++) {
+                const uint16_t *ab = (const uint16_t *)(xq + t * p.arow + b * p.ab);
+                da[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[0]);
+                if (p.mins) sa[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[1]);
+            }
+        uint8_t *u = malloc((size_t)nb * 4 * 32 + sizeof(float) * (size_t)nb * 8);
+        if (!u) {
+#pragma omp atomic write
+            err = 1;
+        }
+        float *dw = (float *)(u + (size_t)nb * 4 * 32), *mw = dw + 4 * nb;
+#pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
+            if (!u) continue;
+            const int nr = n_rows - r0 < 4 ? (int)(n_rows - r0) : 4;
+            for (int r = 0; r < nr; r++) CV_SFX(u8mm_unpack)(&p, W + (r0 + r) * p.wrow, u + (size_t)r * nb * 32, dw + r * nb, mw + r * nb);
+            const int yoff = p.mins ? 4 : 2;
+            for (int64_t t0 = 0; t0 < n_tok;) {
+                float out[4][4];
+                const int nt = n_tok - t0 >= 4 ? 4 : 1;
+                const char *y0 = xq + t0 * p.arow + yoff;
+                const float *dat = da + t0, *sat = sa + t0;
+                if (nr == 4) {
+                    if (p.mins) (nt == 4 ? CV_SFX(u8mm_4x4m) : CV_SFX(u8mm_4x1m))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
+                    else (nt == 4 ? CV_SFX(u8mm_4x4) : CV_SFX(u8mm_4x1))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
+                    for (int r = 0; r < 4; r++)
+                        for (int t = 0; t < nt; t++) Y[(t0 + t) * ldy + r0 + r] = out[r][t];
+                } else {
+                    for (int r = 0; r < nr; r++) {
+                        const uint8_t *ur = u + (size_t)r * nb * 32;
+                        if (p.mins) (nt == 4 ? CV_SFX(u8mm_1x4m) : CV_SFX(u8mm_1x1m))(ur, dw + r * nb, mw + r * nb, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
+                        else (nt == 4 ? CV_SFX(u8mm_1x4) : CV_SFX(u8mm_1x1))(ur, dw + r * nb, mw + r * nb, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
+                        for (int t = 0; t < nt; t++) Y[(t0 + t) * ldy + r0 + r] = out[0][t];
+                    }
+                }
+                t0 += nt;
+            }
+        }
+        free(u);
+    }
+    free(da);
+    return err ? -1 : 0;
+}
+#endif

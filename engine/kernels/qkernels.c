@@ -566,6 +566,28 @@ AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow,
     for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 
+#define CV_FN AVX2_FN
+#define CV_SFX(name) name##_avx2
+#define CV_MADD_ACC(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+#include "kq_tiled_x86.h"
+#undef CV_FN
+#undef CV_SFX
+#undef CV_MADD_ACC
+#define CV_FN __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define CV_SFX(name) name##_avxvnni
+#define CV_MADD_ACC(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#include "kq_tiled_x86.h"
+#undef CV_FN
+#undef CV_SFX
+#undef CV_MADD_ACC
+#define CV_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+#define CV_SFX(name) name##_avx512vnni
+#define CV_MADD_ACC(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
+#include "kq_tiled_x86.h"
+#undef CV_FN
+#undef CV_SFX
+#undef CV_MADD_ACC
+
 static int simd_override = -1; /* cv_set_simd: tests run the portable path on AVX2 machines too */
 
 static int have_avx2(void) {
@@ -751,86 +773,6 @@ static int ggml_route(int wtype, int64_t n_rows, int64_t n_tok) {
     return 0;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-AVX2_FN static inline int32_t hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
-/* Up to four activation rows per weight block: the block is unpacked once, each row keeps its own
- * chains (the same per-output order as one row at a time). */
-AVX2_FN static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok,
-                                  float *Y, int64_t ldy, int n_threads) {
-    const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : wtype == T_Q5_K ? 176 : 210), arow = (int64_t)nb * 292;
-    const int64_t n_gemm = n_tok - n_tok % 4; /* repack: rows in groups of 4 through gemm */
-    const int64_t tile = arow * 16 <= 32768 ? 16 : arow * 8 <= 32768 ? 8 : 4; /* activations kept in L1 */
-#pragma omp parallel num_threads(n_threads)
-    for (int64_t tt = 0; tt < n_tok; tt += tile) {
-        const int64_t tt1 = tt + tile < n_tok ? tt + tile : n_tok;
-#pragma omp for schedule(static) nowait
-        for (int64_t r = 0; r < n_rows; r++) {
-            const char *wr = (const char *)W + r * wrow;
-            for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch(wr + 4 * wrow + o);
-            for (int64_t t0 = tt; t0 < tt1; t0 += 4) {
-                const int nt = tt1 - t0 < 4 ? (int)(tt1 - t0) : 4;
-                float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, accm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                for (int b = 0; b < nb; b++) {
-                    if (wtype == T_Q6_K) {
-                        const blk_q6_K *w = (const blk_q6_K *)wr + b;
-                        __m256i v[8], s16[8];
-                        q6_K_unpack(w, v, s16);
-                        const float dw = _cvtsh_ss(w->d);
-                        for (int u = 0; u < nt; u++) {
-                            const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + (t0 + u) * arow) + b;
-                            acc[u] = fmaf((float)hsum_i32(q6_K_lanes(w, v, s16, a)) * dw, a->d, acc[u]);
-                        }
-                        continue;
-                    }
-                    /* Q4_K, or Q5_K (the same d, dmin and scales ahead of its fifth bits) */
-                    const blk_q4_K *w = (const blk_q4_K *)(wr + (int64_t)b * (wtype == T_Q5_K ? 176 : 144));
-                    uint8_t sc[8], mn[8];
-                    q4_K_scales(w->scales, sc, mn);
-                    __m256i lo[4], hi[4];
-                    if (wtype == T_Q5_K) q5_K_values((const blk_q5_K *)w, lo, hi);
-                    else q4_K_nibbles(w, lo, hi);
-                    const float dw = _cvtsh_ss(w->d), dmw = _cvtsh_ss(w->dmin);
-                    for (int u = 0; u < nt; u++) {
-                        const int64_t t = t0 + u;
-                        const blk_q8_K *a = (const blk_q8_K *)((const char *)xq + t * arow) + b;
-                        int32_t iacc[4], imin[4];
-                        __m256i sj[4];
-                        q4_K_pair_sums(lo, hi, sc, mn, a, sj, imin);
-                        /* the four 8-lane sums at once (integers: any order) */
-                        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(sj[0], sj[1]), _mm256_hadd_epi32(sj[2], sj[3]));
-                        _mm_storeu_si128((__m128i *)iacc, _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
-                        if (route == 2) { /* tiled, with mins: d·Σ − dmin·Σmins fused, then · d_a */
-                            const int32_t s1 = iacc[0] + iacc[1] + iacc[2] + iacc[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
-                            acc[u] = fmaf(fmaf(-dmw, (float)s2, (float)s1 * dw), a->d, acc[u]);
-                            continue;
-                        }
-                        const float dd = dw * a->d, dm = dmw * a->d;
-                        if (t < n_gemm) {
-                            for (int j = 0; j < 4; j++) acc[u] = fmaf((float)iacc[j], dd, acc[u]), accm[u] = fmaf((float)imin[j], dm, accm[u]);
-                        } else {
-                            acc[u] = fmaf((float)(iacc[0] + iacc[1] + iacc[2] + iacc[3]), dd, acc[u]);
-                            accm[u] = fmaf((float)(imin[0] + imin[1] + imin[2] + imin[3]), dm, accm[u]);
-                        }
-                    }
-                }
-                for (int u = 0; u < nt; u++) Y[(t0 + u) * ldy + r] = acc[u] - accm[u];
-            }
-        }
-    }
-}
-#else
-static void matmul_routed(int route, int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y,
-                          int64_t ldy, int n_threads) {
-    (void)route, (void)wtype, (void)W, (void)n_rows, (void)nb, (void)xq, (void)n_tok, (void)Y, (void)ldy, (void)n_threads;
-}
-#endif
-
 /* one activation row: rows split across threads in runs of a multiple of `group` rows (the kernel's
  * rows per pass); no thread team for one thread */
 static void gemv_rows(gemv_fn gemv, const char *W, int64_t wrow, int64_t n_rows, int group, const void *xq, int nb, float *Y,
@@ -868,7 +810,9 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     }
 #endif
     if (route == 1 || route == 2) {
-        matmul_routed(route, wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
+#if defined(__x86_64__) && defined(__GNUC__)
+        CV_PICK(kq_mm)(wtype, route, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
+#endif
         return 0;
     }
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -894,6 +838,11 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
         }
         return 0;
     }
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (n_tok >= 2 && vnni_kind() && (wtype == T_Q8_0 || wtype == T_Q4_0 || wtype == T_Q5_0 || wtype == T_Q4_1 || wtype == T_Q5_1))
+        return (vnni_kind() == 2 ? u8mm_avx512vnni : u8mm_avxvnni)(wtype, (const char *)W, n_rows, nb, (const char *)xq, n_tok, Y, ldy,
+                                                                    n_threads);
 #endif
     const dot4_fn dot4 = dot4_for(wtype);
     const dot8_fn dot8 = n_tok >= 4 ? dot8_for(wtype) : NULL;
