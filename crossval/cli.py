@@ -316,7 +316,7 @@ def cmd_bench(args) -> int:
             model = str(variant(args.model, parse_quants(args.quant)[0]))
         except MatrixError as e:
             raise InputError(str(e)) from None
-    rec = bench.run_bench(model, threads, args.decode_steps, args.prefill_tokens, args.mode)
+    rec = bench.run_bench(model, threads, args.decode_steps, args.prefill_tokens, args.mode, args.rounds)
     code = EXIT_OK
     if args.check:
         rec["check"] = bench.check(rec, bench.latest(rec["model"]["sha256"], Path(args.perf_dir), args.mode), args.tolerance)
@@ -714,6 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quant", help="bench the model requantized by llama.cpp to this type (crossval matrix's variants)")
     b.add_argument("--decode-steps", type=options.positive_int, default=64)
     b.add_argument("--prefill-tokens", type=options.positive_int, default=128)
+    b.add_argument("--rounds", type=options.positive_int, default=1, help="time each engine this many times, alternating "
+                   "which goes first, and keep each one's best (a machine shared with other work)")
     b.add_argument("--record", action="store_true", help="append the perf receipt to --perf-dir (the trend)")
     b.add_argument("--check", action="store_true", help="exit 1 when a ratio fell more than --tolerance below the "
                    "latest recorded receipt of this model (and mode)")

@@ -22,14 +22,14 @@ def _bench(tmp_path, model, *args):
 
 def test_bench_records_and_checks_ratios(tmp_path, tiny_model):
     model = tiny_model("llama")
-    r, out = _bench(tmp_path, model, "--record")
+    r, out = _bench(tmp_path, model, "--record", "--rounds", "2")  # each engine's best of two alternating rounds
     assert r.returncode == 0, r.stderr
     for k in ("engine_decode_tok_s", "llamacpp_decode_tok_s", "decode_ratio", "engine_prefill_tok_s", "prefill_ratio"):
         assert out[k] > 0
     assert abs(out["decode_ratio"] - out["engine_decode_tok_s"] / out["llamacpp_decode_tok_s"]) < 1e-9
     rec_path = next((tmp_path / "perf").glob("*.json"))
     rec = receipts.read_valid(rec_path)
-    assert rec["kind"] == "perf" and rec["micro"]["perf_matmul_decode"]["gflops"] > 0
+    assert rec["kind"] == "perf" and rec["micro"]["perf_matmul_decode"]["gflops"] > 0 and rec["config"]["rounds"] == 2
     # the roofline figures are the documented formulas of the receipt's own fields
     roof, row = rec["roofline"], rec["results"][0]
     for label in ("engine", "llamacpp"):
