@@ -225,10 +225,14 @@ CV_FN static inline __m256i CV_SFX(neg_off)(__m256i y, int off) {
     return off ? _mm256_sub_epi32(_mm256_setzero_si256(), CV_PAIRS(_mm256_set1_epi8((char)off), y)) : _mm256_setzero_si256();
 }
 
-/* one activation block (values y, scale da) against four rows' unsigned values u[i] and scales dw[i] */
-CV_FN static inline void CV_SFX(acc4_u8)(const __m256i *u, const float *dw, __m256i y, __m256i base, float da, __m256 *acc) {
+/* one activation block (values y, scale da) against four rows' unsigned values u[i] and fp16 scales h[i]:
+ * the four d_w·d_a products in one multiply, each row's broadcast from its lane */
+CV_FN static inline void CV_SFX(acc4_u8h)(const __m256i *u, const uint16_t *h, __m256i y, __m256i base, float da, __m256 *acc) {
+    uint64_t hh;
+    memcpy(&hh, h, 8);
+    const __m256 d = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)hh)), _mm_set1_ps(da)));
     for (int i = 0; i < 4; i++)
-        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw[i] * da), _mm256_cvtepi32_ps(CV_PAIRS_ACC(base, u[i], y)), acc[i]);
+        acc[i] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(d, _mm256_set1_epi32(i)), _mm256_cvtepi32_ps(CV_PAIRS_ACC(base, u[i], y)), acc[i]);
 }
 
 #define CV_GEMV4_PREFETCH(W, wrow, r, r1)                                                                              \
@@ -244,13 +248,13 @@ CV_FN static inline void CV_SFX(acc4_u8)(const __m256i *u, const float *dw, __m2
             __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};     \
             for (int b = 0; b < nb; b++) {                                                                              \
                 __m256i u[4];                                                                                           \
-                float dw[4];                                                                                            \
+                uint16_t h[4];                                                                                          \
                 for (int i = 0; i < 4; i++) {                                                                           \
                     const BT *w = (const BT *)(W + (r + i) * wrow) + b;                                                \
-                    u[i] = UNPACK, dw[i] = _cvtsh_ss(w->d);                                                             \
+                    u[i] = UNPACK, h[i] = w->d;                                                                         \
                 }                                                                                                       \
                 const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);                                         \
-                CV_SFX(acc4_u8)(u, dw, y, CV_SFX(neg_off)(y, OFF), _cvtsh_ss(a[b].d), acc);                            \
+                CV_SFX(acc4_u8h)(u, h, y, CV_SFX(neg_off)(y, OFF), _cvtsh_ss(a[b].d), acc);                            \
             }                                                                                                           \
             for (int i = 0; i < 4; i++) Y[r + i] = hsum8(acc[i]);                                                       \
         }                                                                                                               \
@@ -274,16 +278,23 @@ CV_FN static void CV_SFX(gemv4_q8_0)(const char *W, int64_t wrow, int64_t r0, in
 #ifdef CV_VNNI
             const __m256i base = CV_SFX(neg_off)(y, 128);
 #endif
+            uint16_t h[4];
+            __m256i l[4];
             for (int i = 0; i < 4; i++) {
                 const blk_q8_0 *w = (const blk_q8_0 *)(W + (r + i) * wrow) + b;
                 const __m256i x = _mm256_loadu_si256((const __m256i *)w->qs);
+                h[i] = w->d;
 #ifdef CV_VNNI
-                const __m256i l = CV_PAIRS_ACC(base, _mm256_xor_si256(x, _mm256_set1_epi8((char)0x80)), y);
+                l[i] = CV_PAIRS_ACC(base, _mm256_xor_si256(x, _mm256_set1_epi8((char)0x80)), y);
 #else
-                const __m256i l = CV_PAIRS(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+                l[i] = CV_PAIRS(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 #endif
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w->d) * da), _mm256_cvtepi32_ps(l), acc[i]);
             }
+            uint64_t hh;
+            memcpy(&hh, h, 8);
+            const __m256 d = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)hh)), _mm_set1_ps(da)));
+            for (int i = 0; i < 4; i++)
+                acc[i] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(d, _mm256_set1_epi32(i)), _mm256_cvtepi32_ps(l[i]), acc[i]);
         }
         for (int i = 0; i < 4; i++) Y[r + i] = hsum8(acc[i]);
     }
@@ -298,19 +309,26 @@ CV_FN static void CV_SFX(gemv4_q8_0)(const char *W, int64_t wrow, int64_t r0, in
         for (; r + 4 <= r1; r += 4) {                                                                                   \
             CV_GEMV4_PREFETCH(W, wrow, r, r1);                                                                          \
             __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};     \
-            float summs[4] = {0.0f, 0.0f, 0.0f, 0.0f};                                                                  \
+            __m256 summs = _mm256_setzero_ps(); /* lane 2i+1: row i's Σ m_w·s_a */                                     \
             for (int b = 0; b < nb; b++) {                                                                              \
                 __m256i u[4];                                                                                           \
-                float dw[4];                                                                                            \
-                const float sa = _cvtsh_ss(a[b].s);                                                                     \
+                uint32_t dm[4]; /* each row's fp16 d and m */                                                          \
                 for (int i = 0; i < 4; i++) {                                                                           \
                     const BT *w = (const BT *)(W + (r + i) * wrow) + b;                                                \
-                    u[i] = UNPACK, dw[i] = _cvtsh_ss(w->d);                                                             \
-                    summs[i] += _cvtsh_ss(w->m) * sa;                                                                   \
+                    u[i] = UNPACK;                                                                                      \
+                    memcpy(&dm[i], w, 4);                                                                               \
                 }                                                                                                       \
-                CV_SFX(acc4_u8)(u, dw, _mm256_loadu_si256((const __m256i *)a[b].qs), _mm256_setzero_si256(), _cvtsh_ss(a[b].d), acc); \
+                const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm)); /* d0 m0 d1 m1 … */            \
+                const __m256 d = _mm256_mul_ps(f, _mm256_set1_ps(_cvtsh_ss(a[b].d)));                                   \
+                summs = _mm256_add_ps(summs, _mm256_mul_ps(f, _mm256_set1_ps(_cvtsh_ss(a[b].s))));                       \
+                const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs);                                         \
+                for (int i = 0; i < 4; i++)                                                                             \
+                    acc[i] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * i)),                     \
+                                             _mm256_cvtepi32_ps(CV_PAIRS(u[i], y)), acc[i]);                            \
             }                                                                                                           \
-            for (int i = 0; i < 4; i++) Y[r + i] = hsum8(acc[i]) + summs[i];                                            \
+            float sm[8];                                                                                                \
+            _mm256_storeu_ps(sm, summs);                                                                                \
+            for (int i = 0; i < 4; i++) Y[r + i] = hsum8(acc[i]) + sm[2 * i + 1];                                       \
         }                                                                                                               \
         for (; r < r1; r++) Y[r] = DOT1(W + r * wrow, xq, nb);                                                          \
     }
