@@ -12,6 +12,8 @@ def limit_blas(threads: int) -> int | None:
     global _LIMITS
     from threadpoolctl import threadpool_limits
 
+    import numpy  # noqa: F401 — load numpy's BLAS first: threadpoolctl limits only the libraries already loaded
+
     _LIMITS = threadpool_limits(limits=max(1, int(threads)), user_api="blas")
     return blas_threads()
 

@@ -77,7 +77,12 @@ def main() -> int:
                 break
             if op == "load":
                 from crossval.backends.engine import EngineBackend
+                from crossval.process import limit_blas
 
+                # numpy's BLAS pool as a crossval command sets it (crossval.cli.prepare): one thread in
+                # faithful mode, where the native kernels' OpenMP threads work, else `threads` — an
+                # unlimited pool spins on every core after each call, starving the harness reading the reply
+                limit_blas(1 if a.get("mode") == "faithful" else a.get("threads", 1))
                 perturb = tuple(a["perturb"]) if a.get("perturb") else None
                 b = EngineBackend(a["model_path"], n_ctx=a.get("n_ctx", 2048), kv_type=a.get("kv_type", "f32"),
                                   mode=a.get("mode", "float"), perturb=perturb, threads=a.get("threads", 1))  # fmt: skip

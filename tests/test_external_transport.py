@@ -37,6 +37,18 @@ def test_a_160_mb_reply_line_is_read_in_linear_time():
         c._shutdown()
 
 
+def test_limit_blas_reaches_numpys_blas_in_a_fresh_process():
+    """crossval.serve limits its BLAS pool at load as crossval commands do (a float-mode engine's
+    logits depend on the OpenBLAS thread count); threadpoolctl only reaches loaded libraries, so
+    limit_blas must load numpy's BLAS first — in a process that has not imported numpy yet too."""
+    import subprocess
+
+    code = "import sys; from crossval.process import limit_blas; n = limit_blas(1); print(n, 'numpy' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"},
+                       timeout=120)  # fmt: skip
+    assert r.stdout.split() == ["1", "True"], r.stdout + r.stderr
+
+
 def _long_prompt() -> str:
     import json
     from pathlib import Path
