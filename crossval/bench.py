@@ -16,6 +16,7 @@ prefill's achieved int8 GOP/s against the measured peak of the engine's Q8_0 dot
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -120,9 +121,58 @@ def end_to_end(eng, ref, threads: int, decode_steps: int, prefill_tokens: int, r
     return row
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (Linux /proc/PID/stat, in clock ticks); None elsewhere."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def transport(n_vocab: int, rows: int = 650, repeat: int = 3, kind: str = "frames") -> dict:
+    """The external protocol's transport of one (rows, n_vocab) float32 logits reply: crossval.serve's
+    reply writer in a server that computes nothing (`python -m crossval.serve --stand-in`) → the pipe
+    → ExternalBackend's reader; the fastest of `repeat` requests after a checked warm-up.
+
+        seconds       the request's wall time (request line out → last byte in)
+        mb_s          bytes ÷ seconds ÷ 1e6, bytes = rows × n_vocab × 4
+        client_cpu_s  this process's CPU time in that request; server_cpu_s the server's (Linux, else
+                      null) — a busy shared machine stretches the wall time, the CPU time much less
+
+    The warm-up's array must equal the stand-in's closed form (crossval.serve.stand_in_logits)."""
+    import sys
+
+    from crossval.backends.external import ExternalBackend
+    from crossval.serve import stand_in_logits
+
+    ids = list(range(rows))
+    with ExternalBackend(f"{sys.executable} -m crossval.serve --stand-in {rows} {n_vocab}", "stand-in", transport=kind, timeout=600) as b:
+        if not np.array_equal(b.logits(ids), stand_in_logits(rows, n_vocab)):
+            raise BenchError(f"transport: the stand-in's logits arrived changed ({kind})")
+        runs = []
+        for _ in range(repeat):
+            c, s, t = time.process_time(), cpu_seconds(b.pid), time.perf_counter()
+            b.logits(ids)
+            t, c, s1 = time.perf_counter() - t, time.process_time() - c, cpu_seconds(b.pid)
+            runs.append((t, c, None if s is None or s1 is None else s1 - s))
+    t, c, s = min(runs)
+    n = rows * n_vocab * 4
+    return {"transport": kind, "rows": rows, "n_vocab": n_vocab, "bytes": n, "seconds": t, "mb_s": n / t / 1e6, "client_cpu_s": c,
+            "server_cpu_s": s}  # fmt: skip
+
+
+def prefill_share(tr: dict, engine_prefill_tok_s: float) -> float:
+    """The transport's share of serving its rows of logits at the engine's prefill speed:
+    seconds ÷ (seconds + rows ÷ engine_prefill_tok_s)."""
+    return tr["seconds"] / (tr["seconds"] + tr["rows"] / engine_prefill_tok_s)
+
+
 def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_tokens: int = 128, mode: str = "auto",
-              rounds: int = 1) -> dict:
-    """Both engines at each thread count; mode auto: faithful where the native kernels are built."""
+              rounds: int = 1, transport_rows: int = 650) -> dict:  # fmt: skip
+    """Both engines at each thread count; mode auto: faithful where the native kernels are built.
+    transport_rows > 0: also the external protocol's transport of that many rows of the model's
+    logits (transport(), with its prefill_share at the first thread count's engine prefill speed)."""
     import crossval
     from crossval.backends.llamacpp import LlamaCppBackend
     from crossval.models import resolve_model
@@ -164,6 +214,10 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
                 row[f"{label}_prefill_gop_s"] = roofline.prefill_gop_s(n_w, row[f"{label}_prefill_tok_s"])
         roof = {"decode_bytes_per_token": bpt, "prefill_weight_elements": n_w, "stream_buffer_bytes": buf,
                 "l3_bytes": roofline.l3_bytes(), "matmul_peak_shape": dict(roofline.PEAK_SHAPE)}  # fmt: skip
+    tr = None
+    if transport_rows:
+        tr = transport(eng.config.n_vocab, transport_rows)
+        tr["prefill_share"] = prefill_share(tr, results[0]["engine_prefill_tok_s"])
     return {
         **receipts.header("perf"),
         "model": {**provenance.model_facts(g, path, model), "float_weights": provenance.float_weights(g)},
@@ -175,6 +229,7 @@ def run_bench(model: str, threads: list[int], decode_steps: int = 64, prefill_to
         "results": results,
         "roofline": roof,
         "micro": micro(eng, threads[0]),
+        "transport": tr,
         "check": None,
         "environment": provenance.environment_section(max(threads)),
     }
@@ -220,5 +275,5 @@ def summary_json(rec: dict) -> str:
     ratios decode_ratio and prefill_ratio (those of the first thread count at top level)."""
     first = rec["results"][0]
     return json.dumps({**{k: first[k] for k in first}, "model": rec["model"]["name"], "load_s": rec["load_s"],
-                       "open_s": rec["open_s"], "results": rec["results"], "micro": rec["micro"], "check": rec["check"],
-                       "run_id": rec["run_id"]}, indent=2)  # fmt: skip
+                       "open_s": rec["open_s"], "results": rec["results"], "micro": rec["micro"], "transport": rec["transport"],
+                       "check": rec["check"], "run_id": rec["run_id"]}, indent=2)  # fmt: skip

@@ -316,7 +316,7 @@ def cmd_bench(args) -> int:
             model = str(variant(args.model, parse_quants(args.quant)[0]))
         except MatrixError as e:
             raise InputError(str(e)) from None
-    rec = bench.run_bench(model, threads, args.decode_steps, args.prefill_tokens, args.mode, args.rounds)
+    rec = bench.run_bench(model, threads, args.decode_steps, args.prefill_tokens, args.mode, args.rounds, args.transport_rows)
     code = EXIT_OK
     if args.check:
         rec["check"] = bench.check(rec, bench.latest(rec["model"]["sha256"], Path(args.perf_dir), args.mode), args.tolerance)
@@ -346,6 +346,11 @@ def cmd_bench(args) -> int:
                       f"{r['stream_gb_s']:.1f} GB/s → decode engine {r['engine_decode_roofline']:.0%}, llama.cpp "
                       f"{r['llamacpp_decode_roofline']:.0%}; prefill engine {r['engine_prefill_gop_s']:.0f}, llama.cpp "
                       f"{r['llamacpp_prefill_gop_s']:.0f} of Q8_0 peak {r['matmul_peak_gop_s']:.0f} GOP/s")  # fmt: skip
+    if rec["transport"]:
+        x = rec["transport"]
+        cpu = "" if x["server_cpu_s"] is None else f", CPU client {x['client_cpu_s']:.2f} s / server {x['server_cpu_s']:.2f} s"
+        con.print(f"external transport ({x['transport']}): {x['rows']} × {x['n_vocab']} float32 logits ({x['bytes'] / 1e6:.0f} MB) in "
+                  f"{x['seconds']:.3f} s = {x['mb_s']:.0f} MB/s{cpu}; {x['prefill_share']:.1%} of serving them at the engine's prefill speed")  # fmt: skip
     if args.record:
         con.print(f"recorded: {path}")
     if rec["check"]:
@@ -716,6 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prefill-tokens", type=options.positive_int, default=128)
     b.add_argument("--rounds", type=options.positive_int, default=1, help="time each engine this many times, alternating "
                    "which goes first, and keep each one's best (a machine shared with other work)")
+    b.add_argument("--transport-rows", type=options.non_negative_int, default=650,
+                   help="time the external protocol moving this many rows of the model's logits (0: skip; default 650)")
     b.add_argument("--record", action="store_true", help="append the perf receipt to --perf-dir (the trend)")
     b.add_argument("--check", action="store_true", help="exit 1 when a ratio fell more than --tolerance below the "
                    "latest recorded receipt of this model (and mode)")

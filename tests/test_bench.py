@@ -38,6 +38,15 @@ def test_bench_records_and_checks_ratios(tmp_path, tiny_model):
         gop = 2 * roof["prefill_weight_elements"] * row[f"{label}_prefill_tok_s"] / 1e9
         assert abs(row[f"{label}_prefill_gop_s"] - gop) <= 1e-12 * gop
     assert row["matmul_peak_gop_s"] > 0 and roof["stream_buffer_bytes"] >= 256 << 20
+    # the external transport: 650 rows of the model's logits (the bench checked their bytes), and
+    # its figures are the documented formulas of its own fields
+    from engine.gguf_model import open_gguf, read_config
+
+    tr, n_vocab = rec["transport"], read_config(open_gguf(model)).n_vocab
+    assert (tr["transport"], tr["rows"], tr["n_vocab"]) == ("frames", 650, n_vocab) and tr["bytes"] == 650 * n_vocab * 4
+    assert abs(tr["mb_s"] - tr["bytes"] / tr["seconds"] / 1e6) <= 1e-9 * tr["mb_s"]
+    share = tr["seconds"] / (tr["seconds"] + 650 / row["engine_prefill_tok_s"])
+    assert abs(tr["prefill_share"] - share) <= 1e-12 and out["transport"] == tr
     # a baseline whose ratios were 10× better: --check reports the regression, exit 1
     fast = json.loads(rec_path.read_text())
     for row in fast["results"]:

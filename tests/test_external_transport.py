@@ -37,6 +37,55 @@ def test_a_160_mb_reply_line_is_read_in_linear_time():
         c._shutdown()
 
 
+@pytest.mark.parametrize("transport", ["frames", "base64"])
+def test_the_stand_in_reply_arrives_intact_in_either_transport(transport):
+    """650 × 4096 logits (10 MB) from `python -m crossval.serve --stand-in`: the closed-form array,
+    bit for bit, float32 and writable (the frame is read straight into the caller's buffer: every
+    byte the reader took from the pipe is the reply's line or its frame)."""
+    import numpy as np
+
+    from crossval.backends.external import ExternalBackend
+    from crossval.serve import stand_in_logits
+
+    with ExternalBackend(f"{sys.executable} -m crossval.serve --stand-in 650 4096", "unused", transport=transport, timeout=120) as b:
+        got = b.logits(list(range(650)))
+        st = dict(b.reader_stats)
+    assert got.dtype == np.float32 and got.flags.writeable and np.array_equal(got, stand_in_logits(650, 4096))
+    if transport == "frames":
+        assert st["last_frames_bytes"] == 650 * 4096 * 4
+        assert st["bytes_read"] - st["bytes_scanned"] == 650 * 4096 * 4  # the line searched once, the frame never
+    else:
+        assert st["last_frames_bytes"] == 0 and st["bytes_scanned"] <= st["bytes_read"]
+
+
+def test_base64_replies_are_the_arrays_base64_spliced_into_the_line():
+    """crossval.serve.Replies writes base64 in 3 MiB slices into the JSON line in place of each
+    array's placeholder: the line parses, each "data" is the base64 of the whole array, strings keep
+    their escapes, and frames are the arrays' bytes in order."""
+    import base64
+    import io
+    import json
+
+    import numpy as np
+
+    from crossval.serve import Replies
+
+    a = np.random.default_rng(0).standard_normal((7, 300_001), dtype=np.float32)  # 8.4 MB: three slices
+    b = np.arange(12, dtype=np.float32).reshape(3, 4)
+    result = {"tokens": [1, 2], "logits": a, "x": {"y": b}, "text": 'é " \n data'}
+    for transport in ("base64", "frames"):
+        out = io.BytesIO()
+        Replies(out, transport).send(True, result)
+        line, _, rest = out.getvalue().partition(b"\n")
+        r = json.loads(line)["result"]
+        assert r["text"] == result["text"] and r["tokens"] == [1, 2]
+        if transport == "base64":
+            assert base64.b64decode(r["logits"]["data"]) == a.tobytes() and base64.b64decode(r["x"]["y"]["data"]) == b.tobytes()
+            assert rest == b""
+        else:
+            assert (r["logits"]["frame"], r["x"]["y"]["frame"]) == (0, 1) and rest == a.tobytes() + b.tobytes()
+
+
 def test_limit_blas_reaches_numpys_blas_in_a_fresh_process():
     """crossval.serve limits its BLAS pool at load as crossval commands do (a float-mode engine's
     logits depend on the OpenBLAS thread count); threadpoolctl only reaches loaded libraries, so
@@ -76,6 +125,7 @@ def test_served_engine_is_bit_identical_to_the_engine_in_process(tiny_model, mod
         assert len(ids) > 100 and x.tokenize(_long_prompt()) == ids
         a, b = x.logits(ids), e.logits(ids)
         assert a.shape == b.shape and a.tobytes() == b.tobytes()
+        assert x.generate(ids[:5], 0).tokens == []  # an empty (0, n_vocab) array still travels, and the stream stays in step
         g, h = x.generate(ids, 4), e.generate(ids, 4)
         assert g.tokens == h.tokens and g.logits.tobytes() == h.logits.tobytes()
         if transport == "frames":

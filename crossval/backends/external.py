@@ -8,15 +8,15 @@ offers `"transports": [..., "frames"]`, and the optional `capture` request; a ve
 
 from __future__ import annotations
 
-import base64
+import binascii
 import os
 import shlex
 import time
 
 import numpy as np
 
-from crossval.backends.base import (Backend, BackendCrashed, BackendError, BackendSettings, BackendUnavailable, Capabilities,
-                                    ComparePass, GenerateResult, LAYER_STAGES, Unsupported)  # fmt: skip
+from crossval.backends.base import (Backend, BackendCrashed, BackendSettings, BackendUnavailable, Capabilities, GenerateResult,
+                                    LAYER_STAGES, Unsupported)  # fmt: skip
 from crossval.backends.isolated import ChildProcess
 from crossval.errors import InputError
 
@@ -96,12 +96,12 @@ class ExternalBackend(ChildProcess, Backend):
             if not isinstance(k, int) or not 0 <= k < len(self._frames):
                 self._kill()
                 raise BackendCrashed(stage, f"protocol error: array names frame {k!r} of {len(self._frames)}", None, self.stderr_tail())
-            raw = self._frames[k]
+            raw = self._frames[k]  # a uint8 array the pipe was read into (ChildProcess._readexact)
         else:
             data = self._field(obj, "data", str, stage)
             try:
-                raw = base64.b64decode(data, validate=True)
-            except ValueError:
+                raw = binascii.a2b_base64(data, strict_mode=True)  # an ASCII str is read in place, not copied to bytes first
+            except (ValueError, binascii.Error):
                 self._kill()
                 raise BackendCrashed(stage, "protocol error: array data is not base64", None, self.stderr_tail()) from None
         if len(raw) != shape[0] * shape[1] * 4:
@@ -109,7 +109,9 @@ class ExternalBackend(ChildProcess, Backend):
             raise BackendCrashed(stage, f"protocol error: array data has {len(raw)} bytes, shape {shape} needs {shape[0] * shape[1] * 4}",
                                  None, self.stderr_tail())  # fmt: skip
         a = np.frombuffer(raw, dtype="<f4").reshape(shape)
-        return a if isinstance(raw, bytearray) and a.dtype == np.float32 else a.astype(np.float32)  # frames: no second copy
+        # a frame is a writable buffer of its own: used as it is; base64's bytes are read-only (and a
+        # big-endian host needs native order): copied
+        return a if isinstance(raw, np.ndarray) and a.dtype == np.float32 else a.astype(np.float32)
 
     # --- Backend -------------------------------------------------------------------------------
     def _require(self, what: str) -> None:

@@ -59,9 +59,18 @@ class ChildProcess:
             pass
         self._buf = bytearray()  # bytes read from the child's stdout, not yet returned
         self._scan = 0  # _buf[:_scan] is known to hold no newline
-        self.reader_stats = {"reads": 0, "bytes_read": 0, "bytes_scanned": 0}  # linear-time check (tests)
+        self._sel = selectors.DefaultSelector()  # one for the child's life: waits for its stdout with a deadline
+        self._sel.register(self._proc.stdout.fileno(), selectors.EVENT_READ)
+        # the linear-time check (tests); the last reply's frames: bytes, and wall / CPU seconds of this
+        # process from its line to their end
+        self.reader_stats = {"reads": 0, "bytes_read": 0, "bytes_scanned": 0, "last_frames_bytes": 0, "last_frames_s": 0.0,
+                             "last_frames_cpu_s": 0.0}  # fmt: skip
         self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
         self._t_err.start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     # --- transport ----------------------------------------------------------------------------
     def _drain_stderr(self) -> None:
@@ -84,25 +93,27 @@ class ChildProcess:
         except subprocess.TimeoutExpired:
             pass
 
+    def _wait_readable(self, deadline: float, stage: str) -> None:
+        """Return when the child's stdout has bytes (or end of file); past the deadline kill it and raise."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._kill()
+                raise BackendTimeout(stage, self.timeout, self.stderr_tail())
+            if self._sel.select(timeout=min(left, 1.0)):
+                return
+
+    def _closed(self, stage: str) -> BackendCrashed:
+        """The child closed its stdout: BackendCrashed with how it exited."""
+        rc = self._proc.wait(timeout=5) if self._proc.poll() is None else self._proc.returncode
+        return BackendCrashed(stage, _describe_exit(rc), rc, self.stderr_tail())
+
     def _fill(self, deadline: float, stage: str) -> None:
         """Append what the child has written (at most 1 MiB) to the buffer, waiting until the deadline."""
-        fd = self._proc.stdout.fileno()
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._kill()
-                    raise BackendTimeout(stage, self.timeout, self.stderr_tail())
-                if sel.select(timeout=min(left, 1.0)):
-                    break
-        finally:
-            sel.close()
-        chunk = os.read(fd, 1 << 20)
+        self._wait_readable(deadline, stage)
+        chunk = os.read(self._proc.stdout.fileno(), 1 << 20)
         if not chunk:
-            rc = self._proc.wait(timeout=5) if self._proc.poll() is None else self._proc.returncode
-            raise BackendCrashed(stage, _describe_exit(rc), rc, self.stderr_tail())
+            raise self._closed(stage)
         self.reader_stats["reads"] += 1
         self.reader_stats["bytes_read"] += len(chunk)
         self._buf += chunk  # amortised O(len(chunk)): a bytearray grows in place
@@ -120,14 +131,30 @@ class ChildProcess:
         self._scan = 0
         return line
 
-    def _readexact(self, n: int, deadline: float, stage: str) -> bytearray:
-        """The next n bytes (a binary frame after a reply line), as a writable buffer."""
-        while len(self._buf) < n:
-            self._fill(deadline, stage)
-        data = self._buf[:n]
-        del self._buf[:n]
+    def _readexact(self, n: int, deadline: float, stage: str) -> np.ndarray:
+        """The next n bytes (a binary frame after a reply line) as a new uint8 array. The pipe is read
+        straight into it (os.readv into the array's memory), so the kernel's copy out of the pipe is
+        the only one; bytes _readline already took from the pipe (at most one read) are moved first."""
+        try:
+            out = np.empty(n, dtype=np.uint8)
+        except MemoryError:
+            self._kill()
+            raise BackendCrashed(stage, f"protocol error: a frame of {n} bytes does not fit in memory", None, self.stderr_tail()) from None
+        have = min(n, len(self._buf))
+        view = memoryview(out)
+        view[:have] = self._buf[:have]
+        del self._buf[:have]
         self._scan = 0
-        return data
+        fd = self._proc.stdout.fileno()
+        while have < n:
+            self._wait_readable(deadline, stage)
+            k = os.readv(fd, [view[have:]])
+            if not k:
+                raise self._closed(stage)
+            have += k
+            self.reader_stats["reads"] += 1
+            self.reader_stats["bytes_read"] += k
+        return out
 
     def _tag_ok(self, tag) -> bool:
         return tag == self.protocol
@@ -172,7 +199,11 @@ class ChildProcess:
             if not isinstance(sizes, list) or not all(isinstance(n, int) and 0 <= n < 1 << 40 for n in sizes):
                 self._kill()
                 raise BackendCrashed(op, "protocol error: 'frames' is not a list of byte counts", self._proc.returncode, self.stderr_tail())
+            t, c = time.perf_counter(), time.process_time()
             self._frames = [self._readexact(n, deadline, op) for n in sizes]
+            # the frames follow the line at once: the time to read them is the transport's alone
+            self.reader_stats.update(last_frames_bytes=sum(sizes), last_frames_s=time.perf_counter() - t,
+                                     last_frames_cpu_s=time.process_time() - c)  # fmt: skip
         if not msg.get("ok"):
             err = msg.get("error", "unknown error")
             if msg.get("unavailable"):
@@ -197,6 +228,7 @@ class ChildProcess:
             except OSError:
                 pass
         self._t_err.join(timeout=2)
+        self._sel.close()
         try:
             self._proc.stderr.close()
         except OSError:
