@@ -34,7 +34,14 @@ def test_engine_vs_engine_through_the_protocol(tmp_path, tiny_model, name):
         rec = receipts.read_valid(p)
         assert rec["parity"]["cosine_similarity"] >= 1 - 1e-12 and rec["parity"]["exact_match_rate"] == 1.0
         assert rec["tokenization"]["match"] is True
-        assert rec["backends"]["reference"]["command"].endswith("-m crossval.serve")
+        ref = rec["backends"]["reference"]
+        assert ref["command"].endswith("-m crossval.serve")
+        # the conversation as it happened: version 2 from the hello's tag, frames chosen from the
+        # two transports offered, the server's own declared capabilities beside the harness's reading
+        assert ref["protocol"] == "crossval-external/2" and ref["transport"] == "frames", ref
+        assert sorted(ref["transports"]) == ["base64", "frames"]
+        assert ref["server_capabilities"] == {"tokenize": True, "logits": True, "generate": True, "capture": True, "top_k_logits": True}
+        assert ref["capabilities"]["capture"] is True and "top_k_logits" not in ref["capabilities"]
 
 
 FAKE = """
@@ -88,3 +95,7 @@ def test_protocol_fuzz_statuses(tmp_path, tiny_model, mode, status, words):
     (rec,) = [receipts.read_valid(p) for p in out.rglob("*__p.json")]
     assert rec["parity"]["status"] == status
     assert words in rec["diagnostics"]["error"] or words in rec["diagnostics"]["stage"], rec["diagnostics"]
+    if mode == "error":  # loaded, then failed: a version-1 server, base64 as its hello implies (no transports listed)
+        ref = rec["backends"]["reference"]
+        assert (ref["protocol"], ref["transport"], ref["transports"]) == ("crossval-external/1", "base64", ["base64"]), ref
+        assert ref["server_capabilities"] == {"tokenize": True, "logits": True, "generate": True}

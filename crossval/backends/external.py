@@ -51,10 +51,11 @@ class ExternalBackend(ChildProcess, Backend):
         if not isinstance(hello, dict) or hello.get("type") != "hello":
             self._kill()
             raise BackendCrashed("handshake", "protocol error: the first message is not a hello", None, self.stderr_tail())
-        caps = hello.get("capabilities") or {}
+        caps = hello.get("capabilities") if isinstance(hello.get("capabilities"), dict) else {}
         self.capabilities = Capabilities(tokenize=bool(caps.get("tokenize")), logits=bool(caps.get("logits")),
                                          generate=bool(caps.get("generate")), capture=bool(caps.get("capture")))  # fmt: skip
         offered = hello.get("transports") or ["base64"]
+        offered = [str(x) for x in offered] if isinstance(offered, list) else ["base64"]
         self.transport = transport or ("frames" if "frames" in offered else "base64")
         if self.transport not in offered:
             self._kill()
@@ -63,8 +64,13 @@ class ExternalBackend(ChildProcess, Backend):
         info = self._call("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type, transport=self.transport,
                           **extra)  # fmt: skip
         self.n_vocab = self._field(info, "n_vocab", int, "load")
-        self._provenance = {"name": str(hello.get("name", "external")), "version": (info.get("provenance") or {}).get("version"),
-                            "command": command}  # fmt: skip
+        # the receipt's record of the conversation: the version the hello's tag fixed, the array
+        # transport load chose, what the server offered and declared (its words, beside the
+        # harness's own `capabilities`)
+        version = info["provenance"].get("version") if isinstance(info.get("provenance"), dict) else None
+        self._provenance = {"name": str(hello.get("name", "external")), "version": None if version is None else str(version),
+                            "command": command, "protocol": self.protocol, "transport": self.transport, "transports": offered,
+                            "server_capabilities": {str(k): bool(v) for k, v in caps.items()}}  # fmt: skip
         self.load_s = time.perf_counter() - t
 
     def _tag_ok(self, tag) -> bool:
