@@ -542,3 +542,102 @@ CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, 
     return err ? -1 : 0;
 }
 #endif
+
+#ifdef CV_VNNI
+/* ---- repacked Q4_0 (repack.cpp q4_0_8x8_q8_0: gemv and gemm alike add each block's integer sum ×
+ * d_w·d_a to one float chain per output), eight rows at a time with row i in float lane i; the
+ * integer sums from unsigned nibbles, −8·Σy folded into dpbusd's start, rows' lanes summed into one
+ * vector by hsum8x8_i32 (exact). Rows % 8 == 0. */
+CV_FN static void CV_SFX(gemv8_q4_0)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) {
+    const blk_q8_0 *a = xq;
+    for (int64_t r = r0; r + 8 <= r1; r += 8) {
+        for (int64_t o = 0; r + 16 <= r1 && o < 8 * wrow; o += 64) __builtin_prefetch(W + (r + 8) * wrow + o);
+        __m256 acc = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const __m256i y = _mm256_loadu_si256((const __m256i *)a[b].qs), no = CV_SFX(neg_off)(y, 8);
+            __m256i l[8];
+            uint16_t h[8];
+            for (int i = 0; i < 8; i++) {
+                const blk_q4_0 *w = (const blk_q4_0 *)(W + (r + i) * wrow) + b;
+                l[i] = CV_PAIRS_ACC(no, CV_SFX(nib32)(w->qs), y), h[i] = w->d;
+            }
+            const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)), _mm256_set1_ps(_cvtsh_ss(a[b].d)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(CV_SFX(hsum8x8_i32)(l)), d, acc);
+        }
+        _mm256_storeu_ps(Y + r, acc);
+    }
+}
+
+/* 8 × 8 matrix of 32-bit words (m[i] row i) transposed in place */
+CV_FN static inline void CV_SFX(tr8x8_i32)(__m256i *m) {
+    __m256i t[8], q[8];
+    for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_epi32(m[i], m[i + 1]), t[i + 1] = _mm256_unpackhi_epi32(m[i], m[i + 1]);
+    for (int i = 0; i < 8; i += 4)
+        for (int k = 0; k < 2; k++)
+            q[i + 2 * k] = _mm256_unpacklo_epi64(t[i + k], t[i + 2 + k]), q[i + 2 * k + 1] = _mm256_unpackhi_epi64(t[i + k], t[i + 2 + k]);
+    for (int k = 0; k < 4; k++)
+        m[k] = _mm256_permute2x128_si256(q[k], q[4 + k], 0x20), m[k + 4] = _mm256_permute2x128_si256(q[k], q[4 + k], 0x31);
+}
+
+/* batches: each group of eight rows unpacked once into lanes — for value group k (values 4k..4k+3) of a
+ * block, one vector holding those four unsigned values of each row (row i in lane i) — so dpbusd
+ * with the activation's four values broadcast sums a whole row per lane and no reduction is left; −8·Σy
+ * per (token, block) is the start of the sum (computed once per matmul) */
+CV_FN static int CV_SFX(rep8mm_q4_0)(const char *W, int64_t n_rows, int nb, const char *xq, int64_t n_tok, float *Y, int64_t ldy,
+                                     int n_threads) {
+    const int64_t wrow = (int64_t)nb * 18, arow = (int64_t)nb * 34;
+    int32_t *noff = malloc(sizeof(int32_t) * (size_t)(n_tok * nb));
+    float *da = malloc(sizeof(float) * (size_t)(n_tok * nb));
+    int err = !noff || !da;
+#pragma omp parallel num_threads(n_threads) if (!err)
+    {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int b = 0; b < nb; b++) {
+                const blk_q8_0 *a = (const blk_q8_0 *)(xq + t * arow) + b;
+                int s = 0;
+                for (int j = 0; j < 32; j++) s += a->qs[j];
+                noff[t * nb + b] = -8 * s, da[t * nb + b] = _cvtsh_ss(a->d);
+            }
+        uint8_t *u = malloc((size_t)nb * 256 + sizeof(float) * 8 * (size_t)nb); /* u[b][k][row][4], dw[b][row] */
+        float *dw = (float *)(u + (size_t)nb * 256);
+        if (!u) {
+#pragma omp atomic write
+            err = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r += 8) {
+            if (!u) continue;
+            for (int b = 0; b < nb; b++) {
+                __m256i m[8];
+                for (int i = 0; i < 8; i++) {
+                    const blk_q4_0 *w = (const blk_q4_0 *)(W + (r + i) * wrow) + b;
+                    m[i] = CV_SFX(nib32)(w->qs), dw[b * 8 + i] = _cvtsh_ss(w->d);
+                }
+                CV_SFX(tr8x8_i32)(m);
+                for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(u + (size_t)b * 256 + 32 * k), m[k]);
+            }
+            for (int64_t t = 0; t < n_tok; t++) {
+                const blk_q8_0 *a = (const blk_q8_0 *)(xq + t * arow);
+                __m256 acc = _mm256_setzero_ps();
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *ub = u + (size_t)b * 256;
+                    __m256i l = _mm256_set1_epi32(noff[t * nb + b]);
+                    for (int k = 0; k < 8; k++) {
+                        int32_t y4;
+                        memcpy(&y4, a[b].qs + 4 * k, 4);
+                        l = CV_PAIRS_ACC(l, _mm256_loadu_si256((const __m256i *)(ub + 32 * k)), _mm256_set1_epi32(y4));
+                    }
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_mul_ps(_mm256_loadu_ps(dw + b * 8), _mm256_set1_ps(da[t * nb + b])), acc);
+                }
+                float o[8];
+                _mm256_storeu_ps(o, acc);
+                for (int i = 0; i < 8; i++) Y[t * ldy + r + i] = o[i];
+            }
+        }
+        free(u);
+    }
+    free(noff), free(da);
+    return err ? -1 : 0;
+}
+#endif

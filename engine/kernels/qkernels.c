@@ -822,6 +822,14 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     }
 #endif
 #if defined(__x86_64__) && defined(__GNUC__)
+    if (route == 3 && vnni_kind()) { /* VNNI: rows in lanes (qdots_x86.h gemv8_q4_0, rep8mm_q4_0) */
+        if (n_tok == 1) {
+            gemv_rows(vnni_kind() == 2 ? gemv8_q4_0_avx512vnni : gemv8_q4_0_avxvnni, (const char *)W, wrow, n_rows, 8, xq, nb, Y, n_threads);
+            return 0;
+        }
+        return (vnni_kind() == 2 ? rep8mm_q4_0_avx512vnni : rep8mm_q4_0_avxvnni)((const char *)W, n_rows, nb, (const char *)xq, n_tok, Y, ldy,
+                                                                                n_threads);
+    }
     if (route == 3) { /* eight rows (the repacked block's) × up to four tokens per call */
         void (*rep8)(const char *, int64_t, const void *, int64_t, int, int, float *) = CV_PICK(rep8_q4_0);
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
