@@ -948,6 +948,24 @@ static void h2f_table_init(void) {
     }
 }
 
+/* f2h over a row: F16C's conversion (round to nearest even, as f2h) eight at a time where the CPU has it */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,f16c"))) static int64_t f2h_row8(const float *x, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return i;
+}
+#endif
+static int vec_ok(int lanes);
+static void f2h_row(const float *x, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (vec_ok(8)) i = f2h_row8(x, y, n);
+#endif
+    for (; i < n; i++) y[i] = f2h(x[i]);
+}
+
 /* _mm512_reduce_add_ps as GCC expands it */
 static inline float hsum16_tree(const float *a) {
     float t3[8], t6[4];
@@ -1219,7 +1237,7 @@ int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float
     uint16_t *x16 = malloc((size_t)(n_tok * n_cols) * sizeof *x16);
     if (!x16 && n_tok) return -1;
     h2f_table_init();
-    for (int64_t i = 0; i < n_tok * n_cols; i++) x16[i] = f2h(X[i]);
+    f2h_row(X, x16, n_tok * n_cols);
     const int tiny = lanes > 0 && n_tok >= 2 && n_rows % 4 == 0 && n_cols % lanes == 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < n_rows; r++)
@@ -1261,24 +1279,35 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
         } else {
             for (int64_t t = 0; t < n_q; t++) {
                 const float *qt = q + (t * n_head + h) * d;
-                for (int i = 0; i < d; i++) q16[i] = f2h(qt[i]);
-                for (int64_t j = 0; j < n_kv; j++) {
-                    const uint16_t *kj = k16 + (j * n_head_kv + hk) * d;
-                    w[j] = dot_f16(kj, q16, d, lanes, tiny_kq, 0);
-                }
-                if (softcap > 0.0f) {
-                    const float inv_cap = 1.0f / softcap;
-                    for (int64_t j = 0; j < n_kv; j++) w[j] = tanhf(w[j] * inv_cap) * softcap;
-                }
+                f2h_row(qt, q16, d);
+                /* a masked cell's score is −inf whatever its (finite) dot: only the others are computed */
                 const float *mt = mask + t * n_kv;
-                for (int64_t j = 0; j < n_kv; j++) w[j] = w[j] * scale + mt[j];
+                int64_t jlo = 0, jhi = n_kv; /* the unmasked cells lie in [jlo, jhi) */
+                while (jlo < n_kv && mt[jlo] == -INFINITY) jlo++;
+                while (jhi > jlo && mt[jhi - 1] == -INFINITY) jhi--;
+                const float inv_cap = softcap > 0.0f ? 1.0f / softcap : 0.0f;
+                for (int64_t j = 0; j < n_kv; j++) {
+                    if (mt[j] == -INFINITY) {
+                        w[j] = -INFINITY;
+                        continue;
+                    }
+                    const uint16_t *kj = k16 + (j * n_head_kv + hk) * d;
+                    float x = dot_f16(kj, q16, d, lanes, tiny_kq, 0);
+                    if (softcap > 0.0f) x = tanhf(x * inv_cap) * softcap;
+                    w[j] = x * scale + mt[j];
+                }
                 for (int64_t j = n_kv; j < n_pad; j++) w[j] = -INFINITY; /* llama.cpp's masked padding */
                 softmax_lanes(w, n_pad, lanes);
-                for (int64_t j = 0; j < n_kv; j++) p16[j] = f2h(w[j]);
+                f2h_row(w, p16, n_kv);
+                /* p·V: whole dot steps of zero probabilities add exact zeros to every accumulator (which
+                 * start at +0 and never hold −0), so the steps before jlo and after jhi are skipped; steps
+                 * keep their alignment, so each value meets the same accumulator */
+                const int64_t n = direct ? n_up : n_kv, step = lanes ? (tiny_kqv ? lanes : 4 * lanes) : 0;
+                const int64_t s0 = step ? jlo / step * step : 0, s1 = step ? ((jhi + step - 1) / step * step < n ? (jhi + step - 1) / step * step : n) : n;
                 float *ot = out + (t * n_head + h) * dv;
                 for (int e = 0; e < dv; e++) {
                     const uint16_t *ve = v16t + ((int64_t)hk * dv + e) * n_ctx;
-                    ot[e] = dot_f16(ve, p16, direct ? n_up : n_kv, lanes, tiny_kqv, 1);
+                    ot[e] = s1 > s0 ? dot_f16(ve + s0, p16 + s0, s1 - s0, lanes, tiny_kqv, 1) : 0.0f;
                 }
             }
         }
