@@ -188,3 +188,86 @@ def rope_vector_pairs(neox: bool) -> int:
         if pattern == [p < 15 // g * g for p in range(15)]:
             return g
     raise RuntimeError(f"ggml's rope fuses pairs {pattern} ({'NEOX' if neox else 'NORM'}): no whole-vector pattern")
+
+
+# --- how the loaded ggml-cpu's compiler formed a vec_dot's scalar tail --------------------------
+_TAIL_TYPES = {"iq4_nl": (20, 18)}  # name: (ggml type, block bytes)
+
+
+@lru_cache(maxsize=2)
+def vec_dot_tail_fused(name: str) -> bool:
+    """Whether the loaded ggml-cpu's ggml_vec_dot_{name}_q8_0 (iq4_nl: block pairs into two 8-lane
+    accumulators, then `sumf += d·Σ` for an odd last block) fuses that last multiply-add — GCC contracts
+    it in some -march builds and not in others. Decided on 3-block rows of seeded random blocks (values
+    and activations biased positive, so the block sums are large and d·Σ inexact in float): the engine's
+    kernel computes each row both ways (kernels.set_tail_fma), and ggml's own function must equal one
+    form on every row where the two differ."""
+    from engine import kernels
+
+    wtype, bb = _TAIL_TYPES[name]
+    rng = np.random.default_rng(wtype)
+    rows, n = 255, 96  # rows % 8 ≠ 0: vec_dot, not the repacked kernels
+    w = rng.integers(0, 256, size=(rows, n // 32, bb), dtype=np.uint8)
+    # nibbles 8..15 (values 1..113), fp16 scales in [1e-3, 3e-2)
+    w[..., 2:] = rng.integers(8, 16, size=w[..., 2:].shape) | rng.integers(8, 16, size=w[..., 2:].shape) << 4
+    w[..., :2] = rng.uniform(1e-3, 3e-2, size=w.shape[:2]).astype(np.float16)[..., None].view(np.uint8)
+    w = w.reshape(rows, -1)
+    x = rng.uniform(0.55, 1.0, size=(1, n)).astype(np.float32)
+    before = kernels.tail_fma(wtype)
+    try:
+        forms = {}
+        for fused in (True, False):
+            kernels.set_tail_fma(wtype, fused)
+            forms[fused] = kernels.matmul(w, wtype, x)[0]
+    finally:
+        kernels.set_tail_fma(wtype, before)
+    differ = np.flatnonzero(forms[True] != forms[False])
+    if not differ.size:
+        raise RuntimeError(f"no {name} row tells a fused vec_dot tail from an unfused one")
+    a = cpu_quantize_row(x[0], "q8_0")
+    _cpu_lib().ggml_cpu_init()
+    fn = getattr(_cpu_lib(), f"ggml_vec_dot_{name}_q8_0")
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                   ctypes.c_int]  # fmt: skip
+    fn.restype = None
+    got = np.zeros(differ.size, dtype=np.float32)
+    for i, r in enumerate(differ):
+        row = np.ascontiguousarray(w[r])
+        fn(n, got[i : i + 1].ctypes.data, 0, row.ctypes.data, 0, a.ctypes.data, 0, 1)
+    for fused in (True, False):
+        if (got == forms[fused][differ]).all():
+            return fused
+    raise RuntimeError(f"ggml_vec_dot_{name}_q8_0's last block is neither fused nor unfused on {differ.size} rows")
+
+
+@lru_cache(maxsize=1)
+def f32_tail_width() -> int:
+    """The vector width in which the loaded ggml-cpu's ggml_vec_dot_f32 forms its tail (the values after
+    its last step of 4·lanes; `sumf += x[i]*y[i]` as the compiler vectorised it — kernels.set_f32_tail):
+    the one of 4, 8, 16 whose engine dot equals ggml's for every length 1…63 (all tail at 16 lanes) and
+    64…127 on seeded random data, where the three differ."""
+    from engine import kernels
+
+    rng = np.random.default_rng(32)
+    cases = [(rng.standard_normal(n).astype(np.float32) * np.float32(rng.uniform(0.1, 30)), rng.standard_normal(n).astype(np.float32))
+             for n in range(1, 128)]  # fmt: skip
+    _cpu_lib().ggml_cpu_init()
+    fn = _cpu_lib().ggml_vec_dot_f32
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                   ctypes.c_int]  # fmt: skip
+    fn.restype = None
+    ref = np.zeros(len(cases), dtype=np.float32)
+    for i, (x, y) in enumerate(cases):
+        fn(x.size, ref[i : i + 1].ctypes.data, 0, x.ctypes.data, 0, y.ctypes.data, 0, 1)
+    lanes, before, fits = kernels.ggml_lanes(), kernels.f32_tail(), []
+    try:
+        for w in (4, 8, 16):
+            kernels.set_f32_tail(w)
+            ours = [kernels.lib.cv_dot_float(0, kernels._ptr(x, "void *"), kernels._ptr(y, "void *"), x.size, lanes, 0, 0) for x, y in cases]
+            if (np.asarray(ours, dtype=np.float32) == ref).all():
+                fits.append(w)
+    finally:
+        kernels.set_f32_tail(before)
+    if len(fits) != 1:
+        raise RuntimeError(f"ggml_vec_dot_f32's tail fits vector widths {fits} (expected exactly one of 4, 8, 16)")
+    return fits[0]

@@ -135,10 +135,10 @@ def test_rope_is_ggml_rope(neox):
     """The engine's rope (fused vectors of kernels.rope_vec pairs, as crossval measures the loaded
     ggml-cpu) equals ggml's own rope op bit for bit, head dims with and without leftover pairs."""
     from crossval import libggml
-    from crossval.backends.engine import _match_ggml_rope
+    from crossval.backends.engine import _match_ggml_build
     from engine.ops import rope, rope_cache
 
-    _match_ggml_rope()
+    _match_ggml_build()
     assert kernels.rope_vec(neox) == libggml.rope_vector_pairs(neox)
     rng = np.random.default_rng(7)
     for head_dim in (4, 6, 12, 14, 24, 30, 64, 128):

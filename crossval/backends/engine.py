@@ -10,9 +10,11 @@ from crossval.backends.base import (LAYER_STAGES, Backend, BackendError, Backend
                                     GenerateResult, Unsupported, greedy_compare_pass)  # fmt: skip
 
 
-def _match_ggml_rope() -> None:
-    """Faithful mode's rope as the loaded llama.cpp's ggml-cpu was compiled (how many pairs per fused
-    vector: crossval/libggml.py rope_vector_pairs); without llama-cpp-python the engine's default."""
+def _match_ggml_build() -> None:
+    """Faithful mode's float steps where the loaded llama.cpp's ggml-cpu depends on how it was compiled
+    (crossval/libggml.py): rope's pairs per fused vector (rope_vector_pairs), whether the IQ4_NL
+    vec_dot fuses its last block (vec_dot_tail_fused) and the vector width of
+    ggml_vec_dot_f32's tail (f32_tail_width); without llama-cpp-python the engine's defaults."""
     from engine import kernels
 
     if not kernels.available():
@@ -21,6 +23,9 @@ def _match_ggml_rope() -> None:
         from crossval import libggml
 
         kernels.set_rope_vec(libggml.rope_vector_pairs(False), libggml.rope_vector_pairs(True))
+        for name, (wtype, _) in libggml._TAIL_TYPES.items():
+            kernels.set_tail_fma(wtype, libggml.vec_dot_tail_fused(name))
+        kernels.set_f32_tail(libggml.f32_tail_width())
     except (ImportError, OSError):
         pass
 
@@ -38,7 +43,7 @@ class EngineBackend(Backend):
         from engine.generate import Engine
 
         if mode == "faithful":
-            _match_ggml_rope()
+            _match_ggml_build()
         t = time.perf_counter()
         simd = None
         if mode == "bf16":  # gemma.cpp's arithmetic for the Highway target the kit was built for here

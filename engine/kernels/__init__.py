@@ -109,6 +109,37 @@ def rope_vec(neox: bool) -> int:
     return int(lib.cv_rope_vec(int(bool(neox))))
 
 
+def set_tail_fma(wtype: int, fused: bool) -> None:
+    """Whether the llama.cpp being matched adds the odd last block of its IQ4_NL (20)
+    vec_dot with a fused multiply-add (`sumf += d·Σ`, contracted or not as its compiler chose). The
+    default, fused, is one build's; crossval measures the loaded llama.cpp's
+    (crossval/libggml.py vec_dot_tail_fused)."""
+    if lib.cv_set_tail_fma(int(wtype), int(bool(fused))) != 0:
+        raise ValueError(f"ggml type {wtype} has no vec_dot tail setting (IQ4_NL 20)")
+
+
+def set_f32_tail(width: int) -> None:
+    """The vector width (4, 8 or 16) in which the llama.cpp being matched forms ggml_vec_dot_f32's tail
+    (products of `width`, then of width/2, rounded; the rest fused) — its compiler's auto-vectorisation.
+    The default, 8, is one build's; crossval measures the loaded llama.cpp's (crossval/libggml.py
+    f32_tail_width)."""
+    if lib.cv_set_f32_tail(int(width)) != 0:
+        raise ValueError(f"F32 tail width must be 4, 8 or 16, not {width}")
+
+
+def f32_tail() -> int:
+    """set_f32_tail's current width."""
+    return int(lib.cv_f32_tail())
+
+
+def tail_fma(wtype: int) -> bool:
+    """set_tail_fma's current value for IQ4_NL (20)."""
+    v = int(lib.cv_tail_fma(int(wtype)))
+    if v < 0:
+        raise ValueError(f"ggml type {wtype} has no vec_dot tail setting (IQ4_NL 20)")
+    return bool(v)
+
+
 def ggml_bf16_dot() -> bool:
     """Whether the llama.cpp being matched multiplies BF16 with AVX512-BF16's dot instruction (vdpbf16ps):
     by default when this CPU has it and ggml_lanes() is 16 (a build for this CPU). ENGINE_GGML_BF16=0

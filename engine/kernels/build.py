@@ -54,6 +54,10 @@ void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_thr
 int cv_ggml_lanes(void);
 int cv_set_rope_vec(int norm_pairs, int neox_pairs);
 int cv_rope_vec(int neox);
+int cv_set_tail_fma(int wtype, int fused);
+int cv_tail_fma(int wtype);
+int cv_set_f32_tail(int w);
+int cv_f32_tail(void);
 int cv_set_table(const char *name, const void *data, int64_t nbytes);
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes);
 float cv_dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes, int tiny);

@@ -17,14 +17,28 @@
  */
 
 /* ggml_vec_dot_f32's tail (i..n), `sumf += x[i]*y[i]` in float as GCC vectorises it in the -march=native
- * build: products of 8 and then 4 at a time rounded and added one by one, the last 0-3 fused (FMA) */
+ * build: products of w at a time rounded and added one by one while w are left, then once w/2 of them,
+ * the last 0…w/2−1 fused (FMA). The vector width w is the compiler's: 8 in an AVX-512 Intel host's build
+ * (GCC prefers 256-bit vectors there), 16 in a Zen 4 host's; cv_set_f32_tail sets it, crossval measures
+ * the loaded libggml-cpu's (crossval/libggml.py f32_tail_width). */
+static int f32_tail_w = 8;
+
+int cv_set_f32_tail(int w) {
+    if (w != 4 && w != 8 && w != 16) return -1;
+    f32_tail_w = w;
+    return 0;
+}
+
+int cv_f32_tail(void) { return f32_tail_w; }
+
 static inline float f32_tail(const float *x, const float *y, int64_t i, int64_t n, float s) {
-    if (n - i >= 8)
-        for (; i + 8 <= n; i += 8)
-            for (int l = 0; l < 8; l++) s += x[i + l] * y[i + l];
-    if (n - i >= 4) {
-        for (int l = 0; l < 4; l++) s += x[i + l] * y[i + l];
-        i += 4;
+    const int w = f32_tail_w;
+    if (n - i >= w)
+        for (; i + w <= n; i += w)
+            for (int l = 0; l < w; l++) s += x[i + l] * y[i + l];
+    if (n - i >= w / 2) {
+        for (int l = 0; l < w / 2; l++) s += x[i + l] * y[i + l];
+        i += w / 2;
     }
     for (; i < n; i++) s = fmaf(x[i], y[i], s);
     return s;

@@ -21,7 +21,7 @@
  *       per output one chain, out = fma(float(block sum), d_w·d_a, out).
  *     otherwise one activation row: ggml_vec_dot_iq4_nl_q8_0 — blocks alternately into two 8-lane FMA
  *       accumulators (pairs of blocks), hsum_float_8 of their sum, an odd last block added in scalar
- *       (d·Σ contracted to an FMA, as ggml-cpu is built with -march=native);
+ *       (d·Σ fused or not as the build compiled it: tail_add in qkernels.c);
  *     two or more rows: llamafile's tinyBLAS (sgemm.cpp tinyBLAS_Q0_AVX): one 8-lane FMA chain per
  *       output, scale d_w·d_a, hsum at the end.
  * Integer sums are exact however they are formed; only these float steps fix the result. */
@@ -132,7 +132,7 @@ static float dot_iq4_nl(const void *vw, const void *va, int nb) {
         int32_t l[8], s = 0;
         iq4_nl_lanes(&w[b], a[b].qs, l);
         for (int k = 0; k < 8; k++) s += l[k];
-        sumf = fmaf(h2f(a[b].d) * h2f(w[b].d), (float)s, sumf);
+        sumf = tail_add(T_IQ4_NL, sumf, h2f(a[b].d) * h2f(w[b].d), (float)s);
     }
     return sumf;
 }
@@ -306,7 +306,7 @@ AVX2_FN static float dot_iq4_nl_avx2(const void *vw, const void *va, int nb) {
     float sumf = hsum8(_mm256_add_ps(acc1, acc2));
     for (; b < nb; b++) {
         const __m256i v = iq4_values(w[b].qs);
-        sumf = fmaf(_cvtsh_ss(a[b].d) * _cvtsh_ss(w[b].d), (float)iq34_hsum_i32(iq4_nl_block(v, _mm256_sign_epi8(v, v), &a[b])), sumf);
+        sumf = tail_add(T_IQ4_NL, sumf, _cvtsh_ss(a[b].d) * _cvtsh_ss(w[b].d), (float)iq34_hsum_i32(iq4_nl_block(v, _mm256_sign_epi8(v, v), &a[b])));
     }
     return sumf;
 }

@@ -648,6 +648,27 @@ typedef void (*gemv_fn)(const char *, int64_t, int64_t, int64_t, const void *, i
 #if defined(__x86_64__) && defined(__GNUC__)
 CV_GEMV(AVX2_FN, gemv_q6_K_avx2, dot_q6_K_avx2)
 #endif
+/* How the llama.cpp being matched adds the odd last block of ggml_vec_dot_iq4_nl_q8_0 (after the block
+ * pairs' two 8-lane accumulators): `sumf += d·Σ` is the compiler's to contract into an FMA or not, and
+ * GCC does in some -march builds (an AVX-512 Intel host's) and not in others (a Zen 4 host's).
+ * tail_add follows cv_set_tail_fma, which crossval sets from the loaded libggml-cpu
+ * (crossval/libggml.py vec_dot_tail_fused); default fused. The unfused form relies on this file being
+ * compiled without FP contraction (build.py's -std=c11). */
+static int tail_fma[1] = {1}; /* [0] IQ4_NL */
+
+int cv_set_tail_fma(int wtype, int fused) {
+    if (wtype != 20) return -1;
+    tail_fma[0] = fused != 0;
+    return 0;
+}
+
+int cv_tail_fma(int wtype) { return wtype == 20 ? tail_fma[0] : -1; }
+
+static inline float tail_add(int wtype, float sumf, float d, float s) {
+    (void)wtype;
+    return tail_fma[0] ? fmaf(d, s, sumf) : sumf + d * s;
+}
+
 #include "iq_tables.h"
 #include "iq2_kernels.c" /* IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M */
 #include "iq34_kernels.c" /* IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL */
