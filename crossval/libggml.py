@@ -191,12 +191,12 @@ def rope_vector_pairs(neox: bool) -> int:
 
 
 # --- how the loaded ggml-cpu's compiler formed a vec_dot's scalar tail --------------------------
-_TAIL_TYPES = {"iq4_nl": (20, 18)}  # name: (ggml type, block bytes)
+_TAIL_TYPES = {"iq4_nl": (20, 18), "mxfp4": (39, 17)}  # name: (ggml type, block bytes)
 
 
 @lru_cache(maxsize=2)
 def vec_dot_tail_fused(name: str) -> bool:
-    """Whether the loaded ggml-cpu's ggml_vec_dot_{name}_q8_0 (iq4_nl: block pairs into two 8-lane
+    """Whether the loaded ggml-cpu's ggml_vec_dot_{name}_q8_0 (iq4_nl, mxfp4: block pairs into two 8-lane
     accumulators, then `sumf += d·Σ` for an odd last block) fuses that last multiply-add — GCC contracts
     it in some -march builds and not in others. Decided on 3-block rows of seeded random blocks (values
     and activations biased positive, so the block sums are large and d·Σ inexact in float): the engine's
@@ -208,9 +208,12 @@ def vec_dot_tail_fused(name: str) -> bool:
     rng = np.random.default_rng(wtype)
     rows, n = 255, 96  # rows % 8 ≠ 0: vec_dot, not the repacked kernels
     w = rng.integers(0, 256, size=(rows, n // 32, bb), dtype=np.uint8)
-    # nibbles 8..15 (values 1..113), fp16 scales in [1e-3, 3e-2)
-    w[..., 2:] = rng.integers(8, 16, size=w[..., 2:].shape) | rng.integers(8, 16, size=w[..., 2:].shape) << 4
-    w[..., :2] = rng.uniform(1e-3, 3e-2, size=w.shape[:2]).astype(np.float16)[..., None].view(np.uint8)
+    if name == "mxfp4":  # nibbles 1..7 (values 1..12), scales 2^-8..2^7
+        w[..., 1:] = rng.integers(1, 8, size=w[..., 1:].shape) | rng.integers(1, 8, size=w[..., 1:].shape) << 4
+        w[..., 0] = rng.integers(120, 136, size=w.shape[:2])
+    else:  # nibbles 8..15 (values 1..113), fp16 scales in [1e-3, 3e-2)
+        w[..., 2:] = rng.integers(8, 16, size=w[..., 2:].shape) | rng.integers(8, 16, size=w[..., 2:].shape) << 4
+        w[..., :2] = rng.uniform(1e-3, 3e-2, size=w.shape[:2]).astype(np.float16)[..., None].view(np.uint8)
     w = w.reshape(rows, -1)
     x = rng.uniform(0.55, 1.0, size=(1, n)).astype(np.float32)
     before = kernels.tail_fma(wtype)

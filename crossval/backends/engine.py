@@ -12,8 +12,8 @@ from crossval.backends.base import (LAYER_STAGES, Backend, BackendError, Backend
 
 def _match_ggml_build() -> None:
     """Faithful mode's float steps where the loaded llama.cpp's ggml-cpu depends on how it was compiled
-    (crossval/libggml.py): rope's pairs per fused vector (rope_vector_pairs), whether the IQ4_NL
-    vec_dot fuses its last block (vec_dot_tail_fused) and the vector width of
+    (crossval/libggml.py): rope's pairs per fused vector (rope_vector_pairs), whether the IQ4_NL and
+    MXFP4 vec_dots fuse their last block (vec_dot_tail_fused) and the vector width of
     ggml_vec_dot_f32's tail (f32_tail_width); without llama-cpp-python the engine's defaults."""
     from engine import kernels
 

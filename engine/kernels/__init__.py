@@ -4,7 +4,7 @@
 never a dequantized copy — by activations x quantized as ggml's CPU backend quantizes them
 (Q8_0 / Q8_1 / Q8_K), with integer block dot products and ggml's per-block scale arithmetic.
 Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S,
-IQ1_S, IQ1_M, IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL (`supported(wtype)`; the i-quants' lookup tables come from
+IQ1_S, IQ1_M, IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL, MXFP4 (`supported(wtype)`; the i-quants' and MXFP4's lookup tables come from
 the gguf package at import, engine/kernels/iq_tables.py), F16 through `matmul_f16`, and F32 and BF16
 through `matmul_float`. When the extension was not built (no C compiler at install time),
 `available()` is False and `load_error()` says why; the numpy engine modes still work.
@@ -110,12 +110,12 @@ def rope_vec(neox: bool) -> int:
 
 
 def set_tail_fma(wtype: int, fused: bool) -> None:
-    """Whether the llama.cpp being matched adds the odd last block of its IQ4_NL (20)
+    """Whether the llama.cpp being matched adds the odd last block of its IQ4_NL (20) or MXFP4 (39)
     vec_dot with a fused multiply-add (`sumf += d·Σ`, contracted or not as its compiler chose). The
     default, fused, is one build's; crossval measures the loaded llama.cpp's
     (crossval/libggml.py vec_dot_tail_fused)."""
     if lib.cv_set_tail_fma(int(wtype), int(bool(fused))) != 0:
-        raise ValueError(f"ggml type {wtype} has no vec_dot tail setting (IQ4_NL 20)")
+        raise ValueError(f"ggml type {wtype} has no vec_dot tail setting (IQ4_NL 20, MXFP4 39)")
 
 
 def set_f32_tail(width: int) -> None:
@@ -133,10 +133,10 @@ def f32_tail() -> int:
 
 
 def tail_fma(wtype: int) -> bool:
-    """set_tail_fma's current value for IQ4_NL (20)."""
+    """set_tail_fma's current value for IQ4_NL (20) or MXFP4 (39)."""
     v = int(lib.cv_tail_fma(int(wtype)))
     if v < 0:
-        raise ValueError(f"ggml type {wtype} has no vec_dot tail setting (IQ4_NL 20)")
+        raise ValueError(f"ggml type {wtype} has no vec_dot tail setting (IQ4_NL 20, MXFP4 39)")
     return bool(v)
 
 

@@ -1,4 +1,4 @@
-/* Storage for the i-quants' lookup tables (grids, sign patterns, IQ4_NL's values). The values are not
+/* Storage for the i-quants' lookup tables (grids, sign patterns, IQ4_NL's and MXFP4's values). The values are not
  * written in this source: engine/kernels/iq_tables.py derives them from the gguf package and hands
  * each one over through cv_set_table when engine.kernels is imported. A kernel whose tables have not
  * arrived is reported unsupported (cv_iq_ready), so it can never run on zeros. Included by qkernels.c. */
@@ -7,10 +7,11 @@ static uint64_t cv_iq2xxs_grid[256], cv_iq2xs_grid[512], cv_iq2s_grid[1024], cv_
 static uint32_t cv_iq3xxs_grid[256], cv_iq3s_grid[512];
 static uint8_t cv_ksigns_iq2xs[128];
 static int8_t cv_kvalues_iq4nl[16];
+static int8_t cv_kvalues_mxfp4[16];
 /* ksigns as 8 sign bytes per entry (−1 where the bit is set, +1 elsewhere): _mm256_sign_epi8 operands */
 static uint64_t cv_signs64_iq2xs[128];
 
-enum { TB_IQ2XXS = 1, TB_IQ2XS = 2, TB_IQ2S = 4, TB_IQ1S = 8, TB_IQ3XXS = 16, TB_IQ3S = 32, TB_KSIGNS = 64, TB_KVALUES4 = 128 };
+enum { TB_IQ2XXS = 1, TB_IQ2XS = 2, TB_IQ2S = 4, TB_IQ1S = 8, TB_IQ3XXS = 16, TB_IQ3S = 32, TB_KSIGNS = 64, TB_KVALUES4 = 128, TB_KVALUES_FP4 = 256 };
 static unsigned cv_tables_set = 0;
 
 static const struct {
@@ -27,6 +28,7 @@ static const struct {
     {"iq3s_grid", cv_iq3s_grid, sizeof cv_iq3s_grid, TB_IQ3S},
     {"ksigns_iq2xs", cv_ksigns_iq2xs, sizeof cv_ksigns_iq2xs, TB_KSIGNS},
     {"kvalues_iq4nl", cv_kvalues_iq4nl, sizeof cv_kvalues_iq4nl, TB_KVALUES4},
+    {"kvalues_mxfp4", cv_kvalues_mxfp4, sizeof cv_kvalues_mxfp4, TB_KVALUES_FP4},
 };
 
 /* 0 when `name` is a known table of exactly nbytes (copied in), −1 otherwise */

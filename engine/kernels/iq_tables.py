@@ -1,4 +1,4 @@
-"""The i-quants' lookup tables for the native kernels, derived from the gguf package (gguf.quants),
+"""The i-quants' (and MXFP4's) lookup tables for the native kernels, derived from the gguf package (gguf.quants),
 never copied into the C sources: the kernels receive them once, at import (cv_set_table).
 
 Each table is laid out as ggml-common.h lays out its namesake:
@@ -7,7 +7,8 @@ Each table is laid out as ggml-common.h lays out its namesake:
   iq1s_grid (2048) — 8 signed bytes per entry (−1, 0, +1);
   iq3xxs_grid (256), iq3s_grid (512) — 4 magnitudes per entry (one uint32);
   ksigns_iq2xs (128) — 7 sign bits and their parity as the 8th (bit j set: value j negative);
-  kvalues_iq4nl (16) — IQ4_NL's non-linear int8 values.
+  kvalues_iq4nl (16) — IQ4_NL's non-linear int8 values;
+  kvalues_mxfp4 (16) — MXFP4's E2M1 values, doubled (int8).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def tables() -> dict[str, np.ndarray]:
         "iq3s_grid": _grid(q.IQ3_S, False),
         "ksigns_iq2xs": np.frombuffer(q.IQ2_XXS.ksigns, dtype=np.uint8).copy(),
         "kvalues_iq4nl": np.array(q.IQ4_NL.kvalues, dtype=np.int8).view(np.uint8),
+        "kvalues_mxfp4": np.array(q.MXFP4.kvalues, dtype=np.int8).view(np.uint8),
     }
 
 

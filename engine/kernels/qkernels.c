@@ -648,31 +648,29 @@ typedef void (*gemv_fn)(const char *, int64_t, int64_t, int64_t, const void *, i
 #if defined(__x86_64__) && defined(__GNUC__)
 CV_GEMV(AVX2_FN, gemv_q6_K_avx2, dot_q6_K_avx2)
 #endif
-/* How the llama.cpp being matched adds the odd last block of ggml_vec_dot_iq4_nl_q8_0 (after the block
- * pairs' two 8-lane accumulators): `sumf += d·Σ` is the compiler's to contract into an FMA or not, and
- * GCC does in some -march builds (an AVX-512 Intel host's) and not in others (a Zen 4 host's).
- * tail_add follows cv_set_tail_fma, which crossval sets from the loaded libggml-cpu
- * (crossval/libggml.py vec_dot_tail_fused); default fused. The unfused form relies on this file being
- * compiled without FP contraction (build.py's -std=c11). */
-static int tail_fma[1] = {1}; /* [0] IQ4_NL */
+/* How the llama.cpp being matched adds the odd last block of ggml_vec_dot_iq4_nl_q8_0 and
+ * ggml_vec_dot_mxfp4_q8_0 (after the block pairs' two 8-lane accumulators): `sumf += d·Σ` is the
+ * compiler's to contract into an FMA or not, and GCC does in some -march builds (an AVX-512 Intel
+ * host's) and not in others (a Zen 4 host's). tail_add follows cv_set_tail_fma, which crossval sets
+ * from the loaded libggml-cpu (crossval/libggml.py vec_dot_tail_fused); default fused. The unfused
+ * form relies on this file being compiled without FP contraction (build.py's -std=c11). */
+static int tail_fma[2] = {1, 1}; /* [0] IQ4_NL, [1] MXFP4 */
 
 int cv_set_tail_fma(int wtype, int fused) {
-    if (wtype != 20) return -1;
-    tail_fma[0] = fused != 0;
+    if (wtype != 20 && wtype != 39) return -1;
+    tail_fma[wtype == 39] = fused != 0;
     return 0;
 }
 
-int cv_tail_fma(int wtype) { return wtype == 20 ? tail_fma[0] : -1; }
+int cv_tail_fma(int wtype) { return wtype == 20 || wtype == 39 ? tail_fma[wtype == 39] : -1; }
 
-static inline float tail_add(int wtype, float sumf, float d, float s) {
-    (void)wtype;
-    return tail_fma[0] ? fmaf(d, s, sumf) : sumf + d * s;
-}
+static inline float tail_add(int wtype, float sumf, float d, float s) { return tail_fma[wtype == 39] ? fmaf(d, s, sumf) : sumf + d * s; }
 
 #include "iq_tables.h"
 #include "iq2_kernels.c" /* IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M */
 #include "iq34_kernels.c" /* IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL */
 #include "ternary_kernels.c" /* TQ1_0, TQ2_0 */
+#include "mxfp4_kernels.c" /* MXFP4 */
 
 static gemv_fn gemv_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -737,6 +735,7 @@ static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot)
     case T_Q5_0: *be = 32; *bb = 22; *atype = T_Q8_0; *ab = 34; *dot = simd ? CV_PICK(dot_q5_0) : dot_q5_0; return 0;
     case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
     case T_Q6_K: *be = 256; *bb = 210; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q6_K_avx2 : dot_q6_K; return 0;
+    case T_MXFP4: return mxfp4_layout(wtype, be, bb, atype, ab, dot);
     default: return iq34_type(wtype) ? iq34_layout(wtype, be, bb, atype, ab, dot)
                  : iq2_layout(wtype, be, bb, atype, ab, dot) == 0 ? 0 : ternary_layout(wtype, be, bb, atype, ab, dot);
     }
@@ -822,6 +821,7 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     const int64_t wrow = (int64_t)nb * bb, arow = (int64_t)nb * ab;
     if (n_threads < 1) n_threads = 1;
     if (iq34_type(wtype)) return iq34_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot), 0;
+    if (wtype == T_MXFP4) return mxfp4_matmul(W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot);
     if (wtype == T_Q2_K || wtype == T_Q3_K) return kq_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
     const int route = ggml_route(wtype, n_rows, n_tok);
 #if defined(__x86_64__) && defined(__GNUC__)
