@@ -84,13 +84,16 @@ GEMMA3_HEAD_24 = dict(arch="gemma3", n_layer=7, sliding_window=5, n_embd=96, n_h
                           ("Q8_0", GEMMA3_HEAD_24, [], "faithful"), ("F16", {}, [], "exact"),
                           ("Q5_1", {}, [], "faithful"), ("Q5_K", K_QUANT_WIDTH, [], "faithful"),
                           ("Q4_K", Q4_K_NARROW_KV, [], "faithful"), ("Q2_K", K_QUANT_WIDTH, [], "faithful"),
-                          ("Q2_K", Q4_K_NARROW_KV, [], "faithful"), ("Q3_K", K_QUANT_WIDTH, [], "faithful"), ("F32", {}, [], "exact"),
+                          ("Q2_K", Q4_K_NARROW_KV, [], "faithful"), ("Q3_K", K_QUANT_WIDTH, [], "faithful"),
+                          ("Q3_K", Q4_K_NARROW_KV, [], "faithful"), ("F32", {}, [], "exact"),
                           ("BF16", {}, [], "exact"), ("TQ2_0", K_QUANT_WIDTH, [], "faithful"), ("TQ1_0", K_QUANT_WIDTH, [], "faithful")])  # fmt: skip
 def test_faithful_profile_only_where_every_matrix_has_a_native_kernel(tmp_path, wtype, shape, fallbacks, profile):
     """A tiny llama whose matrices are all Q8_0, Q4_0, Q5_1, Q5_K, Q2_K or Q3_K (native kernels) is
     gated like llama.cpp itself, and its logits are llama.cpp's; so are an F16, F32 or BF16 one's
     (float weights: the exact profile). Q2_K's 128-row K and V take llama.cpp's repacked kernels,
-    its 4-row ones vec_dot and the tiled matmul. TQ2_0 and TQ1_0 (random weights, ternarised by
+    its 4-row ones vec_dot and the tiled matmul; so do Q3_K's 4-row ones (heads of 4 dims: both rope
+    pairs fused or not as the loaded ggml-cpu was compiled, kernels.set_rope_vec — with the engine's
+    fixed default instead, this model was the one left 0.125 off). TQ2_0 and TQ1_0 (random weights, ternarised by
     llama.cpp's quantizer) are native too: no type llama.cpp quantizes for the CPU falls back any
     more (the fallback list itself: tests/test_kernels.py)."""
     from gguf import GGMLQuantizationType
