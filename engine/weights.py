@@ -228,7 +228,9 @@ class NativeWeights(FloatWeights):
 
     def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
         """Expert e's matrix times the rows routed to it, by llama.cpp's mul_mat_id route: the repacked
-        types (_repacked) run repack.cpp forward_mul_mat_id's gemv one activation row at a time, F16, BF16
+        types (_repacked) run repack.cpp forward_mul_mat_id's gemv one activation row at a time — Q4_K and
+        Q2_K here row by row too (their gemm chains differ from gemv's), Q4_0, IQ4_NL and MXFP4 all rows
+        at once through the repacked kernels (their gemm and gemv keep the same chain) —, F16, BF16
         and F32 their vec_dot row by row (ggml-cpu.c mul_mat_id has no tinyBLAS); the other
         block types take all the rows at once, so 8 or more reach the tiled kernel as in
         ggml_compute_forward_mul_mat_id_tiled (tiled/tiled.cpp), fewer their vec_dot."""
@@ -249,7 +251,7 @@ class NativeWeights(FloatWeights):
         kind, ref, wtype = group
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
         y = np.empty((x2.shape[0], ref.shape[0]), dtype=np.float32)
-        per_row = kind in ("f16", "dense") or _repacked(wtype, ref.shape[0], self.kernels.ggml_lanes())
+        per_row = kind in ("f16", "dense") or (wtype in (Q.Q4_K, Q.Q2_K) and _repacked(wtype, ref.shape[0], self.kernels.ggml_lanes()))
         step = 1 if per_row else x2.shape[0]
         for i in range(0, x2.shape[0], step):
             self._native_matmul(kind, ref, wtype, x2[i : i + step], {}, y[i : i + step], 0)
