@@ -135,3 +135,174 @@ CV_FN static void CV_SFX(kq_mm)(int wtype, int route, const void *W, int64_t n_r
     for (int64_t g = 0; g < (n_rows + 7) / 8; g++)
         CV_SFX(kq_group)(wtype, route, (const char *)W, wrow, n_rows, g * 8, nb, (const char *)xq, arow, n_tok, n_gemm, Y, ldy);
 }
+
+#ifdef CV_KQ_VNNI
+/* ---- the same routes with each group of eight rows unpacked once into row lanes ---------------------
+ * For every 32-value vector m of a block (Q4_K/Q5_K: sub-block m; Q6_K: values 32m..32m+31) and value
+ * group k (its values 4k..4k+3), one vector holds those four unsigned values of each of the eight rows
+ * (row i in lane i): dpbusd with the activation's four values broadcast adds a sub-block's dot product
+ * to every row's lane at once, and the scales multiply lanes of row scales — the block integers S, M
+ * (Q6_K: S − 32·Σ sc·bsums) come out in row lanes without any reduction, then go through the float
+ * chains above. All integers as ggml's, exactly. */
+typedef struct {
+    __m256i u[8][8];   /* [m][k] */
+    __m256i sc[16];    /* Q4_K/Q5_K: sc[m] (sub-block m's scale per row, int32); Q6_K: sc[16-value sub-block] */
+    __m256i mn[8];     /* Q4_K/Q5_K: mn[j] pair j's mins (mn[2j] | mn[2j+1] << 16 per row); Q6_K: scale pairs likewise */
+    __m256 dw, dmw;
+} CV_SFX(kq8_blk);
+
+CV_FN static void CV_SFX(kq8_unpack)(int wtype, const char *const *wr, int b, CV_SFX(kq8_blk) *o) {
+    const int bb = wtype == T_Q4_K ? 144 : wtype == T_Q5_K ? 176 : 210;
+    __m256i v[8][8]; /* [m][row] */
+    uint16_t d8[8], dm8[8];
+    int32_t sc[16][8], mnp[8][8];
+    for (int i = 0; i < 8; i++) {
+        const char *wb = wr[i] + (int64_t)b * bb;
+        if (wtype == T_Q6_K) {
+            const blk_q6_K *w = (const blk_q6_K *)wb;
+            for (int h = 0; h < 2; h++) {
+                __m256i t4[4];
+                q6_K_half(w->ql + 64 * h, w->qh + 32 * h, t4);
+                for (int m = 0; m < 4; m++) v[4 * h + m][i] = t4[m];
+            }
+            d8[i] = w->d, dm8[i] = 0;
+            for (int s = 0; s < 16; s++) sc[s][i] = w->scales[s];
+            for (int p = 0; p < 8; p++) /* two int16 scales per lane, for madd with two bsums */
+                mnp[p][i] = (int32_t)((uint32_t)(uint16_t)(int16_t)w->scales[2 * p] | (uint32_t)(uint16_t)(int16_t)w->scales[2 * p + 1] << 16);
+            continue;
+        }
+        const blk_q4_K *w = (const blk_q4_K *)wb;
+        uint8_t s8[8], m8[8];
+        q4_K_scales(w->scales, s8, m8);
+        __m256i lo[4], hi[4];
+        if (wtype == T_Q5_K) q5_K_values((const blk_q5_K *)w, lo, hi);
+        else q4_K_nibbles(w, lo, hi);
+        for (int j = 0; j < 4; j++) v[2 * j][i] = lo[j], v[2 * j + 1][i] = hi[j];
+        d8[i] = w->d, dm8[i] = w->dmin;
+        for (int s = 0; s < 8; s++) sc[s][i] = s8[s];
+        for (int j = 0; j < 4; j++) mnp[j][i] = (int32_t)((uint32_t)m8[2 * j] | (uint32_t)m8[2 * j + 1] << 16);
+    }
+    for (int m = 0; m < 8; m++) {
+        CV_SFX(tr8x8_i32)(v[m]);
+        for (int k = 0; k < 8; k++) o->u[m][k] = v[m][k];
+    }
+    for (int s = 0; s < (wtype == T_Q6_K ? 16 : 8); s++) o->sc[s] = _mm256_loadu_si256((const __m256i *)sc[s]);
+    for (int p = 0; p < (wtype == T_Q6_K ? 8 : 4); p++) o->mn[p] = _mm256_loadu_si256((const __m256i *)mnp[p]);
+    o->dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d8));
+    o->dmw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm8));
+}
+
+/* the dots of 32-value vector m, value groups k0..k1−1, with up to four tokens' activations y[t] (values
+ * 32m + 4k..): four independent dpbusd chains sharing each weight vector */
+#define CV_KQ8_DOT(o, m, y, nt, k0, k1, acc)                                                                           \
+    for (int k = (k0); k < (k1); k++) {                                                                                 \
+        const __m256i uk = (o)->u[m][k];                                                                                \
+        for (int t = 0; t < (nt); t++) {                                                                                \
+            int32_t y4;                                                                                                 \
+            memcpy(&y4, (y)[t] + 32 * (m) + 4 * k, 4);                                                                  \
+            acc[t] = CV_DPBUSD(acc[t], uk, _mm256_set1_epi32(y4));                                                      \
+        }                                                                                                               \
+    }
+
+CV_FN static void CV_SFX(kq8_group)(int wtype, int route, const char *W, int64_t wrow, int64_t n_rows, int64_t r0, int nb,
+                                   const char *xq, int64_t arow, int64_t n_tok, int64_t n_gemm, float *Y, int64_t ldy,
+                                   CV_SFX(kq8_blk) *ub) {
+    const char *wr[8];
+    for (int i = 0; i < 8; i++) wr[i] = W + (r0 + i < n_rows ? r0 + i : n_rows - 1) * wrow;
+    for (int b = 0; b < nb; b++) CV_SFX(kq8_unpack)(wtype, wr, b, &ub[b]);
+    const int nr = n_rows - r0 < 8 ? (int)(n_rows - r0) : 8;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+        const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+        __m256 acc[4], accm[4];
+        for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const blk_q8_K *a[4];
+            const int8_t *y[4];
+            for (int t = 0; t < 4; t++) a[t] = (const blk_q8_K *)(xq + (t0 + (t < nt ? t : 0)) * arow) + b, y[t] = a[t]->qs;
+            const CV_SFX(kq8_blk) *o = &ub[b];
+            if (wtype == T_Q6_K) {
+                __m256i s[4];
+                for (int t = 0; t < 4; t++) s[t] = _mm256_setzero_si256();
+                for (int m = 0; m < 8; m++) {
+                    __m256i d0[4], d1[4];
+                    for (int t = 0; t < 4; t++) d0[t] = d1[t] = _mm256_setzero_si256();
+                    CV_KQ8_DOT(o, m, y, nt, 0, 4, d0)
+                    CV_KQ8_DOT(o, m, y, nt, 4, 8, d1)
+                    for (int t = 0; t < nt; t++)
+                        s[t] = _mm256_add_epi32(s[t], _mm256_add_epi32(_mm256_mullo_epi32(d0[t], o->sc[2 * m]), _mm256_mullo_epi32(d1[t], o->sc[2 * m + 1])));
+                }
+                for (int t = 0; t < nt; t++) {
+                    __m256i off = _mm256_setzero_si256();
+                    for (int p = 0; p < 8; p++) {
+                        int32_t bs2;
+                        memcpy(&bs2, a[t]->bsums + 2 * p, 4);
+                        off = _mm256_add_epi32(off, _mm256_madd_epi16(o->mn[p], _mm256_set1_epi32(bs2)));
+                    }
+                    const __m256i si = _mm256_sub_epi32(s[t], _mm256_slli_epi32(off, 5));
+                    acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(si), o->dw), _mm256_set1_ps(a[t]->d), acc[t]);
+                }
+                continue;
+            }
+            __m256i p[4][4]; /* [t][j] */
+            for (int j = 0; j < 4; j++) {
+                __m256i d0[4], d1[4];
+                for (int t = 0; t < 4; t++) d0[t] = d1[t] = _mm256_setzero_si256();
+                CV_KQ8_DOT(o, 2 * j, y, nt, 0, 8, d0)
+                CV_KQ8_DOT(o, 2 * j + 1, y, nt, 0, 8, d1)
+                for (int t = 0; t < nt; t++) p[t][j] = _mm256_add_epi32(_mm256_mullo_epi32(d0[t], o->sc[2 * j]), _mm256_mullo_epi32(d1[t], o->sc[2 * j + 1]));
+            }
+            for (int t = 0; t < nt; t++) {
+                const blk_q8_K *at = a[t];
+                const __m256 vda = _mm256_set1_ps(at->d);
+                __m256i mj[4];
+                for (int j = 0; j < 4; j++) {
+                    const int32_t bp = (int32_t)((uint32_t)(uint16_t)(at->bsums[4 * j] + at->bsums[4 * j + 1]) |
+                                                 (uint32_t)(uint16_t)(at->bsums[4 * j + 2] + at->bsums[4 * j + 3]) << 16);
+                    mj[j] = _mm256_madd_epi16(o->mn[j], _mm256_set1_epi32(bp));
+                }
+                if (route == 1 && t0 + t < n_gemm) {
+                    const __m256 dd = _mm256_mul_ps(o->dw, vda), dm = _mm256_mul_ps(o->dmw, vda);
+                    for (int j = 0; j < 4; j++) {
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[t][j]), dd, acc[t]);
+                        accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mj[j]), dm, accm[t]);
+                    }
+                    continue;
+                }
+                const __m256 sf = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(p[t][0], p[t][1]), _mm256_add_epi32(p[t][2], p[t][3])));
+                const __m256 mm = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(mj[0], mj[1]), _mm256_add_epi32(mj[2], mj[3])));
+                if (route == 1) {
+                    acc[t] = _mm256_fmadd_ps(sf, _mm256_mul_ps(o->dw, vda), acc[t]);
+                    accm[t] = _mm256_fmadd_ps(mm, _mm256_mul_ps(o->dmw, vda), accm[t]);
+                } else {
+                    acc[t] = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_sub_ps(_mm256_setzero_ps(), o->dmw), mm, _mm256_mul_ps(sf, o->dw)), vda, acc[t]);
+                }
+            }
+        }
+        for (int t = 0; t < nt; t++) {
+            float out[8];
+            _mm256_storeu_ps(out, route == 1 ? _mm256_sub_ps(acc[t], accm[t]) : acc[t]);
+            for (int i = 0; i < nr; i++) Y[(t0 + t) * ldy + r0 + i] = out[i];
+        }
+    }
+}
+
+CV_FN static int CV_SFX(kq8_mm)(int wtype, int route, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y,
+                                int64_t ldy, int n_threads) {
+    const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : wtype == T_Q5_K ? 176 : 210), arow = (int64_t)nb * 292;
+    const int64_t n_gemm = route == 1 ? n_tok - n_tok % 4 : 0;
+    int err = 0;
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
+    {
+        CV_SFX(kq8_blk) *ub = aligned_alloc(64, ((sizeof(CV_SFX(kq8_blk)) * (size_t)nb + 63) / 64) * 64);
+        if (!ub) {
+#pragma omp atomic write
+            err = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < (n_rows + 7) / 8; g++)
+            if (ub) CV_SFX(kq8_group)(wtype, route, (const char *)W, wrow, n_rows, g * 8, nb, (const char *)xq, arow, n_tok, n_gemm, Y, ldy, ub);
+        free(ub);
+    }
+    return err ? -1 : 0;
+}
+#endif

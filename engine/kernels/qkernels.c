@@ -576,17 +576,23 @@ AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow,
 #define CV_FN __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define CV_SFX(name) name##_avxvnni
 #define CV_MADD_ACC(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#define CV_KQ_VNNI
+#define CV_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #include "kq_tiled_x86.h"
 #undef CV_FN
 #undef CV_SFX
 #undef CV_MADD_ACC
+#undef CV_DPBUSD
 #define CV_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 #define CV_SFX(name) name##_avx512vnni
 #define CV_MADD_ACC(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
+#define CV_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #include "kq_tiled_x86.h"
 #undef CV_FN
 #undef CV_SFX
 #undef CV_MADD_ACC
+#undef CV_DPBUSD
+#undef CV_KQ_VNNI
 
 static int simd_override = -1; /* cv_set_simd: tests run the portable path on AVX2 machines too */
 
@@ -832,6 +838,8 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
 #endif
     if (route == 1 || route == 2) {
 #if defined(__x86_64__) && defined(__GNUC__)
+        if (vnni_kind()) /* rows unpacked into lanes once per group (kq_tiled_x86.h kq8_mm) */
+            return (vnni_kind() == 2 ? kq8_mm_avx512vnni : kq8_mm_avxvnni)(wtype, route, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
         CV_PICK(kq_mm)(wtype, route, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
 #endif
         return 0;
