@@ -17,10 +17,20 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of matching rows of two (n, vocab) arrays, accumulated in float64 → (n,).
     Two all-zero rows count as identical (1.0); one zero row against a non-zero one as 0.0."""
     a, b = np.asarray(a), np.asarray(b)
-    num = np.einsum("ij,ij->i", a, b, dtype=np.float64)
-    den = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64) * np.einsum("ij,ij->i", b, b, dtype=np.float64))
+    dot = lambda x, y: np.einsum("ij,ij->i", x, y, dtype=np.float64)  # noqa: E731
+    return _cosine(dot(a, b), dot(a, a), dot(b, b), a, b)
+
+
+def _cosine(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos = a·b / √(a·a · b·b) from the three dot products; rows with no positive denominator
+    are 1.0 when a == b there, else 0.0 (those rows alone are compared)."""
+    den = np.sqrt(aa * bb)
+    flat = ~(den > 0)
+    same = np.zeros(len(den), dtype=bool)
+    if flat.any():
+        same[flat] = np.all(a[flat] == b[flat], axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
+        out = np.where(den > 0, ab / np.where(den > 0, den, 1.0), np.where(same, 1.0, 0.0))
     return np.clip(out, -1.0, 1.0)
 
 
@@ -125,9 +135,15 @@ def teacher_forced_parts(parts: list[tuple[np.ndarray, np.ndarray]]) -> TeacherF
     return TeacherForced(*(np.concatenate([getattr(t, f) for t in done]) for f in TeacherForced.__dataclass_fields__))
 
 
-def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> TeacherForced:
+def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 8) -> TeacherForced:
     """Every per-position metric, computed in row chunks (float64 inside a chunk) so that a
-    (1000, 262144) pair costs two passes over memory, not a dozen float64 copies."""
+    (1000, 262144) pair costs a few passes over memory, not a dozen float64 copies. Chunks stay
+    small (8 rows): their temporaries are reused by the allocator instead of being mapped afresh.
+
+    Rows that are bit-identical on both sides and finite (every row of a faithful run) take their
+    values in closed form — cosine = a·a / √(a·a · a·a) (the formula itself, one dot product),
+    KL 0, max |Δ| 0, top-k overlap 1, top-1 match, rank 0 — which is what the general formulas
+    give on identical inputs (tests/test_compare.py checks both paths agree bit for bit)."""
     if ref.shape != eng.shape:
         raise ValueError(f"logit shapes differ: reference {ref.shape} vs engine {eng.shape}")
     n = ref.shape[0]
@@ -135,33 +151,84 @@ def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 32) -> Teacher
     top1 = np.empty(n, dtype=bool)
     rank = np.empty(n, dtype=np.int64)
     margin = np.full(n, np.nan)
-    k = min(10, ref.shape[1])
     for s in range(0, n, chunk):
         # float32 operands, float64 accumulation: exact enough for every metric (the tests compare
         # with the float64 row functions) at half the memory traffic
-        r = np.asarray(ref[s : s + chunk], dtype=np.float32)
-        e = np.asarray(eng[s : s + chunk], dtype=np.float32)
-        sl = slice(s, s + len(r))
-        out["cosine"][sl] = cosine_rows(r, e)
-        out["kld"][sl] = kld_rows(r, e)
-        out["max_abs"][sl] = np.abs(r - e).max(axis=1)
-        rt = np.argpartition(-r, k - 1, axis=1)[:, :k]
-        et = np.argpartition(-e, k - 1, axis=1)[:, :k]
-        # order each top-k by value (ties: lower id first) so top-5 is a prefix of top-10
-        rt = np.take_along_axis(rt, np.lexsort((rt, -np.take_along_axis(r, rt, 1)), axis=1), 1)
-        et = np.take_along_axis(et, np.lexsort((et, -np.take_along_axis(e, et, 1)), axis=1), 1)
-        for j in range(len(r)):
-            out["top5"][s + j] = len(set(rt[j, :5].tolist()) & set(et[j, :5].tolist())) / min(5, k)
-            out["top10"][s + j] = len(set(rt[j].tolist()) & set(et[j].tolist())) / k
-        ref_top, eng_top = np.argmax(r, axis=1), np.argmax(e, axis=1)
-        top1[sl] = ref_top == eng_top
-        rows = np.arange(len(r))
-        m = np.minimum(r[rows, ref_top].astype(np.float64) - r[rows, eng_top], e[rows, eng_top].astype(np.float64) - e[rows, ref_top])
-        margin[sl] = np.where(ref_top == eng_top, np.nan, m)
-        v = e[np.arange(len(r)), ref_top][:, None]
-        ids = np.arange(r.shape[1])[None, :]
-        rank[sl] = np.sum(e > v, axis=1) + np.sum((e == v) & (ids < ref_top[:, None]), axis=1)
+        r = np.ascontiguousarray(ref[s : s + chunk], dtype=np.float32)
+        e = np.ascontiguousarray(eng[s : s + chunk], dtype=np.float32)
+        idx = np.arange(s, s + len(r))
+        same = np.all(r.view(np.uint32) == e.view(np.uint32), axis=1)
+        if same.any():
+            a = r[same]
+            aa = np.einsum("ij,ij->i", a, a, dtype=np.float64)
+            same[same] = np.isfinite(aa)  # NaN/inf rows: the general formulas, whatever they give
+            aa = aa[np.isfinite(aa)]
+            i = idx[same]
+            out["cosine"][i] = _cosine(aa, aa, aa, r[same], r[same])
+            for k in ("kld", "max_abs"):
+                out[k][i] = 0.0
+            out["top5"][i] = out["top10"][i] = 1.0
+            top1[i], rank[i] = True, 0
+        if not same.all():
+            diff = ~same
+            _teacher_forced_rows(r[diff], e[diff], idx[diff], out, top1, rank, margin)
     return TeacherForced(out["cosine"], out["kld"], out["max_abs"], top1, out["top5"], out["top10"], rank, margin)
+
+
+def _teacher_forced_rows(r: np.ndarray, e: np.ndarray, idx: np.ndarray, out: dict, top1, rank, margin) -> None:
+    """The general per-position metrics of rows r, e (float32), stored at positions idx."""
+    dot = lambda x, y: np.einsum("ij,ij->i", x, y, dtype=np.float64)  # noqa: E731
+    out["cosine"][idx] = _cosine(dot(r, e), dot(r, r), dot(e, e), r, e)
+    out["kld"][idx] = kld_rows(r, e)
+    out["max_abs"][idx] = np.abs(r - e).max(axis=1)
+    k = min(10, r.shape[1])
+    rt, et = top_k_ids(r, k), top_k_ids(e, k)  # by value, ties lower id first: top-5 is a prefix of top-10
+    k5 = min(5, k)
+    out["top5"][idx] = (rt[:, :k5, None] == et[:, None, :k5]).any(axis=2).sum(axis=1) / k5
+    out["top10"][idx] = (rt[:, :, None] == et[:, None, :]).any(axis=2).sum(axis=1) / k
+    ref_top, eng_top = np.argmax(r, axis=1), np.argmax(e, axis=1)
+    top1[idx] = ref_top == eng_top
+    rows = np.arange(len(r))
+    m = np.minimum(r[rows, ref_top].astype(np.float64) - r[rows, eng_top], e[rows, eng_top].astype(np.float64) - e[rows, ref_top])
+    margin[idx] = np.where(ref_top == eng_top, np.nan, m)
+    # rank of the reference's top-1 in ours = #(e > v) + #(e == v at a lower id): its place in our
+    # top-k when it is there (and v is a number), else counted over the row
+    v = e[rows, ref_top]
+    hit = (et == ref_top[:, None]) & ~np.isnan(v)[:, None]
+    found = hit.any(axis=1)
+    rk = np.argmax(hit, axis=1)
+    for j in np.flatnonzero(~found):
+        rk[j] = np.count_nonzero(e[j] > v[j]) + np.count_nonzero(e[j, : ref_top[j]] == v[j])
+    rank[idx] = rk
+
+
+def top_k_ids(x: np.ndarray, k: int, groups: int = 64) -> np.ndarray:
+    """Per row of x (n, V), the ids of its k largest values, largest first, equal values by lower
+    id, NaN last — the order np.lexsort((ids, -x)) gives — without sorting whole rows.
+
+    The first groups·W ids (W = V // groups) are split into W columns of `groups` ids each (id
+    c + W·g, g < groups); the rest (fewer than `groups`) are always candidates. If the k columns
+    with the largest maxima have every maximum ≥ t (the smallest of those k) and no other column
+    reaches t, then ≥ k values are ≥ t, so the k-th largest value is ≥ t and every top-k value lies
+    in those k columns or the rest: only their k·groups (+ rest) values are sorted. Rows with a tie
+    at t or a NaN sort the whole row."""
+    x = np.asarray(x)
+    n, V = x.shape
+    W = V // groups
+    if W <= k:
+        return np.lexsort((np.broadcast_to(np.arange(V), x.shape), -x), axis=1)[:, :k]
+    cmax = x[:, : groups * W].reshape(n, groups, W).max(axis=1)  # (n, W)
+    cols = np.argpartition(-cmax, k - 1, axis=1)[:, :k]
+    t = np.take_along_axis(cmax, cols, 1).min(axis=1)
+    clean = (np.count_nonzero(cmax >= t[:, None], axis=1) == k) & ~np.isnan(cmax).any(axis=1)
+    ids = (cols[:, :, None] + W * np.arange(groups)).reshape(n, -1)
+    if V > groups * W:
+        ids = np.concatenate([ids, np.broadcast_to(np.arange(groups * W, V), (n, V - groups * W))], axis=1)
+    vals = np.take_along_axis(x, ids, 1)
+    top = np.take_along_axis(ids, np.lexsort((ids, -vals), axis=1)[:, :k], 1)
+    for j in np.flatnonzero(~clean):
+        top[j] = np.lexsort((np.arange(V), -x[j]))[:k]
+    return top
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

@@ -146,3 +146,59 @@ def test_top1_margin_is_the_smaller_own_preference():
     assert tf.top1_margin[0] == pytest.approx(0.5) and np.isnan(tf.top1_margin[1])
     rows = tf.rows()
     assert rows[0]["top1_margin"] == pytest.approx(0.5) and rows[1]["top1_margin"] is None
+
+
+def _general(r, e):
+    """The general per-position formulas on every row (no closed form for identical rows)."""
+    n = len(r)
+    out = {k: np.empty(n) for k in ("cosine", "kld", "max_abs", "top5", "top10")}
+    top1, rank, margin = np.empty(n, dtype=bool), np.empty(n, dtype=np.int64), np.full(n, np.nan)
+    C._teacher_forced_rows(r, e, np.arange(n), out, top1, rank, margin)
+    return out, top1, rank, margin
+
+
+def test_identical_rows_closed_form_is_the_general_formula_bit_for_bit():
+    rng = np.random.default_rng(11)
+    r = (rng.standard_normal((19, 3000)) * 5).astype(np.float32)
+    r[3] = 0.0  # an all-zero row: cosine 1.0 by the zero-row rule
+    r[4, :10] = 7.0  # tied maxima
+    e = r.copy()
+    e[5, 100] += 1.0  # one row differs: the general path inside the same chunk
+    tf = C.teacher_forced(r, e)
+    out, top1, rank, margin = _general(r, e)
+    for f in ("cosine", "kld", "max_abs", "top5", "top10"):
+        np.testing.assert_array_equal(getattr(tf, f), out[f])
+    np.testing.assert_array_equal(tf.top1, top1)
+    np.testing.assert_array_equal(tf.ref_top1_rank, rank)
+    np.testing.assert_array_equal(tf.top1_margin, margin)
+    assert tf.kld[5] > 0 and tf.max_abs[5] == pytest.approx(1.0, abs=1e-5) and tf.kld[4] == 0.0
+
+
+def test_non_finite_identical_rows_take_the_general_formulas():
+    r = np.random.default_rng(12).standard_normal((3, 200)).astype(np.float32)
+    r[0, 5], r[1, 6] = np.nan, np.inf
+    with np.errstate(all="ignore"):
+        tf = C.teacher_forced(r, r.copy())
+        out, *_ = _general(r, r.copy())
+    np.testing.assert_array_equal(tf.kld, out["kld"])  # NaN where the formula gives NaN, not a closed-form 0
+    assert np.isnan(tf.kld[0]) and tf.kld[2] == 0.0
+
+
+@pytest.mark.parametrize("V", [7, 64, 650, 4096 + 37, 20000])
+def test_top_k_ids_is_the_sorted_order(V):
+    """top_k_ids gives what sorting whole rows by (value descending, id ascending, NaN last)
+    gives, with ties at the k-th value, NaN and ids past the last full column."""
+    rng = np.random.default_rng(V)
+    x = np.round(rng.standard_normal((12, V)) * 4).astype(np.float32)  # many ties
+    x[1] = rng.standard_normal(V).astype(np.float32)  # no ties
+    x[2, V // 2] = np.nan
+    x[3, -1] = 100.0  # the maximum in the last ids
+    x[4] = 0.0
+    want = np.lexsort((np.broadcast_to(np.arange(V), x.shape), -x), axis=1)[:, : min(10, V)]
+    np.testing.assert_array_equal(C.top_k_ids(x, min(10, V)), want)
+
+
+def test_topk_overlap_ties_at_the_kth_value_go_to_the_lower_id():
+    ref = np.array([[5.0, 4, 4, 4, 0, 0]], dtype=np.float32)  # top-2: ids 0, 1 (1, 2, 3 tie)
+    eng = np.array([[5.0, 3, 4, 4, 0, 0]], dtype=np.float32)  # top-2: ids 0, 2
+    assert list(C.top_k_ids(ref, 2)[0]) == [0, 1] and list(C.top_k_ids(eng, 2)[0]) == [0, 2]
