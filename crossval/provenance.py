@@ -80,15 +80,59 @@ def _libc() -> str:
     return f"{name} {ver}".strip() or "unknown"
 
 
+_cpu_probe: list = []  # the py-cpuinfo child started by start_cpu_probe, until _cpu() collects it
+
+
+def start_cpu_probe() -> None:
+    """Start py-cpuinfo's query now, so that the environment section finds it answered: its
+    get_cpu_info runs `python -m cpuinfo --json` in a child process (which asks lscpu and CPUID
+    in children of its own) and takes a second or more. Its own session, registered: an interrupt
+    kills it (cancel_cpu_probe)."""
+    import subprocess
+
+    from crossval import signals
+
+    if _cpu_probe or _cpu.cache_info().currsize:
+        return
+    with signals.held():
+        try:
+            p = subprocess.Popen([sys.executable, "-m", "cpuinfo", "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        except OSError:
+            return
+        signals.register(p.pid)
+        _cpu_probe.append(p)
+
+
+def cancel_cpu_probe() -> None:
+    """Kill a probe no one collected (a run that ended before its first receipt)."""
+    import signal
+
+    from crossval import signals
+
+    while _cpu_probe:
+        p = _cpu_probe.pop()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        p.communicate()
+        signals.unregister(p.pid)
+
+
 @lru_cache(maxsize=1)
 def _cpu() -> dict:
+    import json
+
+    from crossval.signals import held, unregister
+
     try:
-        import cpuinfo
-
-        from crossval.signals import held
-
-        with held():  # py-cpuinfo asks a child process (and lscpu): an interrupt waits for them, leaving no orphan
-            info = cpuinfo.get_cpu_info()
+        start_cpu_probe()
+        p = _cpu_probe.pop()
+        with held():  # an interrupt waits for the probe (and its children), leaving no orphan
+            out, _ = p.communicate()
+        unregister(p.pid)
+        info = json.loads(out) if p.returncode == 0 else {}  # what cpuinfo.get_cpu_info() returns
         flags = sorted(f for f in info.get("flags", []) if f.startswith(("avx", "sse4", "fma", "f16c", "amx", "vnni", "bmi")))
         return {"model": info.get("brand_raw") or platform.processor(), "flags": flags}
     except Exception:  # py-cpuinfo can fail in odd sandboxes; provenance must not

@@ -22,6 +22,7 @@ the `progress` callback the CLI hands in.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import time
@@ -105,6 +106,7 @@ class ModelPlan:
     bos_text: str
     eos_text: str
     tokenizer: dict | None = None  # the receipt's `tokenizer` section (without parse_special)
+    engine_tokenizer: object | None = None  # engine.tokenizer.Tokenizer of the GGUF, None where unsupported
 
 
 def resolve(cfg: RunConfig) -> list[ModelPlan]:
@@ -134,20 +136,21 @@ def resolve(cfg: RunConfig) -> list[ModelPlan]:
             thr = thresholds.load_overrides(thr, cfg.thresholds_file)
         bos, eos = _special_texts(g)
         label = name if name in REAL_MODELS else Path(name).stem
-        plans.append(ModelPlan(name, label, path, g, section, thr, g.get("tokenizer.chat_template"), bos, eos, _tokenizer_facts(g)))
+        tok = _engine_tokenizer(g)
+        plans.append(ModelPlan(name, label, path, g, section, thr, g.get("tokenizer.chat_template"), bos, eos,
+                               provenance.tokenizer_fingerprint(g, tok.vocab if tok is not None else None), tok))  # fmt: skip
     return plans
 
 
-def _tokenizer_facts(g) -> dict:
-    """The `tokenizer` receipt facts, from the GGUF (with the vocabulary the engine builds from it,
-    when it supports this one)."""
+def _engine_tokenizer(g):
+    """The engine's tokenizer of the GGUF (its vocabulary completes the `tokenizer` receipt facts;
+    the engine backend reuses it), or None when the engine does not support this one."""
     from engine.tokenizer import Tokenizer, TokenizerError
 
     try:
-        vocab = Tokenizer.from_gguf(g).vocab
+        return Tokenizer.from_gguf(g)
     except (TokenizerError, ValueError):
-        vocab = None
-    return provenance.tokenizer_fingerprint(g, vocab)
+        return None
 
 
 def _special_texts(g) -> tuple[str, str]:
@@ -156,7 +159,10 @@ def _special_texts(g) -> tuple[str, str]:
 
     def text(key):
         i = g.get(key)
-        return toks[int(i)] if toks is not None and i is not None and 0 <= int(i) < len(toks) else ""
+        ok = toks is not None and i is not None and 0 <= int(i) < len(toks)
+        if not ok:
+            return ""
+        return toks.raw()[int(i)].decode("utf-8", errors="replace") if hasattr(toks, "raw") else toks[int(i)]  # not all 262k
 
     return text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id")
 
@@ -175,14 +181,37 @@ def _third(cfg: RunConfig) -> str:
     return next(b for b in THREE_WAY if b not in (cfg.engine, cfg.reference))
 
 
+class StartedReference:
+    """A model's reference backend, started (a child loads meanwhile) before its Backends exist —
+    the next model's reference loads while this model's prompts run. Holds what starting it gave:
+    the backend, or why it cannot run here (unavailable), or the failure the first prompt reports."""
+
+    def __init__(self, cfg: RunConfig, plan: ModelPlan, settings: BackendSettings):
+        self.ref: Backend | None = None
+        self.unavailable: str | None = None
+        self.failure: BackendError | None = None
+        try:
+            self.ref = make_backend(cfg.reference, plan.path, settings)
+        except BackendUnavailable as e:
+            self.unavailable = str(e)
+        except BackendError as e:
+            self.failure = e
+
+    def close(self) -> None:
+        ref, self.ref = self.ref, None
+        _close_quietly(ref)
+
+
 class Backends:
     """The engine side, the reference and (with --three-way) the third for one model. The
-    reference starts first (a child loads while the engine does); a reference that failed is
-    restarted on the next request; `close()` (or `with`) closes every backend exactly once."""
+    reference starts first (a child loads while the engine does), unless it was started earlier
+    (`started`); a reference that failed is restarted on the next request; `close()` (or `with`)
+    closes every backend exactly once."""
 
-    def __init__(self, cfg: RunConfig, plan: ModelPlan, progress: Progress):
+    def __init__(self, cfg: RunConfig, plan: ModelPlan, progress: Progress, started: StartedReference | None = None):
         self.cfg, self.plan = cfg, plan
         self.settings = cfg.settings(progress)
+        self.settings.gguf, self.settings.tokenizer = plan.gguf, plan.engine_tokenizer  # opened once (resolve)
         self.ref: Backend | None = None
         self.eng: Backend | None = None
         self.third: Backend | None = None
@@ -191,7 +220,11 @@ class Backends:
         self.failure: BackendError | None = None  # a timeout/crash while starting: the first prompt reports it
         self.first_load = True
         try:
-            self._start_reference()
+            if started is not None:
+                self.ref, self.unavailable, self.failure = started.ref, started.unavailable, started.failure
+                started.ref = None  # ours to close now
+            else:
+                self._start_reference()
             try:
                 with signals.deadline(cfg.timeout, "load"):  # the engine side loads under the backends' deadline
                     self.eng = make_backend(cfg.engine, plan.path, self.settings)
@@ -212,12 +245,8 @@ class Backends:
             raise
 
     def _start_reference(self) -> None:
-        try:
-            self.ref = make_backend(self.cfg.reference, self.plan.path, self.settings)
-        except BackendUnavailable as e:
-            self.unavailable = str(e)
-        except BackendError as e:
-            self.failure = e
+        s = StartedReference(self.cfg, self.plan, self.settings)
+        self.ref, self.unavailable, self.failure = s.ref, s.unavailable, s.failure
 
     def reference(self) -> Backend:
         """The reference, ready (restarted after a failure); raises what stops it."""
@@ -556,50 +585,67 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run every (model, prompt); write receipts + summary under cfg.out_dir/<run_id>/."""
     progress = progress or (lambda event, info: None)
     t_run = time.perf_counter()
-    plans = resolve(cfg)
-    run_id = receipts.new_run_id()
-    out = Path(cfg.out_dir) / run_id
-    rows: list[dict] = []
-    codes: list[int] = []
-    interrupted = None
+    provenance.start_cpu_probe()  # the environment's CPU facts come from a child process: it answers meanwhile
     try:
-        receipts.ensure_dir(out)
-        env = provenance.environment_section(cfg.threads)
-        _run_plans(cfg, plans, run_id, out, env, rows, codes, progress)
-        exit_code = worst(codes)
-    except signals.Interrupted as e:  # backends closed on the way out; finished receipts stay
-        if not out.is_dir():
-            raise  # interrupted before the run had a directory: nothing to summarise
-        interrupted = {"signal": signal.Signals(e.signum).name, "receipts_written": len(rows)}
-        exit_code = e.exit_code
+        plans = resolve(cfg)
+        run_id = receipts.new_run_id()
+        out = Path(cfg.out_dir) / run_id
+        rows: list[dict] = []
+        codes: list[int] = []
+        interrupted = None
+        try:
+            receipts.ensure_dir(out)
+            env = functools.cache(lambda: provenance.environment_section(cfg.threads))  # asked by the first receipt
+            _run_plans(cfg, plans, run_id, out, env, rows, codes, progress)
+            exit_code = worst(codes)
+        except signals.Interrupted as e:  # backends closed on the way out; finished receipts stay
+            if not out.is_dir():
+                raise  # interrupted before the run had a directory: nothing to summarise
+            interrupted = {"signal": signal.Signals(e.signum).name, "receipts_written": len(rows)}
+            exit_code = e.exit_code
+    finally:
+        provenance.cancel_cpu_probe()  # not asked for (no receipt was written): not left running
     sp = receipts.write(out / "summary.json", summary(cfg, run_id, exit_code, rows, time.perf_counter() - t_run, interrupted))
     return RunResult(run_id, out, exit_code, rows, sp)
 
 
-def _run_plans(cfg: RunConfig, plans: list[ModelPlan], run_id: str, out: Path, env: dict, rows: list[dict], codes: list[int],
-               progress: Progress) -> None:  # fmt: skip
-    """Every (model, prompt) comparison; each receipt is written as soon as it is finished."""
+def _run_plans(cfg: RunConfig, plans: list[ModelPlan], run_id: str, out: Path, env: Callable[[], dict], rows: list[dict],
+               codes: list[int], progress: Progress) -> None:  # fmt: skip
+    """Every (model, prompt) comparison; each receipt is written as soon as it is finished. The
+    next model's reference starts with this model's backends, so that it loads meanwhile."""
     stop = False
-    for plan in plans:
-        progress("model", {"model": plan.name, "prompts": len(cfg.prompts)})
-        with Backends(cfg, plan, progress) as b:
-            for prompt in cfg.prompts:
-                c = Comparison(prompt)
-                run_prompt(c, cfg, plan, b)
-                rec = receipt(cfg, run_id, plan, c, b.eng.provenance(), plan.tokenizer, env)
-                fname = f"{_safe(plan.label)}__{_safe(prompt.id)}.json"
-                with signals.held():  # an interrupt waits until the receipt is written and counted
-                    receipts.write(out / fname, rec)
-                    if cfg.sign_key is not None:
-                        signing.write_signed(out / fname, rec, cfg.sign_key)
-                    codes.append(_exit_code(c, rec))
-                    rows.append(_summary_row(fname, plan, c, rec))
-                progress("receipt", rows[-1])
-                if rec["parity"]["status"] in ("timeout", "crashed") and not cfg.keep_going:
-                    stop = True  # without --keep-going a crash or timeout ends the run (its receipt is written)
-                    break
-        if stop:
-            break
+    started: StartedReference | None = None
+    try:
+        for i, plan in enumerate(plans):
+            progress("model", {"model": plan.name, "prompts": len(cfg.prompts)})
+            with Backends(cfg, plan, progress, started) as b:
+                started = StartedReference(cfg, plans[i + 1], cfg.settings(progress)) if i + 1 < len(plans) else None
+                stop = _run_prompts(cfg, plan, b, run_id, out, env, rows, codes, progress)
+            if stop:
+                break
+    finally:
+        if started is not None:  # the run ended before that model: its reference is closed unused
+            started.close()
+
+
+def _run_prompts(cfg: RunConfig, plan: ModelPlan, b: Backends, run_id: str, out: Path, env: Callable[[], dict], rows: list[dict],
+                 codes: list[int], progress: Progress) -> bool:  # fmt: skip
+    """One model's prompts; True when a crash or timeout ends the run (without --keep-going)."""
+    for prompt in cfg.prompts:
+        c = Comparison(prompt)
+        run_prompt(c, cfg, plan, b)
+        rec = receipt(cfg, run_id, plan, c, b.eng.provenance(), plan.tokenizer, env())
+        fname = f"{_safe(plan.label)}__{_safe(prompt.id)}.json"
+        with signals.held():  # an interrupt waits until the receipt is written and counted
+            receipts.write(out / fname, rec)
+            if cfg.sign_key is not None:
+                signing.write_signed(out / fname, rec, cfg.sign_key)
+            codes.append(_exit_code(c, rec))
+            rows.append(_summary_row(fname, plan, c, rec))
+        progress("receipt", rows[-1])
+        if rec["parity"]["status"] in ("timeout", "crashed") and not cfg.keep_going:
+            return True  # without --keep-going a crash or timeout ends the run (its receipt is written)
+    return False
 
 
 def summary(cfg: RunConfig, run_id: str, exit_code: int, rows: list[dict], total_s: float, interrupted: dict | None = None) -> dict:

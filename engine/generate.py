@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.gguf_model import GGUFError, ModelConfig, open_gguf, read_config
+from engine.gguf_model import GGUFError, GGUFFile, ModelConfig, open_gguf, read_config
 from engine.kv_cache import KVCache
 from engine.models import build_model
 from engine.sampling import greedy
@@ -42,13 +42,13 @@ class Generation:
 
 class Engine:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 2048, kv_type: str = "f32", mode: str = "float", tap: Tap | None = None,
-                 threads: int = 1, simd_target: str | None = None):  # fmt: skip
+                 threads: int = 1, simd_target: str | None = None, gguf: GGUFFile | None = None):  # fmt: skip
         """simd_target: mode bf16 follows gemma.cpp built for this Highway target (e.g. AVX3_SPR;
-        None: the one this CPU's features give)."""
+        None: the one this CPU's features give). gguf: `path` already opened (open_gguf), reused."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.path = str(path)
-        self.gguf = open_gguf(path)
+        self.gguf = gguf if gguf is not None else open_gguf(path)
         self.config: ModelConfig = read_config(self.gguf)
         self.model = build_model(self.gguf, self.config, mode=mode, threads=threads, simd_target=simd_target)
         self.mode = mode

@@ -83,6 +83,10 @@ class BackendSettings:
     gemmacpp_threads: int = 2  # gemma.cpp's results depend on it: pinned, recorded
     gemmacpp_patched: bool = True  # False: upstream gemma.cpp (the kit's --no-patches build)
     progress: Callable[[str], None] | None = None  # one-line progress (e.g. a kit building)
+    # the model as the harness already opened it (crossval/run.py resolve): a backend that reads the
+    # GGUF itself reuses these instead of mapping and parsing it, and building its tokenizer, again
+    gguf: object | None = None  # engine.gguf_model.GGUFFile of the model path
+    tokenizer: object | None = None  # engine.tokenizer.Tokenizer built from it (None: not built)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +56,10 @@ class BitnetCpp(ChildBackend, Backend):
         self._tmp = tempfile.TemporaryDirectory(prefix="crossval-bitnetcpp-", dir=shm)
         child_env = dict(os.environ if env is None else env)
         self._start([sys.executable, "-m", "crossval.backends.bitnetcpp"], child_env, timeout)
-        self._t0 = time.perf_counter()
         # n_ctx a multiple of 32: the fork pads the attended KV length to 32 cells, capped at n_ctx
         n_ctx = (int(n_ctx) + 31) // 32 * 32
         self._load_args = dict(lib=str(self.kit.libllama), model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
-        self._send("load", **self._load_args)
-        self._info = None
+        self._send_load(**self._load_args)
 
     def _with_build(self, provenance: dict) -> dict:
         b = self.kit.provenance()
@@ -70,7 +67,9 @@ class BitnetCpp(ChildBackend, Backend):
                     version=f"bitnet.cpp {(b['bitnet_commit'] or '')[:12]} (llama.cpp fork {(b['llama_cpp_commit'] or '')[:12]})")  # fmt: skip
 
     def _npy(self, name: str) -> str:
-        return str(Path(self._tmp.name) / (f"{name}.npz" if name in ("pass", "capture") else f"{name}.npy"))
+        if name == "pass":
+            return str(Path(self._tmp.name) / name)  # a prefix (isolated.save_arrays)
+        return str(Path(self._tmp.name) / (f"{name}.npz" if name == "capture" else f"{name}.npy"))
 
     # --- Backend ------------------------------------------------------------------------------
     def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES,
@@ -94,9 +93,7 @@ class BitnetCpp(ChildBackend, Backend):
 
     def reload(self) -> None:
         """Load the model again in the same child (after unload)."""
-        self._info = None
-        self._t0 = time.perf_counter()
-        self._send("load", **self._load_args)
+        self._send_load(**self._load_args)
         self.wait_loaded()
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -36,10 +37,13 @@ class EngineBackend(Backend):
     @classmethod
     def from_settings(cls, model_path, s: BackendSettings) -> "EngineBackend":
         return cls(model_path, n_ctx=s.n_ctx, kv_type=s.kv_type, mode=s.mode, perturb=s.perturb, prefix_end=s.prefix_end,
-                   threads=s.threads)  # fmt: skip
+                   threads=s.threads, gguf=s.gguf, tokenizer=s.tokenizer)  # fmt: skip
 
     def __init__(self, model_path, n_ctx: int = 2048, kv_type: str = "f16", mode: str = "float",
-                 perturb: tuple[int, float] | None = None, prefix_end: int = 0, threads: int = 1):  # fmt: skip
+                 perturb: tuple[int, float] | None = None, prefix_end: int = 0, threads: int = 1, gguf=None,
+                 tokenizer=None):  # fmt: skip
+        """gguf, tokenizer: model_path already opened (engine.gguf_model.open_gguf) and its
+        engine.tokenizer.Tokenizer, reused instead of built again."""
         from engine.generate import Engine
 
         if mode == "faithful":
@@ -51,7 +55,7 @@ class EngineBackend(Backend):
 
             simd = built_simd_target()
         try:
-            self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads, simd_target=simd).load()
+            self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads, simd_target=simd, gguf=gguf).load()
         except ValueError as e:  # e.g. mode bf16 for a target this CPU cannot run
             raise BackendError(str(e)) from None
         self.load_s = time.perf_counter() - t
@@ -80,7 +84,7 @@ class EngineBackend(Backend):
         from engine.tokenizer import Tokenizer, TokenizerError
 
         try:
-            self.tokenizer = Tokenizer.from_gguf(self.engine.gguf)
+            self.tokenizer = tokenizer if tokenizer is not None else Tokenizer.from_gguf(self.engine.gguf)
         except TokenizerError:
             self.tokenizer = None  # e.g. an unsupported pre-tokenizer: ids then come from the reference
         self.capabilities = Capabilities(tokenize=self.tokenizer is not None, sampling=True, capture=True)
@@ -197,7 +201,9 @@ class EngineBackend(Backend):
         self.engine = None
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
+    """The checkout's commit (asked once per process: every receipt's provenance names it)."""
     import subprocess
     from pathlib import Path
 

@@ -237,15 +237,22 @@ class ChildProcess:
 
 class ChildBackend(ChildProcess):
     """The Backend requests a child answering serve() (below) understands, the same for every
-    such backend: the subclass starts the child, sends "load" (setting _info = None and _t0) and
-    defines _npy(name) (the file an array travels through) and capture_rows; it may add to the
-    child's provenance (_with_build)."""
+    such backend: the subclass starts the child, sends "load" (_send_load) and defines _npy(name)
+    (the file an array travels through) and capture_rows; it may add to the child's provenance
+    (_with_build)."""
+
+    def _send_load(self, **args) -> None:
+        """Ask the child to load a model; the reply is read by wait_loaded, when first needed."""
+        self._info = None
+        self._t0 = time.time()  # the child's "loaded_at" is on the same clock
+        self._send("load", **args)
 
     def wait_loaded(self) -> None:
-        """Wait for the reply to "load": sets load_s, n_vocab and the provenance."""
+        """Wait for the reply to "load": sets load_s (from the request to the child's loaded_at, however
+        late the reply is read), n_vocab and the provenance."""
         if self._info is None:
             self._info = self._receive()
-            self.load_s = time.perf_counter() - self._t0
+            self.load_s = self._info.get("loaded_at", time.time()) - self._t0
             self.n_vocab = self._info["n_vocab"]
             self._provenance = self._with_build(self._info["provenance"])
 
@@ -291,10 +298,7 @@ class ChildBackend(ChildProcess):
 
     def finish_compare_pass(self) -> ComparePass:
         r = self._receive()
-        out = self._npy("pass")
-        with np.load(out) as z:
-            arrs = {k: z[k] for k in z.files}
-        os.unlink(out)
+        arrs = map_arrays(self._npy("pass"), r["arrays"])
         return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
 
     def provenance(self) -> dict:
@@ -326,12 +330,10 @@ class IsolatedLlamaCpp(ChildBackend, Backend):
         self._start([sys.executable, "-m", "crossval.backends.isolated"], child_env, timeout)
         # the child loads the model while the caller does other work (e.g. loads the engine);
         # the first request waits for it
-        self._t0 = time.perf_counter()
-        self._send("load", model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch)
-        self._info = None
+        self._send_load(model_path=str(model_path), n_ctx=n_ctx, threads=threads, kv_type=kv_type, n_batch=n_batch)
 
     def _npy(self, name: str) -> str:
-        return str(Path(self._tmp.name) / (f"{name}.npz" if name == "pass" else f"{name}.npy"))
+        return str(Path(self._tmp.name) / (name if name == "pass" else f"{name}.npy"))  # "pass": a prefix (save_arrays)
 
     # --- Backend ------------------------------------------------------------------------------
     def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES) -> dict[str, np.ndarray]:
@@ -364,6 +366,25 @@ def _describe_exit(rc: int | None) -> str:
         except ValueError:
             return f"killed by signal {-rc}"
     return f"exited with status {rc}"
+
+
+def save_arrays(prefix: str, arrays: dict[str, np.ndarray]) -> list[str]:
+    """Child side: each array to its own <prefix>.<name>.npy; → the names, for the reply."""
+    for name, arr in arrays.items():
+        np.save(f"{prefix}.{name}.npy", arr)
+    return list(arrays)
+
+
+def map_arrays(prefix: str, names: list[str]) -> dict[str, np.ndarray]:
+    """Parent side: the arrays save_arrays wrote, mapped read-only (the logits of a long prompt
+    are hundreds of MB: mapping the child's file costs no copy) and unlinked at once (the mapping
+    keeps the pages until the arrays are dropped)."""
+    out = {}
+    for name in names:
+        path = f"{prefix}.{name}.npy"
+        out[name] = np.load(path, mmap_mode="r")
+        os.unlink(path)
+    return out
 
 
 # --- child side ------------------------------------------------------------------------------
@@ -447,7 +468,7 @@ def serve(load, capture_model, free_sampler) -> int:
                 except BackendError as e:
                     reply(False, error=str(e), unavailable=isinstance(e, BackendUnavailable))
                     continue
-                reply(True, {"n_vocab": m.n_vocab, "provenance": provenance})
+                reply(True, {"n_vocab": m.n_vocab, "provenance": provenance, "loaded_at": time.time()})
             elif m is None:
                 reply(False, error=f"{op} before load")
             elif op == "tokenize":
@@ -497,9 +518,7 @@ def serve(load, capture_model, free_sampler) -> int:
                     arrs["steps"] = cp.step_logits
                 if cp.forced_logits is not None:
                     arrs["forced"] = cp.forced_logits
-                with open(a["out"], "wb") as f:
-                    np.savez(f, **arrs)
-                reply(True, {"tokens": cp.tokens, "seconds": cp.seconds})
+                reply(True, {"tokens": cp.tokens, "seconds": cp.seconds, "arrays": save_arrays(a["out"], arrs)})
             else:
                 reply(False, error=f"unknown op {op!r}")
         except Exception as e:  # report, keep serving: the parent decides what an error means
