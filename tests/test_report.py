@@ -354,11 +354,50 @@ def test_report_of_the_recorded_bench_trend(tmp_path):
 
     def lookup(table, row, field):
         name, i = row.rsplit("/", 1)
-        return recs[name]["engine"]["mode"] if field == "mode" else recs[name]["results"][int(i)][field]
+        if field == "mode":
+            return recs[name]["engine"]["mode"]
+        if field == "decode_bytes_per_token":
+            return (recs[name].get("roofline") or {}).get(field)
+        return recs[name]["results"][int(i)].get(field)
 
     page = _check_receipt_page(perf, tmp_path, lookup)
     models = {r["model"]["name"] for r in recs.values()}
     latest = {m: max((r for r in recs.values() if r["model"]["name"] == m), key=lambda r: r["timestamp"]) for m in models}
     shown = {row.rsplit("/", 1)[0] for _, row, *_ in page.cells}
     assert shown == {next(n for n, r in recs.items() if r is latest[m]) for m in models}
-    assert len(page.imgs) == 2 * len(models)  # decode and prefill trends per model
+    # decode and prefill ratio trends per model, and the decode roofline trend where receipts record it
+    with_roofline = {r["model"]["name"] for r in recs.values() if any(res.get("engine_decode_roofline") is not None for res in r["results"])}
+    assert len(page.imgs) == 2 * len(models) + len(with_roofline)
+
+
+def test_report_of_perf_receipts_shows_the_roofline(tmp_path):
+    """The roofline bench writes into perf receipts (bytes per token, read bandwidth, each engine's
+    decode roofline fraction, prefill GOP/s against the int8 peak) is in the table, numbers the
+    receipt's own; a receipt from before the roofline shows dashes in those columns."""
+    perf = Path(__file__).resolve().parent.parent / "receipts" / "perf"
+    recs = {p.name: receipts.read_valid(p) for p in perf.glob("*.json")}
+    new = max((n for n, r in recs.items() if r.get("roofline")), key=lambda n: recs[n]["timestamp"])
+    old = min((n for n, r in recs.items() if not r.get("roofline") and r["model"]["name"] == recs[new]["model"]["name"]),
+              key=lambda n: recs[n]["timestamp"])  # fmt: skip
+    folder = tmp_path / "perf"
+    folder.mkdir()
+    for n in (old, new):
+        shutil.copy(perf / n, folder / n)
+    page = _check_receipt_page(folder, tmp_path, lambda table, row, field: {
+        "mode": recs[new]["engine"]["mode"], "decode_bytes_per_token": recs[new]["roofline"]["decode_bytes_per_token"],
+    }.get(field, recs[new]["results"][int(row.rsplit("/", 1)[1])].get(field)))  # fmt: skip
+    fields = {f for _, row, f, *_ in page.cells}
+    roofline = {"decode_bytes_per_token", "stream_gb_s", "engine_decode_roofline", "llamacpp_decode_roofline", "matmul_peak_gop_s",
+                "engine_prefill_gop_s", "llamacpp_prefill_gop_s"}  # fmt: skip
+    assert roofline <= fields
+    values = {f: v for _, row, f, v, _ in page.cells if row == f"{new}/0"}
+    assert all(values[f] is not None for f in roofline), values
+    assert len(page.imgs) == 3  # decode and prefill ratio trends, decode roofline trend
+    per_token = recs[new]["roofline"]["decode_bytes_per_token"]
+    assert f"{per_token / 1e6:.1f} MB per token" in visible(page)
+    # the receipt from before the roofline: same columns, no numbers of its own in them
+    (folder / new).unlink()
+    page = _check_receipt_page(folder, tmp_path / "old", lambda table, row, field: {
+        "mode": recs[old]["engine"]["mode"]}.get(field, recs[old]["results"][int(row.rsplit("/", 1)[1])].get(field)))  # fmt: skip
+    assert all(v is None for _, row, f, v, _ in page.cells if f in roofline)
+    assert len(page.imgs) == 2

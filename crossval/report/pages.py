@@ -358,32 +358,53 @@ def _envelope_page(t: Target, env) -> tuple[dict[str, str], dict[str, Image]]:
     return {"index.html": env.get_template("receipt.html").render(ctx)}, images
 
 
+# the perf table: throughput and ratios, then the memory roofline bench measures in the same run
+# (crossval/roofline.py): read bandwidth, each engine's decode fraction of bandwidth ÷ bytes per
+# token, each engine's prefill int8 GOP/s against the dot-product kernel's measured peak
+PERF_COLS = [("threads", "threads", "d"), ("engine_decode_tok_s", "engine decode tok/s", ".1f"),
+             ("llamacpp_decode_tok_s", "llama.cpp decode tok/s", ".1f"), ("decode_ratio", "decode ratio", ".3f"),
+             ("engine_prefill_tok_s", "engine prefill tok/s", ".1f"), ("llamacpp_prefill_tok_s", "llama.cpp prefill tok/s", ".1f"),
+             ("prefill_ratio", "prefill ratio", ".3f"), ("decode_bytes_per_token", "decode bytes/token", "d"),
+             ("stream_gb_s", "read GB/s", ".2f"), ("engine_decode_roofline", "engine decode roofline", ".3f"),
+             ("llamacpp_decode_roofline", "llama.cpp decode roofline", ".3f"), ("matmul_peak_gop_s", "int8 peak GOP/s", ".1f"),
+             ("engine_prefill_gop_s", "engine prefill GOP/s", ".1f"), ("llamacpp_prefill_gop_s", "llama.cpp prefill GOP/s", ".1f"),
+             ("mode", "mode", "s")]  # fmt: skip
+
+
 def _perf_page(t: Target, env) -> tuple[dict[str, str], dict[str, Image]]:
     recs = sorted(t.receipts, key=lambda r: r["timestamp"])
     images, sections = {}, []
     for model in dict.fromkeys(model_label(r) for r in recs):
         mr = [r for r in recs if model_label(r) == model]
         figs = []
-        for what in ("decode", "prefill"):
+        trends = (("decode_ratio", "decode: engine ÷ llama.cpp", 1.0, "decode tokens/s of the engine divided by llama.cpp's in the same run"),
+                  ("prefill_ratio", "prefill: engine ÷ llama.cpp", 1.0, "prefill tokens/s of the engine divided by llama.cpp's in the same run"),
+                  ("engine_decode_roofline", "engine decode ÷ roofline", None,
+                   "the engine's decode tokens/s × bytes per token ÷ the read bandwidth measured in the same run (receipts that record it)"))  # fmt: skip
+        for field, ylabel, hline, what in trends:
             series = {}
             for r in mr:
                 when = datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00"))
                 for res in r["results"]:
+                    if res.get(field) is None:
+                        continue
                     xs, ys = series.setdefault(f"{res['threads']} thread(s)", ([], []))
                     xs.append(when)
-                    ys.append(res[f"{what}_ratio"])
-            png = plots.series(series, "recorded", f"{what}: engine ÷ llama.cpp", hline=1.0, xdates=True)
+                    ys.append(res[field])
+            png = plots.series(series, "recorded", ylabel, hline=hline, xdates=True)
             if png:
-                name = f"{model}-{what}".replace("/", "_")
+                name = f"{model}-{field}".replace("/", "_")
                 images[name] = Image(name, png)
-                figs.append((images[name], f"{model}: {what} tokens/s of the engine divided by llama.cpp's in the same run, over the recorded perf receipts (dotted: parity)."))
+                figs.append((images[name], f"{model}: {what}, over the recorded perf receipts{' (dotted: parity)' if hline else ''}."))
         last = mr[-1]
-        rows = [dict(res, mode=last["engine"]["mode"], _key=f"{last['_file']}/{i}") for i, res in enumerate(last["results"])]
-        cols = [("threads", "threads", "d"), ("engine_decode_tok_s", "engine decode tok/s", ".1f"), ("llamacpp_decode_tok_s", "llama.cpp decode tok/s", ".1f"),
-                ("decode_ratio", "decode ratio", ".3f"), ("engine_prefill_tok_s", "engine prefill tok/s", ".1f"),
-                ("llamacpp_prefill_tok_s", "llama.cpp prefill tok/s", ".1f"), ("prefill_ratio", "prefill ratio", ".3f"), ("mode", "mode", "s")]  # fmt: skip
-        sections.append({"heading": model, "id": f"perf-{model}", "note": f"{len(mr)} recorded receipts; the table is the latest ({last['timestamp']}).",
-                         "grid": None, "cols": cols, "rows": rows, "figs": figs})  # fmt: skip
+        per_token = (last.get("roofline") or {}).get("decode_bytes_per_token")
+        rows = [{**{f: res.get(f) for f, _, _ in PERF_COLS}, "decode_bytes_per_token": per_token, "mode": last["engine"]["mode"],
+                 "_key": f"{last['_file']}/{i}"} for i, res in enumerate(last["results"])]  # fmt: skip
+        note = f"{len(mr)} recorded receipts; the table is the latest ({last['timestamp']})."
+        if per_token:
+            note += (f" A decode step streams every weight once: {per_token / 1e6:.1f} MB per token; roofline = tokens/s × that ÷ the"
+                     f" read bandwidth measured in the same run.")  # fmt: skip
+        sections.append({"heading": model, "id": f"perf-{model}", "note": note, "grid": None, "cols": PERF_COLS, "rows": rows, "figs": figs})
     latest = recs[-1]
     ctx = {"title": "crossval bench trend", "sortable": True, "passed": True,
            "headline": f"Bench trend — {len(recs)} perf receipts, {len(sections)} model(s)", "exact_line": "",
