@@ -141,9 +141,11 @@ def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 8) -> TeacherF
     small (8 rows): their temporaries are reused by the allocator instead of being mapped afresh.
 
     Rows that are bit-identical on both sides and finite (every row of a faithful run) take their
-    values in closed form — cosine = a·a / √(a·a · a·a) (the formula itself, one dot product),
-    KL 0, max |Δ| 0, top-k overlap 1, top-1 match, rank 0 — which is what the general formulas
-    give on identical inputs (tests/test_compare.py checks both paths agree bit for bit)."""
+    values in closed form, which is what the general formulas give on identical inputs (checked
+    bit for bit by tests/test_compare.py): cosine 1 — a·a / √((a·a)²) = 1 exactly, as √(x·x) = x
+    in binary floating point without over- or underflow and a sum of at most 2^24 squares of
+    float32 values has neither (an all-zero row is 1 by the zero-row rule) —, KL 0, max |Δ| 0,
+    top-k overlap 1, top-1 match, rank 0."""
     if ref.shape != eng.shape:
         raise ValueError(f"logit shapes differ: reference {ref.shape} vs engine {eng.shape}")
     n = ref.shape[0]
@@ -157,14 +159,11 @@ def teacher_forced(ref: np.ndarray, eng: np.ndarray, chunk: int = 8) -> TeacherF
         r = np.ascontiguousarray(ref[s : s + chunk], dtype=np.float32)
         e = np.ascontiguousarray(eng[s : s + chunk], dtype=np.float32)
         idx = np.arange(s, s + len(r))
-        same = np.all(r.view(np.uint32) == e.view(np.uint32), axis=1)
+        # NaN/inf rows take the general formulas, whatever they give (max/min propagate both)
+        same = (r.shape[1] <= 1 << 24) & np.all(r.view(np.uint32) == e.view(np.uint32), axis=1) & np.isfinite(r.max(axis=1)) & np.isfinite(r.min(axis=1))
         if same.any():
-            a = r[same]
-            aa = np.einsum("ij,ij->i", a, a, dtype=np.float64)
-            same[same] = np.isfinite(aa)  # NaN/inf rows: the general formulas, whatever they give
-            aa = aa[np.isfinite(aa)]
             i = idx[same]
-            out["cosine"][i] = _cosine(aa, aa, aa, r[same], r[same])
+            out["cosine"][i] = 1.0
             for k in ("kld", "max_abs"):
                 out[k][i] = 0.0
             out["top5"][i] = out["top10"][i] = 1.0

@@ -585,7 +585,6 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     """Run every (model, prompt); write receipts + summary under cfg.out_dir/<run_id>/."""
     progress = progress or (lambda event, info: None)
     t_run = time.perf_counter()
-    provenance.start_cpu_probe()  # the environment's CPU facts come from a child process: it answers meanwhile
     try:
         plans = resolve(cfg)
         run_id = receipts.new_run_id()
@@ -611,16 +610,27 @@ def run(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
 
 def _run_plans(cfg: RunConfig, plans: list[ModelPlan], run_id: str, out: Path, env: Callable[[], dict], rows: list[dict],
                codes: list[int], progress: Progress) -> None:  # fmt: skip
-    """Every (model, prompt) comparison; each receipt is written as soon as it is finished. The
-    next model's reference starts with this model's backends, so that it loads meanwhile."""
+    """Every (model, prompt) comparison; each receipt is written as soon as it is finished.
+
+    What waits on a child process is started early, so that it happens while other work runs:
+    py-cpuinfo's probe (the receipts' environment) while the first reference loads, and the next
+    model's reference once this model's first comparison is done (not sooner: the two loads would
+    share the cores with each other instead of with the comparisons)."""
     stop = False
     started: StartedReference | None = None
     try:
         for i, plan in enumerate(plans):
             progress("model", {"model": plan.name, "prompts": len(cfg.prompts)})
             with Backends(cfg, plan, progress, started) as b:
-                started = StartedReference(cfg, plans[i + 1], cfg.settings(progress)) if i + 1 < len(plans) else None
-                stop = _run_prompts(cfg, plan, b, run_id, out, env, rows, codes, progress)
+                started = None
+                provenance.start_cpu_probe()
+
+                def start_next(i=i):
+                    nonlocal started
+                    if i + 1 < len(plans):
+                        started = StartedReference(cfg, plans[i + 1], cfg.settings(progress))
+
+                stop = _run_prompts(cfg, plan, b, run_id, out, env, rows, codes, progress, start_next)
             if stop:
                 break
     finally:
@@ -629,9 +639,10 @@ def _run_plans(cfg: RunConfig, plans: list[ModelPlan], run_id: str, out: Path, e
 
 
 def _run_prompts(cfg: RunConfig, plan: ModelPlan, b: Backends, run_id: str, out: Path, env: Callable[[], dict], rows: list[dict],
-                 codes: list[int], progress: Progress) -> bool:  # fmt: skip
-    """One model's prompts; True when a crash or timeout ends the run (without --keep-going)."""
-    for prompt in cfg.prompts:
+                 codes: list[int], progress: Progress, after_first: Callable[[], None]) -> bool:  # fmt: skip
+    """One model's prompts; True when a crash or timeout ends the run (without --keep-going).
+    after_first() is called once the first comparison is done."""
+    for n, prompt in enumerate(cfg.prompts):
         c = Comparison(prompt)
         run_prompt(c, cfg, plan, b)
         rec = receipt(cfg, run_id, plan, c, b.eng.provenance(), plan.tokenizer, env())
@@ -645,6 +656,8 @@ def _run_prompts(cfg: RunConfig, plan: ModelPlan, b: Backends, run_id: str, out:
         progress("receipt", rows[-1])
         if rec["parity"]["status"] in ("timeout", "crashed") and not cfg.keep_going:
             return True  # without --keep-going a crash or timeout ends the run (its receipt is written)
+        if n == 0:
+            after_first()
     return False
 
 

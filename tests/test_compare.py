@@ -153,7 +153,8 @@ def _general(r, e):
     n = len(r)
     out = {k: np.empty(n) for k in ("cosine", "kld", "max_abs", "top5", "top10")}
     top1, rank, margin = np.empty(n, dtype=bool), np.empty(n, dtype=np.int64), np.full(n, np.nan)
-    C._teacher_forced_rows(r, e, np.arange(n), out, top1, rank, margin)
+    with np.errstate(over="ignore"):  # exp of (a value − the row max) for values near float32's limits
+        C._teacher_forced_rows(r, e, np.arange(n), out, top1, rank, margin)
     return out, top1, rank, margin
 
 
@@ -162,6 +163,10 @@ def test_identical_rows_closed_form_is_the_general_formula_bit_for_bit():
     r = (rng.standard_normal((19, 3000)) * 5).astype(np.float32)
     r[3] = 0.0  # an all-zero row: cosine 1.0 by the zero-row rule
     r[4, :10] = 7.0  # tied maxima
+    r[6] = np.float32(3e38) * np.sign(r[6])  # the largest float32 values: a·a near the top of float64's range?
+    r[7] = 0.0
+    r[7, ::97] = np.float32(1e-45)  # subnormal float32: a·a near the bottom
+    r[8] *= np.float32(1e-30)
     e = r.copy()
     e[5, 100] += 1.0  # one row differs: the general path inside the same chunk
     tf = C.teacher_forced(r, e)
