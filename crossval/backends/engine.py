@@ -174,11 +174,12 @@ class EngineBackend(Backend):
             return super().forced_suffix(ids, continuation, free)
         div = first_divergence(ref_tokens, free.tokens)
         upto = steps - 1 if div is None else min(div, steps - 1)
+        if upto == steps - 1:
+            return free.step_logits[1:steps]  # the same continuation: the free run's own rows, not a copy
         rows = list(free.step_logits[1 : upto + 1])
-        if upto < steps - 1:
-            self.engine.truncate(n_prompt + upto)
-            self._last_pass = None
-            rows += [self.engine.decode_step(t) for t in ref_tokens[upto : steps - 1]]
+        self.engine.truncate(n_prompt + upto)
+        self._last_pass = None
+        rows += [self.engine.decode_step(t) for t in ref_tokens[upto : steps - 1]]
         return np.stack(rows)
 
     def provenance(self) -> dict:

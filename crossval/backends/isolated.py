@@ -369,10 +369,20 @@ def _describe_exit(rc: int | None) -> str:
 
 
 def save_arrays(prefix: str, arrays: dict[str, np.ndarray]) -> list[str]:
-    """Child side: each array to its own <prefix>.<name>.npy; → the names, for the reply."""
+    """Child side: each array to its own <prefix>.<name>.npy (unless it is already that file, a
+    mapping array_file made); → the names, for the reply."""
     for name, arr in arrays.items():
-        np.save(f"{prefix}.{name}.npy", arr)
+        path = f"{prefix}.{name}.npy"
+        if isinstance(arr, np.memmap) and arr.filename == os.path.abspath(path):
+            arr.flush()
+        else:
+            np.save(path, arr)
     return list(arrays)
+
+
+def array_file(prefix: str, name: str):
+    """Child side: alloc(shape, dtype) → an array mapping <prefix>.<name>.npy, written in place."""
+    return lambda shape, dtype: np.lib.format.open_memmap(f"{prefix}.{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
 def map_arrays(prefix: str, names: list[str]) -> dict[str, np.ndarray]:
@@ -508,9 +518,11 @@ def serve(load, capture_model, free_sampler) -> int:
 
                     chain = m.sampler_chain(SamplingParams(**a["sampling"]))
                     choose = lambda row, chain=chain, m=m: m.sample_logits(chain, row)  # noqa: E731
+                m.rows_out = array_file(a["out"], "prompt")  # the prompt's logits straight into the file the parent maps
                 try:
                     cp = greedy_compare_pass(m, a["ids"], a["steps"], a["forced"] or None, choose)
                 finally:
+                    m.rows_out = None
                     if chain is not None:
                         free_sampler(m, chain)
                 arrs = {"prompt": cp.prompt_logits}

@@ -109,6 +109,9 @@ class GreedyDecoding:
 
     error: type[Exception] = RuntimeError
     no_capture = "model was created without capture"
+    # where the next every-position logits go: alloc(shape) → a float32 array (e.g. a file mapping
+    # the parent reads, so the child writes them once); used once, then back to fresh arrays
+    rows_out = None
 
     def _decode_batch(self, api, ids: list[int], all_logits: bool, row) -> np.ndarray:
         """One llama_decode of ids (sequence 0, positions n_past…) through `api`'s llama_batch_* /
@@ -131,7 +134,8 @@ class GreedyDecoding:
             api.llama_batch_free(batch)
         self.n_past += n
         rows = range(n) if all_logits else [n - 1]
-        out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
+        alloc, self.rows_out = (self.rows_out, None) if all_logits else (None, self.rows_out)
+        out = (alloc or np.empty)((len(rows), self.n_vocab), dtype=np.float32)
         for j, i in enumerate(rows):
             out[j] = row(api.llama_get_logits_ith(self.ctx, i))
         return out
