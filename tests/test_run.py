@@ -127,6 +127,48 @@ def test_reference_unavailable_is_engine_only(tmp_path, tiny_model):
     assert r.returncode == 3
 
 
+def test_run_opens_each_model_once_and_loads_the_next_reference_early(tmp_path, tiny_model, monkeypatch):
+    """Work counted, not timed: each GGUF is opened and its tokenizer built once per run (the engine
+    backend reuses what resolve opened), the next model's reference starts once this model's
+    first receipt is written, and every reference's load time is its own (not the wait for it)."""
+    import engine.generate
+    import engine.gguf_model
+    from crossval import run as R
+    from crossval.prompts import load_file
+    from engine.tokenizer import Tokenizer
+
+    events = []
+    opened, built = [], []
+    real_open, real_from_gguf = engine.gguf_model.open_gguf, Tokenizer.from_gguf.__func__
+    monkeypatch.setattr(engine.gguf_model, "open_gguf", lambda p: opened.append(Path(p).name) or real_open(p))
+    monkeypatch.setattr(engine.generate, "open_gguf", lambda p: opened.append(Path(p).name) or real_open(p))
+    monkeypatch.setattr(Tokenizer, "from_gguf", classmethod(lambda cls, g: built.append(g.path.name) or real_from_gguf(cls, g)))
+    real_write, real_start = R.receipts.write, R.StartedReference.__init__
+
+    def write(path, obj):
+        events.append(("receipt", Path(path).name))
+        out = real_write(path, obj)
+        if Path(path).name == "llama__p1.json":
+            time.sleep(6)  # the first model's last receipt: the next reference, long loaded, waits to be used
+        return out
+
+    monkeypatch.setattr(R.receipts, "write", write)
+
+    def start(self, cfg, plan, settings):
+        events.append(("start", plan.path.name))
+        real_start(self, cfg, plan, settings)
+
+    monkeypatch.setattr(R.StartedReference, "__init__", start)
+    models = [str(tiny_model("llama")), str(tiny_model("gemma3"))]
+    cfg = R.RunConfig(models=models, prompts=load_file(_prompt_file(tmp_path, 2)), prompt_set=None, steps=4, n_ctx=128, out_dir=tmp_path / "out")
+    res = R.run(cfg)
+    assert res.exit_code == 0 and [r["status"] for r in res.rows] == ["ok"] * 4
+    assert sorted(opened) == sorted(built) == ["gemma3.gguf", "llama.gguf"]
+    assert events[:3] == [("start", "llama.gguf"), ("receipt", "llama__p0.json"), ("start", "gemma3.gguf")]
+    recs = {r["model"]["path"]: r for r in _receipts(tmp_path / "out") if r["prompt"]["id"] == "p0"}
+    assert 0 < recs[models[1]]["timing"]["reference_load_s"] < 6  # the child's load, not the 6 s it then waited
+
+
 @pytest.mark.parametrize("how", ["missing", "corrupt"])
 def test_bad_model_exits_2_with_one_line(tmp_path, how):
     p = tmp_path / "m.gguf"
