@@ -441,19 +441,18 @@ CV_FN static void CV_SFX(u8mm_unpack)(const cv_u8mm *p, const char *wr, uint8_t 
  * first token). d_w·d_a for a row's NT tokens in one multiply, each broadcast from its lane. out[r][t] */
 #define CV_U8MM_TILE(NAME, NR, NT, MINS)                                                                                \
     CV_FN static void CV_SFX(NAME)(const uint8_t *u, const float *dw, const float *mw, int nb, const char *y0, int64_t arow, \
-                                   int64_t ab, const float *da, const float *sa, int64_t n_tok, int off, float out[4][4]) { \
+                                   int64_t ab, const float *da, const float *sa, int64_t n_tok, const __m256i *nob, float out[4][4]) { \
         __m256 acc[NR][NT];                                                                                             \
         __m128 sm[NR];                                                                                                  \
         for (int r = 0; r < NR; r++) {                                                                                  \
             sm[r] = _mm_setzero_ps();                                                                                   \
             for (int t = 0; t < NT; t++) acc[r][t] = _mm256_setzero_ps();                                               \
         }                                                                                                               \
-        const __m256i c_off = _mm256_set1_epi8((char)off);                                                              \
         for (int b = 0; b < nb; b++) {                                                                                  \
             __m256i y[NT], no[NT];                                                                                      \
             for (int t = 0; t < NT; t++) {                                                                              \
                 y[t] = _mm256_loadu_si256((const __m256i *)(y0 + t * arow + b * ab));                                   \
-                no[t] = MINS ? _mm256_setzero_si256() : _mm256_sub_epi32(_mm256_setzero_si256(), CV_PAIRS(c_off, y[t])); \
+                no[t] = MINS ? _mm256_setzero_si256() : _mm256_load_si256(nob + (int64_t)b * n_tok + t);              \
             }                                                                                                           \
             const __m256 dav = NT == 4 ? _mm256_castps128_ps256(_mm_loadu_ps(da + (int64_t)b * n_tok)) : _mm256_set1_ps(da[(int64_t)b * n_tok]); \
             for (int r = 0; r < NR; r++) {                                                                              \
@@ -491,7 +490,8 @@ CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, 
                  (int64_t)nb * (wtype == T_Q8_0 ? 34 : wtype == T_Q4_0 ? 18 : wtype == T_Q5_0 ? 22 : wtype == T_Q4_1 ? 20 : 24), 0, 0, nb};
     p.ab = p.mins ? 36 : 34, p.arow = (int64_t)nb * p.ab;
     float *da = malloc(sizeof(float) * (size_t)(n_tok * nb * (p.mins ? 2 : 1)));
-    if (!da) return -1;
+    __m256i *nob = p.mins ? NULL : aligned_alloc(32, sizeof(__m256i) * (size_t)(n_tok * nb)); /* −off·Σy lanes per (block, token) */
+    if (!da || (!p.mins && !nob)) return free(da), free(nob), -1;
     float *sa = da + n_tok * nb;
     int err = 0;
 #pragma omp parallel num_threads(n_threads)
@@ -501,6 +501,8 @@ CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, 
             for (int b = 0; b < nb; b++) {
                 const uint16_t *ab = (const uint16_t *)(xq + t * p.arow + b * p.ab);
                 da[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[0]);
+                if (!p.mins)
+                    _mm256_store_si256(nob + (int64_t)b * n_tok + t, CV_SFX(neg_off)(_mm256_loadu_si256((const __m256i *)(ab + 1)), p.off));
                 if (p.mins) sa[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[1]);
             }
         uint8_t *u = malloc((size_t)nb * 4 * 32 + sizeof(float) * (size_t)nb * 8);
@@ -520,16 +522,17 @@ CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, 
                 const int nt = n_tok - t0 >= 4 ? 4 : 1;
                 const char *y0 = xq + t0 * p.arow + yoff;
                 const float *dat = da + t0, *sat = sa + t0;
+                const __m256i *not0 = nob ? nob + t0 : NULL;
                 if (nr == 4) {
-                    if (p.mins) (nt == 4 ? CV_SFX(u8mm_4x4m) : CV_SFX(u8mm_4x1m))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
-                    else (nt == 4 ? CV_SFX(u8mm_4x4) : CV_SFX(u8mm_4x1))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
+                    if (p.mins) (nt == 4 ? CV_SFX(u8mm_4x4m) : CV_SFX(u8mm_4x1m))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
+                    else (nt == 4 ? CV_SFX(u8mm_4x4) : CV_SFX(u8mm_4x1))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
                     for (int r = 0; r < 4; r++)
                         for (int t = 0; t < nt; t++) Y[(t0 + t) * ldy + r0 + r] = out[r][t];
                 } else {
                     for (int r = 0; r < nr; r++) {
                         const uint8_t *ur = u + (size_t)r * nb * 32;
-                        if (p.mins) (nt == 4 ? CV_SFX(u8mm_1x4m) : CV_SFX(u8mm_1x1m))(ur, dw + r * nb, mw + r * nb, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
-                        else (nt == 4 ? CV_SFX(u8mm_1x4) : CV_SFX(u8mm_1x1))(ur, dw + r * nb, mw + r * nb, nb, y0, p.arow, p.ab, dat, sat, n_tok, p.off, out);
+                        if (p.mins) (nt == 4 ? CV_SFX(u8mm_1x4m) : CV_SFX(u8mm_1x1m))(ur, dw + r * nb, mw + r * nb, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
+                        else (nt == 4 ? CV_SFX(u8mm_1x4) : CV_SFX(u8mm_1x1))(ur, dw + r * nb, mw + r * nb, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
                         for (int t = 0; t < nt; t++) Y[(t0 + t) * ldy + r0 + r] = out[0][t];
                     }
                 }
@@ -538,7 +541,7 @@ CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, 
         }
         free(u);
     }
-    free(da);
+    free(da), free(nob);
     return err ? -1 : 0;
 }
 #endif
