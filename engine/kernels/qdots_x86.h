@@ -474,11 +474,60 @@ CV_FN static void CV_SFX(u8mm_unpack)(const cv_u8mm *p, const char *wr, uint8_t 
             for (int t = 0; t < NT; t++) out[r][t] = MINS ? hsum8(acc[r][t]) + s4[t] : hsum8(acc[r][t]);                \
         }                                                                                                               \
     }
+#ifdef CV_MASK_BYTES
+/* the 4 × 4 tile with AVX-512: tokens in pairs, one zmm per (row, pair) — token 2q's chain in the low eight
+ * lanes, 2q+1's in the high eight, each the same chain as in the 256-bit tile */
+#define CV_U8MM_TILE_Z(NAME, MINS)                                                                                      \
+    CV_FN static void CV_SFX(NAME)(const uint8_t *u, const float *dw, const float *mw, int nb, const char *y0, int64_t arow, \
+                                   int64_t ab, const float *da, const float *sa, int64_t n_tok, const __m256i *nob, float out[4][4]) { \
+        __m512 acc[4][2];                                                                                               \
+        __m128 sm[4];                                                                                                   \
+        for (int r = 0; r < 4; r++) sm[r] = _mm_setzero_ps(), acc[r][0] = acc[r][1] = _mm512_setzero_ps();            \
+        const __m512i lo_hi[2] = {_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),                     \
+                                  _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2)};                    \
+        for (int b = 0; b < nb; b++) {                                                                                  \
+            __m512i y[2], no[2];                                                                                        \
+            __m512 dq[2];                                                                                               \
+            const __m512 dav = _mm512_castps128_ps512(_mm_loadu_ps(da + (int64_t)b * n_tok));                          \
+            for (int q = 0; q < 2; q++) {                                                                               \
+                const char *yb = y0 + 2 * q * arow + b * ab;                                                            \
+                y[q] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)yb)),             \
+                                          _mm256_loadu_si256((const __m256i *)(yb + arow)), 1);                         \
+                no[q] = MINS ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(nob + (int64_t)b * n_tok + 2 * q)); \
+                dq[q] = _mm512_permutexvar_ps(lo_hi[q], dav);                                                           \
+            }                                                                                                           \
+            for (int r = 0; r < 4; r++) {                                                                               \
+                const __m512i ur = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(u + ((int64_t)r * nb + b) * 32))); \
+                const __m512 dwr = _mm512_set1_ps(dw[r * nb + b]);                                                      \
+                for (int q = 0; q < 2; q++)                                                                             \
+                    acc[r][q] = _mm512_fmadd_ps(_mm512_mul_ps(dwr, dq[q]), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(no[q], ur, y[q])), acc[r][q]); \
+            }                                                                                                           \
+            if (MINS) {                                                                                                 \
+                const __m128 s4 = _mm_loadu_ps(sa + (int64_t)b * n_tok);                                                \
+                for (int r = 0; r < 4; r++) sm[r] = _mm_add_ps(sm[r], _mm_mul_ps(_mm_set1_ps(mw[r * nb + b]), s4));   \
+            }                                                                                                           \
+        }                                                                                                               \
+        for (int r = 0; r < 4; r++) {                                                                                   \
+            float s4[4];                                                                                                \
+            _mm_storeu_ps(s4, sm[r]);                                                                                   \
+            for (int q = 0; q < 2; q++) {                                                                               \
+                const float h0 = hsum8(_mm512_castps512_ps256(acc[r][q])), h1 = hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r][q]), 1))); \
+                out[r][2 * q] = MINS ? h0 + s4[2 * q] : h0, out[r][2 * q + 1] = MINS ? h1 + s4[2 * q + 1] : h1;          \
+            }                                                                                                           \
+        }                                                                                                               \
+    }
+CV_U8MM_TILE_Z(u8mm_4x4z, 0)
+CV_U8MM_TILE_Z(u8mm_4x4zm, 1)
+#endif
+#ifndef CV_MASK_BYTES
 CV_U8MM_TILE(u8mm_4x4, 4, 4, 0)
+#endif
 CV_U8MM_TILE(u8mm_4x1, 4, 1, 0)
 CV_U8MM_TILE(u8mm_1x4, 1, 4, 0)
 CV_U8MM_TILE(u8mm_1x1, 1, 1, 0)
+#ifndef CV_MASK_BYTES
 CV_U8MM_TILE(u8mm_4x4m, 4, 4, 1)
+#endif
 CV_U8MM_TILE(u8mm_4x1m, 4, 1, 1)
 CV_U8MM_TILE(u8mm_1x4m, 1, 4, 1)
 CV_U8MM_TILE(u8mm_1x1m, 1, 1, 1)
@@ -524,8 +573,13 @@ CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, 
                 const float *dat = da + t0, *sat = sa + t0;
                 const __m256i *not0 = nob ? nob + t0 : NULL;
                 if (nr == 4) {
+#ifdef CV_MASK_BYTES /* AVX-512: the token-pair tile */
+                    if (p.mins) (nt == 4 ? CV_SFX(u8mm_4x4zm) : CV_SFX(u8mm_4x1m))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
+                    else (nt == 4 ? CV_SFX(u8mm_4x4z) : CV_SFX(u8mm_4x1))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
+#else
                     if (p.mins) (nt == 4 ? CV_SFX(u8mm_4x4m) : CV_SFX(u8mm_4x1m))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
                     else (nt == 4 ? CV_SFX(u8mm_4x4) : CV_SFX(u8mm_4x1))(u, dw, mw, nb, y0, p.arow, p.ab, dat, sat, n_tok, not0, out);
+#endif
                     for (int r = 0; r < 4; r++)
                         for (int t = 0; t < nt; t++) Y[(t0 + t) * ldy + r0 + r] = out[r][t];
                 } else {
