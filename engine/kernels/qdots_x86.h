@@ -336,6 +336,71 @@ CV_FN static void CV_SFX(gemv4_q8_0)(const char *W, int64_t wrow, int64_t r0, in
 CV_GEMV4_Q8_1ACT(gemv4_q4_1, blk_q4_1, CV_SFX(nib32)(w->qs), CV_SFX(dot_q4_1))
 CV_GEMV4_Q8_1ACT(gemv4_q5_1, blk_q5_1, CV_SFX(q5u)(w->qs, w->qh), CV_SFX(dot_q5_1))
 
+#ifdef CV_MASK_BYTES
+/* AVX-512: the four rows in two zmm, rows 2p and 2p+1 in the low and high eight lanes (each its own chain,
+ * as above); gemvz_* replace gemv4_* on such CPUs */
+CV_FN static inline __m512i CV_SFX(nib64)(const uint8_t *q0, const uint8_t *q1) {
+    const __m512i b = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q0))),
+                                         _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q1)), 1);
+    return _mm512_and_si512(_mm512_srlv_epi64(b, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(0x0f));
+}
+CV_FN static inline __m512i CV_SFX(q5u64)(const uint8_t *qs0, const uint8_t *qh0, const uint8_t *qs1, const uint8_t *qh1) {
+    uint32_t h0, h1;
+    memcpy(&h0, qh0, 4), memcpy(&h1, qh1, 4);
+    const __m512i n = CV_SFX(nib64)(qs0, qs1);
+    return _mm512_mask_add_epi8(n, (__mmask64)((uint64_t)h1 << 32 | h0), n, _mm512_set1_epi8(0x10));
+}
+#define CV_GEMVZ(NAME, BT, UNPACK2, OFF, MINS, DOT1)                                                                   \
+    CV_FN static void CV_SFX(NAME)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) { \
+        const int ab = MINS ? 36 : 34, yoff = MINS ? 4 : 2;                                                             \
+        const __m512i pick[2] = {_mm512_set_epi32(MINS ? 2 : 1, MINS ? 2 : 1, MINS ? 2 : 1, MINS ? 2 : 1, MINS ? 2 : 1, MINS ? 2 : 1, \
+                                                  MINS ? 2 : 1, MINS ? 2 : 1, 0, 0, 0, 0, 0, 0, 0, 0),                    \
+                                 _mm512_set_epi32(MINS ? 6 : 3, MINS ? 6 : 3, MINS ? 6 : 3, MINS ? 6 : 3, MINS ? 6 : 3, MINS ? 6 : 3, \
+                                                  MINS ? 6 : 3, MINS ? 6 : 3, MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2, \
+                                                  MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2)};             \
+        int64_t r = r0;                                                                                                 \
+        for (; r + 4 <= r1; r += 4) {                                                                                   \
+            CV_GEMV4_PREFETCH(W, wrow, r, r1);                                                                          \
+            __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                                                 \
+            __m256 summs = _mm256_setzero_ps();                                                                         \
+            for (int b = 0; b < nb; b++) {                                                                              \
+                const char *a = (const char *)xq + (int64_t)b * ab;                                                     \
+                const __m256i y = _mm256_loadu_si256((const __m256i *)(a + yoff));                                      \
+                const __m512i y2 = _mm512_broadcast_i64x4(y), no = _mm512_broadcast_i64x4(CV_SFX(neg_off)(y, OFF));     \
+                const BT *w[4];                                                                                         \
+                uint32_t sc[4];                                                                                         \
+                for (int i = 0; i < 4; i++) w[i] = (const BT *)(W + (r + i) * wrow) + b, memcpy(&sc[i], w[i], 4);     \
+                const uint16_t *ah = (const uint16_t *)a;                                                               \
+                __m512 d;                                                                                               \
+                if (MINS) { /* d0 m0 d1 m1 … */                                                                         \
+                    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)sc));                            \
+                    d = _mm512_castps256_ps512(_mm256_mul_ps(f, _mm256_set1_ps(_cvtsh_ss(ah[0]))));                     \
+                    summs = _mm256_add_ps(summs, _mm256_mul_ps(f, _mm256_set1_ps(_cvtsh_ss(ah[1]))));                   \
+                } else {                                                                                                \
+                    const __m128i h = _mm_set_epi16(0, 0, 0, 0, (short)sc[3], (short)sc[2], (short)sc[1], (short)sc[0]); \
+                    d = _mm512_castps128_ps512(_mm_mul_ps(_mm_cvtph_ps(h), _mm_set1_ps(_cvtsh_ss(ah[0]))));             \
+                }                                                                                                       \
+                for (int q = 0; q < 2; q++) {                                                                           \
+                    const BT *w0 = w[2 * q], *w1 = w[2 * q + 1];                                                        \
+                    const __m512i u = UNPACK2;                                                                          \
+                    acc[q] = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick[q], d), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(no, u, y2)), acc[q]); \
+                }                                                                                                       \
+            }                                                                                                           \
+            float sm[8];                                                                                                \
+            _mm256_storeu_ps(sm, summs);                                                                                \
+            for (int q = 0; q < 2; q++) {                                                                               \
+                const float h0 = hsum8(_mm512_castps512_ps256(acc[q])), h1 = hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[q]), 1))); \
+                Y[r + 2 * q] = MINS ? h0 + sm[4 * q + 1] : h0, Y[r + 2 * q + 1] = MINS ? h1 + sm[4 * q + 3] : h1;        \
+            }                                                                                                           \
+        }                                                                                                               \
+        for (; r < r1; r++) Y[r] = DOT1(W + r * wrow, xq, nb);                                                          \
+    }
+CV_GEMVZ(gemvz_q4_0, blk_q4_0, CV_SFX(nib64)(w0->qs, w1->qs), 8, 0, CV_SFX(dot_q4_0))
+CV_GEMVZ(gemvz_q5_0, blk_q5_0, CV_SFX(q5u64)(w0->qs, w0->qh, w1->qs, w1->qh), 16, 0, CV_SFX(dot_q5_0))
+CV_GEMVZ(gemvz_q4_1, blk_q4_1, CV_SFX(nib64)(w0->qs, w1->qs), 0, 1, CV_SFX(dot_q4_1))
+CV_GEMVZ(gemvz_q5_1, blk_q5_1, CV_SFX(q5u64)(w0->qs, w0->qh, w1->qs, w1->qh), 0, 1, CV_SFX(dot_q5_1))
+#endif
+
 /* eight int32 vectors → one whose lane i is the sum of v[i]'s lanes (integers: any order is exact) */
 CV_FN static inline __m256i CV_SFX(hsum8x8_i32)(const __m256i *v) {
     const __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));

@@ -682,6 +682,12 @@ static gemv_fn gemv_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (have_avx2()) {
         if (wtype == T_Q8_0) return CV_PICK(gemv4_q8_0);
+        if (vnni_kind() == 2) { /* AVX-512: two rows per register (qdots_x86.h gemvz_*) */
+            if (wtype == T_Q4_1) return gemvz_q4_1_avx512vnni;
+            if (wtype == T_Q5_0) return gemvz_q5_0_avx512vnni;
+            if (wtype == T_Q4_0) return gemvz_q4_0_avx512vnni;
+            if (wtype == T_Q5_1) return gemvz_q5_1_avx512vnni;
+        }
         if (wtype == T_Q4_1) return CV_PICK(gemv4_q4_1);
         if (wtype == T_Q5_0) return CV_PICK(gemv4_q5_0);
         if (wtype == T_Q4_0) return CV_PICK(gemv4_q4_0);
