@@ -87,7 +87,7 @@ CV_CLONES void cv_quantize_q8_0(const float *x, void *vy, int64_t k) {
     for (int64_t b = 0; b < k / 32; b++) {
         const float *xb = x + b * 32;
         float amax = 0.0f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        for (int j = 0; j < 32; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax; /* fmaxf for a non-NaN amax, inlined */
         const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
         y[b].d = f2h(d);
         for (int j = 0; j < 32; j++) y[b].qs[j] = (int8_t)nearbyintf(xb[j] * id);
@@ -99,7 +99,7 @@ CV_CLONES void cv_quantize_q8_1(const float *x, void *vy, int64_t k) {
     for (int64_t b = 0; b < k / 32; b++) {
         const float *xb = x + b * 32;
         float amax = 0.0f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        for (int j = 0; j < 32; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax; /* fmaxf for a non-NaN amax, inlined */
         const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
         int sum = 0;
         for (int j = 0; j < 32; j++) {
