@@ -31,10 +31,14 @@ from crossval.errors import InputError
 
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
           "Q2_K", "Q2_K-PURE", "F16", "BF16", "F32", "TQ2_0", "TQ1_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_S",
-          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "MXFP4_MOE", "I2_S")  # fmt: skip
+          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "MXFP4_MOE", "NVFP4", "I2_S")  # fmt: skip
 # made and run by bitnet.cpp (crossval/bitnetcpp_kit.py), not llama.cpp: its cells' reference is bitnetcpp
 BITNETCPP_QUANTS = ("I2_S",)
 IMATRIX_QUANTS = frozenset(q for q in QUANTS if q.startswith("IQ"))  # made with an importance matrix
+# llama-quantize names no NVFP4 file type (llama_ftype_get_default_type has none): its users make one with a
+# tensor-type override over a base type, `llama-quantize --tensor-type .=nvfp4 SRC DST Q8_0`, every matrix
+# NVFP4 (TENSOR_OVERRIDES: quant → (base file type, ggml type name for every tensor))
+TENSOR_OVERRIDES = {"NVFP4": ("Q8_0", "NVFP4")}
 # "-PURE": llama-quantize --pure. Its Q2_K mix holds no Q2_K tensor in either real model (the
 # 256-wide matrices are ffn_down and attn_output, which the mix raises to Q3_K), the pure one does.
 PURE = "-PURE"
@@ -156,8 +160,13 @@ def _quantize_main(src: str, dst: str, quant: str, imatrix_file: str | None = No
 
     p = llama_cpp.llama_model_quantize_default_params()
     base = quant.removesuffix(PURE)
-    p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_ALL_F32" if base == "F32" else f"LLAMA_FTYPE_MOSTLY_{base}")
     p.pure = base != quant  # llama-quantize --pure: no per-tensor type mix (shape fallbacks still apply)
+    base, every = TENSOR_OVERRIDES.get(base, (base, None))
+    p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_ALL_F32" if base == "F32" else f"LLAMA_FTYPE_MOSTLY_{base}")
+    if every:  # --tensor-type .=TYPE: the pattern "." matches every tensor name
+        tt = (llama_cpp.llama_model_tensor_override * 2)()  # zeroed last entry: the terminator
+        tt[0].pattern, tt[0].type = b".", getattr(llama_cpp, f"GGML_TYPE_{every}")
+        p.tt_overrides = tt
     p.nthread = os.cpu_count() or 1
     if imatrix_file:
         from crossval import imatrix

@@ -23,7 +23,7 @@ SUPPORTED_TYPES = (
     Q.TQ1_0, Q.TQ2_0,
     Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M,
     Q.IQ3_XXS, Q.IQ3_S, Q.IQ4_XS, Q.IQ4_NL,
-    Q.MXFP4,
+    Q.MXFP4, Q.NVFP4,
 )  # fmt: skip
 
 
@@ -68,7 +68,7 @@ _VEC_DOT = {
     Q.TQ1_0: Q.Q8_K, Q.TQ2_0: Q.Q8_K,
     Q.IQ2_XXS: Q.Q8_K, Q.IQ2_XS: Q.Q8_K, Q.IQ2_S: Q.Q8_K, Q.IQ1_S: Q.Q8_K, Q.IQ1_M: Q.Q8_K,
     Q.IQ3_XXS: Q.Q8_K, Q.IQ3_S: Q.Q8_K, Q.IQ4_XS: Q.Q8_K, Q.IQ4_NL: Q.Q8_0,
-    Q.MXFP4: Q.Q8_0,
+    Q.MXFP4: Q.Q8_0, Q.NVFP4: Q.Q8_0,
 }  # fmt: skip
 
 

@@ -677,6 +677,9 @@ static inline float tail_add(int wtype, float sumf, float d, float s) { return t
 #include "iq34_kernels.c" /* IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL */
 #include "ternary_kernels.c" /* TQ1_0, TQ2_0 */
 #include "mxfp4_kernels.c" /* MXFP4 */
+static void gemv_rows(gemv_fn gemv, const char *W, int64_t wrow, int64_t n_rows, int group, const void *xq, int nb, float *Y,
+                      int n_threads);
+#include "nvfp4_kernels.c" /* NVFP4 */
 
 static gemv_fn gemv_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -748,6 +751,7 @@ static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot)
     case T_Q4_K: *be = 256; *bb = 144; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q4_K_avx2 : dot_q4_K; return 0;
     case T_Q6_K: *be = 256; *bb = 210; *atype = T_Q8_K; *ab = 292; *dot = simd ? dot_q6_K_avx2 : dot_q6_K; return 0;
     case T_MXFP4: return mxfp4_layout(wtype, be, bb, atype, ab, dot);
+    case T_NVFP4: return nvfp4_layout(wtype, be, bb, atype, ab, dot);
     default: return iq34_type(wtype) ? iq34_layout(wtype, be, bb, atype, ab, dot)
                  : iq2_layout(wtype, be, bb, atype, ab, dot) == 0 ? 0 : ternary_layout(wtype, be, bb, atype, ab, dot);
     }
@@ -834,6 +838,7 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     if (n_threads < 1) n_threads = 1;
     if (iq34_type(wtype)) return iq34_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot), 0;
     if (wtype == T_MXFP4) return mxfp4_matmul(W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot);
+    if (wtype == T_NVFP4) return nvfp4_matmul(W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot);
     if (wtype == T_Q2_K || wtype == T_Q3_K) return kq_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
     const int route = ggml_route(wtype, n_rows, n_tok);
 #if defined(__x86_64__) && defined(__GNUC__)
