@@ -31,7 +31,7 @@ from crossval.errors import InputError
 
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
           "Q2_K", "Q2_K-PURE", "F16", "BF16", "F32", "TQ2_0", "TQ1_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_S",
-          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "MXFP4_MOE", "NVFP4", "I2_S")  # fmt: skip
+          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "MXFP4_MOE", "NVFP4", "Q1_0", "I2_S")  # fmt: skip
 # made and run by bitnet.cpp (crossval/bitnetcpp_kit.py), not llama.cpp: its cells' reference is bitnetcpp
 BITNETCPP_QUANTS = ("I2_S",)
 IMATRIX_QUANTS = frozenset(q for q in QUANTS if q.startswith("IQ"))  # made with an importance matrix
@@ -48,6 +48,17 @@ CELL_FIELDS = ("status", "passed", "tokens_match", "cosine_similarity", "exact_m
 
 class MatrixError(InputError):
     pass
+
+
+# llama-quant.cpp tensor_type_fallback: a matrix whose rows are not a whole number of the type's blocks gets
+# a smaller-block type — except for the types it names none for (Q1_0's 128 values, NVFP4's 64): then
+# llama.cpp refuses the whole model, and no user can make that variant (SmolLM2's 576-wide rows in Q1_0)
+_NO_FALLBACK = "no tensor type fallback is defined for type"
+
+
+class Unquantizable(MatrixError):
+    """llama.cpp's quantizer refuses this model for this type (its rows do not fit the type's blocks and
+    llama.cpp has no fallback type): the matrix records the cells as `unquantizable`, nothing to compare."""
 
 
 @dataclass
@@ -146,7 +157,7 @@ def _run_quantize(tmp: Path, f32: Path, model: str, quant: str, imat: Path | Non
     if r.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
         tail = [ln for ln in r.stderr.splitlines() if ln.strip()][-1:] or [f"exit status {r.returncode}"]
-        raise MatrixError(f"llama.cpp could not quantize {model} to {quant}: {tail[0][:200]}")
+        raise (Unquantizable if _NO_FALLBACK in tail[0] else MatrixError)(f"llama.cpp could not quantize {model} to {quant}: {tail[0][:200]}")
 
 
 def _quantize_main(src: str, dst: str, quant: str, imatrix_file: str | None = None) -> int:
@@ -212,7 +223,15 @@ def run_shard(cfg: MatrixConfig, progress=None) -> tuple[Path, dict]:
     for m, q, p in mine:
         groups.setdefault((m, q), []).append(p)
     for (m, q), pids in groups.items():
-        path = variant(m, q, progress)
+        try:
+            path = variant(m, q, progress)
+        except Unquantizable as e:
+            for p in pids:
+                cell = {"model": m, "quant": q, "prompt": p, **{k: None for k in CELL_FIELDS}}
+                cell.update(status="unquantizable", passed=True, failures=[], receipt=None, note=str(e))
+                out_cells.append(cell)
+                progress("cell", cell)
+            continue
         progress("group", {"model": m, "quant": q, "prompts": len(pids)})
         kwargs = dict(cfg.run_kwargs, reference="bitnetcpp") if q in BITNETCPP_QUANTS else cfg.run_kwargs
         rc = RunConfig(models=[str(path)], prompts=[by_id[p] for p in pids], prompt_set=cfg.prompt_set, steps=cfg.steps,

@@ -23,7 +23,7 @@ SUPPORTED_TYPES = (
     Q.TQ1_0, Q.TQ2_0,
     Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M,
     Q.IQ3_XXS, Q.IQ3_S, Q.IQ4_XS, Q.IQ4_NL,
-    Q.MXFP4, Q.NVFP4,
+    Q.MXFP4, Q.NVFP4, Q.Q1_0,
 )  # fmt: skip
 
 
@@ -41,7 +41,32 @@ def dequantize(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
         return np.ascontiguousarray(raw, dtype=np.float32)
     if qtype == Q.F16:
         return raw.astype(np.float32)
+    if qtype == Q.Q1_0:
+        return Q1_0.dequantize(raw)
     return np.asarray(_gq.dequantize(raw, qtype), dtype=np.float32)
+
+
+class Q1_0:
+    """ggml's Q1_0 (type 41), which the gguf package reads but cannot decode, written as gguf-py's
+    quants.py writes a type: 128-value blocks of d (fp16) and qs[16]; value j is +d where bit j mod 8
+    of qs[j div 8] is set and −d where it is clear (ggml-quants.c dequantize_row_q1_0, `bit ? d : −d`)."""
+
+    block_size, type_size = GGML_QUANT_SIZES[Q.Q1_0]
+
+    @classmethod
+    def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        """(n_blocks, 18) uint8 → (n_blocks, 128) float32."""
+        d, qs = np.hsplit(blocks, [2])
+        d = d.view(np.float16).astype(np.float32)
+        bits = np.unpackbits(qs, axis=-1, bitorder="little")  # bit j mod 8 of byte j div 8 → column j
+        return np.where(bits == 1, d, -d)
+
+    @classmethod
+    def dequantize(cls, raw: np.ndarray) -> np.ndarray:
+        """uint8 rows (…, bytes_per_row) → (…, elements_per_row), as gguf.quants.dequantize shapes them."""
+        raw = np.asarray(raw, dtype=np.uint8)
+        shape = _gq.quant_shape_from_byte_shape(raw.shape, Q.Q1_0)
+        return cls.dequantize_blocks(raw.reshape(-1, cls.type_size)).reshape(shape)
 
 
 def quantize(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -68,7 +93,7 @@ _VEC_DOT = {
     Q.TQ1_0: Q.Q8_K, Q.TQ2_0: Q.Q8_K,
     Q.IQ2_XXS: Q.Q8_K, Q.IQ2_XS: Q.Q8_K, Q.IQ2_S: Q.Q8_K, Q.IQ1_S: Q.Q8_K, Q.IQ1_M: Q.Q8_K,
     Q.IQ3_XXS: Q.Q8_K, Q.IQ3_S: Q.Q8_K, Q.IQ4_XS: Q.Q8_K, Q.IQ4_NL: Q.Q8_0,
-    Q.MXFP4: Q.Q8_0, Q.NVFP4: Q.Q8_0,
+    Q.MXFP4: Q.Q8_0, Q.NVFP4: Q.Q8_0, Q.Q1_0: Q.Q8_0,
 }  # fmt: skip
 
 

@@ -265,10 +265,10 @@ def test_faithful_fallbacks_name_the_matrix_types_without_a_native_kernel():
     assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q3_K, blk__0__ffn_up__weight=Q.Q2_K, norm=Q.F32)) == []
     assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.BF16, blk__0__ffn_up__weight=Q.F32, norm=Q.F32)) == []
     assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.MXFP4, blk__0__ffn_up__weight=Q.IQ4_NL, norm=Q.F32)) == []
-    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.NVFP4, blk__0__ffn_up__weight=Q.Q4_1, norm=Q.F32)) == []
-    # Q1_0 (ggml 41): no kernel yet
-    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q1_0, blk__0__ffn_up__weight=Q.Q2_K, norm=Q.F32)) == ["Q1_0"]
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.NVFP4, blk__0__ffn_up__weight=Q.Q1_0, norm=Q.F32)) == []
+    # Q8_1 (ggml 9): an activation type, no kernel multiplies weights stored in it
+    assert faithful_fallbacks(model(blk__0__attn_q__weight=Q.Q8_1, blk__0__ffn_up__weight=Q.Q2_K, norm=Q.F32)) == ["Q8_1"]
     # a table that is only looked up (the model has its own output matrix) is exact whatever its type;
     # a tied one is also the output matmul
-    assert faithful_fallbacks(model(token_embd__weight=Q.Q1_0, output__weight=Q.Q8_0)) == []
-    assert faithful_fallbacks(model(token_embd__weight=Q.Q1_0)) == ["Q1_0"]
+    assert faithful_fallbacks(model(token_embd__weight=Q.Q8_1, output__weight=Q.Q8_0)) == []
+    assert faithful_fallbacks(model(token_embd__weight=Q.Q8_1)) == ["Q8_1"]

@@ -91,3 +91,25 @@ def test_real_model_matrix_cells_say_why_they_fail(tmp_path):
         print(f"  {c['quant']}: {c['status']} min_cos={c['cosine_similarity']:.5f} {c['failures']}")
         assert c["status"] in ("ok", "divergence") and c["passed"] == rec["verdict"]["passed"]
         assert c["passed"] or c["failures"]  # a failing cell says why
+
+
+@pytest.mark.real_model
+@needs_llamacpp
+def test_a_variant_llamacpp_refuses_is_unquantizable_not_a_failure(tmp_path):
+    """SmolLM2's 576-wide rows are no whole number of Q1_0's 128-value blocks and llama.cpp names no
+    fallback type for Q1_0: llama-quantize refuses the model. Its cells say so (status unquantizable,
+    llama.cpp's refusal in `note`), pass, and the matrix validates and exits 0; another quantizer
+    failure stays an input error."""
+    from crossval.matrix import Unquantizable, variant
+
+    real_model_path("smollm2")
+    with pytest.raises(Unquantizable, match="576 not divisible by 128"):
+        variant("smollm2", "Q1_0")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "france", "text": "The capital of France is"}) + "\n")
+    r, m = _matrix(tmp_path, "--model", "smollm2", "--quants", "Q1_0", "--prompt-file", str(prompts), "--steps", "4")
+    assert m is not None and r.returncode == 0, r.stderr
+    receipts.validate(m)
+    (c,) = m["cells"]
+    assert c["status"] == "unquantizable" and c["passed"] and c["receipt"] is None and "no tensor type fallback" in c["note"]
+    assert m["counts"] == {"unquantizable": 1}
