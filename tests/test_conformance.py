@@ -138,6 +138,8 @@ def test_backend_answers_what_it_promises(spec, model, tiny_model):
     finally:
         b.close()
     b.close()  # closing twice is harmless
+    proc = getattr(b, "_proc", None)  # a backend answered by a child process leaves none behind
+    assert proc is None or proc.poll() is not None, f"{spec}: child {proc.pid} still running after close()"
 
 
 # --- crossval run, both directions ------------------------------------------------------------------

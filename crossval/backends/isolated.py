@@ -103,7 +103,7 @@ class ChildProcess:
             if self._sel.select(timeout=min(left, 1.0)):
                 return
 
-    def _closed(self, stage: str) -> BackendCrashed:
+    def _eof_error(self, stage: str) -> BackendCrashed:
         """The child closed its stdout: BackendCrashed with how it exited."""
         rc = self._proc.wait(timeout=5) if self._proc.poll() is None else self._proc.returncode
         return BackendCrashed(stage, _describe_exit(rc), rc, self.stderr_tail())
@@ -113,7 +113,7 @@ class ChildProcess:
         self._wait_readable(deadline, stage)
         chunk = os.read(self._proc.stdout.fileno(), 1 << 20)
         if not chunk:
-            raise self._closed(stage)
+            raise self._eof_error(stage)
         self.reader_stats["reads"] += 1
         self.reader_stats["bytes_read"] += len(chunk)
         self._buf += chunk  # amortised O(len(chunk)): a bytearray grows in place
@@ -150,7 +150,7 @@ class ChildProcess:
             self._wait_readable(deadline, stage)
             k = os.readv(fd, [view[have:]])
             if not k:
-                raise self._closed(stage)
+                raise self._eof_error(stage)
             have += k
             self.reader_stats["reads"] += 1
             self.reader_stats["bytes_read"] += k
