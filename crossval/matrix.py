@@ -31,7 +31,7 @@ from crossval.errors import InputError
 
 QUANTS = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_M", "Q3_K_S",
           "Q2_K", "Q2_K-PURE", "F16", "BF16", "F32", "TQ2_0", "TQ1_0", "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_S",
-          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "MXFP4_MOE", "NVFP4", "Q1_0", "I2_S")  # fmt: skip
+          "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "MXFP4_MOE", "NVFP4", "Q1_0", "Q2_0", "I2_S")  # fmt: skip
 # made and run by bitnet.cpp (crossval/bitnetcpp_kit.py), not llama.cpp: its cells' reference is bitnetcpp
 BITNETCPP_QUANTS = ("I2_S",)
 IMATRIX_QUANTS = frozenset(q for q in QUANTS if q.startswith("IQ"))  # made with an importance matrix

@@ -5,7 +5,8 @@ token lists of our real models take 5 s (SmolLM2, 49k tokens) and 24 s (gemma-3,
 open. This module walks the same format (spec: gguf-py/gguf/constants.py, ggml/src/gguf.cpp) with
 struct.unpack_from, keeps numeric arrays as numpy views of the mmap, and decodes string arrays only
 when asked. Everything else comes from the gguf package: type enums, block sizes
-(GGML_QUANT_SIZES), and dequantization (engine/quants.py). tests/test_gguf_model.py checks that
+(GGML_QUANT_SIZES; engine/quants.py QUANT_SIZES adds the upstream types the package predates, Q2_0),
+and dequantization (engine/quants.py). tests/test_gguf_model.py checks that
 this reader and GGUFReader agree field by field and tensor by tensor.
 
 Every malformed-file condition raises GGUFError with a one-line message; nothing is allocated in
@@ -22,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType
 
-from engine.quants import I2_S, I2_S_GROUP, i2_s_nbytes
+from engine.quants import I2_S, I2_S_GROUP, QUANT_SIZES, ggml_type, i2_s_nbytes
 
 GGUF_MAGIC = 0x46554747  # b"GGUF" little-endian
 DEFAULT_ALIGNMENT = 32
@@ -145,7 +146,7 @@ class GGUFFile:
             return buf.view(np.float32).reshape(t.shape)
         if t.type == GGMLQuantizationType.F16:
             return buf.view(np.float16).reshape(t.shape)
-        block, size = GGML_QUANT_SIZES[t.type]
+        block, size = QUANT_SIZES[t.type]
         rows = t.shape[:-1] or (1,)
         return buf.reshape(*rows, t.ne[0] // block * size)
 
@@ -278,14 +279,14 @@ def _bitnet_types(name: str, metadata: dict, infos: list, alignment: int, data_s
     i2s = [t for t in infos if t[2] == 36]
     file_type = metadata.get("general.file_type")
     fork_tl = isinstance(file_type, int) and file_type in (38, 39) and metadata.get("general.architecture") in BITNET_ARCHS
-    other = [t for t in infos if isinstance(t[2], int) and not isinstance(t[2], GGMLQuantizationType) and t[2] != 36]
+    other = [t for t in infos if type(t[2]) is int and t[2] != 36]  # bare numbers: bitnet.cpp's
     if other or (fork_tl and any(t[2] == 39 for t in infos)):
         t = (other or [t for t in infos if t[2] == 39])[0]
         raise GGUFError(f"{name}: tensor {t[0]!r} has bitnet.cpp's type {BITNET_TYPES[int(t[2])]} ({int(t[2])}), which the engine "
                         f"does not run (only I2_S)")  # fmt: skip
     if not i2s:
         return infos
-    upstream_only = sorted({t[2].name for t in infos if isinstance(t[2], GGMLQuantizationType) and t[2] >= 39})
+    upstream_only = sorted({t[2].name for t in infos if type(t[2]) is not int and t[2] >= 39})  # enum members, ExtTypes
     if upstream_only:
         raise GGUFError(f"{name}: ambiguous file: type 36 (bitnet.cpp's I2_S) beside upstream-only type {upstream_only[0]}; "
                         f"refusing to guess which ggml numbered it")  # fmt: skip
@@ -360,7 +361,7 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
             ne = tuple(c.u64(f"dimensions of {tname!r}") for _ in range(n_dims))
             traw = c.u32(f"type of {tname!r}")
             try:
-                ttype = GGMLQuantizationType(traw)
+                ttype = ggml_type(traw)  # the gguf package's enum, or an upstream type it lacks (Q2_0)
             except ValueError:
                 if traw not in BITNET_TYPES:
                     raise GGUFError(f"{name}: tensor {tname!r} has unknown ggml type {traw}") from None
@@ -384,10 +385,10 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
                     raise GGUFError(f"{name}: I2_S tensor {tname!r} has rows of {ne[0]}, not a multiple of {I2_S_GROUP} "
                                     f"(bitnet.cpp computes wrong results for those)")  # fmt: skip
                 block, bsize, nbytes = 1, 1, i2_s_nbytes(n_el)
-            elif ttype not in GGML_QUANT_SIZES:
+            elif ttype not in QUANT_SIZES:
                 raise GGUFError(f"{name}: tensor {tname!r} has unsupported ggml type {ttype.name}")
             else:
-                block, bsize = GGML_QUANT_SIZES[ttype]
+                block, bsize = QUANT_SIZES[ttype]
                 nbytes = n_el // block * bsize
             if ne[0] % block:
                 raise GGUFError(f"{name}: tensor {tname!r} row of {ne[0]} is not a multiple of {ttype.name}'s block {block}")

@@ -15,6 +15,37 @@ from gguf import quants as _gq
 
 Q = GGMLQuantizationType
 
+
+class UnsupportedTypeError(ValueError):
+    pass
+
+
+class ExtType(int):
+    """A ggml type number the gguf package does not define (its enum has no I2_S or Q2_0): an int that
+    compares equal to the number and has a .name like GGMLQuantizationType's members."""
+
+    def __new__(cls, value: int, name: str):
+        obj = int.__new__(cls, value)
+        obj.name = name
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<ExtType.{self.name}: {int(self)}>"
+
+
+# upstream ggml types newer than the gguf package (0.19 stops at Q1_0, 41): their numbers, names and
+# (elements, bytes) per block from ggml.c's type_traits
+Q2_0 = ExtType(42, "Q2_0")
+EXT_TYPES = {42: Q2_0}
+QUANT_SIZES = {**GGML_QUANT_SIZES, Q2_0: (64, 18)}  # QK2_0, sizeof(block_q2_0)
+
+
+def ggml_type(number: int) -> GGMLQuantizationType | ExtType:
+    """The gguf package's enum member for a ggml type number, or the ExtType for one it lacks (Q2_0);
+    ValueError for a number neither knows."""
+    return EXT_TYPES[int(number)] if int(number) in EXT_TYPES else GGMLQuantizationType(number)
+
+
 # Types our models and tests use; each has a bit-exactness test against libggml.
 SUPPORTED_TYPES = (
     Q.F32, Q.F16, Q.BF16,
@@ -23,17 +54,15 @@ SUPPORTED_TYPES = (
     Q.TQ1_0, Q.TQ2_0,
     Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M,
     Q.IQ3_XXS, Q.IQ3_S, Q.IQ4_XS, Q.IQ4_NL,
-    Q.MXFP4, Q.NVFP4, Q.Q1_0,
+    Q.MXFP4, Q.NVFP4, Q.Q1_0, Q2_0,
 )  # fmt: skip
-
-
-class UnsupportedTypeError(ValueError):
-    pass
 
 
 def dequantize(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     """float32 array from stored data: float types as their numpy dtype, quantized types as uint8
     rows (…, bytes_per_row) → (…, elements_per_row)."""
+    if qtype == Q2_0:
+        return Q2_0Blocks.dequantize(raw)
     qtype = GGMLQuantizationType(qtype)
     if qtype not in SUPPORTED_TYPES:
         raise UnsupportedTypeError(f"ggml type {qtype.name} is not supported by the engine")
@@ -69,6 +98,31 @@ class Q1_0:
         return cls.dequantize_blocks(raw.reshape(-1, cls.type_size)).reshape(shape)
 
 
+class Q2_0Blocks:
+    """ggml's Q2_0 (type 42, 2.25 bits a value), which the gguf package does not know: 64-value blocks
+    of d (fp16) and qs[16]; value j is (q − 1)·d with q = (qs[j div 4] >> 2·(j mod 4)) & 3 — 00 → −1,
+    01 → 0, 10 → +1, 11 → +2 (ggml-quants.c dequantize_row_q2_0, `((int)q − 1) * d`)."""
+
+    block_size, type_size = QUANT_SIZES[Q2_0]
+
+    @classmethod
+    def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        """(n_blocks, 18) uint8 → (n_blocks, 64) float32."""
+        d, qs = np.hsplit(blocks, [2])
+        d = d.view(np.float16).astype(np.float32)
+        q = (qs[..., None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3  # value 4·byte + field
+        return (q.reshape(len(blocks), 64).astype(np.float32) - 1) * d
+
+    @classmethod
+    def dequantize(cls, raw: np.ndarray) -> np.ndarray:
+        """uint8 rows (…, bytes_per_row) → (…, elements_per_row)."""
+        raw = np.asarray(raw, dtype=np.uint8)
+        if raw.shape[-1] % cls.type_size:
+            raise UnsupportedTypeError(f"Q2_0: rows of {raw.shape[-1]} bytes are no whole number of {cls.type_size}-byte blocks")
+        shape = (*raw.shape[:-1], raw.shape[-1] // cls.type_size * cls.block_size)
+        return cls.dequantize_blocks(raw.reshape(-1, cls.type_size)).reshape(shape)
+
+
 def quantize(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     """gguf-py's reference quantizer (used to build test fixtures)."""
     return _gq.quantize(np.asarray(values, dtype=np.float32), GGMLQuantizationType(qtype))
@@ -93,15 +147,15 @@ _VEC_DOT = {
     Q.TQ1_0: Q.Q8_K, Q.TQ2_0: Q.Q8_K,
     Q.IQ2_XXS: Q.Q8_K, Q.IQ2_XS: Q.Q8_K, Q.IQ2_S: Q.Q8_K, Q.IQ1_S: Q.Q8_K, Q.IQ1_M: Q.Q8_K,
     Q.IQ3_XXS: Q.Q8_K, Q.IQ3_S: Q.Q8_K, Q.IQ4_XS: Q.Q8_K, Q.IQ4_NL: Q.Q8_0,
-    Q.MXFP4: Q.Q8_0, Q.NVFP4: Q.Q8_0, Q.Q1_0: Q.Q8_0,
+    Q.MXFP4: Q.Q8_0, Q.NVFP4: Q.Q8_0, Q.Q1_0: Q.Q8_0, Q2_0: Q.Q8_0,
 }  # fmt: skip
 
 
 def block_layout(qtype: GGMLQuantizationType) -> BlockLayout:
-    qtype = GGMLQuantizationType(qtype)
+    qtype = ggml_type(qtype)
     if qtype not in _VEC_DOT:
         raise UnsupportedTypeError(f"ggml type {qtype.name} is not supported by the engine")
-    bs, ts = GGML_QUANT_SIZES[qtype]
+    bs, ts = QUANT_SIZES[qtype]
     return BlockLayout(qtype, bs, ts, _VEC_DOT[qtype])
 
 
@@ -112,19 +166,6 @@ def block_layout(qtype: GGMLQuantizationType) -> BlockLayout:
 # 1 → 0, 2 → +1, times the tensor's scale (quantize_i2_s in the fork's ggml-bitnet-mad.cpp).
 # tests/test_bitnetcpp.py checks this decoder against the kit's reference decoder and against the
 # values bitnet.cpp itself computes from every I2_S tensor of the synthetic models.
-
-
-class ExtType(int):
-    """A ggml type number the gguf package does not define (its enum has no I2_S): an int that
-    compares equal to the number and has a .name like GGMLQuantizationType's members."""
-
-    def __new__(cls, value: int, name: str):
-        obj = int.__new__(cls, value)
-        obj.name = name
-        return obj
-
-    def __repr__(self) -> str:
-        return f"<ExtType.{self.name}: {int(self)}>"
 
 
 I2_S = ExtType(36, "I2_S")

@@ -226,7 +226,7 @@ def test_rope_cache_is_libms_powf_cosf_sinf():
                                             ("smollm2", "IQ3_XXS"), ("gemma3-270m", "IQ3_XXS"), ("gemma3-270m", "IQ4_XS"),
                                             ("smollm2", "IQ2_XXS"), ("gemma3-270m", "IQ1_M"), ("smollm2", "Q2_K-PURE"),
                                             ("smollm2", "Q3_K_S"), ("smollm2", "BF16"), ("smollm2", "NVFP4"),
-                                            ("gemma3-270m", "Q1_0")])  # fmt: skip
+                                            ("gemma3-270m", "Q1_0"), ("gemma3-270m", "Q2_0")])  # fmt: skip
 def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     """F16 cache, llama.cpp's default CPU paths: every logit of a teacher-forced prompt (its batched
     paths: tinyBLAS attention, repacked Q4_K gemm, tiled Q6_K) and of 24 decode steps (its one-row
@@ -239,8 +239,9 @@ def test_faithful_is_llamacpp_bit_for_bit(model, weights):
     tiled IQ4_XS path; IQ2_XXS and IQ1_M ones (with Q2_K beside them) the IQ2_XXS / IQ1_M vec_dots and
     their tiled paths; a pure Q2_K one (ffn_down in Q2_K) its repacked Q2_K gemv and gemm (AVX-512), a
     Q3_K_S one its Q3_K dot and tiled Q3_K path, a BF16 one tinyBLAS and ggml_vec_dot_bf16 with
-    AVX512-BF16's vdpbf16ps where the CPU has it, an all-NVFP4 one (a tensor-type override) and a Q1_0 one
-    ggml_vec_dot_nvfp4_q8_0 / ggml_vec_dot_q1_0_q8_0 for every row count. (F32 and the other
+    AVX512-BF16's vdpbf16ps where the CPU has it, an all-NVFP4 one (a tensor-type override), a Q1_0 one and
+    a Q2_0 one (type 42, which the gguf package lacks) ggml_vec_dot_nvfp4_q8_0 / ggml_vec_dot_q1_0_q8_0 /
+    ggml_vec_dot_q2_0_q8_0 for every row count. (F32 and the other
     requantizations: the nightly matrix.)"""
     from crossval.backends.llamacpp import LlamaCppBackend
     from crossval.matrix import variant

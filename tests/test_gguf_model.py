@@ -119,6 +119,29 @@ def test_unknown_tensor_type(tmp_path, tiny_model):
         open_gguf(_mutate(tmp_path, src, fn))
 
 
+def test_type_42_is_q2_0_though_the_gguf_package_lacks_it(tmp_path, tiny_model):
+    """ggml type 42 (Q2_0, newer than the gguf package) is read with llama.cpp's 64-value, 18-byte blocks
+    and its name; 43 stays an unknown type."""
+    from engine.quants import Q2_0
+
+    src = tiny_model("llama")
+    off = _tensor_type_offset(src, b"blk.0.attn_q.weight")
+
+    def retype(n):
+        def fn(d):
+            d[off : off + 4] = struct.pack("<I", n)
+            return d
+
+        return fn
+
+    g = open_gguf(_mutate(tmp_path, src, retype(42)))
+    t = g.tensors["blk.0.attn_q.weight"]
+    assert t.type == Q2_0 and t.type.name == "Q2_0" and t.nbytes == t.n_elements // 64 * 18 and t.ne[0] % 64 == 0
+    assert g.raw("blk.0.attn_q.weight").shape == (t.ne[1], t.ne[0] // 64 * 18)
+    with pytest.raises(GGUFError, match="unknown ggml type 43"):
+        open_gguf(_mutate(tmp_path, src, retype(43), name="t43.gguf"))
+
+
 def test_missing_metadata_key(tmp_path):
     from tiny_models import write_tiny_model
 

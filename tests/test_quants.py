@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from conftest import needs_llamacpp
-from engine.quants import SUPPORTED_TYPES, block_layout, dequantize
+from engine.quants import QUANT_SIZES, SUPPORTED_TYPES, block_layout, dequantize
 
 Q = GGMLQuantizationType
 QUANT_TYPES = [t for t in SUPPORTED_TYPES if t not in (Q.F32, Q.F16)]
@@ -57,7 +57,7 @@ def test_dequantize_random_bytes_vs_libggml(qtype):
     from crossval import libggml
 
     rng = np.random.default_rng(99 + int(qtype))
-    bs, ts = GGML_QUANT_SIZES[qtype]
+    bs, ts = QUANT_SIZES[qtype]  # the gguf package's sizes and Q2_0's
     raw = rng.integers(0, 256, size=(4, 16 * ts), dtype=np.uint8)
     if qtype == Q.BF16:
         raw[:, 1::2] &= 0x7E  # keep the bf16 exponent below all-ones: no NaN payload questions

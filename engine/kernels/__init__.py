@@ -4,7 +4,7 @@
 never a dequantized copy — by activations x quantized as ggml's CPU backend quantizes them
 (Q8_0 / Q8_1 / Q8_K), with integer block dot products and ggml's per-block scale arithmetic.
 Weight types: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S,
-IQ1_S, IQ1_M, IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL, MXFP4, NVFP4, Q1_0 (`supported(wtype)`; the i-quants' and FP4's lookup tables come from
+IQ1_S, IQ1_M, IQ3_XXS, IQ3_S, IQ4_XS, IQ4_NL, MXFP4, NVFP4, Q1_0, Q2_0 (`supported(wtype)`; the i-quants' and FP4's lookup tables come from
 the gguf package at import, engine/kernels/iq_tables.py), F16 through `matmul_f16`, and F32 and BF16
 through `matmul_float`. When the extension was not built (no C compiler at install time),
 `available()` is False and `load_error()` says why; the numpy engine modes still work.

@@ -681,6 +681,7 @@ static void gemv_rows(gemv_fn gemv, const char *W, int64_t wrow, int64_t n_rows,
                       int n_threads);
 #include "nvfp4_kernels.c" /* NVFP4 */
 #include "q1_0_kernels.c" /* Q1_0 */
+#include "q2_0_kernels.c" /* Q2_0 */
 
 static gemv_fn gemv_for(int wtype) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -754,6 +755,7 @@ static int layout(int wtype, int *be, int *bb, int *atype, int *ab, dot_fn *dot)
     case T_MXFP4: return mxfp4_layout(wtype, be, bb, atype, ab, dot);
     case T_NVFP4: return nvfp4_layout(wtype, be, bb, atype, ab, dot);
     case T_Q1_0: return q1_0_layout(wtype, be, bb, atype, ab, dot);
+    case T_Q2_0: return q2_0_layout(wtype, be, bb, atype, ab, dot);
     default: return iq34_type(wtype) ? iq34_layout(wtype, be, bb, atype, ab, dot)
                  : iq2_layout(wtype, be, bb, atype, ab, dot) == 0 ? 0 : ternary_layout(wtype, be, bb, atype, ab, dot);
     }
@@ -842,6 +844,7 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     if (wtype == T_MXFP4) return mxfp4_matmul(W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot);
     if (wtype == T_NVFP4) return nvfp4_matmul(W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot);
     if (wtype == T_Q1_0) return q1_0_matmul(W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot);
+    if (wtype == T_Q2_0) return q2_0_matmul(W, n_rows, nb, xq, n_tok, Y, ldy, n_threads, dot);
     if (wtype == T_Q2_K || wtype == T_Q3_K) return kq_matmul(wtype, W, n_rows, nb, xq, n_tok, Y, ldy, n_threads);
     const int route = ggml_route(wtype, n_rows, n_tok);
 #if defined(__x86_64__) && defined(__GNUC__)
