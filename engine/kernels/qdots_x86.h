@@ -739,22 +739,32 @@ CV_FN static int CV_SFX(rep8mm_q4_0)(const char *W, int64_t n_rows, int nb, cons
                 CV_SFX(tr8x8_i32)(m);
                 for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(u + (size_t)b * 256 + 32 * k), m[k]);
             }
-            for (int64_t t = 0; t < n_tok; t++) {
-                const blk_q8_0 *a = (const blk_q8_0 *)(xq + t * arow);
-                __m256 acc = _mm256_setzero_ps();
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 4) { /* four tokens: four independent dpbusd chains per weight vector */
+                const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+                const blk_q8_0 *a[4];
+                for (int t = 0; t < 4; t++) a[t] = (const blk_q8_0 *)(xq + (t0 + (t < nt ? t : 0)) * arow);
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
                 for (int b = 0; b < nb; b++) {
                     const uint8_t *ub = u + (size_t)b * 256;
-                    __m256i l = _mm256_set1_epi32(noff[t * nb + b]);
+                    __m256i l[4];
+                    for (int t = 0; t < 4; t++) l[t] = _mm256_set1_epi32(noff[(t0 + (t < nt ? t : 0)) * nb + b]);
                     for (int k = 0; k < 8; k++) {
-                        int32_t y4;
-                        memcpy(&y4, a[b].qs + 4 * k, 4);
-                        l = CV_PAIRS_ACC(l, _mm256_loadu_si256((const __m256i *)(ub + 32 * k)), _mm256_set1_epi32(y4));
+                        const __m256i uk = _mm256_loadu_si256((const __m256i *)(ub + 32 * k));
+                        for (int t = 0; t < 4; t++) {
+                            int32_t y4;
+                            memcpy(&y4, a[t][b].qs + 4 * k, 4);
+                            l[t] = CV_PAIRS_ACC(l[t], uk, _mm256_set1_epi32(y4));
+                        }
                     }
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_mul_ps(_mm256_loadu_ps(dw + b * 8), _mm256_set1_ps(da[t * nb + b])), acc);
+                    const __m256 dwb = _mm256_loadu_ps(dw + b * 8);
+                    for (int t = 0; t < 4; t++)
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l[t]), _mm256_mul_ps(dwb, _mm256_set1_ps(da[(t0 + (t < nt ? t : 0)) * nb + b])), acc[t]);
                 }
-                float o[8];
-                _mm256_storeu_ps(o, acc);
-                for (int i = 0; i < 8; i++) Y[t * ldy + r + i] = o[i];
+                for (int t = 0; t < nt; t++) {
+                    float o[8];
+                    _mm256_storeu_ps(o, acc[t]);
+                    for (int i = 0; i < 8; i++) Y[(t0 + t) * ldy + r + i] = o[i];
+                }
             }
         }
         free(u);
