@@ -170,38 +170,9 @@ static int q1_0_matmul(const void *W, int64_t n_rows, int nb, const void *xq, in
     const int64_t wrow = (int64_t)nb * 18, arow = (int64_t)nb * 136;
 #if defined(__x86_64__) && defined(__GNUC__)
     if (have_avx2()) {
-        float *dya = malloc(sizeof(float) * (size_t)(n_tok * nb * 4));
-        if (!dya) return -1;
-        for (int64_t i = 0; i < n_tok * nb * 4; i++) dya[i] = h2f(((const blk_q8_0 *)xq)[i].d);
         const int wide = vnni_kind() == 2;
-        if (n_tok == 1) {
-            if (n_threads <= 1) (wide ? q1_0_rows_avx512 : q1_0_rows_avx2)((const char *)W, wrow, 0, n_rows, xq, dya, nb, Y);
-            else {
-#pragma omp parallel num_threads(n_threads)
-                {
-                    const int64_t nth = omp_get_num_threads(), it = omp_get_thread_num(), per = (n_rows + nth - 1) / nth;
-                    const int64_t r0 = it * per < n_rows ? it * per : n_rows, r1 = r0 + per < n_rows ? r0 + per : n_rows;
-                    if (r0 < r1) (wide ? q1_0_rows_avx512 : q1_0_rows_avx2)((const char *)W, wrow, r0, r1, xq, dya, nb, Y);
-                }
-            }
-            free(dya);
-            return 0;
-        }
-        const int64_t tile = arow * 32 <= 32768 ? 32 : arow * 8 <= 32768 ? 8 : 4;
-#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
-        for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
-            const int64_t t1 = t0 + tile < n_tok ? t0 + tile : n_tok;
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < n_rows; r++)
-                for (int64_t t = t0; t < t1; t += 4) {
-                    const int nt = t1 - t < 4 ? (int)(t1 - t) : 4;
-                    float o[4];
-                    (wide ? q1_0_dot4_avx512 : q1_0_dot4_avx2)((const char *)W + r * wrow, (const char *)xq + t * arow, arow, dya + t * nb * 4, nt, nb, o);
-                    for (int k = 0; k < nt; k++) Y[(t + k) * ldy + r] = o[k];
-                }
-        }
-        free(dya);
-        return 0;
+        return q8s_matmul(W, wrow, n_rows, nb, 4, xq, n_tok, Y, ldy, n_threads, wide ? q1_0_rows_avx512 : q1_0_rows_avx2,
+                          wide ? q1_0_dot4_avx512 : q1_0_dot4_avx2);
     }
 #endif
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)

@@ -679,6 +679,51 @@ static inline float tail_add(int wtype, float sumf, float d, float s) { return t
 #include "mxfp4_kernels.c" /* MXFP4 */
 static void gemv_rows(gemv_fn gemv, const char *W, int64_t wrow, int64_t n_rows, int group, const void *xq, int nb, float *Y,
                       int n_threads);
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The batch driver of the types whose activations are Q8_0 and whose kernels take the activations'
+ * scales pre-converted (NVFP4, Q1_0): `spb` Q8_0 blocks per weight block, their f16 scales widened
+ * once into dya (n_tok × nb × spb floats). Decode: `rows` over contiguous row ranges, one per thread;
+ * batches: tiles of tokens whose activations stay in L1, `dot4` on each weight row against four tokens
+ * at a time. Each output is its row kernel's float, whatever the split. −1 when out of memory. */
+typedef void (*q8s_rows_fn)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, const float *dya, int nb, float *Y);
+typedef void (*q8s_dot4_fn)(const void *w, const void *a, int64_t arow, const float *dya, int nt, int nb, float *out);
+
+static int q8s_matmul(const void *W, int64_t wrow, int64_t n_rows, int nb, int spb, const void *xq, int64_t n_tok, float *Y,
+                      int64_t ldy, int n_threads, q8s_rows_fn rows, q8s_dot4_fn dot4) {
+    const int64_t arow = (int64_t)nb * spb * (int64_t)sizeof(blk_q8_0), per_tok = (int64_t)nb * spb;
+    float *dya = malloc(sizeof(float) * (size_t)(n_tok * per_tok));
+    if (!dya) return -1;
+    for (int64_t i = 0; i < n_tok * per_tok; i++) dya[i] = h2f(((const blk_q8_0 *)xq)[i].d);
+    if (n_tok == 1) {
+        if (n_threads <= 1) rows((const char *)W, wrow, 0, n_rows, xq, dya, nb, Y);
+        else {
+#pragma omp parallel num_threads(n_threads)
+            {
+                const int64_t nth = omp_get_num_threads(), it = omp_get_thread_num(), per = (n_rows + nth - 1) / nth;
+                const int64_t r0 = it * per < n_rows ? it * per : n_rows, r1 = r0 + per < n_rows ? r0 + per : n_rows;
+                if (r0 < r1) rows((const char *)W, wrow, r0, r1, xq, dya, nb, Y);
+            }
+        }
+        free(dya);
+        return 0;
+    }
+    const int64_t tile = arow * 32 <= 32768 ? 32 : arow * 8 <= 32768 ? 8 : 4;
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tile) {
+        const int64_t t1 = t0 + tile < n_tok ? t0 + tile : n_tok;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r++)
+            for (int64_t t = t0; t < t1; t += 4) {
+                const int nt = t1 - t < 4 ? (int)(t1 - t) : 4;
+                float o[4];
+                dot4((const char *)W + r * wrow, (const char *)xq + t * arow, arow, dya + t * per_tok, nt, nb, o);
+                for (int k = 0; k < nt; k++) Y[(t + k) * ldy + r] = o[k];
+            }
+    }
+    free(dya);
+    return 0;
+}
+#endif
 #include "nvfp4_kernels.c" /* NVFP4 */
 #include "q1_0_kernels.c" /* Q1_0 */
 #include "q2_0_kernels.c" /* Q2_0 */
