@@ -721,8 +721,8 @@ CV_FN static int CV_SFX(rep8mm_q4_0)(const char *W, int64_t n_rows, int nb, cons
                 for (int j = 0; j < 32; j++) s += a->qs[j];
                 noff[t * nb + b] = -8 * s, da[t * nb + b] = _cvtsh_ss(a->d);
             }
-        uint8_t *u = malloc((size_t)nb * 256 + sizeof(float) * 8 * (size_t)nb); /* u[b][k][row][4], dw[b][row] */
-        float *dw = (float *)(u + (size_t)nb * 256);
+        uint8_t *u = malloc((size_t)nb * 512 + sizeof(float) * 16 * (size_t)nb); /* u[b][k][row][4], dw[b][row] */
+        float *dw = (float *)(u + (size_t)nb * 512);
         if (!u) {
 #pragma omp atomic write
             err = 1;
@@ -730,6 +730,50 @@ CV_FN static int CV_SFX(rep8mm_q4_0)(const char *W, int64_t n_rows, int nb, cons
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < n_rows; r += 8) {
             if (!u) continue;
+#ifdef CV_MASK_BYTES
+            /* AVX-512: sixteen rows per zmm where the matrix has them (rows r, r + 8 of a 16-row pair in the two halves) */
+            if (r % 16 == 8 && r + 8 <= n_rows) continue; /* done with the group before */
+            if (r + 16 <= n_rows) {
+                for (int b = 0; b < nb; b++)
+                    for (int hf = 0; hf < 2; hf++) {
+                        __m256i m[8];
+                        for (int i = 0; i < 8; i++) {
+                            const blk_q4_0 *w = (const blk_q4_0 *)(W + (r + 8 * hf + i) * wrow) + b;
+                            m[i] = CV_SFX(nib32)(w->qs), dw[b * 16 + 8 * hf + i] = _cvtsh_ss(w->d);
+                        }
+                        CV_SFX(tr8x8_i32)(m);
+                        for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(u + (size_t)b * 512 + 64 * k + 32 * hf), m[k]);
+                    }
+                for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+                    const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+                    const blk_q8_0 *a[4];
+                    for (int t = 0; t < 4; t++) a[t] = (const blk_q8_0 *)(xq + (t0 + (t < nt ? t : 0)) * arow);
+                    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+                    for (int b = 0; b < nb; b++) {
+                        const uint8_t *ub = u + (size_t)b * 512;
+                        __m512i l[4];
+                        for (int t = 0; t < 4; t++) l[t] = _mm512_set1_epi32(noff[(t0 + (t < nt ? t : 0)) * nb + b]);
+                        for (int k = 0; k < 8; k++) {
+                            const __m512i uk = _mm512_loadu_si512((const void *)(ub + 64 * k));
+                            for (int t = 0; t < 4; t++) {
+                                int32_t y4;
+                                memcpy(&y4, a[t][b].qs + 4 * k, 4);
+                                l[t] = _mm512_dpbusd_epi32(l[t], uk, _mm512_set1_epi32(y4));
+                            }
+                        }
+                        const __m512 dwb = _mm512_loadu_ps(dw + b * 16);
+                        for (int t = 0; t < 4; t++)
+                            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_mul_ps(dwb, _mm512_set1_ps(da[(t0 + (t < nt ? t : 0)) * nb + b])), acc[t]);
+                    }
+                    for (int t = 0; t < nt; t++) {
+                        float o[16];
+                        _mm512_storeu_ps(o, acc[t]);
+                        for (int i = 0; i < 16; i++) Y[(t0 + t) * ldy + r + i] = o[i];
+                    }
+                }
+                continue;
+            }
+#endif
             for (int b = 0; b < nb; b++) {
                 __m256i m[8];
                 for (int i = 0; i < 8; i++) {
