@@ -286,6 +286,120 @@ CV_FN static void CV_SFX(kq8_group)(int wtype, int route, const char *W, int64_t
     }
 }
 
+#ifdef CV_KQ_ZMM
+/* AVX-512: sixteen rows per zmm — two unpacked 8-row halves side by side, the same lanes' arithmetic */
+typedef struct {
+    __m512i u[8][8], sc[16], mn[8];
+    __m512 dw, dmw;
+} CV_SFX(kq16_blk);
+
+#define CV_KQ16_DOT(o, m, y, nt, k0, k1, acc)                                                                          \
+    for (int k = (k0); k < (k1); k++) {                                                                                 \
+        const __m512i uk = (o)->u[m][k];                                                                                \
+        for (int t = 0; t < (nt); t++) {                                                                                \
+            int32_t y4;                                                                                                 \
+            memcpy(&y4, (y)[t] + 32 * (m) + 4 * k, 4);                                                                  \
+            acc[t] = _mm512_dpbusd_epi32(acc[t], uk, _mm512_set1_epi32(y4));                                            \
+        }                                                                                                               \
+    }
+
+CV_FN static void CV_SFX(kq16_group)(int wtype, int route, const char *W, int64_t wrow, int64_t n_rows, int64_t r0, int nb,
+                                    const char *xq, int64_t arow, int64_t n_tok, int64_t n_gemm, float *Y, int64_t ldy,
+                                    CV_SFX(kq16_blk) *ub) {
+    for (int b = 0; b < nb; b++) {
+        CV_SFX(kq8_blk) h[2];
+        for (int hf = 0; hf < 2; hf++) {
+            const char *wr[8];
+            for (int i = 0; i < 8; i++) wr[i] = W + (r0 + 8 * hf + i) * wrow;
+            CV_SFX(kq8_unpack)(wtype, wr, b, &h[hf]);
+        }
+        CV_SFX(kq16_blk) *o = &ub[b];
+        for (int m = 0; m < 8; m++)
+            for (int k = 0; k < 8; k++) o->u[m][k] = _mm512_inserti64x4(_mm512_castsi256_si512(h[0].u[m][k]), h[1].u[m][k], 1);
+        for (int q = 0; q < 16; q++) o->sc[q] = _mm512_inserti64x4(_mm512_castsi256_si512(h[0].sc[q]), h[1].sc[q], 1);
+        for (int q = 0; q < 8; q++) o->mn[q] = _mm512_inserti64x4(_mm512_castsi256_si512(h[0].mn[q]), h[1].mn[q], 1);
+        o->dw = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(h[0].dw)), _mm256_castps_pd(h[1].dw), 1));
+        o->dmw = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(h[0].dmw)), _mm256_castps_pd(h[1].dmw), 1));
+    }
+    const int nr = 16;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+        const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+        __m512 acc[4], accm[4];
+        for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const blk_q8_K *a[4];
+            const int8_t *y[4];
+            for (int t = 0; t < 4; t++) a[t] = (const blk_q8_K *)(xq + (t0 + (t < nt ? t : 0)) * arow) + b, y[t] = a[t]->qs;
+            const CV_SFX(kq16_blk) *o = &ub[b];
+            if (wtype == T_Q6_K) {
+                __m512i s[4];
+                for (int t = 0; t < 4; t++) s[t] = _mm512_setzero_si512();
+                for (int m = 0; m < 8; m++) {
+                    __m512i d0[4], d1[4];
+                    for (int t = 0; t < 4; t++) d0[t] = d1[t] = _mm512_setzero_si512();
+                    CV_KQ16_DOT(o, m, y, nt, 0, 4, d0)
+                    CV_KQ16_DOT(o, m, y, nt, 4, 8, d1)
+                    for (int t = 0; t < nt; t++)
+                        s[t] = _mm512_add_epi32(s[t], _mm512_add_epi32(_mm512_mullo_epi32(d0[t], o->sc[2 * m]), _mm512_mullo_epi32(d1[t], o->sc[2 * m + 1])));
+                }
+                for (int t = 0; t < nt; t++) {
+                    __m512i off = _mm512_setzero_si512();
+                    for (int p = 0; p < 8; p++) {
+                        int32_t bs2;
+                        memcpy(&bs2, a[t]->bsums + 2 * p, 4);
+                        off = _mm512_add_epi32(off, _mm512_madd_epi16(o->mn[p], _mm512_set1_epi32(bs2)));
+                    }
+                    const __m512i si = _mm512_sub_epi32(s[t], _mm512_slli_epi32(off, 5));
+                    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(si), o->dw), _mm512_set1_ps(a[t]->d), acc[t]);
+                }
+                continue;
+            }
+            __m512i p[4][4]; /* [t][j] */
+            for (int j = 0; j < 4; j++) {
+                __m512i d0[4], d1[4];
+                for (int t = 0; t < 4; t++) d0[t] = d1[t] = _mm512_setzero_si512();
+                CV_KQ16_DOT(o, 2 * j, y, nt, 0, 8, d0)
+                CV_KQ16_DOT(o, 2 * j + 1, y, nt, 0, 8, d1)
+                for (int t = 0; t < nt; t++) p[t][j] = _mm512_add_epi32(_mm512_mullo_epi32(d0[t], o->sc[2 * j]), _mm512_mullo_epi32(d1[t], o->sc[2 * j + 1]));
+            }
+            for (int t = 0; t < nt; t++) {
+                const blk_q8_K *at = a[t];
+                const __m512 vda = _mm512_set1_ps(at->d);
+                __m512i mj[4];
+                for (int j = 0; j < 4; j++) {
+                    const int32_t bp = (int32_t)((uint32_t)(uint16_t)(at->bsums[4 * j] + at->bsums[4 * j + 1]) |
+                                                 (uint32_t)(uint16_t)(at->bsums[4 * j + 2] + at->bsums[4 * j + 3]) << 16);
+                    mj[j] = _mm512_madd_epi16(o->mn[j], _mm512_set1_epi32(bp));
+                }
+                if (route == 1 && t0 + t < n_gemm) {
+                    const __m512 dd = _mm512_mul_ps(o->dw, vda), dm = _mm512_mul_ps(o->dmw, vda);
+                    for (int j = 0; j < 4; j++) {
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][j]), dd, acc[t]);
+                        accm[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mj[j]), dm, accm[t]);
+                    }
+                    continue;
+                }
+                const __m512 sf = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(p[t][0], p[t][1]), _mm512_add_epi32(p[t][2], p[t][3])));
+                const __m512 mm = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(mj[0], mj[1]), _mm512_add_epi32(mj[2], mj[3])));
+                if (route == 1) {
+                    acc[t] = _mm512_fmadd_ps(sf, _mm512_mul_ps(o->dw, vda), acc[t]);
+                    accm[t] = _mm512_fmadd_ps(mm, _mm512_mul_ps(o->dmw, vda), accm[t]);
+                } else {
+                    acc[t] = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_sub_ps(_mm512_setzero_ps(), o->dmw), mm, _mm512_mul_ps(sf, o->dw)), vda, acc[t]);
+                }
+            }
+        }
+        for (int t = 0; t < nt; t++) {
+            float out[16];
+            _mm512_storeu_ps(out, route == 1 ? _mm512_sub_ps(acc[t], accm[t]) : acc[t]);
+            for (int i = 0; i < nr; i++) Y[(t0 + t) * ldy + r0 + i] = out[i];
+        }
+    }
+}
+
+
+#endif
+
 CV_FN static int CV_SFX(kq8_mm)(int wtype, int route, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y,
                                 int64_t ldy, int n_threads) {
     const int64_t wrow = (int64_t)nb * (wtype == T_Q4_K ? 144 : wtype == T_Q5_K ? 176 : 210), arow = (int64_t)nb * 292;
@@ -293,14 +407,29 @@ CV_FN static int CV_SFX(kq8_mm)(int wtype, int route, const void *W, int64_t n_r
     int err = 0;
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
     {
-        CV_SFX(kq8_blk) *ub = aligned_alloc(64, ((sizeof(CV_SFX(kq8_blk)) * (size_t)nb + 63) / 64) * 64);
+#ifdef CV_KQ_ZMM
+        const size_t blk = sizeof(CV_SFX(kq16_blk));
+#else
+        const size_t blk = sizeof(CV_SFX(kq8_blk));
+#endif
+        void *ub = aligned_alloc(64, ((blk * (size_t)nb + 63) / 64) * 64);
         if (!ub) {
 #pragma omp atomic write
             err = 1;
         }
 #pragma omp for schedule(static)
-        for (int64_t g = 0; g < (n_rows + 7) / 8; g++)
-            if (ub) CV_SFX(kq8_group)(wtype, route, (const char *)W, wrow, n_rows, g * 8, nb, (const char *)xq, arow, n_tok, n_gemm, Y, ldy, ub);
+        for (int64_t g = 0; g < (n_rows + 15) / 16; g++) {
+            if (!ub) continue;
+            const int64_t r0 = g * 16;
+#ifdef CV_KQ_ZMM
+            if (route == 2 && r0 + 16 <= n_rows) { /* the tiled route (route 1 keeps the 8-row path) */
+                CV_SFX(kq16_group)(wtype, route, (const char *)W, wrow, n_rows, r0, nb, (const char *)xq, arow, n_tok, n_gemm, Y, ldy, ub);
+                continue;
+            }
+#endif
+            for (int64_t r = r0; r < r0 + 16 && r < n_rows; r += 8)
+                CV_SFX(kq8_group)(wtype, route, (const char *)W, wrow, n_rows, r, nb, (const char *)xq, arow, n_tok, n_gemm, Y, ldy, ub);
+        }
         free(ub);
     }
     return err ? -1 : 0;

@@ -587,7 +587,9 @@ AVX2_FN static void dot4_q6_K_avx2(const void *vw, const void *va, int64_t arow,
 #define CV_SFX(name) name##_avx512vnni
 #define CV_MADD_ACC(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
 #define CV_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#define CV_KQ_ZMM
 #include "kq_tiled_x86.h"
+#undef CV_KQ_ZMM
 #undef CV_FN
 #undef CV_SFX
 #undef CV_MADD_ACC
