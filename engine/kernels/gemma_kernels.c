@@ -490,6 +490,71 @@ static float gm_mm_emu(const uint16_t *a, const uint16_t *b, int64_t K, int lane
     return s;
 }
 
+/* gm_mm_emu for up to 4 columns at once in the vector registers it describes (the same FMAs in the
+ * same order: per lane the even product, then the odd one; the lanes summed 0..lanes-1). */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f,avx512bw,fma"))) static void gm_mm_emu16_row4(const uint16_t *a, const uint16_t *b0, int64_t ldb,
+                                                                            int nb, int64_t K, float *out) {
+    __m512 c[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int64_t k = 0; k < K; k += 32) {
+        const __mmask32 m = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
+        const __m512i va = _mm512_maskz_loadu_epi16(m, a + k);
+        const __m512 ae = _mm512_castsi512_ps(_mm512_slli_epi32(va, 16)), ao = _mm512_castsi512_ps(_mm512_and_si512(va, hi));
+        for (int j = 0; j < nb; j++) {
+            const __m512i vb = _mm512_maskz_loadu_epi16(m, b0 + j * ldb + k);
+            c[j] = _mm512_fmadd_ps(ae, _mm512_castsi512_ps(_mm512_slli_epi32(vb, 16)), c[j]);
+            c[j] = _mm512_fmadd_ps(ao, _mm512_castsi512_ps(_mm512_and_si512(vb, hi)), c[j]);
+        }
+    }
+    for (int j = 0; j < nb; j++) {
+        float lane[16];
+        _mm512_storeu_ps(lane, c[j]);
+        float sum = lane[0];
+        for (int l = 1; l < 16; l++) sum = sum + lane[l];
+        out[j] = sum;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void gm_mm_emu8_row4(const uint16_t *a, const uint16_t *b0, int64_t ldb, int nb,
+                                                               int64_t K, float *out) {
+    __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    uint16_t pa[16], pb[16];
+    for (int64_t k = 0; k < K; k += 16) {
+        const uint16_t *ak = a + k;
+        if (K - k < 16) { /* zero-padded tail vector */
+            memset(pa, 0, sizeof pa);
+            memcpy(pa, ak, (size_t)(K - k) * sizeof(uint16_t));
+            ak = pa;
+        }
+        const __m256i va = _mm256_loadu_si256((const __m256i *)ak);
+        const __m256 ae = _mm256_castsi256_ps(_mm256_slli_epi32(va, 16)), ao = _mm256_castsi256_ps(_mm256_and_si256(va, hi));
+        for (int j = 0; j < nb; j++) {
+            const uint16_t *bk = b0 + j * ldb + k;
+            if (K - k < 16) {
+                memset(pb, 0, sizeof pb);
+                memcpy(pb, bk, (size_t)(K - k) * sizeof(uint16_t));
+                bk = pb;
+            }
+            const __m256i vb = _mm256_loadu_si256((const __m256i *)bk);
+            c[j] = _mm256_fmadd_ps(ae, _mm256_castsi256_ps(_mm256_slli_epi32(vb, 16)), c[j]);
+            c[j] = _mm256_fmadd_ps(ao, _mm256_castsi256_ps(_mm256_and_si256(vb, hi)), c[j]);
+        }
+    }
+    for (int j = 0; j < nb; j++) {
+        float lane[8];
+        _mm256_storeu_ps(lane, c[j]);
+        float sum = lane[0];
+        for (int l = 1; l < 8; l++) sum = sum + lane[l];
+        out[j] = sum;
+    }
+}
+#define GM_HAVE_EMU_SIMD 1
+#else
+#define GM_HAVE_EMU_SIMD 0
+#endif
+
 /* A (M, K) f32 (rounded to bf16 here, as gemma.cpp's DecompressA does), B (N, K) bf16 bits →
  * C (M, N) with row stride ldc; out_bf16: C rounded to bf16 (a BF16 MatMul output). */
 int cv_gm_matmul(const float *A, int64_t M, int64_t K, const uint16_t *B, int64_t N, float *C, int64_t ldc, int out_bf16,
@@ -499,6 +564,11 @@ int cv_gm_matmul(const float *A, int64_t M, int64_t K, const uint16_t *B, int64_
     uint16_t *Ab = (uint16_t *)malloc((size_t)(M * K) * sizeof(uint16_t));
     if (!Ab) return -3;
     for (int64_t i = 0; i < M * K; i++) Ab[i] = gm_bf16(A[i], native);
+    int simd = 0; /* the emulated FMAs in vector registers where this CPU has them */
+#if GM_HAVE_EMU_SIMD
+    if (!native && lanes == 16) simd = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    if (!native && lanes == 8) simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
     const int64_t nblk = (N + 3) / 4;
 #pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && nblk > 1)
     for (int64_t blk = 0; blk < nblk; blk++) {
@@ -508,6 +578,11 @@ int cv_gm_matmul(const float *A, int64_t M, int64_t K, const uint16_t *B, int64_
             float out[4];
 #if GM_HAVE_NATIVE
             if (native) gm_mm_native_row4(Ab + r * K, B + c0 * K, K, nb, K, out);
+            else
+#endif
+#if GM_HAVE_EMU_SIMD
+            if (simd && lanes == 16) gm_mm_emu16_row4(Ab + r * K, B + c0 * K, K, nb, K, out);
+            else if (simd) gm_mm_emu8_row4(Ab + r * K, B + c0 * K, K, nb, K, out);
             else
 #endif
                 for (int j = 0; j < nb; j++) out[j] = gm_mm_emu(Ab + r * K, B + (c0 + j) * K, K, lanes);
