@@ -114,6 +114,16 @@ def built_simd_target() -> str | None:
     return None
 
 
+def gemmacpp_workers(num_threads: int) -> int:
+    """The worker count gemma.cpp's thread pools get for --num_threads (its driver reports it as
+    "workers"; FlashAttention tiles by it): the threads, capped at the processors this process may
+    use (util/threading.cc NestedPools with one cluster), all of them for 0. gemma.cpp counts one
+    processor per physical core (util/topology.cc skips SMT siblings); this counts logical ones, so
+    on an SMT host asked for more threads than it has cores the two differ."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(num_threads, cores) if num_threads > 0 else cores
+
+
 def missing_python_packages(python: str = sys.executable) -> list[str]:
     code = "import importlib.util,sys;print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m if m!='protobuf' else 'google.protobuf') is None))"
     r = subprocess.run([python, "-c", code, *PY_PACKAGES], capture_output=True, text=True)

@@ -160,26 +160,31 @@ def test_bf16_mode_reproduces_gemmacpps_rounding_on_the_long_prompt(tmp_path):
 def test_bf16_mode_equals_gemmacpp_bit_for_bit(kit, gemma):
     """Engine mode bf16 for the kit's Highway target against the patched gemma.cpp on the default
     prompts: the same greedy tokens and identical logits, free-running (the driver's step logits) and
-    teacher-forced (every prompt position and the continuation, through the driver's --force). The
-    long prompt (611 positions, past the 512-token sliding window, where gemma.cpp's softmax reads
-    its score buffer's older entries) takes minutes in the driver: CROSSVAL_GEMMACPP_LONG=1 (nightly)."""
-    from crossval.prompts import load_set
+    teacher-forced (every prompt position and the continuation, through the driver's --force). On
+    targets with a native bf16 dot gemma.cpp runs its old attention (and, past the 512-token sliding
+    window, its softmax reads its score buffer's older entries); on the others its FlashAttention,
+    tiled by batch and worker count. The long prompt (611 positions, past the window) takes minutes in
+    the driver: CROSSVAL_GEMMACPP_LONG=1 (nightly)."""
+    from crossval.gemmacpp_kit import gemmacpp_workers
+    from crossval.prompts import load_set, render
+    from crossval.run import _special_texts
     from engine.generate import Engine
     from engine.kernels.gemmacpp import TARGETS
 
     target = kit.provenance()["simd_target"]
-    if not TARGETS.get(target, (False,))[0]:
-        pytest.skip(f"gemma.cpp's {target} build runs FlashAttention, which mode bf16 does not reproduce bit for bit")
-    eng = Engine(real_model_path("gemma3-270m"), n_ctx=1024, mode="bf16", simd_target=target, threads=2).load()
+    if target not in TARGETS:
+        pytest.skip(f"gemma.cpp's Highway target {target} is not reproduced by mode bf16")
+    # the engine's own thread count changes nothing (tests/test_gemmacpp_kernels.py); gemma.cpp's does
+    eng = Engine(real_model_path("gemma3-270m"), n_ctx=1024, mode="bf16", simd_target=target, threads=1,
+                 gemmacpp_workers=gemmacpp_workers(gemma.threads)).load()  # fmt: skip
+    assert eng.model.flash == (not TARGETS[target][0])
     worst = 0.0
-    from crossval.prompts import render
-    from crossval.run import _special_texts
-
     for p in load_set("default"):
         if p.id == "long" and not os.environ.get("CROSSVAL_GEMMACPP_LONG"):
             continue
         ids = gemma.tokenize(render(p, eng.gguf.get("tokenizer.chat_template"), *_special_texts(eng.gguf)))
         theirs = gemma.generate(ids, 8)
+        assert theirs.extra["workers"] == eng.model.workers  # the worker count FlashAttention tiles by
         ours = eng.generate(ids, 8, keep_logits=True)
         assert ours.tokens == theirs.tokens, p.id
         free = np.abs(np.stack(ours.logits) - theirs.logits).max()
@@ -189,6 +194,36 @@ def test_bf16_mode_equals_gemmacpp_bit_for_bit(kit, gemma):
         print(f"  {p.id:13s} {len(seq):4d} positions: max|Δlogit| free-running {free:g}, teacher-forced {forced:g}")
         worst = max(worst, free, forced)
     assert worst == 0.0
+
+
+def test_bf16_mode_follows_gemmacpps_thread_count(kit):
+    """gemma.cpp's logits depend on its thread count where it runs FlashAttention: a decode step runs
+    one query per head with 2 workers, one 4-row tile with 1 (TileFlashAttention4, sweeping 16
+    positions at a time). Mode bf16 told the worker count reproduces the 1-thread driver bit for bit
+    over 40 teacher-forced positions; the 2-worker engine agrees with it on positions 0–14 only: there
+    a step attends fewer than 16 positions, so the tile runs no sweep, only the per-position steps
+    SingleFlashAttention runs too."""
+    from crossval.backends.gemmacpp import GemmaCpp
+    from engine.generate import Engine
+    from engine.kernels.gemmacpp import TARGETS
+
+    target = kit.provenance()["simd_target"]
+    if target not in TARGETS or TARGETS[target][0]:
+        pytest.skip(f"gemma.cpp's {target} build runs its old attention, which does not depend on the thread count")
+    g1 = GemmaCpp(real_model_path("gemma3-270m"), threads=1)
+    seq = g1.tokenize("Once upon a time, in a small village at the edge of a great forest, there lived an old "
+                      "clockmaker who had never once left the valley. Every morning he opened his shop, wound "
+                      "every clock on the wall and waited for the bells.")  # fmt: skip
+    assert len(seq) >= 40
+    seq = seq[:40]
+    theirs = g1.logits(seq)
+    e1 = Engine(real_model_path("gemma3-270m"), n_ctx=64, mode="bf16", simd_target=target, gemmacpp_workers=1).load()
+    np.testing.assert_array_equal(e1.logits(seq), theirs)
+    e2 = Engine(real_model_path("gemma3-270m"), n_ctx=64, mode="bf16", simd_target=target, gemmacpp_workers=2).load()
+    two = e2.logits(seq)
+    differs = np.abs(two - theirs).max(1) > 0
+    print(f"  2 vs 1 workers: first differing position {int(np.argmax(differs))}, max|Δlogit| {np.abs(two - theirs).max():.3g}")
+    assert not differs[:15].any() and differs[15]
 
 
 @needs_llamacpp

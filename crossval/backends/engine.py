@@ -37,25 +37,27 @@ class EngineBackend(Backend):
     @classmethod
     def from_settings(cls, model_path, s: BackendSettings) -> "EngineBackend":
         return cls(model_path, n_ctx=s.n_ctx, kv_type=s.kv_type, mode=s.mode, perturb=s.perturb, prefix_end=s.prefix_end,
-                   threads=s.threads, gguf=s.gguf, tokenizer=s.tokenizer)  # fmt: skip
+                   threads=s.threads, gguf=s.gguf, tokenizer=s.tokenizer, gemmacpp_threads=s.gemmacpp_threads)  # fmt: skip
 
     def __init__(self, model_path, n_ctx: int = 2048, kv_type: str = "f16", mode: str = "float",
                  perturb: tuple[int, float] | None = None, prefix_end: int = 0, threads: int = 1, gguf=None,
-                 tokenizer=None):  # fmt: skip
+                 tokenizer=None, gemmacpp_threads: int = 2):  # fmt: skip
         """gguf, tokenizer: model_path already opened (engine.gguf_model.open_gguf) and its
-        engine.tokenizer.Tokenizer, reused instead of built again."""
+        engine.tokenizer.Tokenizer, reused instead of built again. gemmacpp_threads: the reference
+        gemma.cpp's --num_threads (mode bf16 follows its FlashAttention's tiling)."""
         from engine.generate import Engine
 
         if mode == "faithful":
             _match_ggml_build()
         t = time.perf_counter()
-        simd = None
-        if mode == "bf16":  # gemma.cpp's arithmetic for the Highway target the kit was built for here
-            from crossval.gemmacpp_kit import built_simd_target
+        simd, workers = None, gemmacpp_threads
+        if mode == "bf16":  # gemma.cpp's arithmetic for the Highway target the kit was built for here, at its thread count
+            from crossval.gemmacpp_kit import built_simd_target, gemmacpp_workers
 
-            simd = built_simd_target()
+            simd, workers = built_simd_target(), gemmacpp_workers(gemmacpp_threads)
         try:
-            self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads, simd_target=simd, gguf=gguf).load()
+            self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads, simd_target=simd, gguf=gguf,
+                                 gemmacpp_workers=workers).load()  # fmt: skip
         except ValueError as e:  # e.g. mode bf16 for a target this CPU cannot run
             raise BackendError(str(e)) from None
         self.load_s = time.perf_counter() - t
@@ -191,7 +193,7 @@ class EngineBackend(Backend):
             "version": f"crossval-engine {crossval.__version__}",
             "library_sha256": None,
             "commit": _git_commit(),
-            "system_info": f"gemma.cpp arithmetic for Highway target {t.name}" if (t := getattr(self.engine.model, "target", None)) else None,
+            "system_info": _gemmacpp_info(self.engine.model),
             "mode": self.mode,
             "kv_type": self.kv_type,
             "threads": self.engine.model.w.threads if self.mode == "faithful" else None,
@@ -232,3 +234,13 @@ class _EngineSteps:
 
     def truncate(self, n):
         self.e.truncate(n)
+
+
+def _gemmacpp_info(model) -> str | None:
+    """Mode bf16's system_info: the Highway target it reproduces (and, for FlashAttention, the
+    gemma.cpp worker count its tiles assume)."""
+    t = getattr(model, "target", None)
+    if t is None:
+        return None
+    flash = f", FlashAttention for {model.workers} workers" if model.flash else ""
+    return f"gemma.cpp arithmetic for Highway target {t.name}{flash}"

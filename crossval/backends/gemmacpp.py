@@ -121,7 +121,8 @@ class GemmaCpp(Backend):
     def generate(self, ids: list[int], steps: int) -> GenerateResult:
         t = time.perf_counter()
         out, rows = self.run_driver(ids, steps, prefix_end=self.prefix_end, stage="generate")
-        return GenerateResult([int(x) for x in out["tokens"]], rows, time.perf_counter() - t, {"pos": out.get("pos")})
+        return GenerateResult([int(x) for x in out["tokens"]], rows, time.perf_counter() - t,
+                              {"pos": out.get("pos"), "workers": out.get("workers")})  # fmt: skip
 
     def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
         """Free-running greedy with its step logits, then every prompt position teacher-forced.
@@ -134,7 +135,7 @@ class GemmaCpp(Backend):
         out, step_logits = self.run_driver(ids, steps, prefix_end=self.prefix_end, stage="generate")
         t_gen = time.perf_counter() - t
         tokens = [int(x) for x in out["tokens"]]
-        extra = {"pos": out.get("pos"), "stopped_at_eos": len(tokens) < steps}
+        extra = {"pos": out.get("pos"), "stopped_at_eos": len(tokens) < steps, "workers": out.get("workers")}
         pos0 = (out.get("pos") or [len(ids)])[0]
         if pos0 != len(ids):
             extra["position_shift"] = pos0 - len(ids)
@@ -196,7 +197,8 @@ def _stale_scores_from(simd_target: str | None, cfg) -> int | None:
     non-flash attention path, whose softmax runs over the whole score row of the activations buffer;
     for a sliding-window layer the entries below the window's start still hold scores left there by
     earlier layers and tokens, so every position from the window size on is normalised against them.
-    The engine's --mode bf16 reproduces this (engine/models/gemmacpp.py); float mode cannot."""
+    The engine's --mode bf16 reproduces this (engine/models/gemmacpp.py); float mode cannot. Other
+    targets (AVX3_DL, AVX3, AVX2) run FlashAttention, which keeps no score row: None."""
     from engine.kernels.gemmacpp import TARGETS
 
     native_dot = TARGETS.get(simd_target or "", (False, 0))[0]

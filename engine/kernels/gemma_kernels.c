@@ -7,7 +7,8 @@
  *           VDPBF16PS (ReorderWidenMulAccumulate / WidenMulPairwiseAdd), f32→bf16 through
  *           VCVTNEPS2BF16 (round to nearest even, denormal inputs read as zero);
  *   emulated (AVX3, AVX3_DL, AVX2): bf16 promoted to f32 by halves — the even elements' FMA,
- *           then the odd elements' — and f32→bf16 rounded to nearest even in software.
+ *           then the odd elements' — and f32→bf16 rounded to nearest even in software; their
+ *           attention is FlashAttention instead of the native targets' DotSoftmaxWeightedSum.
  * `lanes` is the target's f32 vector width (16 on AVX3*, 8 on AVX2); f64 vectors hold lanes/2.
  *
  * Ops (gemma.cpp source files named per function):
@@ -23,9 +24,12 @@
  *   Attention (gemma/attention.cc, the DotSoftmaxWeightedSum path gemma.cc takes on native-bf16
  *     targets): q·k as DotKernelDouble, Softmax (ops/ops-inl.h) with Highway's Exp and an f64
  *     Sum (ops/sum-inl.h SumKernelDouble), then Σ p·v as one FMA chain over positions.
+ *   FlashAttention (gemma/flash_attention.cc, gemma.cc's path on the emulated targets): tiles of
+ *     (head, token) tasks with an online softmax; see cv_gm_flash_attention.
  *   GeGLU (gemma/gemma-inl.h Activation, ops/ops-inl.h Gelu with Highway's Tanh).
  */
 #pragma GCC optimize("fp-contract=off")
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -35,6 +39,14 @@
 #endif
 #if defined(__x86_64__)
 #include <immintrin.h>
+#endif
+
+/* Hot loops built twice, dispatched at load time: with the CPU's FMA instruction where it has one,
+ * else through libm's fma (the same correctly rounded result, only slower). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GM_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#else
+#define GM_FMA_CLONES
 #endif
 
 /* ---- bf16 ------------------------------------------------------------------------------------ */
@@ -119,7 +131,7 @@ static inline float gm_reduce4(double s[4][8], const double *extra0, int dl) {
 }
 
 /* Σ w[i]·v[i] for f32 w, v: DotKernelDouble with Raw = double (four f64 vectors per step, FMA). */
-static float gm_dot_f32(const float *w, const float *v, int64_t n, int dl) {
+GM_FMA_CLONES static float gm_dot_f32(const float *w, const float *v, int64_t n, int dl) {
     double s[4][8] = {{0}}, extra[8] = {0};
     const int64_t step = 4 * dl;
     int64_t i = 0;
@@ -294,9 +306,9 @@ static inline int32_t gm_exp_q(float x) {
 }
 
 static inline float gm_exp(float x) {
+    if (!(x >= -104.0f)) return 0.0f; /* IfThenElseZero(Ge(x, kLowerBound), y) (and no int overflow here) */
     const int32_t q = gm_exp_q(x);
-    const float y = gm_load_exp_short_range(gm_exp_poly(gm_exp_reduce(x, q)) + 1.0f, q);
-    return x >= -104.0f ? y : 0.0f;
+    return gm_load_exp_short_range(gm_exp_poly(gm_exp_reduce(x, q)) + 1.0f, q);
 }
 
 static inline float gm_expm1(float x) {
@@ -427,6 +439,238 @@ int cv_gm_attention(const float *q, int64_t n_q, int n_head, int d, const float 
         }
     }
     return 0;
+}
+
+/* ---- FlashAttention (gemma/flash_attention.cc: gemma.cc's path on targets without a native bf16 dot) */
+/* gemma.cpp fuses q·k, an online softmax and p·V and never stores a score row (so no stale scores).
+ * FlashAttention splits the batch's (head, token) tasks — task t = head·n_q + token, one query — into
+ * tiles of kVTileSize consecutive tasks (GetVTileSize below) and runs each tile in one of three modes:
+ *   TileFlashAttention   NF query rows × 8 positions (NF = f32 lanes): q·k as one f32 FMA chain over
+ *                        the head dimension, Highway's Exp, the 8 exps summed as a fixed tree;
+ *   TileFlashAttention4  4 query rows × NF positions: f32 FMA chains, Highway's Exp of the scores but
+ *                        libm's expf for the running scale, ReduceSum's lane tree;
+ *   SingleFlashAttention one query, one position at a time: q·k as Dot (DotKernelDouble, f64), libm's
+ *                        expf (and tanhf for a soft-cap).
+ * A tile runs tiled only when it is full and every row starts at the same position and reads the same
+ * KV head; otherwise each of its rows runs SingleFlashAttention. The tiled modes sweep whole tiles of
+ * positions up to the tile's smallest last position, then one position at a time (rows past their own
+ * last position masked by −FLT_MAX/2: they still rescale by d·(1/d)). Every running update is
+ *   m' = max(m, max x); p = exp(x − m'); s = d·exp(m − m'); d' = Σp + s; out = out·(s/d') + Σ p/d'·v
+ * with the products and quotients in exactly that order (out·s first, then one FMA per position). */
+/* hn::ReduceSum over one f32 vector (x86): across 128-bit blocks (AVX-512: adjacent blocks, then
+ * reversed blocks), then within the block ((l0 + l3) + (l1 + l2)). */
+static inline float gm_reduce_sum_f32(const float *x, int lanes) {
+    float a[4];
+    for (int j = 0; j < 4; j++) {
+        if (lanes == 16) a[j] = (x[j] + x[j + 4]) + (x[j + 8] + x[j + 12]);
+        else if (lanes == 8) a[j] = x[j] + x[j + 4];
+        else a[j] = x[j];
+    }
+    return (a[0] + a[3]) + (a[1] + a[2]);
+}
+
+/* SingleFlashAttentionStep: one position's score x into (old_max, old_d) and the output row. */
+static inline void gm_flash_step(float x, float cap, float *old_max, float *old_d, const float *v, int d, float *out) {
+    if (cap > 0.0f) x = cap * tanhf(x / cap);
+    const float m = x < *old_max ? *old_max : x; /* std::max(x, old_max) */
+    x = expf(x - m);
+    float scale = *old_d * expf(*old_max - m);
+    *old_d = x + scale;
+    *old_max = m;
+    const float inv = 1.0f / *old_d;
+    scale *= inv;
+    x *= inv;
+    for (int j = 0; j < d; j++) out[j] = out[j] * scale;    /* MulByConst */
+    for (int j = 0; j < d; j++) out[j] = fmaf(v[j], x, out[j]); /* MulByConstAndAdd */
+}
+
+/* SingleFlashAttention: K, V point at position 0 of this query's KV head, rows ks floats apart. */
+GM_FMA_CLONES static void gm_flash_single(const float *q, const float *K, const float *V, int64_t ks, int64_t start,
+                                          int64_t last, int d, float cap, float *out, int dl) {
+    float m = gm_dot_f32(q, K + start * ks, d, dl);
+    if (cap > 0.0f) m = cap * tanhf(m / cap);
+    float dsum = 1.0f;
+    for (int j = 0; j < d; j++) out[j] = V[start * ks + j] * dsum; /* MulByConstTo(1) */
+    for (int64_t p = start + 1; p <= last; p++)
+        gm_flash_step(gm_dot_f32(q, K + p * ks, d, dl), cap, &m, &dsum, V + p * ks, d, out);
+}
+
+/* x = cap · Tanh(x · (1/cap)) on a tile (hn::Tanh). */
+static inline void gm_flash_cap(float *x, int n, float cap) {
+    if (cap <= 0.0f) return;
+    const float inv = 1.0f / cap;
+    for (int i = 0; i < n; i++) x[i] = cap * gm_tanh(x[i] * inv);
+}
+
+/* TileFlashAttention: NF = lanes query rows (q[r], out[r], last[r]) sharing start and KV head. */
+GM_FMA_CLONES static void gm_flash_tile(const float *const *q, float *const *out, const int64_t *last, int64_t start, const float *K,
+                          const float *V, int64_t ks, int d, float cap, int lanes) {
+    const int NF = lanes, dl = lanes / 2;
+    float old_m[16], old_d[16], x[8][16], scale[16];
+    int64_t min_last = last[0], max_last = last[0];
+    for (int r = 0; r < NF; r++) {
+        min_last = last[r] < min_last ? last[r] : min_last;
+        max_last = last[r] > max_last ? last[r] : max_last;
+        memset(out[r], 0, (size_t)d * sizeof(float));
+        old_m[r] = -FLT_MAX / 2.0f;
+        old_d[r] = 0.0f;
+    }
+    int64_t pos = start;
+    while (pos + 7 <= min_last) {
+        for (int j = 0; j < 8; j++) { /* QDotKTileFloat */
+            const float *kr = K + (pos + j) * ks;
+            for (int r = 0; r < NF; r++) {
+                float s = 0.0f;
+                for (int i = 0; i < d; i++) s = fmaf(q[r][i], kr[i], s);
+                x[j][r] = s;
+            }
+            gm_flash_cap(x[j], NF, cap);
+        }
+        for (int r = 0; r < NF; r++) {
+            float m01 = fmaxf(x[0][r], x[1][r]), m23 = fmaxf(x[2][r], x[3][r]), m45 = fmaxf(x[4][r], x[5][r]),
+                  m67 = fmaxf(x[6][r], x[7][r]);
+            float m = fmaxf(fmaxf(m01, m23), fmaxf(m45, m67));
+            m = fmaxf(old_m[r], m);
+            for (int j = 0; j < 8; j++) x[j][r] = gm_exp(x[j][r] - m);
+            float s = old_d[r] * gm_exp(old_m[r] - m);
+            const float sum = ((x[0][r] + x[1][r]) + (x[2][r] + x[3][r])) + ((x[4][r] + x[5][r]) + (x[6][r] + x[7][r]));
+            old_d[r] = s + sum;
+            old_m[r] = m;
+            const float inv = 1.0f / old_d[r];
+            scale[r] = s * inv;
+            for (int j = 0; j < 8; j++) x[j][r] = x[j][r] * inv;
+        }
+        for (int r = 0; r < NF; r++) /* MulByConstAndAddTile */
+            for (int i = 0; i < d; i++) {
+                float o = out[r][i] * scale[r];
+                for (int j = 0; j < 8; j++) o = fmaf(V[(pos + j) * ks + i], x[j][r], o);
+                out[r][i] = o;
+            }
+        pos += 8;
+    }
+    for (; pos <= max_last; pos++) {
+        for (int r = 0; r < NF; r++) x[0][r] = gm_dot_f32(q[r], K + pos * ks, d, dl); /* QDotKVector */
+        gm_flash_cap(x[0], NF, cap);
+        for (int r = 0; r < NF; r++) {
+            float xr = x[0][r] - (pos > last[r] ? FLT_MAX / 2.0f : 0.0f); /* past its last position: masked */
+            const float m = fmaxf(old_m[r], xr);
+            xr = gm_exp(xr - m);
+            float s = old_d[r] * gm_exp(old_m[r] - m);
+            old_m[r] = m;
+            old_d[r] = s + xr;
+            const float inv = 1.0f / old_d[r];
+            x[0][r] = xr * inv;
+            scale[r] = s * inv;
+        }
+        const float *vp = V + pos * ks; /* MulByConstAndAddVector */
+        for (int r = 0; r < NF; r++)
+            for (int i = 0; i < d; i++) out[r][i] = fmaf(vp[i], x[0][r], out[r][i] * scale[r]);
+    }
+}
+
+/* TileFlashAttention4: 4 query rows × NF = lanes positions per step. */
+GM_FMA_CLONES static void gm_flash_tile4(const float *const *q, float *const *out, const int64_t *last, int64_t start, const float *K,
+                           const float *V, int64_t ks, int d, float cap, int lanes) {
+    const int NF = lanes, dl = lanes / 2;
+    float old_m[4], old_d[4], x[4][16], scale[4];
+    int64_t min_last = last[0], max_last = last[0];
+    for (int r = 0; r < 4; r++) {
+        min_last = last[r] < min_last ? last[r] : min_last;
+        max_last = last[r] > max_last ? last[r] : max_last;
+        memset(out[r], 0, (size_t)d * sizeof(float));
+        old_m[r] = -FLT_MAX / 2.0f;
+        old_d[r] = 0.0f;
+    }
+    int64_t pos = start;
+    while (pos + NF - 1 <= min_last) {
+        for (int r = 0; r < 4; r++) { /* QDotKTilex4 */
+            for (int j = 0; j < NF; j++) {
+                const float *kr = K + (pos + j) * ks;
+                float s = 0.0f;
+                for (int i = 0; i < d; i++) s = fmaf(q[r][i], kr[i], s);
+                x[r][j] = s;
+            }
+            gm_flash_cap(x[r], NF, cap);
+        }
+        for (int r = 0; r < 4; r++) { /* SingleFlashAttentionRowVector */
+            float m = x[r][0];
+            for (int j = 1; j < NF; j++) m = fmaxf(m, x[r][j]); /* ReduceMax: exact in any order */
+            m = m < old_m[r] ? old_m[r] : m;                   /* std::max(m, old_max) */
+            for (int j = 0; j < NF; j++) x[r][j] = gm_exp(x[r][j] - m);
+            float s = old_d[r] * expf(old_m[r] - m);
+            old_d[r] = gm_reduce_sum_f32(x[r], NF) + s;
+            old_m[r] = m;
+            const float inv = 1.0f / old_d[r];
+            scale[r] = s * inv;
+            for (int j = 0; j < NF; j++) x[r][j] = x[r][j] * inv;
+        }
+        for (int r = 0; r < 4; r++) /* MulByConstAndAddTile4 */
+            for (int i = 0; i < d; i++) {
+                float o = out[r][i] * scale[r];
+                for (int j = 0; j < NF; j++) o = fmaf(V[(pos + j) * ks + i], x[r][j], o);
+                out[r][i] = o;
+            }
+        pos += NF;
+    }
+    for (; pos <= max_last; pos++)
+        for (int r = 0; r < 4; r++)
+            if (pos <= last[r])
+                gm_flash_step(gm_dot_f32(q[r], K + pos * ks, d, dl), cap, &old_m[r], &old_d[r], V + pos * ks, d, out[r]);
+}
+
+/* flash_attention.cc RoundToSuitablePowerOf2 and GetVTileSize: the tile height gemma.cpp picks from
+ * the lane count, the query heads per KV head, the batch's tokens, its tasks and the worker count
+ * (target_parallelism = its thread pools' MaxWorkers). */
+static int64_t gm_round_pow2(int64_t n) { return n < 4 ? 1 : n < 8 ? 4 : n < 16 ? 8 : n < 32 ? 16 : 32; }
+
+int64_t cv_gm_flash_vtile(int lanes, int64_t group, int64_t n_tokens, int64_t total_tasks, int64_t workers) {
+    const int64_t max_equal_k = gm_round_pow2(group * n_tokens);
+    const int64_t min_tile = total_tasks / 4 >= workers ? 4 : 1;
+    return (lanes <= max_equal_k && total_tasks / lanes >= workers) ? lanes : (min_tile < max_equal_k ? min_tile : max_equal_k);
+}
+
+/* One batch of n_q tokens (one query sequence) through gemma.cpp's FlashAttention.
+ * q (n_q, n_head, d), already normed, rotated and scaled; k, v (n_kv, n_head_kv, d) f32 at absolute
+ * positions; token i attends [start[i], last[i]]; cap: the scores' soft-cap (0: none); workers: gemma.cpp's
+ * MaxWorkers → out (n_q, n_head, d). n_threads only splits the tiles among our threads. */
+int cv_gm_flash_attention(const float *q, int64_t n_q, int n_head, int d, const float *k, const float *v, int n_head_kv,
+                          const int64_t *start, const int64_t *last, float cap, float *out, int lanes, int workers,
+                          int n_threads) {
+    if (lanes != 16 && lanes != 8 && lanes != 4) return -2;
+    for (int64_t i = 0; i < n_q; i++)
+        if (start[i] < 0 || start[i] > last[i]) return -1;
+    const int64_t group = n_head / n_head_kv, total = n_q * (int64_t)n_head, ks = (int64_t)n_head_kv * d;
+    const int64_t tile = cv_gm_flash_vtile(lanes, group, n_q, total, workers > 0 ? workers : 1);
+    const int64_t n_tasks = (total + tile - 1) / tile;
+    int bad = 0;
+#pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && n_tasks > 1) reduction(|: bad)
+    for (int64_t task = 0; task < n_tasks; task++) {
+        const float *qr[16];
+        float *orow[16];
+        int64_t st[16], ls[16], kvh[16];
+        const int64_t first = task * tile;
+        int use_tile = tile > 1 && first + tile - 1 < total;
+        int rows = 0;
+        for (int64_t off = 0; off < tile && first + off < total; off++, rows++) {
+            const int64_t t = first + off, tok = t % n_q, head = t / n_q;
+            qr[off] = q + (tok * n_head + head) * (int64_t)d;
+            orow[off] = out + (tok * n_head + head) * (int64_t)d;
+            st[off] = start[tok];
+            ls[off] = last[tok];
+            kvh[off] = head / group;
+            if (st[off] != st[0] || kvh[off] != kvh[0]) use_tile = 0;
+        }
+        if (use_tile) {
+            const float *K = k + kvh[0] * d, *V = v + kvh[0] * d;
+            if (tile == lanes) gm_flash_tile(qr, orow, ls, st[0], K, V, ks, d, cap, lanes);
+            else if (tile == 4) gm_flash_tile4(qr, orow, ls, st[0], K, V, ks, d, cap, lanes);
+            else bad = 1;
+        } else {
+            for (int r = 0; r < rows; r++)
+                gm_flash_single(qr[r], k + kvh[r] * d, v + kvh[r] * d, ks, st[r], ls[r], d, cap, orow[r], lanes / 2);
+        }
+    }
+    return bad ? -3 : 0;
 }
 
 /* ---- GeGLU --------------------------------------------------------------------------------------- */

@@ -16,3 +16,7 @@ void cv_gm_softcap(float *x, int64_t n, float cap);
 void cv_gm_geglu(const float *gate, const float *up, float *out, int64_t n, int native);
 int cv_gm_matmul(const float *A, int64_t M, int64_t K, const uint16_t *B, int64_t N, float *C, int64_t ldc, int out_bf16,
                  int native, int lanes, int n_threads);
+int64_t cv_gm_flash_vtile(int lanes, int64_t group, int64_t n_tokens, int64_t total_tasks, int64_t workers);
+int cv_gm_flash_attention(const float *q, int64_t n_q, int n_head, int d, const float *k, const float *v, int n_head_kv,
+                          const int64_t *start, const int64_t *last, float cap, float *out, int lanes, int workers,
+                          int n_threads);

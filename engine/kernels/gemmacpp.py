@@ -16,7 +16,8 @@ import numpy as np
 from engine.kernels import _ptr, available, lib, load_error
 
 # Highway's x86 targets → (native bf16 dot product, f32 lanes per vector). HWY_NATIVE_DOT_BF16 is 1
-# from AVX3_ZEN4 on (AVX-512 BF16); AVX3 and AVX3_DL promote bf16 halves to f32 and use FMA.
+# from AVX3_ZEN4 on (AVX-512 BF16); AVX3, AVX3_DL and AVX2 promote bf16 halves to f32 and use FMA,
+# and gemma.cc runs FlashAttention on them (the old attention only where the dot is native).
 TARGETS = {
     "AVX10_2": (True, 16),
     "AVX3_SPR": (True, 16),
@@ -139,6 +140,32 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: np.ndarray, la
                            _ptr(e, "int64_t *"), float(softcap), _ptr(att, "float *"), _ptr(r, "int64_t *"), att.shape[2],
                            _ptr(out, "float *"), t.lanes, int(threads)):  # fmt: skip
         raise ValueError("attention: a query's positions lie outside its score row")
+    return out
+
+
+def flash_vtile(t: Target, heads: int, heads_kv: int, n_tokens: int, workers: int) -> int:
+    """The tile height gemma.cpp's FlashAttention picks for a batch of n_tokens tokens of one query
+    sequence: t.lanes (TileFlashAttention), 4 (TileFlashAttention4) or 1 (SingleFlashAttention)."""
+    return int(lib.cv_gm_flash_vtile(t.lanes, heads // heads_kv, n_tokens, n_tokens * heads, workers))
+
+
+def flash_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: np.ndarray, last: np.ndarray, t: Target,
+                    softcap: float = 0.0, workers: int = 2, threads: int = 1) -> np.ndarray:  # fmt: skip
+    """gemma.cpp's FlashAttention over one batch of tokens: q (n, heads, d); k, v (n_kv, heads_kv, d) f32;
+    token i attends [start[i], last[i]] → (n, heads, d). The batch is the unit gemma.cpp tiles (its
+    tasks are the batch's (head, token) pairs), so the result depends on how tokens are batched and on
+    workers, gemma.cpp's thread-pool size (see gemma_kernels.c cv_gm_flash_attention)."""
+    q, k, v = _f32(q), _f32(k), _f32(v)
+    n, heads, d = q.shape
+    s, e = np.ascontiguousarray(start, dtype=np.int64), np.ascontiguousarray(last, dtype=np.int64)
+    if e.max(initial=-1) >= k.shape[0]:
+        raise ValueError("flash attention: a position outside the cache")
+    out = np.empty_like(q)
+    rc = lib.cv_gm_flash_attention(_ptr(q, "float *"), n, heads, d, _ptr(k, "float *"), _ptr(v, "float *"), k.shape[1],
+                                   _ptr(s, "int64_t *"), _ptr(e, "int64_t *"), float(softcap), _ptr(out, "float *"), t.lanes,
+                                   int(workers), int(threads))  # fmt: skip
+    if rc:
+        raise ValueError(f"flash attention: bad positions or lanes (code {rc})")
     return out
 
 

@@ -20,12 +20,14 @@ MODEL_CLASSES = {
 }
 
 
-def build_model(g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1, simd_target: str | None = None):
-    """simd_target: mode bf16's gemma.cpp Highway target (engine/kernels/gemmacpp.py Target.named)."""
+def build_model(g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1, simd_target: str | None = None,
+                gemmacpp_workers: int = 2):  # fmt: skip
+    """simd_target: mode bf16's gemma.cpp Highway target (engine/kernels/gemmacpp.py Target.named);
+    gemmacpp_workers: gemma.cpp's thread-pool size (engine/models/gemmacpp.py)."""
     if mode == "bf16" and cfg.arch in ("gemma", "gemma2", "gemma3"):
         from engine.models.gemmacpp import GemmaCppModel
 
-        return GemmaCppModel(g, cfg, simd_target=simd_target, threads=threads)
+        return GemmaCppModel(g, cfg, simd_target=simd_target, threads=threads, workers=gemmacpp_workers)
     cls = MODEL_CLASSES.get(cfg.arch)
     if cls is None:
         raise GGUFError(f"{g.path.name}: architecture {cfg.arch!r} has no forward pass yet")

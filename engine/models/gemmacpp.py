@@ -1,15 +1,22 @@
 """Gemma (1/2/3) in gemma.cpp's arithmetic: engine mode bf16, every op in the native kernels
 (engine/kernels/gemmacpp.py, gemma_kernels.c) for one Highway target.
 
-Follows gemma.cpp's gemma/gemma.cc TransformerLayer, gemma/attention.cc and gemma/gemma-inl.h,
-with the activation types of gemma/activations.h (f32 unless marked bf16):
+Follows gemma.cpp's gemma/gemma.cc TransformerLayer, gemma/attention.cc, gemma/flash_attention.cc
+and gemma/gemma-inl.h, with the activation types of gemma/activations.h (f32 unless marked bf16):
   x = token_embd[ids] · bf16(sqrt(n_embd))                           (EmbedMMToken)
   per layer:
     h = rmsnorm(x) · (1 + w)                                          pre_att_rms_out f32
     q, k, v = MatMul(bf16(h), bf16(Wq|Wk|Wv))                         f32; the KV cache is f32
     k = rope(rmsnorm(k)·(1 + k_norm), mul 1)                          (ComputeQKV, gemma3)
-    q = rope(rmsnorm(q)·(1 + q_norm), mul query_scale)                (SingleDotSoftmaxWeightedSum)
-    a = Σ softmax(q·k) v   q·k in f64, Highway Exp, f64 sum            att_out f32 (old attention path)
+    q = rope(rmsnorm(q)·(1 + q_norm), mul query_scale)                (SingleDotSoftmaxWeightedSum /
+                                                                       RMSNormAndPositionalEncoding)
+    a = Σ softmax(q·k) v                                              att_out f32, by target:
+        native bf16 dot (AVX3_ZEN4/SPR): DotSoftmaxWeightedSum (attention.cc) — q·k in f64, Highway
+          Exp, f64 sum, over the whole score row of activations.att (stale below a window: _buffer)
+        otherwise (AVX3_DL, AVX3, AVX2): FlashAttention (flash_attention.cc) — an online softmax
+          over tiles of (head, token) tasks: m' = max(m, x), p = exp(x − m'), d' = d·exp(m − m') + Σp,
+          out = out·(d·exp(m − m')/d') + Σ (p/d')·v; the tile (16 or 8 rows × 8 positions, 4 rows ×
+          16 or 8 positions, or one query) depends on the batch and on gemma.cpp's worker count
     a = MatMul(bf16(a), bf16(Wo))                                     att_sums bf16
     a = rmsnorm(a) · (1 + post_att)                                   bf16, in place (gemma2/3)
     x = x + a
@@ -20,9 +27,9 @@ with the activation types of gemma/activations.h (f32 unless marked bf16):
     x = x + f
   logits = MatMul(bf16(rmsnorm(x)·(1 + final_norm)), bf16(token_embd)) (+ final softcap, gemma2)
 Norm scales are gemma.cpp's: the GGUF's norm weight − 1 in float32, as the kit's converter writes
-them. The attention is gemma.cpp's DotSoftmaxWeightedSum, the path gemma.cc takes on targets with
-a native bf16 dot product; on other targets gemma.cpp runs its FlashAttention instead (not
-reproduced: there this mode is close to, but not bit-equal with, gemma.cpp).
+them. gemma.cc picks the attention at compile time (HWY_NATIVE_DOT_BF16 ? kAttentionUseOld : flash),
+so the engine picks it from the target (Target.native). Because FlashAttention's tiling depends on
+how tokens are batched, tokens go through in gemma.cpp's batches (forward below).
 Shapes: x (n, n_embd); q (n, n_head, head_dim); k, v (n, n_head_kv, head_dim).
 """
 
@@ -76,11 +83,15 @@ class GemmaCppWeights:
 
 
 class GemmaCppModel:
-    def __init__(self, g: GGUFFile, cfg: ModelConfig, simd_target: str | None = None, threads: int = 1):
+    def __init__(self, g: GGUFFile, cfg: ModelConfig, simd_target: str | None = None, threads: int = 1, workers: int = 2):
+        """workers: the size of gemma.cpp's thread pools (its driver's "workers", --num_threads capped
+        at the cores), which picks FlashAttention's tiles on targets that run it."""
         from engine.kernels import gemmacpp as gm
 
         self.g, self.cfg = g, cfg
         self.target = gm.Target.named(simd_target)
+        self.flash = not self.target.native  # gemma.cc: the old attention only with HWY_NATIVE_DOT_BF16
+        self.workers = int(workers)
         self.w = GemmaCppWeights(g, self.target, threads)
         self.v2 = cfg.arch in ("gemma2", "gemma3")
         self.v3 = cfg.arch == "gemma3"
@@ -111,12 +122,13 @@ class GemmaCppModel:
         """ids (n,) at positions [cache.n_past, +n) → logits (n, n_vocab) float32 (only the last row
         when all_logits is False).
 
-        Rows of gemma.cpp's score buffer (see _att) follow how gemma.cpp would have run these tokens:
-        a decode step uses row 0; a prompt whose last logits only are wanted is Generate's prefill —
-        all but the last token in batches of prefill_tbatch_size (row = index in the batch), the
-        last one decoded at row 0; teacher-forced logits of every position are the kit driver's
-        --force run, one decode at row 0 per token; with prefix_end the prompt is one batch. With a
-        tap (per-layer diagnostics) every position runs in one batch, each in a row of its own."""
+        Batches (FlashAttention's tiles) and rows of gemma.cpp's score buffer (the old attention, see
+        _att) follow how gemma.cpp would have run these tokens: a decode step is a batch of one at
+        row 0; a prompt whose last logits only are wanted is Generate's prefill — all but the last
+        token in batches of prefill_tbatch_size (row = index in the batch), the last one decoded at
+        row 0; teacher-forced logits of every position are the kit driver's --force run, one decode
+        at row 0 per token; with prefix_end the prompt is one batch. With a tap (per-layer
+        diagnostics) every position runs in one batch, each in a row of its own."""
         n = len(ids)
         cache.check_room(n)
         if self._seq_cap != cache.n_ctx:
@@ -131,7 +143,9 @@ class GemmaCppModel:
                 chunk = head[s : s + PREFILL_TBATCH]
                 self._run(chunk, cache, np.arange(len(chunk)), tap, None)
             return self._run(ids[-1:], cache, np.zeros(1, np.int64), tap, False)
-        # one decode per token at row 0. A token reads row 0's earlier contents only past a sliding
+        if self.flash:  # FlashAttention's tiles depend on the batch: one decode per token, as the driver runs
+            return np.concatenate([self._run(ids[i : i + 1], cache, np.zeros(1, np.int64), tap, True) for i in range(n)])
+        # old attention: one decode per token at row 0. A token reads row 0's earlier contents only past a sliding
         # window, so the tokens before that run as one batch (each in a row of its own, the last
         # one's row then becoming row 0's contents), the rest one at a time.
         c = self.cfg
@@ -163,7 +177,7 @@ class GemmaCppModel:
 
         c, W, t = self.cfg, self.w, self.target
         n = len(ids)
-        att = self._buffer(int(rows.max()) + 1)
+        att = None if self.flash else self._buffer(int(rows.max()) + 1)
         pos = np.arange(cache.n_past, cache.n_past + n, dtype=np.int64)
         x = W.embedding_rows("token_embd.weight", ids) * self.emb_scale
         nq = c.n_head * c.head_dim
@@ -188,7 +202,10 @@ class GemmaCppModel:
             window = c.sliding_window if local else 0
             start = pos - np.minimum(window - 1, pos) if window else np.zeros_like(pos)
             last = np.maximum(pos, prefix_end - 1) if prefix_end else pos
-            a = gm.attention(q, ks, vs, start, last, att, rows, t, c.attn_softcap, W.threads).reshape(n, nq)
+            if self.flash:
+                a = gm.flash_attention(q, ks, vs, start, last, t, c.attn_softcap, self.workers, W.threads).reshape(n, nq)
+            else:
+                a = gm.attention(q, ks, vs, start, last, att, rows, t, c.attn_softcap, W.threads).reshape(n, nq)
             if tap:
                 tap(il, "kqv_out", a)
             a = W.matmul(a, p + "attn_output.weight", out_bf16=True)
