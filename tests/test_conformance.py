@@ -121,6 +121,8 @@ def test_backend_answers_what_it_promises(spec, model, tiny_model):
         cont = forced
         _close(b.forced_suffix(ids, cont, free=free), along, "forced_suffix after its own pass", tol)
         _close(b.forced_suffix(ids, cont), along, "forced_suffix alone", tol)
+        own = list(free.tokens)  # along its own free run: the rows a teacher-forced pass gives there
+        _close(b.forced_suffix(ids, own, free=free), b.logits(ids + own[:-1])[len(ids) :], "forced_suffix along its own run", tol)
         assert b.forced_suffix(ids, [9]) is None
         if caps.capture:
             rows = b.capture_rows(ids, 3)

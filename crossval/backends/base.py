@@ -205,9 +205,15 @@ class Backend:
     def forced_suffix(self, ids: list[int], continuation: list[int], free: ComparePass | None = None) -> np.ndarray | None:
         """Logits after each of continuation[:-1] following the prompt ids — teacher-forced along
         someone else's continuation: (len(continuation) - 1, n_vocab), None when that is empty.
-        `free` is this backend's own compare_pass over ids (a backend may reuse it)."""
+        `free` is this backend's own compare_pass over ids: where its tokens are the continuation,
+        its step logits are these rows, computed the way the free run computed them (one token at a
+        time), so they are reused instead of a teacher-forced batch."""
         if len(continuation) <= 1:
             return None
+        n = len(continuation) - 1
+        if (free is not None and free.step_logits is not None and len(free.step_logits) > n
+                and list(free.tokens[:n]) == list(continuation[:n])):  # fmt: skip
+            return free.step_logits[1 : n + 1]
         return self.logits(list(ids) + list(continuation[:-1]))[len(ids) :]
 
     def capture_rows(self, ids: list[int], position: int, stages: tuple[str, ...] = LAYER_STAGES) -> dict[str, np.ndarray]:
