@@ -106,11 +106,13 @@ static float dot_iq3_xxs(const void *w, const void *a, int nb) { return iq34_dot
 static float dot_iq3_s(const void *w, const void *a, int nb) { return iq34_dot_k_portable(T_IQ3_S, w, a, nb); }
 static float dot_iq4_xs(const void *w, const void *a, int nb) { return iq34_dot_k_portable(T_IQ4_XS, w, a, nb); }
 
-/* IQ4_NL, portable: the AVX2 vec_dot's two accumulators and scalar tail, lane for lane */
-static inline void iq4_nl_lanes(const blk_iq4_nl *x, const int8_t *y, int32_t *l) {
+/* IQ4_NL (and MXFP4, another 16-value table), portable: the AVX2 vec_dot's eight integer lanes of one
+ * block's 32 products (low nibbles are values 0-15, high nibbles 16-31), then its two accumulators and
+ * scalar tail, lane for lane */
+static inline void kv4_lanes(const int8_t *kv, const uint8_t *qs, const int8_t *y, int32_t *l) {
     for (int k = 0; k < 8; k++) {
         int s = 0;
-        for (int e = 4 * k; e < 4 * k + 4; e++) s += (e < 16 ? cv_kvalues_iq4nl[x->qs[e] & 15] : cv_kvalues_iq4nl[x->qs[e - 16] >> 4]) * y[e];
+        for (int e = 4 * k; e < 4 * k + 4; e++) s += (e < 16 ? kv[qs[e] & 15] : kv[qs[e - 16] >> 4]) * y[e];
         l[k] = s;
     }
 }
@@ -122,7 +124,7 @@ static float dot_iq4_nl(const void *vw, const void *va, int nb) {
     for (; b + 1 < nb; b += 2)
         for (int p = 0; p < 2; p++) {
             int32_t l[8];
-            iq4_nl_lanes(&w[b + p], a[b + p].qs, l);
+            kv4_lanes(cv_kvalues_iq4nl, w[b + p].qs, a[b + p].qs, l);
             const float d = h2f(a[b + p].d) * h2f(w[b + p].d);
             for (int k = 0; k < 8; k++) acc[p][k] = fmaf(d, (float)l[k], acc[p][k]);
         }
@@ -130,7 +132,7 @@ static float dot_iq4_nl(const void *vw, const void *va, int nb) {
     float sumf = iq34_hsum8(sum);
     for (; b < nb; b++) {
         int32_t l[8], s = 0;
-        iq4_nl_lanes(&w[b], a[b].qs, l);
+        kv4_lanes(cv_kvalues_iq4nl, w[b].qs, a[b].qs, l);
         for (int k = 0; k < 8; k++) s += l[k];
         sumf = tail_add(T_IQ4_NL, sumf, h2f(a[b].d) * h2f(w[b].d), (float)s);
     }
@@ -143,7 +145,7 @@ static float dot_iq4_nl_tiny(const void *vw, const void *va, int nb) {
     float acc[8] = {0};
     for (int b = 0; b < nb; b++) {
         int32_t l[8];
-        iq4_nl_lanes(&w[b], a[b].qs, l);
+        kv4_lanes(cv_kvalues_iq4nl, w[b].qs, a[b].qs, l);
         const float d = h2f(w[b].d) * h2f(a[b].d);
         for (int k = 0; k < 8; k++) acc[k] = fmaf(d, (float)l[k], acc[k]);
     }

@@ -33,20 +33,6 @@ static inline float mxfp4_scale(uint8_t e) {
 }
 
 /* ---- portable: the AVX2 vec_dot's lanes, accumulators and scalar tail, one value at a time ------ */
-static inline void mxfp4_lanes(const blk_mxfp4 *x, const int8_t *y, int32_t *l) {
-    for (int k = 0; k < 8; k++) {
-        int s = 0;
-        for (int e = 4 * k; e < 4 * k + 4; e++) s += (e < 16 ? cv_kvalues_mxfp4[x->qs[e] & 15] : cv_kvalues_mxfp4[x->qs[e - 16] >> 4]) * y[e];
-        l[k] = s;
-    }
-}
-
-static inline float mxfp4_hsum8(const float *x) { /* hsum_float_8: halves, movehl, movehdup */
-    float h[4];
-    for (int i = 0; i < 4; i++) h[i] = x[i + 4] + x[i];
-    return (h[0] + h[2]) + (h[1] + h[3]);
-}
-
 static float dot_mxfp4(const void *vw, const void *va, int nb) {
     const blk_mxfp4 *w = vw;
     const blk_q8_0 *a = va;
@@ -55,15 +41,15 @@ static float dot_mxfp4(const void *vw, const void *va, int nb) {
     for (; b + 1 < nb; b += 2)
         for (int p = 0; p < 2; p++) {
             int32_t l[8];
-            mxfp4_lanes(&w[b + p], a[b + p].qs, l);
+            kv4_lanes(cv_kvalues_mxfp4, w[b + p].qs, a[b + p].qs, l);
             const float d = h2f(a[b + p].d) * mxfp4_scale(w[b + p].e);
             for (int k = 0; k < 8; k++) acc[p][k] = fmaf(d, (float)l[k], acc[p][k]);
         }
     for (int k = 0; k < 8; k++) sum[k] = acc[0][k] + acc[1][k];
-    float sumf = mxfp4_hsum8(sum);
+    float sumf = iq34_hsum8(sum);
     for (; b < nb; b++) {
         int32_t l[8], s = 0;
-        mxfp4_lanes(&w[b], a[b].qs, l);
+        kv4_lanes(cv_kvalues_mxfp4, w[b].qs, a[b].qs, l);
         for (int k = 0; k < 8; k++) s += l[k];
         sumf = tail_add(T_MXFP4, sumf, h2f(a[b].d) * mxfp4_scale(w[b].e), (float)s);
     }

@@ -62,7 +62,7 @@ static float dot_nvfp4(const void *vw, const void *va, int nb) {
             const float s0 = nvfp4_ue4m3[w[b].d[2 * h]] * dy, s1 = nvfp4_ue4m3[w[b].d[2 * h + 1]] * dy;
             for (int k = 0; k < 8; k++) acc[k] = fmaf(k < 4 ? s0 : s1, (float)l[k], acc[k]);
         }
-    return mxfp4_hsum8(acc);
+    return iq34_hsum8(acc);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)

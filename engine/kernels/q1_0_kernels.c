@@ -42,7 +42,7 @@ static float dot_q1_0(const void *vw, const void *va, int nb) {
         const float d = h2f(w[b].d);
         for (int k = 0; k < 8; k++) acc[k] = fmaf(d, blk[k], acc[k]);
     }
-    return mxfp4_hsum8(acc);
+    return iq34_hsum8(acc);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
