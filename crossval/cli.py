@@ -29,29 +29,64 @@ import sys
 
 from crossval import options
 from crossval.errors import (EXIT_CRASH, EXIT_INPUT, EXIT_INTERNAL, EXIT_NO_REFERENCE, EXIT_OK, EXIT_PARITY,  # noqa: F401
+                             EXIT_PIPE_CLOSED,
                              CrossvalError, InputError)  # fmt: skip
 
 EPILOG = ("exit codes: 0 ok · 1 parity failure · 2 bad usage or input · 3 reference unavailable · 4 timeout/crash · "
-          "5 internal error (traceback saved) · 130/143 interrupted")  # fmt: skip
+          "5 internal error (traceback saved) · 130/143 interrupted · 141 output pipe closed")  # fmt: skip
+
+
+def _rich_console(**kw):
+    """A rich Console whose closed pipe ends the command like any other (exit 141, see main):
+    rich's own handler exits 1, which is our parity failure."""
+    import errno
+
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError(errno.EPIPE, "the reader of the output has gone")
+
+    return PipeConsole(**kw)
 
 
 def _console():
-    import sys
-
-    from rich.console import Console
-
     # tables keep their columns when piped or captured (CI logs), not only in a terminal
-    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 140)
+    return _rich_console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def _console_err():
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return _rich_console(stderr=True)
 
 
 def _err(msg: str) -> None:
-    print(f"crossval: error: {msg}", file=sys.stderr)
+    try:
+        print(f"crossval: error: {msg}", file=sys.stderr)
+    except OSError:  # stderr's reader has gone: there is no one left to tell
+        pass
+
+
+def _reader_gone() -> bool:
+    """Whether stdout or stderr is a pipe whose reader has closed it (`crossval … | head`): the
+    write end of such a pipe polls POLLERR."""
+    import select
+
+    poll = select.poll()
+    for fd in (1, 2):
+        poll.register(fd, select.POLLOUT)
+    return any(ev & select.POLLERR for _, ev in poll.poll(0))
+
+
+def _quiet_exit_on_closed_pipe() -> int:
+    """The reader of our output went away: stop without a word (stdout and stderr now go to
+    /dev/null, so the interpreter's last flush cannot fail either), exit 141 like a command
+    killed by SIGPIPE."""
+    import os
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    return EXIT_PIPE_CLOSED
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -935,6 +970,8 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(e) or "interrupted")
         return getattr(e, "exit_code", 130)
     except Exception as e:  # every failure ends in one line and its exit code (crossval/errors.py)
+        if isinstance(e, BrokenPipeError) and _reader_gone():  # not a backend's pipe: our own output's
+            return _quiet_exit_on_closed_pipe()
         code = exit_code_for(e)
         msg = (str(e).splitlines() or [""])[0] or type(e).__name__
         if code == EXIT_INTERNAL:

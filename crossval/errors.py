@@ -9,6 +9,8 @@
     4  EXIT_CRASH         a backend timed out or crashed (a diagnostic receipt is still written)
     5  EXIT_INTERNAL      a bug in crossval: one line naming the file the traceback was saved to
   130 / 143            interrupted by SIGINT / SIGTERM (crossval/signals.py)
+  141  EXIT_PIPE_CLOSED   the reader of stdout or stderr closed its pipe (`crossval … | head`): the
+                          command stops quietly, as one killed by SIGPIPE would
 
 Every error the harness raises on purpose derives from CrossvalError and carries its exit code;
 the CLI prints its message as one line. Anything else reaching the CLI is an internal error.
@@ -18,6 +20,7 @@ Backend errors (crossval/backends/base.py) derive from CrossvalError too.
 from __future__ import annotations
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT, EXIT_NO_REFERENCE, EXIT_CRASH, EXIT_INTERNAL = 0, 1, 2, 3, 4, 5
+EXIT_PIPE_CLOSED = 128 + 13  # SIGPIPE
 
 # the order of severity when a run ends with several outcomes (the worst wins)
 SEVERITY = {EXIT_OK: 0, EXIT_PARITY: 1, EXIT_NO_REFERENCE: 2, EXIT_CRASH: 3, EXIT_INPUT: 4, EXIT_INTERNAL: 5}

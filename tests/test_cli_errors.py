@@ -120,3 +120,20 @@ def test_shared_options_have_one_default_everywhere():
             if a.dest in ("timeout", "kv_type", "mode"):
                 seen.setdefault(a.dest, set()).add(a.default)
     assert seen == {"timeout": {300.0}, "kv_type": {"f16"}, "mode": {"auto"}}, seen
+
+
+def test_a_closed_output_pipe_is_a_quiet_141_not_a_traceback(tmp_path):
+    """`crossval models list | head -0`: the reader is gone before the table is printed."""
+    p = subprocess.Popen([sys.executable, "-m", "crossval.cli", "models", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the child has finished importing, so its first write meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert err == ""
+
+
+def test_a_closed_stderr_keeps_the_errors_exit_code(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "crossval.cli", "run", "--model", str(tmp_path / "missing.gguf")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    p.stderr.close()
+    out = p.stdout.read().decode()
+    assert p.wait(timeout=120) == 2, out
