@@ -1340,6 +1340,7 @@ int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float
 }
 
 #include "float_weights.c" /* F32, BF16 */
+#include "attn_prefill.c" /* batched attention, AVX-512 */
 
 /* q (n_q, n_head, d) f32; k16 (n_ctx, n_head_kv, d) fp16; v16t (n_head_kv, dv, n_ctx) fp16 (llama.cpp's
  * transposed V); mask (n_q, n_kv) additive; softcap > 0: gemma2's scale(1/cap) → tanh → scale(cap)
@@ -1360,6 +1361,10 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
      * cached value), so when the cache row is long enough the masked tail is read in place */
     const int64_t n_up = lanes ? (n_kv + 4 * lanes - 1) / (4 * lanes) * (4 * lanes) : n_kv;
     const int direct = lanes && n_up <= n_ctx;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (lanes == 16 && vec_ok(16) && tiny_kq && tiny_kqv && direct) /* sixteen dots side by side (attn_prefill.c) */
+        return attn_prefill16(q, n_q, n_head, d, k16, v16t, n_ctx, n_kv, n_head_kv, dv, mask, scale, softcap, out, n_threads);
+#endif
     int err = 0;
 #pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1)
     for (int h = 0; h < n_head; h++) {
