@@ -272,3 +272,31 @@ def test_faithful_fallbacks_name_the_matrix_types_without_a_native_kernel():
     # a tied one is also the output matmul
     assert faithful_fallbacks(model(token_embd__weight=Q.Q8_1, output__weight=Q.Q8_0)) == []
     assert faithful_fallbacks(model(token_embd__weight=Q.Q8_1)) == ["Q8_1"]
+
+
+@pytest.mark.skipif(K.ggml_lanes() != 16, reason="the batched attention kernel is AVX-512's")
+@pytest.mark.parametrize("n_head, n_head_kv, d, dv, n_past, n_q, window, softcap, scale",
+                         [(4, 1, 256, 256, 0, 37, 0, 0.0, 1.0), (9, 3, 64, 64, 11, 30, 0, 0.0, 0.125), (8, 4, 32, 48, 5, 6, 0, 50.0, 0.2),
+                          (4, 2, 64, 20, 40, 13, 7, 0.0, 0.3), (2, 2, 16, 4, 0, 2, 0, 0.0, 1.0)])  # fmt: skip
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_attention_is_the_per_dot_loop(n_head, n_head_kv, d, dv, n_past, n_q, window, softcap, scale, threads):
+    """attn_prefill.c (sixteen dots side by side, reduced together) gives cv_attention_f16's per-dot
+    results bit for bit: the same cache rows in a cache with room past the V·p steps (the batched
+    kernel) and in one without (n_kv not a multiple of 64: the per-dot loop)."""
+    from engine.attention import attention_mask
+
+    rng = np.random.default_rng(n_head * 100 + d)
+    n_kv = n_past + n_q
+    assert n_kv % 64
+    k16 = (rng.standard_normal((n_kv, n_head_kv, d)) * 0.5).astype(np.float16)
+    v16t = rng.standard_normal((n_head_kv, dv, n_kv)).astype(np.float16)
+    q = (rng.standard_normal((n_q, n_head, d)) * 0.3).astype(np.float32)
+    mask = attention_mask(np.arange(n_past, n_kv), n_kv, window)
+    roomy = 256
+    k_big = np.zeros((roomy, n_head_kv, d), dtype=np.float16)
+    v_big = np.zeros((n_head_kv, dv, roomy), dtype=np.float16)
+    k_big[:n_kv], v_big[:, :, :n_kv] = k16, v16t
+    tight = K.attention_f16(q, k16, v16t, n_kv, mask, scale, softcap, threads=threads)
+    batched = K.attention_f16(q, k_big, v_big, n_kv, mask, scale, softcap, threads=threads)
+    assert np.isfinite(tight).all()
+    np.testing.assert_array_equal(batched.view(np.uint32), tight.view(np.uint32))
