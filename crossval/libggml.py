@@ -150,6 +150,40 @@ def cpu_rope(x: np.ndarray, positions: np.ndarray, n_dims: int, neox: bool, freq
         base.ggml_free(ctx)
 
 
+def cpu_rms_norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """ggml-cpu's rms_norm of each row of x (n_rows, n) float32 (no weight), computed by
+    ggml_graph_compute_with_ctx on one thread (ops.cpp ggml_compute_forward_rms_norm_f32)."""
+    base, cpu = _lib(), _cpu_lib()
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    sigs = {"ggml_init": (vp, [_InitParams]), "ggml_free": (None, [vp]), "ggml_get_data": (vp, [vp]),
+            "ggml_new_tensor_2d": (vp, [vp, ctypes.c_int, i64, i64]), "ggml_rms_norm": (vp, [vp, vp, ctypes.c_float]),
+            "ggml_new_graph": (vp, [vp]), "ggml_build_forward_expand": (None, [vp, vp])}  # fmt: skip
+    for name, (res, args) in sigs.items():
+        fn = getattr(base, name)
+        fn.restype, fn.argtypes = res, args
+    cpu.ggml_cpu_init()
+    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_rows, n = x.shape
+    ctx = base.ggml_init(_InitParams(64 * 1024 * 1024 + 4 * x.size * 4, None, False))
+    if not ctx:
+        raise RuntimeError("ggml_init failed")
+    try:
+        a = base.ggml_new_tensor_2d(ctx, 0, n, n_rows)  # GGML_TYPE_F32
+        ctypes.memmove(base.ggml_get_data(a), x.ctypes.data, x.nbytes)
+        r = base.ggml_rms_norm(ctx, a, eps)
+        g = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(g, r)
+        if cpu.ggml_graph_compute_with_ctx(ctx, g, 1) != 0:
+            raise RuntimeError("ggml_graph_compute_with_ctx failed")
+        out = np.empty_like(x)
+        ctypes.memmove(out.ctypes.data, base.ggml_get_data(r), out.nbytes)
+        return out
+    finally:
+        base.ggml_free(ctx)
+
+
 def rope_fused(n_rot: int, neox: bool) -> list[bool]:
     """Per rope pair: whether the loaded ggml-cpu rotates it with fused multiply-adds,
     x0·cos − x1·sin = fma(x0, cos, −fl(x1·sin)) and x0·sin + x1·cos = fma(x0, sin, fl(x1·cos)), rather

@@ -112,6 +112,21 @@ class FloatWeights:
         return x @ w.T
 
     @staticmethod
+    def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
+        """engine.ops.rms_norm (a batch's per-row norm; NativeWeights runs ggml-cpu's loop in C)."""
+        from engine.ops import rms_norm
+
+        return rms_norm(x, w, eps)
+
+    @staticmethod
+    def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool, scale: float = 1.0) -> np.ndarray:
+        """engine.ops.rope, then · scale (a separate float multiply) unless scale is 1."""
+        from engine.ops import rope
+
+        y = rope(x, cos, sin, neox)
+        return y if scale == 1.0 else y * np.float32(scale)
+
+    @staticmethod
     def swiglu(gu: np.ndarray, n_ff: int) -> np.ndarray:
         """gu (n, 2·n_ff) = [gate | up] from one stacked matmul → silu(gate) · up (n, n_ff)."""
         from engine.ops import silu
@@ -256,6 +271,14 @@ class NativeWeights(FloatWeights):
         for i in range(0, x2.shape[0], step):
             self._native_matmul(kind, ref, wtype, x2[i : i + step], {}, y[i : i + step], 0)
         return y
+
+    def rms_norm(self, x: np.ndarray, w: np.ndarray | None, eps: float) -> np.ndarray:
+        """ggml-cpu's rms_norm loop (squares summed in double in element order), threaded over rows."""
+        return self.kernels.rms_norm(x, w, eps, threads=self.threads)
+
+    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool, scale: float = 1.0) -> np.ndarray:
+        """rotate_pairs as the loaded ggml-cpu compiled it (kernels.rope_vec), in C with fmaf; then · scale."""
+        return self.kernels.rope(x, cos, sin, neox, scale, threads=self.threads)
 
     def swiglu(self, gu: np.ndarray, n_ff: int) -> np.ndarray:
         """ggml_vec_swiglu_f32's arithmetic (its vectorised exp), from the native kernels."""

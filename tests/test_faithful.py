@@ -148,7 +148,34 @@ def test_rope_is_ggml_rope(neox):
         x = (rng.standard_normal((40, 3, head_dim)) * 4).astype(np.float32)
         pos = np.arange(100, 140)
         cos, sin = rope_cache(pos, head_dim, 10000.0)
-        assert np.array_equal(rope(x, cos, sin, neox), libggml.cpu_rope(x, pos, head_dim, neox)), head_dim
+        ref = libggml.cpu_rope(x, pos, head_dim, neox)
+        assert np.array_equal(rope(x, cos, sin, neox), ref), head_dim
+        for threads in (1, 2):  # the native batch rope (faithful mode's prefill), and its q scaling
+            assert np.array_equal(kernels.rope(x, cos, sin, neox, threads=threads), ref), head_dim
+            assert np.array_equal(kernels.rope(x, cos, sin, neox, 0.125, threads=threads), ref * np.float32(0.125)), head_dim
+
+
+@needs_llamacpp
+def test_rms_norm_is_ggml_rms_norm():
+    """The native batch rms_norm (eight rows side by side, each its own double chain in element order)
+    equals ggml's own rms_norm op bit for bit, over rows of very different scales and lengths, strided
+    rows (a column slice of a fused output), per-head rows, and then · w as ggml_mul does. (A float sum
+    of the squares differs from ggml in 31 of the first case's 37 rows.)"""
+    from crossval import libggml
+
+    rng = np.random.default_rng(3)
+    for n_rows, n in ((37, 640), (8, 576), (5, 64), (19, 24), (3, 7)):
+        x = (rng.standard_normal((n_rows, n)) * rng.uniform(1e-3, 1e3, (n_rows, 1))).astype(np.float32)
+        ref = libggml.cpu_rms_norm(x, 1e-6)
+        w = rng.standard_normal(n).astype(np.float32)
+        wide = np.concatenate([x, x[:, :5]], axis=1)
+        for threads in (1, 2):
+            assert np.array_equal(kernels.rms_norm(x, None, 1e-6, threads), ref), (n_rows, n)
+            assert np.array_equal(kernels.rms_norm(wide[:, :n], w, 1e-6, threads), ref * w), (n_rows, n)
+        if n % 4 == 0:
+            heads = x.reshape(n_rows, 4, n // 4)
+            assert np.array_equal(kernels.rms_norm(heads, None, 1e-6).reshape(-1, n // 4),
+                                  libggml.cpu_rms_norm(heads.reshape(-1, n // 4), 1e-6))  # fmt: skip
 
 
 @needs_llamacpp

@@ -192,6 +192,41 @@ def swiglu(gu: np.ndarray, n_ff: int, lanes: int | None = None, threads: int = 1
     return y
 
 
+def _token_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """x (n_tok, d) or (n_tok, heads, d) float32 whose rows' values lie contiguously (a column slice of a
+    fused matmul's output qualifies) → (x or a contiguous copy, floats from one token row to the next)."""
+    if x.dtype != np.float32 or x.strides[-1] != 4 or (x.ndim == 3 and x.strides[1] != 4 * x.shape[2]) or x.strides[0] % 4:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    return x, x.strides[0] // 4 if x.shape[0] > 1 else int(np.prod(x.shape[1:]))
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray | None, eps: float, threads: int = 1) -> np.ndarray:
+    """engine.ops.rms_norm over the last axis of x (n_tok, d) or (n_tok, heads, d), in ggml-cpu's loop
+    (the squares' double sum in element order), threaded over rows → a new contiguous array."""
+    x, ld = _token_rows(x)
+    n = x.shape[-1]
+    y = np.empty(x.shape, dtype=np.float32)
+    wp = ffi.NULL if w is None else _ptr(np.ascontiguousarray(w, dtype=np.float32), "float *")
+    if lib.cv_rms_norm_rows(_ptr(x, "float *"), ld, x.shape[0], x.size // max(x.shape[0], 1) // n, n, wp, float(eps), _ptr(y, "float *"),
+                            int(threads)):  # fmt: skip
+        raise ValueError(f"rms_norm: bad shape {x.shape}")
+    return y
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool, scale: float = 1.0, threads: int = 1) -> np.ndarray:
+    """engine.ops.rope of x (n_tok, heads, head_dim) with cos/sin (n_tok, n_rot/2), then · scale (a separate
+    float multiply, gemma's ggml_scale) unless scale is 1 → a new contiguous array."""
+    x, ld = _token_rows(x)
+    n_tok, n_heads, head_dim = x.shape
+    cos, sin = np.ascontiguousarray(cos, dtype=np.float32), np.ascontiguousarray(sin, dtype=np.float32)
+    assert cos.shape == sin.shape and cos.shape[0] == n_tok
+    y = np.empty(x.shape, dtype=np.float32)
+    if lib.cv_rope_rows(_ptr(x, "float *"), ld, _ptr(y, "float *"), n_heads * head_dim, n_tok, n_heads, head_dim, 2 * cos.shape[1],
+                        int(bool(neox)), _ptr(cos, "float *"), _ptr(sin, "float *"), float(scale), int(threads)):  # fmt: skip
+        raise ValueError(f"rope: bad shapes {x.shape}, {cos.shape}")
+    return y
+
+
 def geglu(gu: np.ndarray, n_ff: int, threads: int = 1) -> np.ndarray:
     """gu (n, 2·n_ff) = [gate | up] → gelu(gate) · up as ggml_vec_geglu_f32 computes it (fp16 table)."""
     gu = np.ascontiguousarray(gu, dtype=np.float32)

@@ -54,6 +54,10 @@ void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_thr
 int cv_ggml_lanes(void);
 int cv_set_rope_vec(int norm_pairs, int neox_pairs);
 int cv_rope_vec(int neox);
+int cv_rms_norm_rows(const float *x, int64_t ldx, int64_t n_tok, int64_t n_sub, int64_t n, const float *w, float eps, float *y,
+                     int n_threads);
+int cv_rope_rows(const float *x, int64_t ldx, float *y, int64_t ldy, int64_t n_tok, int n_heads, int head_dim, int n_rot, int neox,
+                 const float *cs, const float *sn, float scale, int n_threads);
 int cv_set_tail_fma(int wtype, int fused);
 int cv_tail_fma(int wtype);
 int cv_set_f32_tail(int w);

@@ -1577,6 +1577,7 @@ static void rope_row(float *x, int n_heads, int head_dim, int n_rot, int neox, c
 }
 
 #include "moe_decode.c" /* qwen3moe's routed FFN */
+#include "prefill_ops.c" /* rms_norm and rope over a batch's rows */
 
 /* x (n_embd) in place: x ← layer(x) at position pos. k16 (n_ctx, n_head_kv, head_dim) and v16t
  * (n_head_kv, head_dim_v, n_ctx) are this layer's F16 cache; row pos is written. */

@@ -24,7 +24,7 @@ import numpy as np
 from engine.attention import attention_mask, cached_attention
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
-from engine.ops import rms_norm, rope, rope_cache, softcap
+from engine.ops import rms_norm, rope_cache, softcap
 from engine.weights import FloatWeights, make_weights
 
 
@@ -103,7 +103,7 @@ class GemmaModel:
             W, mm = self.w, self.w.matmul
             local = c.swa_layers[il]
             cos, sin = rope_local if local else rope_global
-            h = rms_norm(x, W[L["attn_norm"]], c.rms_eps)
+            h = W.rms_norm(x, W[L["attn_norm"]], c.rms_eps)
             if tap:
                 tap(il, "attn_norm", h)
             qkv = mm(h, L["wqkv"])
@@ -111,15 +111,16 @@ class GemmaModel:
             k = qkv[:, nq : nq + nkv].reshape(n, c.n_head_kv, c.head_dim)
             v = qkv[:, nq + nkv :].reshape(n, c.n_head_kv, c.head_dim_v)
             if self.v3:
-                q = rms_norm(q, W[L["q_norm"]], c.rms_eps)
-                k = rms_norm(k, W[L["k_norm"]], c.rms_eps)
-            q = rope(q, cos, sin, neox=True)
-            k = rope(k, cos, sin, neox=True)
+                q = W.rms_norm(q, W[L["q_norm"]], c.rms_eps)
+                k = W.rms_norm(k, W[L["k_norm"]], c.rms_eps)
+            # gemma scales q before attention and passes kq_scale 1 (gemma*.cpp: ggml_scale(Qcur, …)):
+            # in the rope call, as its own multiply after it, unless a tap wants Qcur unscaled
+            q = W.rope(q, cos, sin, neox=True, scale=1.0 if tap else c.attn_scale)
+            k = W.rope(k, cos, sin, neox=True)
             if tap:
                 tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
-            # gemma scales q before attention and passes kq_scale 1 (gemma*.cpp: ggml_scale(Qcur, …))
+                q = q * np.float32(c.attn_scale)
             mask = mask_local if local else mask_global
-            q = q * np.float32(c.attn_scale)
             a = cached_attention(cache, il, q, k, v, mask, softcap=c.attn_softcap, threads=W.threads).reshape(n, -1)
             if tap:
                 tap(il, "kqv_out", a)
@@ -127,15 +128,15 @@ class GemmaModel:
             if il == c.n_layer - 1 and not all_logits:  # only the rows whose logits are wanted go on (inp_out_ids, src/models/gemma*.cpp)
                 a, x = a[-1:], x[-1:]
             if self.v2:
-                a = rms_norm(a, W[L["attn_post_norm"]], c.rms_eps)
+                a = W.rms_norm(a, W[L["attn_post_norm"]], c.rms_eps)
             x = x + a
             if tap:
                 tap(il, "ffn_inp", x)
-            h = rms_norm(x, W[L["ffn_norm"]], c.rms_eps)
+            h = W.rms_norm(x, W[L["ffn_norm"]], c.rms_eps)
             gu = mm(h, L["wgu"])
             f = mm(W.geglu(gu, c.n_ff), L["wdown"])
             if self.v2:
-                f = rms_norm(f, W[L["ffn_post_norm"]], c.rms_eps)
+                f = W.rms_norm(f, W[L["ffn_post_norm"]], c.rms_eps)
             if tap:
                 tap(il, "ffn_out", f)
             x = x + f

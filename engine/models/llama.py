@@ -15,7 +15,7 @@ import numpy as np
 from engine.attention import attention_mask, cached_attention
 from engine.gguf_model import GGUFFile, ModelConfig
 from engine.kv_cache import KVCache
-from engine.ops import rms_norm, rope, rope_cache
+from engine.ops import rms_norm, rope_cache
 from engine.weights import FloatWeights, make_weights
 
 
@@ -75,15 +75,15 @@ class LlamaModel:
         for il in range(c.n_layer if dec is None else 0):
             attn_norm, wqkv, wo, ffn_norm, wgu, wdown = self._layer(il)
             mm = self.w.matmul
-            h = rms_norm(x, self.w[attn_norm], c.rms_eps)
+            h = self.w.rms_norm(x, self.w[attn_norm], c.rms_eps)
             if tap:
                 tap(il, "attn_norm", h)
             qkv = mm(h, wqkv)
             q = qkv[:, :nq].reshape(n, c.n_head, c.head_dim)
             k = qkv[:, nq : nq + nkv].reshape(n, c.n_head_kv, c.head_dim)
             v = qkv[:, nq + nkv :].reshape(n, c.n_head_kv, c.head_dim_v)
-            q = rope(q, cos, sin, neox=False)
-            k = rope(k, cos, sin, neox=False)
+            q = self.w.rope(q, cos, sin, neox=False)
+            k = self.w.rope(k, cos, sin, neox=False)
             if tap:
                 tap(il, "Qcur", q), tap(il, "Kcur", k), tap(il, "Vcur", v)
             # kq_scale applied inside the softmax (llama.cpp src/models/llama.cpp passes it to build_attn)
@@ -96,7 +96,7 @@ class LlamaModel:
             x = x + o
             if tap:
                 tap(il, "ffn_inp", x)
-            h = rms_norm(x, self.w[ffn_norm], c.rms_eps)
+            h = self.w.rms_norm(x, self.w[ffn_norm], c.rms_eps)
             gu = mm(h, wgu)
             f = mm(self.w.swiglu(gu, c.n_ff), wdown)
             if tap:
