@@ -136,7 +136,9 @@ def add_vocab(w: GGUFWriter, vocab: str, n_vocab: int, specials: list[str], pre:
     return len(new_toks)
 
 
-def write_family(path: str | Path, name: str, seed: int = 0) -> Path:
+def write_family(path: str | Path, name: str, seed: int = 0, extra_tensors: dict | None = None) -> Path:
+    """Write the family model `name` to path; extra_tensors {name: float32 array} after its own (tests:
+    NVFP4 checkpoints' `.scale` tensors)."""
     s = FAMILY_MODELS[name]
     arch, E, H, KV, D, F, L = s["arch"], s["n_embd"], s["n_head"], s["n_head_kv"], s["head_dim"], s["n_ff"], s["n_layer"]
     rng = np.random.default_rng(seed)
@@ -228,6 +230,8 @@ def write_family(path: str | Path, name: str, seed: int = 0) -> Path:
     w.add_tensor("output_norm.weight", norm(E))
     if not s["tied"]:
         w.add_tensor("output.weight", mat(n_vocab, E, scale=3.0))
+    for t, arr in (extra_tensors or {}).items():
+        w.add_tensor(t, np.asarray(arr, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

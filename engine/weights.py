@@ -6,7 +6,7 @@ import numpy as np
 
 from gguf import GGMLQuantizationType as Q
 
-from engine.gguf_model import GGUFFile
+from engine.gguf_model import GGUFError, GGUFFile
 
 
 class FloatWeights:
@@ -21,6 +21,36 @@ class FloatWeights:
         self.bf16 = bf16  # mode bf16: both operands of every matmul rounded to bfloat16 (gemma.cpp)
         self._cache: dict[str, np.ndarray] = {}
         self._groups: dict[tuple[str, ...], list] = {}
+        self.scales: dict[str, np.ndarray] = {}  # weight name → its `.scale` values (use_scales)
+
+    def use_scales(self, weights) -> None:
+        """Multiply the matmul outputs of these weights by their GGUF `.scale` tensors where the file has
+        them (NVFP4 checkpoints' per-tensor scale_2). llama-model.cpp's generic pass loads `<w>.scale`
+        for every weight type — shape {1}, {n_expert} beside a 3-D expert tensor; `output.scale` only
+        beside an NVFP4 output.weight — and llama-graph.cpp build_lora_mm / build_lora_mm_id apply it
+        right after the matmul, y = (W·x) · s (expert e's rows · s[e]), before any bias (build_ffn after
+        its FFN bias, which none of the models here has). Which weights: those the architecture's graph
+        passes a scale for (the model's call); the others' scales and every `.input_scale` llama.cpp
+        loads unused. A scale of another size is a GGUFError (llama.cpp refuses the file)."""
+        for w in weights:
+            name = w.removesuffix(".weight") + ".scale"
+            if name not in self.g.tensors or (w == "output.weight" and self.g.tensor(w).type != Q.NVFP4):
+                continue
+            t = self.g.tensor(w)
+            s = np.asarray(self.g.dequantize(name), dtype=np.float32).reshape(-1)
+            if s.size != (t.ne[2] if len(t.ne) == 3 else 1):
+                raise GGUFError(f"{self.g.path.name}: {name} has {s.size} values, llama.cpp loads {t.ne[2] if len(t.ne) == 3 else 1}")
+            self.scales[w] = s
+
+    def _scaled(self, y: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+        """y's column block of each scaled weight · its scale, in place (one float32 product each: ggml_mul)."""
+        col = 0
+        for n in names:
+            rows = self.g.tensor(n).ne[1]
+            if n in self.scales:
+                y[..., col : col + rows] *= self.scales[n][0]
+            col += rows
+        return y
 
     def __contains__(self, name: str) -> bool:
         return name in self.g.tensors
@@ -76,7 +106,19 @@ class FloatWeights:
         return groups
 
     def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-        """x (n, n_in) @ [W_names stacked]ᵀ → (n, Σ n_out)."""
+        """x (n, n_in) @ [W_names stacked]ᵀ → (n, Σ n_out), each weight's block · its scale (use_scales)."""
+        y = self._matmul(x, names)
+        return self._scaled(y, names) if self.scales else y
+
+    def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
+        """x (n, n_in) @ W[e]ᵀ for expert e of a 3-D expert tensor (n_expert, n_out, n_in) → (n, n_out),
+        · the tensor's scale for expert e (use_scales; build_lora_mm_id)."""
+        y = self._matmul_expert(x, name, e)
+        if name in self.scales:
+            y *= self.scales[name][e]
+        return y
+
+    def _matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         outs = [self._group_matmul(x, *group) for group in self.prepare(names)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)
 
@@ -100,9 +142,8 @@ class FloatWeights:
 
         return softmax(x.astype(np.float32), axis=-1).astype(np.float32)
 
-    def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
-        """x (n, n_in) @ W[e]ᵀ for expert e of a 3-D expert tensor (n_expert, n_out, n_in) → (n, n_out);
-        x rounded as ggml quantizes it for the weight's type in q8 mode."""
+    def _matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
+        """matmul_expert unscaled; x rounded as ggml quantizes it for the weight's type in q8 mode."""
         w = self[name][e]
         if self.act_quant:
             from engine.act_quant import roundtrip_for
@@ -235,13 +276,16 @@ class NativeWeights(FloatWeights):
             return self.g.raw(m), self.g.tensor(m).type
 
         specs = [{k: (self[v] if v else None) if k not in mats else (matrix(v) if v else None) for k, v in L.items()} for L in layers]
+        for L, spec in zip(layers, specs):  # use_scales: q_scale … down_scale ({1}, or {n_expert} for experts)
+            scaled = [m for m in self.kernels.LayerDecoder.MATS if L.get(m) and whole(L[m]) in self.scales]
+            spec.update({m + "_scale": self.scales[whole(L[m])] for m in scaled})
         return self.kernels.LayerDecoder(dims, specs, per_layer, self.threads)
 
     def softmax_rows(self, x: np.ndarray) -> np.ndarray:
         """ggml_soft_max_f32's arithmetic (ggml_vec_soft_max_f32, then · (1/sum)), from the native kernels."""
         return self.kernels.softmax_rows(x)
 
-    def matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
+    def _matmul_expert(self, x: np.ndarray, name: str, e: int) -> np.ndarray:
         """Expert e's matrix times the rows routed to it, by llama.cpp's mul_mat_id route: the repacked
         types (_repacked) run repack.cpp forward_mul_mat_id's gemv one activation row at a time — Q4_K and
         Q2_K here row by row too (their gemm chains differ from gemv's), Q4_0, IQ4_NL and MXFP4 all rows
@@ -261,7 +305,7 @@ class NativeWeights(FloatWeights):
             elif self.kernels.supported(t.type):
                 group = ("native", self.kernels.WeightRef(raw, t.type), t.type)
             else:
-                return super().matmul_expert(x, name, e)
+                return super()._matmul_expert(x, name, e)
             self._groups[key] = group
         kind, ref, wtype = group
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
@@ -288,7 +332,7 @@ class NativeWeights(FloatWeights):
         """ggml_vec_geglu_f32's arithmetic (its fp16 GELU table), from the native kernels."""
         return self.kernels.geglu(gu, n_ff, threads=self.threads)
 
-    def matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    def _matmul(self, x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         groups = self.prepare(names)
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         xq: dict[int, np.ndarray] = {}  # activations quantized once per activation type (q, k, v share)

@@ -33,8 +33,9 @@ def _quantize(arr: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
 def write_tiny_model(path: str | Path, arch: str = "llama", *, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
                      n_head_kv: int = 2, head_dim: int | None = None, n_ff: int = 128, sliding_window: int = 4,
                      seed: int = 0, weight_type: GGMLQuantizationType = GGMLQuantizationType.F32,
-                     extra_kv: dict | None = None, tensor_edit=None) -> Path:  # fmt: skip
-    """Write a tiny `arch` model to path. tensor_edit(name, array) may return a replacement array."""
+                     extra_kv: dict | None = None, tensor_edit=None, extra_tensors: dict | None = None) -> Path:  # fmt: skip
+    """Write a tiny `arch` model to path. tensor_edit(name, array) may return a replacement array;
+    extra_tensors {name: float32 array} are written after the model's own (e.g. `.scale` tensors)."""
     rng = np.random.default_rng(seed)
     head_dim = head_dim or n_embd // n_head
     path = Path(path)
@@ -98,6 +99,8 @@ def write_tiny_model(path: str | Path, arch: str = "llama", *, n_layer: int = 2,
     add("output_norm.weight", norm(n_embd))
     if arch == "llama":
         add("output.weight", mat(N_VOCAB, n_embd, 4.0))
+    for name, arr in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(arr, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -239,8 +239,9 @@ class LayerDecoder:
     """A decode step's layers in C, one call per layer (cv_layer_decode): the graph of
     engine/models/llama.py / gemma.py / families.py for one position, in the same ggml arithmetic as
     the per-op kernels. layers: per layer, the norm weights (float32 arrays or None) and the seven matmul
-    weights (q, k, v, o, gate, up, down) as (raw blocks, ggml type), and optionally q/k/v biases and
-    rope frequency factors (bq, bk, bv, rope_ff); per_layer: rope base and window of each layer, and
+    weights (q, k, v, o, gate, up, down) as (raw blocks, ggml type), and optionally q/k/v biases,
+    rope frequency factors (bq, bk, bv, rope_ff) and the matmuls' `.scale` values (q_scale … down_scale:
+    one float, or one per expert); per_layer: rope base and window of each layer, and
     optionally a dict of its own cfg fields (e.g. rope_dim 0 on smollm3's no-rope layers). Everything the C side points at is kept alive here."""
 
     MATS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -264,6 +265,11 @@ class LayerDecoder:
                 w.w[i], w.t[i] = ref.ptr, ref.wtype
                 if ref.raw.ndim == 3:  # gate / up / down of routed experts (n_expert, rows, row bytes): expert 0 first
                     w.exp_stride[i - 4] = ref.raw[0].nbytes
+                s = L.get(m + "_scale")  # its `.scale`: 1 value, or one per expert
+                if s is not None:
+                    s = np.ascontiguousarray(s, dtype=np.float32)
+                    self._keep.append(s)
+                    w.s[i] = _ptr(s, "float *")
             if L.get("gate_inp") is not None:  # qwen3moe's router
                 ref = WeightRef(*L["gate_inp"])
                 self._keep.append(ref)

@@ -33,6 +33,7 @@ typedef struct {
     const void *gate_inp;
     int t_gate_inp;
     int64_t exp_stride[3];
+    const float *s[7];
 } cv_layer_w;
 int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64_t pos, uint16_t *k16, uint16_t *v16t,
                     int64_t n_ctx);

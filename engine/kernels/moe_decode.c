@@ -5,6 +5,7 @@
  *   E = the n_expert_used largest p, descending (ggml_argsort_top_k)
  *   w = p[E] / max(sum(p[E]), 2^-14)         (ggml_sum_rows: a double accumulator; ggml_clamp; ggml_div)
  *   out = sum_j w_j · down_Ej(swiglu(gate_Ej · h, up_Ej · h))   each product rounded, added in the order of E
+ *   (each expert matmul's output · its tensor's `.scale` for that expert when it has one: build_lora_mm_id)
  * Expert e's matrices start e · exp_stride bytes after expert 0 (lw->w[4..6]); one activation row
  * per expert matmul is mul_mat_id's route for a decode step (vec_dot, or the repacked gemv). */
 static int moe_ffn_row(const cv_layer_cfg *c, const cv_layer_w *lw, const float *h, float *out, float *gu, float *f, void *xq) {
@@ -39,8 +40,10 @@ static int moe_ffn_row(const cv_layer_cfg *c, const cv_layer_w *lw, const float 
         err |= mm1(lw->t[4], g, F, E, h, gu, xq, c->threads, 1, c->lanes);
         err |= mm1(lw->t[5], u, F, E, h, gu + F, xq, c->threads, act_type(lw->t[5]) != act_type(lw->t[4]), c->lanes);
         if (err) break;
+        scale_row(gu, F, lw->s[4] ? lw->s[4] + e : NULL), scale_row(gu + F, F, lw->s[5] ? lw->s[5] + e : NULL);
         cv_swiglu(gu, f, 1, F, c->lanes, 1);
         err |= mm1(lw->t[6], d, E, F, f, y, xq, c->threads, 1, c->lanes);
+        scale_row(y, E, lw->s[6] ? lw->s[6] + e : NULL);
         for (int64_t i = 0; i < E; i++) {
             const float v = y[i] * w[j];
             out[i] = j ? out[i] + v : v;

@@ -1515,6 +1515,7 @@ typedef struct {
     const void *gate_inp;      /* qwen3moe: the router (n_expert rows) and its type; w[4..6] are expert 0's */
     int t_gate_inp;
     int64_t exp_stride[3];     /* bytes from one expert's gate / up / down matrix to the next */
+    const float *s[7];         /* `.scale` of q … down (or NULL): y = (W·x) · s[0], experts' y · s[e] */
 } cv_layer_w;
 
 static void rms_norm_row(const float *x, const float *w, float *y, int64_t n, float eps) {
@@ -1525,6 +1526,12 @@ static void rms_norm_row(const float *x, const float *w, float *y, int64_t n, fl
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale;
     if (w)
         for (int64_t i = 0; i < n; i++) y[i] = y[i] * w[i];
+}
+
+/* a matmul's output · its `.scale` (llama-graph.cpp build_lora_mm's ggml_mul), when it has one */
+static void scale_row(float *y, int64_t n, const float *s) {
+    if (s)
+        for (int64_t i = 0; i < n; i++) y[i] = y[i] * s[0];
 }
 
 static int act_type(int wtype) {
@@ -1612,6 +1619,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
         err |= mm1(lw->t[2], lw->w[2], nv, E, h, v, xq, c->threads, act_type(lw->t[2]) != act_type(lw->t[1]), c->lanes);
     }
     if (!err) {
+        scale_row(q, nq, lw->s[0]), scale_row(k, nk, lw->s[1]), scale_row(v, nv, lw->s[2]);
         if (lw->bq) for (int64_t i = 0; i < nq; i++) q[i] = q[i] + lw->bq[i];
         if (lw->bk) for (int64_t i = 0; i < nk; i++) k[i] = k[i] + lw->bk[i];
         if (lw->bv) for (int64_t i = 0; i < nv; i++) v[i] = v[i] + lw->bv[i];
@@ -1637,6 +1645,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     }
     if (!err) {
         err |= mm1(lw->t[3], lw->w[3], E, na, a, o, xq, c->threads, 1, c->lanes);
+        scale_row(o, E, lw->s[3]);
         if (c->post_norms) rms_norm_row(o, lw->attn_post_norm, o, E, c->rms_eps);
         if (c->residual_scale != 0.0f) for (int64_t i = 0; i < E; i++) o[i] = o[i] * c->residual_scale;
         for (int64_t i = 0; i < E; i++) x[i] = x[i] + o[i];
@@ -1650,9 +1659,11 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
     }
     if (!err) {
         if (!c->n_expert) {
+            scale_row(gu, F, lw->s[4]), scale_row(gu + F, F, lw->s[5]);
             if (c->gelu) cv_geglu(gu, f, 1, F, 1);
             else cv_swiglu(gu, f, 1, F, c->lanes, 1);
             err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1, c->lanes);
+            scale_row(o, E, lw->s[6]);
         }
         if (c->post_norms) rms_norm_row(o, lw->ffn_post_norm, o, E, c->rms_eps);
         if (c->residual_scale != 0.0f) for (int64_t i = 0; i < E; i++) o[i] = o[i] * c->residual_scale;

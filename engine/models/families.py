@@ -27,6 +27,8 @@ Follows llama.cpp src/models/<arch>.cpp (and llama-graph.cpp build_qkv / build_f
     f = rmsnorm(f) · ffn_post_norm                    olmo2
     x = x + f · residual_scale                        granite
   logits = output · rmsnorm(x) · output_norm          granite: · 1/logit_scale
+  Each W· is (W·h) · s where the GGUF has W's `.scale` and the family's graph applies it (q, k, v, qkv, o
+  everywhere; gate, up, down in qwen3; experts (s[e]) in qwen3moe; output if NVFP4), before any bias.
 Shapes: x (n, n_embd); q (n, n_head, head_dim); k, v (n, n_head_kv, head_dim); expert weights
 (n_expert, n_ff_exp, n_embd) / (n_expert, n_embd, n_ff_exp).
 """
@@ -114,6 +116,11 @@ class FamilyModel:
         self.qk_norm = 0 if self.layers[0].q_norm is None else (2 if cfg.arch == "olmo2" else 1)
         # phi3.cpp: Qcur = ggml_scale(Qcur, 1/sqrt(n_embd_head)) before build_attn(…, kq_scale 1.0f)
         self.q_prescale = cfg.arch == "phi3"
+        # `.scale` tensors (FloatWeights.use_scales): build_qkv and build_attn scale q, k, v (or the fused
+        # qkv) and o in every family; qwen3.cpp's build_ffn gate, up, down and qwen3moe.cpp's build_moe_ffn
+        # the experts (the others pass NULL: loaded, unused); an NVFP4 output head
+        ffn = lambda L: (*L.gate_up, L.down) if cfg.arch == "qwen3" else L.moe[1:] if cfg.arch == "qwen3moe" else ()  # noqa: E731
+        self.w.use_scales([*(n for L in self.layers for n in (*L.qkv, L.o, *ffn(L))), *self._output()[1]])
 
     def _rope_factors(self, n_ctx: int) -> str | None:
         """phi3 long-rope (llama-model.cpp get_rope_factors): the tensor rope_factors_long when the

@@ -14,6 +14,8 @@ Follows llama.cpp src/models/gemma.cpp, gemma2.cpp, gemma3.cpp:
     f = rmsnorm(f) · ffn_post_norm                                  (gemma2/3)
     x = x + f
   logits = token_embd · rmsnorm(x);  softcap(logits, final_softcap)  (gemma2; gemma3 if set)
+  wq, wk, wv, wo (and an NVFP4 output.weight) are (W·h) · s when the GGUF has their `.scale`; the FFN's
+  scales llama.cpp loads and leaves unused.
 Shapes: x (n, n_embd); q (n, n_head, head_dim); k, v (n, n_head_kv, head_dim).
 """
 
@@ -34,6 +36,10 @@ class GemmaModel:
         self.w: FloatWeights = make_weights(g, mode, threads)
         self.v2 = cfg.arch in ("gemma2", "gemma3")  # post-attention / post-FFN norms
         self.v3 = cfg.arch == "gemma3"  # q/k norms
+        # gemma*.cpp pass a `.scale` for q, k, v (build_qkv), o (build_attn) and an NVFP4 output head;
+        # build_ffn gets NULL for the FFN's (FloatWeights.use_scales)
+        parts = [self._layer(il) for il in range(cfg.n_layer)]
+        self.w.use_scales([*(n for L in parts for n in (*L["wqkv"], *L["wo"])), *self._output()[1]])
 
     def load_all(self) -> None:
         """Dequantize every weight now instead of on first use."""

@@ -5,6 +5,7 @@ Follows llama.cpp src/models/llama.cpp:
   per layer: h = x + wo · attn(rope(wq·rmsnorm(x)), rope(wk·…), wv·…)
              x = h + ffn_down · (silu(ffn_gate · rmsnorm(h)) * ffn_up · rmsnorm(h))
   logits = output · rmsnorm(x)      (output = token_embd when the GGUF has no output.weight)
+  Every W· above is (W·h) · s when the GGUF has W's `.scale` (NVFP4 checkpoints; output only if NVFP4).
 Shapes: x (n, n_embd); q (n, n_head, head_dim); k, v (n, n_head_kv, head_dim).
 """
 
@@ -23,6 +24,10 @@ class LlamaModel:
     def __init__(self, g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1):
         self.g, self.cfg = g, cfg
         self.w: FloatWeights = make_weights(g, mode, threads)
+        # llama.cpp's llama graph passes a `.scale` for q, k, v (build_qkv), o (build_attn), gate, up, down
+        # (build_ffn) and an NVFP4 output head (FloatWeights.use_scales)
+        mats = (n for il in range(cfg.n_layer) for part in self._layer(il) if isinstance(part, tuple) for n in part)
+        self.w.use_scales([*mats, *self._output()[1]])
 
     def _layer(self, il: int):
         p = f"blk.{il}."
