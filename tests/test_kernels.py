@@ -55,6 +55,11 @@ def test_activation_quantization_is_libggml_cpus_byte_for_byte(kind):
         ours = np.empty_like(libggml.cpu_quantize_row(x, kind))
         getattr(K.lib, f"cv_quantize_{kind}")(K._ptr(x, "float *"), K._ptr(ours, "void *"), x.size)
         np.testing.assert_array_equal(ours, libggml.cpu_quantize_row(x, kind))
+        if kind == "q8_0":  # a matmul's quantize_acts (AVX-512 where the CPU has it), rows over two threads
+            rows = np.stack([x, x[::-1] * np.float32(0.5)])
+            acts = K.quantize_acts(int(Q.Q4_0), rows, threads=2).reshape(2, -1)
+            for r in range(2):
+                np.testing.assert_array_equal(acts[r], libggml.cpu_quantize_row(rows[r], kind))
 
 
 @pytest.fixture(params=["simd", "portable"])

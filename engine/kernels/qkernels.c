@@ -94,6 +94,7 @@ CV_CLONES void cv_quantize_q8_0(const float *x, void *vy, int64_t k) {
     }
 }
 
+
 CV_CLONES void cv_quantize_q8_1(const float *x, void *vy, int64_t k) {
     blk_q8_1 *y = (blk_q8_1 *)vy;
     for (int64_t b = 0; b < k / 32; b++) {
@@ -822,15 +823,39 @@ int64_t cv_act_bytes(int wtype, int64_t n_cols, int64_t n_tok) {
     return n_tok * (n_cols / be) * ab;
 }
 
+static int vec_ok(int lanes);
+#if defined(__x86_64__) && defined(__GNUC__)
+/* cv_quantize_q8_0 with AVX-512, block for block the same: amax is a max (exact in any order), then the
+ * scalar d and id, and each value's nearbyintf(x·id) as vcvtps2dq under the default round-to-nearest-even */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c"))) static void quantize_q8_0_avx512(const float *x, void *vy, int64_t k) {
+    blk_q8_0 *y = (blk_q8_0 *)vy;
+    for (int64_t b = 0; b < k / 32; b++) {
+        const __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        y[b].d = f2h(d);
+        const __m512 vid = _mm512_set1_ps(id);
+        _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(x0, vid))));
+        _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(x1, vid))));
+    }
+}
+#endif
+
 int cv_quantize_acts(int wtype, const float *X, int64_t n_cols, int64_t n_tok, void *xq, int n_threads) {
     int be, bb, at, ab;
     dot_fn f;
     if (layout(wtype, &be, &bb, &at, &ab, &f) || n_cols % be) return -1;
     const int64_t row = (n_cols / be) * ab;
+#if defined(__x86_64__) && defined(__GNUC__)
+    const int q8_0_avx512 = vec_ok(16) && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#else
+    const int q8_0_avx512 = 0;
+#endif
 #pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && n_tok > 1)
     for (int64_t t = 0; t < n_tok; t++) {
         void *dst = (char *)xq + t * row;
-        if (at == T_Q8_0) cv_quantize_q8_0(X + t * n_cols, dst, n_cols);
+        if (at == T_Q8_0 && q8_0_avx512) quantize_q8_0_avx512(X + t * n_cols, dst, n_cols);
+        else if (at == T_Q8_0) cv_quantize_q8_0(X + t * n_cols, dst, n_cols);
         else if (at == T_Q8_1) cv_quantize_q8_1(X + t * n_cols, dst, n_cols);
         else cv_quantize_q8_K(X + t * n_cols, dst, n_cols);
     }
@@ -1464,16 +1489,44 @@ AVX2_FN static int64_t geglu8(const float *x, const float *g, float *y, int64_t 
 }
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* sixteen at a time with AVX-512: the table's entries as floats (h2f of each), gathered */
+static float gelu_tab_f32[65536];
+static int gelu_tab_f32_ready = 0;
+
+__attribute__((target("avx512f,avx512dq,avx2,fma,f16c"))) static int64_t geglu16(const float *x, const float *g, float *y, int64_t n) {
+    int64_t i = 0;
+    const __m512 lo = _mm512_set1_ps(-10.0f), hi = _mm512_set1_ps(10.0f);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i), gv = _mm512_loadu_ps(g + i);
+        const __m512i idx = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(xv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m512 r = _mm512_mul_ps(_mm512_i32gather_ps(idx, gelu_tab_f32, 4), gv);
+        r = _mm512_mask_mul_ps(r, _mm512_cmp_ps_mask(xv, hi, _CMP_GE_OQ), xv, gv);      /* x ≥ 10: x·up */
+        r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(xv, lo, _CMP_LE_OQ), _mm512_setzero_ps()); /* x ≤ −10: 0 */
+        _mm512_storeu_ps(y + i, r);
+    }
+    return i;
+}
+#endif
+
 void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_threads) {
     gelu_table_init();
     h2f_table_init();
+#if defined(__x86_64__) && defined(__GNUC__)
+    const int v16 = vec_ok(16);
+    if (v16 && !gelu_tab_f32_ready) {
+        for (int i = 0; i < 65536; i++) gelu_tab_f32[i] = h2f_tab[gelu_tab[i]];
+        gelu_tab_f32_ready = 1;
+    }
+#endif
 #pragma omp parallel for num_threads(n_threads > 0 ? n_threads : 1) schedule(static) if (n_threads > 1 && n_rows > 1)
     for (int64_t r = 0; r < n_rows; r++) {
         const float *x = gu + r * 2 * n_ff, *g = x + n_ff;
         float *yr = y + r * n_ff;
         int64_t i = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-        if (have_avx2()) i = geglu8(x, g, yr, n_ff);
+        if (v16) i = geglu16(x, g, yr, n_ff);
+        else if (have_avx2()) i = geglu8(x, g, yr, n_ff);
 #endif
         for (; i < n_ff; i++)
             yr[i] = x[i] <= -10.0f ? 0.0f : x[i] >= 10.0f ? x[i] * g[i] : h2f_tab[gelu_tab[f2h(x[i])]] * g[i];
