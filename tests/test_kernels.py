@@ -113,6 +113,19 @@ def test_matmul_threads_and_tokens_agree(qtype, simd):
         K.matmul(w, qtype, x[:, :500])
 
 
+@pytest.mark.parametrize("rows", [48, 40, 8])
+def test_repacked_q4_0_batch_rows_are_its_gemv(rows, simd):
+    """llama.cpp's repacked Q4_0 (rows % 8 == 0) adds each block's integer sum × d_w·d_a to one chain per
+    output in its gemm and gemv alike, so every token of a batch — tiles of eight and four tokens, a
+    short tail, sixteen- and eight-row groups, one or two threads — equals that token alone."""
+    w = _weights(Q.Q4_0, rows, 640, seed=rows)
+    x = np.random.default_rng(rows).standard_normal((21, 640)).astype(np.float32)
+    one, two = K.matmul(w, Q.Q4_0, x, threads=1), K.matmul(w, Q.Q4_0, x, threads=2)
+    np.testing.assert_array_equal(one, two)
+    for t in range(21):
+        np.testing.assert_array_equal(K.matmul(w, Q.Q4_0, x[t : t + 1])[0], one[t])
+
+
 def _random_k_blocks(qtype, rows: int, nb: int, seed: int) -> np.ndarray:
     """Blocks of random bytes (every bit pattern of scales, mins and values is a valid Q2_K / Q3_K
     block) with finite fp16 scales, and extreme blocks: all bits set (largest scales, mins and

@@ -701,6 +701,42 @@ CV_FN static inline void CV_SFX(tr8x8_i32)(__m256i *m) {
         m[k] = _mm256_permute2x128_si256(q[k], q[4 + k], 0x20), m[k + 4] = _mm256_permute2x128_si256(q[k], q[4 + k], 0x31);
 }
 
+#ifdef CV_MASK_BYTES
+/* sixteen unpacked rows (u: per block 8 value groups × 64 bytes, rows r, r + 8 of a pair in the two halves)
+ * × NT tokens from t0 (nt of them real; the rest repeat t0 and are not stored): per output the chain
+ * acc = fma(float(block integer), d_w·d_a, acc), block after block */
+CV_FN static inline void CV_SFX(rep16mm_q4_0_tile)(const uint8_t *u, const float *dw, const int NT, int nt, int64_t t0, const char *xq,
+                                                   int64_t arow, const int32_t *noff, const float *da, int nb, float *Y, int64_t ldy,
+                                                   int64_t r) {
+    const blk_q8_0 *a[8];
+    int64_t tt[8];
+    for (int t = 0; t < NT; t++) tt[t] = t0 + (t < nt ? t : 0), a[t] = (const blk_q8_0 *)(xq + tt[t] * arow);
+    __m512 acc[8];
+    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *ub = u + (size_t)b * 512;
+        __m512i l[8];
+        for (int t = 0; t < NT; t++) l[t] = _mm512_set1_epi32(noff[tt[t] * nb + b]);
+        for (int k = 0; k < 8; k++) {
+            const __m512i uk = _mm512_loadu_si512((const void *)(ub + 64 * k));
+            for (int t = 0; t < NT; t++) {
+                int32_t y4;
+                memcpy(&y4, a[t][b].qs + 4 * k, 4);
+                l[t] = _mm512_dpbusd_epi32(l[t], uk, _mm512_set1_epi32(y4));
+            }
+        }
+        const __m512 dwb = _mm512_loadu_ps(dw + b * 16);
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_mul_ps(dwb, _mm512_set1_ps(da[tt[t] * nb + b])), acc[t]);
+    }
+    for (int t = 0; t < nt; t++) {
+        float o[16];
+        _mm512_storeu_ps(o, acc[t]);
+        for (int i = 0; i < 16; i++) Y[(t0 + t) * ldy + r + i] = o[i];
+    }
+}
+#endif
+
 /* batches: each group of eight rows unpacked once into lanes — for value group k (values 4k..4k+3) of a
  * block, one vector holding those four unsigned values of each row (row i in lane i) — so dpbusd
  * with the activation's four values broadcast sums a whole row per lane and no reduction is left; −8·Σy
@@ -744,31 +780,11 @@ CV_FN static int CV_SFX(rep8mm_q4_0)(const char *W, int64_t n_rows, int nb, cons
                         CV_SFX(tr8x8_i32)(m);
                         for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(u + (size_t)b * 512 + 64 * k + 32 * hf), m[k]);
                     }
-                for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
-                    const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
-                    const blk_q8_0 *a[4];
-                    for (int t = 0; t < 4; t++) a[t] = (const blk_q8_0 *)(xq + (t0 + (t < nt ? t : 0)) * arow);
-                    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-                    for (int b = 0; b < nb; b++) {
-                        const uint8_t *ub = u + (size_t)b * 512;
-                        __m512i l[4];
-                        for (int t = 0; t < 4; t++) l[t] = _mm512_set1_epi32(noff[(t0 + (t < nt ? t : 0)) * nb + b]);
-                        for (int k = 0; k < 8; k++) {
-                            const __m512i uk = _mm512_loadu_si512((const void *)(ub + 64 * k));
-                            for (int t = 0; t < 4; t++) {
-                                int32_t y4;
-                                memcpy(&y4, a[t][b].qs + 4 * k, 4);
-                                l[t] = _mm512_dpbusd_epi32(l[t], uk, _mm512_set1_epi32(y4));
-                            }
-                        }
-                        const __m512 dwb = _mm512_loadu_ps(dw + b * 16);
-                        for (int t = 0; t < 4; t++)
-                            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_mul_ps(dwb, _mm512_set1_ps(da[(t0 + (t < nt ? t : 0)) * nb + b])), acc[t]);
-                    }
-                    for (int t = 0; t < nt; t++) {
-                        float o[16];
-                        _mm512_storeu_ps(o, acc[t]);
-                        for (int i = 0; i < 16; i++) Y[(t0 + t) * ldy + r + i] = o[i];
+                for (int64_t t0 = 0; t0 < n_tok;) { /* eight tokens (four at the end): independent dpbusd chains */
+                    if (n_tok - t0 >= 8) CV_SFX(rep16mm_q4_0_tile)(u, dw, 8, 8, t0, xq, arow, noff, da, nb, Y, ldy, r), t0 += 8;
+                    else {
+                        const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+                        CV_SFX(rep16mm_q4_0_tile)(u, dw, 4, nt, t0, xq, arow, noff, da, nb, Y, ldy, r), t0 += nt;
                     }
                 }
                 continue;
