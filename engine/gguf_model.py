@@ -132,6 +132,7 @@ class GGUFFile:
     data_offset: int
     file_size: int
     _mm: mmap.mmap | None = field(default=None, repr=False)
+    _data: np.ndarray | None = field(default=None, repr=False, compare=False)  # make_resident's copy of [data_offset, file_size)
 
     # --- tensor access -------------------------------------------------------------------------
     def raw(self, name: str) -> np.ndarray:
@@ -139,7 +140,10 @@ class GGUFFile:
         block-quantized types as uint8 rows of shape (…, bytes_per_row), I2_S (one scale per
         tensor, not rows of blocks) as its n/4 + 32 bytes."""
         t = self.tensor(name)
-        buf = np.frombuffer(self._mm, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        if self._data is not None:
+            buf = self._data[t.offset - self.data_offset : t.offset - self.data_offset + t.nbytes]
+        else:
+            buf = np.frombuffer(self._mm, dtype=np.uint8, count=t.nbytes, offset=t.offset)
         if t.type == I2_S:
             return buf
         if t.type == GGMLQuantizationType.F32:
@@ -149,6 +153,36 @@ class GGUFFile:
         block, size = QUANT_SIZES[t.type]
         rows = t.shape[:-1] or (1,)
         return buf.reshape(*rows, t.ne[0] // block * size)
+
+    def make_resident(self) -> bool:
+        """Copy the tensor data (file bytes [data_offset, file_size)) into anonymous memory the kernel is
+        asked to back with 2 MiB pages (madvise MADV_HUGEPAGE: transparent huge pages); raw() returns
+        views of the copy from then on — the same bytes, read-only as before. Why: a decode step streams
+        every weight once, and through the file's mapping (4 KiB pages here) that is a TLB miss every
+        4 KiB — on gemma-3-270m Q4_K_M one thread decodes ≈ 10 % faster from the copy (`crossval bench`,
+        commit message). Done only where it can pay and is cheap: transparent huge pages not "never"
+        and the data at most a quarter of MemAvailable (Linux; elsewhere nothing is copied).
+        Idempotent; → whether raw() reads a copy."""
+        if self._data is not None:
+            return True
+        n = self.file_size - self.data_offset
+        if n <= 0 or not _huge_pages_affordable(n):
+            return False
+        huge = 2 << 20
+        # private (a shared anonymous map is shmem, whose huge pages are off by default), 2 MiB over to align the start
+        anon = mmap.mmap(-1, n + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        anon.madvise(mmap.MADV_HUGEPAGE)
+        whole = np.frombuffer(anon, dtype=np.uint8)
+        pad = -whole.__array_interface__["data"][0] % huge
+        data = whole[pad : pad + n]
+        data[:] = np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=self.data_offset)
+        data.flags.writeable = False
+        self._data = data
+        page = mmap.PAGESIZE  # this mapping's pages of the data are not read any more (they stay in the page cache)
+        start = (self.data_offset + page - 1) // page * page
+        if hasattr(mmap, "MADV_DONTNEED") and start < self.file_size:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, self.file_size - start)
+        return True
 
     def tensor(self, name: str) -> TensorInfo:
         try:
@@ -179,8 +213,8 @@ class GGUFFile:
         return str(self.require("general.architecture"))
 
     def close(self) -> None:
-        # numpy views may still reference the map; let the GC unmap it when they die
-        self._mm = None
+        # numpy views may still reference the map (or the resident copy); let the GC unmap it when they die
+        self._mm = self._data = None
 
 
 class _Cursor:
@@ -307,6 +341,18 @@ def _bitnet_types(name: str, metadata: dict, infos: list, alignment: int, data_s
             ttype = I2_S
         out.append((tname, ne, ttype, off))
     return out
+
+
+def _huge_pages_affordable(nbytes: int) -> bool:
+    """make_resident's condition: Linux's transparent huge pages enabled ("always" or "madvise") and
+    nbytes at most a quarter of MemAvailable (/proc/meminfo)."""
+    try:
+        if "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
+            return False
+        avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
+    return hasattr(mmap, "MADV_HUGEPAGE") and nbytes <= avail // 4
 
 
 def open_gguf(path: str | os.PathLike) -> GGUFFile:

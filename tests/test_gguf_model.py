@@ -40,6 +40,21 @@ def test_reader_matches_gguf_reader_on_tiny_models(tiny_model, name):
     _assert_same_as_gguf_reader(tiny_model(name))
 
 
+def test_resident_copy_serves_the_same_bytes_read_only(tiny_model):
+    """make_resident (the tensor data copied to huge-page memory, faithful mode's weights): raw() of
+    every tensor gives the mapping's bytes, dtype and shape, read-only, from the copy."""
+    path = tiny_model("gemma3")
+    mapped, g = open_gguf(path), open_gguf(path)
+    if not g.make_resident():
+        pytest.skip("no transparent huge pages here (or too little memory): raw() keeps reading the mapping")
+    assert g.make_resident() and mapped._data is None
+    for name in mapped.tensors:
+        a, b = mapped.raw(name), g.raw(name)
+        assert (b.dtype, b.shape, b.flags.writeable) == (a.dtype, a.shape, False), name
+        assert np.shares_memory(b, g._data), name
+        np.testing.assert_array_equal(b.reshape(-1).view(np.uint8), a.reshape(-1).view(np.uint8), err_msg=name)
+
+
 @pytest.mark.real_model
 def test_reader_matches_gguf_reader_on_smollm2():
     _assert_same_as_gguf_reader(real_model_path("smollm2"))
