@@ -338,3 +338,24 @@ def test_geglu_uses_ggmls_gelu_table():
     gu = np.concatenate([x, np.ones_like(x)])[None, :]
     ours = kernels.geglu(gu, x.size)[0]
     np.testing.assert_array_equal(ours, table[keep].view(np.float16).astype(np.float32))
+
+
+def test_geglu_vector_paths_equal_the_scalar_loop():
+    """The AVX-512 (gathered table entries) and AVX2 GeGLU against the portable loop, bit for bit, on
+    gates across both ±10 cut-offs, their neighbours, ±0, ±inf, NaN and values past fp16's range,
+    over a row length that leaves a tail for each path."""
+    rng = np.random.default_rng(0)
+    n = 4096 + 13
+    x = rng.uniform(-12, 12, (3, n)).astype(np.float32)
+    x[0, :8] = [-10, 10, np.nextafter(np.float32(-10), 0), np.nextafter(np.float32(10), 0), 0, -0.0, np.nan, np.inf]
+    x[1, :4] = [-np.inf, 65504, 70000, -70000]
+    gu = np.concatenate([x, rng.standard_normal((3, n)).astype(np.float32)], axis=1)
+    if kernels.lib.cv_set_simd(-1) == 0:
+        pytest.skip("no AVX2 here: only the portable loop runs")
+    simd = kernels.geglu(gu, n)
+    try:
+        kernels.lib.cv_set_simd(0)
+        portable = kernels.geglu(gu, n)
+    finally:
+        kernels.lib.cv_set_simd(-1)
+    np.testing.assert_array_equal(simd.view(np.uint32), portable.view(np.uint32))
