@@ -461,6 +461,63 @@ CV_FN static void CV_SFX(gemv8_q4_K)(const char *W, int64_t wrow, int64_t r0, in
     }
 }
 
+#ifdef CV_MASK_BYTES
+/* gemv8_q4_K with each row's block in zmm: its 128 bytes as two 64-byte halves, whose low and high nibbles
+ * meet the activation's values rearranged once per block for all eight rows (half h, nibbles n: values
+ * 128h + 32n .. +31 and 128h + 64 + 32n .. +31, sub-blocks 4h + n and 4h + n + 2); the sub-block scales
+ * per 256-bit half by byte shuffle. Each row's block integer is exact, so it is gemv8_q4_K's, and the
+ * float chains around it are gemv8_q4_K's own */
+CV_FN static void CV_SFX(gemvz_q4_K)(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) {
+    const blk_q8_K *a = xq;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512i pick[4]; /* sub-block scale k sits in bytes 2k, 2k+1 of every 128-bit lane */
+    for (int n = 0; n < 4; n++) {
+        const int k0 = (n & 1) + 4 * (n >> 1), k1 = k0 + 2; /* n: lo0, hi0, lo1, hi1 → sub-blocks (0,2) (1,3) (4,6) (5,7) */
+        pick[n] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)((2 * k0 + 1) << 8 | 2 * k0))),
+                                     _mm256_set1_epi16((short)((2 * k1 + 1) << 8 | 2 * k1)), 1);
+    }
+    for (int64_t r = r0; r + 8 <= r1; r += 8) {
+        for (int64_t o = 0; r + 16 <= r1 && o < 8 * wrow; o += 64) __builtin_prefetch(W + (r + 8) * wrow + o);
+        __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a[b].bsums);
+            const __m128i bsp = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const int8_t *y = a[b].qs;
+            __m512i ya[4];
+            for (int n = 0; n < 4; n++) {
+                const int8_t *yn = y + 128 * (n >> 1) + 32 * (n & 1);
+                ya[n] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)yn)), _mm256_loadu_si256((const __m256i *)(yn + 64)), 1);
+            }
+            __m256i s[8];
+            __m128i m[8];
+            uint16_t d[8], dm[8];
+            for (int i = 0; i < 8; i++) {
+                const blk_q4_K *w = (const blk_q4_K *)(W + (r + i) * wrow) + b;
+                uint32_t u[3];
+                memcpy(u, w->scales, 12);
+                const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+                const uint32_t mn_lo = u[1] & 0x3f3f3f3fu, mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+                m[i] = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo)), bsp);
+                const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+                const __m512i q0 = _mm512_loadu_si512((const void *)w->qs), q1 = _mm512_loadu_si512((const void *)(w->qs + 64));
+                const __m512i v[4] = {_mm512_and_si512(q0, m4), _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4), _mm512_and_si512(q1, m4),
+                                      _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4)};
+                __m512i t = _mm512_setzero_si512();
+                for (int n = 0; n < 4; n++) t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(v[n], ya[n]), _mm512_shuffle_epi8(sc, pick[n]));
+                s[i] = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+                d[i] = w->d, dm[i] = w->dmin;
+            }
+            const __m128i m03 = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
+            const __m128i m47 = _mm_hadd_epi32(_mm_hadd_epi32(m[4], m[5]), _mm_hadd_epi32(m[6], m[7]));
+            const __m256 da = _mm256_set1_ps(a[b].d);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(CV_SFX(hsum8x8_i32)(s)), _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d)), da), acc);
+            accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_set_m128i(m47, m03)), _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm)), da), accm);
+        }
+        _mm256_storeu_ps(Y + r, _mm256_sub_ps(acc, accm));
+    }
+}
+#endif
+
 #ifdef CV_VNNI
 /* ---- prefill, 32-value block types (tinyBLAS_Q0_AVX / vec_dot order: one 8-lane FMA chain per output)
  * A thread takes four weight rows at a time, turns their blocks once into unsigned values u (32 bytes),

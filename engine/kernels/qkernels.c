@@ -921,7 +921,7 @@ int cv_matmul_q(int wtype, const void *W, int64_t n_rows, int64_t n_cols, const 
     const int route = ggml_route(wtype, n_rows, n_tok);
 #if defined(__x86_64__) && defined(__GNUC__)
     if (route == 1 && n_tok == 1) { /* the repacked gemv, eight rows per pass */
-        gemv_rows(CV_PICK(gemv8_q4_K), (const char *)W, wrow, n_rows, 8, xq, nb, Y, n_threads);
+        gemv_rows(vnni_kind() == 2 ? gemvz_q4_K_avx512vnni : CV_PICK(gemv8_q4_K), (const char *)W, wrow, n_rows, 8, xq, nb, Y, n_threads);
         return 0;
     }
 #endif
