@@ -51,8 +51,13 @@ class KVCache:
         (the ggml layout returns its whole float16 arrays: the kernel is told how many rows to read)."""
         p0, n = self.n_past, k.shape[0]
         if self.layout == "ggml":  # (rounded to f16 as ggml's cpy does: round to nearest even)
-            self.k[layer][p0 : p0 + n] = k
-            self.v[layer][:, :, p0 : p0 + n] = v.transpose(1, 2, 0)
+            from engine import kernels
+
+            if kernels.available():  # F16C's conversion, V transposed on the way
+                kernels.kv_store_f16(k, v, self.k[layer], self.v[layer], p0)
+            else:
+                self.k[layer][p0 : p0 + n] = k
+                self.v[layer][:, :, p0 : p0 + n] = v.transpose(1, 2, 0)
             return self.k[layer], self.v[layer]
         if self.dtype == "f16":
             k, v = k.astype(np.float16), v.astype(np.float16)

@@ -319,3 +319,20 @@ def test_batched_attention_is_the_per_dot_loop(n_head, n_head_kv, d, dv, n_past,
     batched = K.attention_f16(q, k_big, v_big, n_kv, mask, scale, softcap, threads=threads)
     assert np.isfinite(tight).all()
     np.testing.assert_array_equal(batched.view(np.uint32), tight.view(np.uint32))
+
+
+def test_kv_store_f16_rounds_as_numpy_and_transposes_v():
+    """kernels.kv_store_f16 (F16C's round to nearest even; V transposed as llama.cpp keeps it) writes the
+    bits numpy's float16 cast does — subnormals, overflow to inf included — from strided V rows."""
+    rng = np.random.default_rng(0)
+    for n, h, d, dv, p0 in ((23, 3, 64, 64, 37), (1, 2, 16, 20, 5), (40, 1, 256, 256, 0)):
+        k = (rng.standard_normal((n, h, d)) * 10.0 ** rng.uniform(-9, 6, (n, h, d))).astype(np.float32)
+        qkv = (rng.standard_normal((n, h * dv + 7)) * 10.0 ** rng.uniform(-9, 6, (n, h * dv + 7))).astype(np.float32)
+        v = qkv[:, 7:].reshape(n, h, dv)
+        kc, vct = np.zeros((100, h, d), np.float16), np.zeros((h, dv, 100), np.float16)
+        K.kv_store_f16(k, v, kc, vct, p0)
+        with np.errstate(over="ignore"):
+            rk, rv = k.astype(np.float16), v.transpose(1, 2, 0).astype(np.float16)
+        assert np.array_equal(kc[p0 : p0 + n].view(np.uint16), rk.view(np.uint16))
+        assert np.array_equal(vct[:, :, p0 : p0 + n].view(np.uint16), rv.view(np.uint16))
+        assert not kc[:p0].any() and not kc[p0 + n :].any() and not vct[:, :, :p0].any() and not vct[:, :, p0 + n :].any()

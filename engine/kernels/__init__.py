@@ -227,6 +227,18 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool, scale: flo
     return y
 
 
+def kv_store_f16(k: np.ndarray, v: np.ndarray, kc: np.ndarray, vct: np.ndarray, p0: int) -> None:
+    """k (n, n_head_kv, d) and v (n, n_head_kv, dv) float32 rounded to F16 (nearest even) into a ggml-layout
+    cache: kc (n_ctx, n_head_kv, d) rows p0.., vct (n_head_kv, dv, n_ctx) columns p0.. (engine/kv_cache.py)."""
+    k, ldk = _token_rows(k)
+    v, ldv = _token_rows(v)
+    n, n_head_kv, d = k.shape
+    assert kc.dtype == vct.dtype == np.float16 and kc.flags.c_contiguous and vct.flags.c_contiguous and v.shape[:2] == (n, n_head_kv)
+    if lib.cv_kv_store_f16(_ptr(k, "float *"), ldk, _ptr(v, "float *"), ldv, n, n_head_kv, d, v.shape[2], _ptr(kc, "uint16_t *"),
+                           _ptr(vct, "uint16_t *"), kc.shape[0], int(p0)):  # fmt: skip
+        raise ValueError(f"kv store: {n} rows at {p0} do not fit a cache of {kc.shape[0]}")
+
+
 def geglu(gu: np.ndarray, n_ff: int, threads: int = 1) -> np.ndarray:
     """gu (n, 2·n_ff) = [gate | up] → gelu(gate) · up as ggml_vec_geglu_f32 computes it (fp16 table)."""
     gu = np.ascontiguousarray(gu, dtype=np.float32)

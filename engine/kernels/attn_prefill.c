@@ -27,12 +27,11 @@ AVX512_FN static inline __m512 hsum16x16(const __m512 *v) {
     return _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xDD));
 }
 
-/* lane order of hsum16x16 → the index of the accumulator summed there */
-static const int hsum16x16_src[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
 
-/* out[i][k] = Σ_x a[i][x]·cvtph(b_k[x]) for four f32 rows a (stride lda) and four f16 rows b_k, x < n
- * (n % 16 == 0): sixteen chains, each one accumulator from +0 */
-AVX512_FN static inline void dot4x4_f16(const float *a, int64_t lda, const uint16_t *const b[4], int64_t n, float out[4][4]) {
+/* lane 4i + k = Σ_x a[i][x]·cvtph(b_k[x]) for four f32 rows a (stride lda) and four f16 rows b_k, x < n
+ * (n % 16 == 0): sixteen chains, each one accumulator from +0 (accumulator i + 4k: hsum16x16 puts its
+ * sum in lane 4i + k) */
+AVX512_FN static inline __m512 dot4x4_f16(const float *a, int64_t lda, const uint16_t *const b[4], int64_t n) {
     __m512 acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t x = 0; x < n; x += 16) {
@@ -40,17 +39,14 @@ AVX512_FN static inline void dot4x4_f16(const float *a, int64_t lda, const uint1
         for (int k = 0; k < 4; k++) bv[k] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b[k] + x)));
         for (int i = 0; i < 4; i++) {
             const __m512 av = _mm512_loadu_ps(a + i * lda + x);
-            for (int k = 0; k < 4; k++) acc[4 * i + k] = _mm512_fmadd_ps(av, bv[k], acc[4 * i + k]);
+            for (int k = 0; k < 4; k++) acc[i + 4 * k] = _mm512_fmadd_ps(av, bv[k], acc[i + 4 * k]);
         }
     }
-    float r[16];
-    _mm512_storeu_ps(r, hsum16x16(acc));
-    for (int l = 0; l < 16; l++) out[hsum16x16_src[l] / 4][hsum16x16_src[l] % 4] = r[l];
+    return hsum16x16(acc);
 }
 
 /* the same over [x0, x1) with four f32 rows a (probabilities, stride lda) and four f16 V rows b_k */
-AVX512_FN static inline void dot4x4_f16_range(const float *a, int64_t lda, const uint16_t *const b[4], int64_t x0, int64_t x1,
-                                              float out[4][4]) {
+AVX512_FN static inline __m512 dot4x4_f16_range(const float *a, int64_t lda, const uint16_t *const b[4], int64_t x0, int64_t x1) {
     __m512 acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t x = x0; x < x1; x += 16) {
@@ -58,12 +54,10 @@ AVX512_FN static inline void dot4x4_f16_range(const float *a, int64_t lda, const
         for (int k = 0; k < 4; k++) bv[k] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b[k] + x)));
         for (int i = 0; i < 4; i++) {
             const __m512 av = _mm512_loadu_ps(a + i * lda + x);
-            for (int k = 0; k < 4; k++) acc[4 * i + k] = _mm512_fmadd_ps(av, bv[k], acc[4 * i + k]);
+            for (int k = 0; k < 4; k++) acc[i + 4 * k] = _mm512_fmadd_ps(av, bv[k], acc[i + 4 * k]);
         }
     }
-    float r[16];
-    _mm512_storeu_ps(r, hsum16x16(acc));
-    for (int l = 0; l < 16; l++) out[hsum16x16_src[l] / 4][hsum16x16_src[l] % 4] = r[l];
+    return hsum16x16(acc);
 }
 
 /* x rounded to F16 (nearest even, as f2h) and back: n % 16 == 0 */
@@ -88,7 +82,7 @@ AVX512_FN static void softmax16_row(float *w, int64_t n) {
 
 /* cv_attention_f16 with lanes 16, n_q ≥ 2, d and dv multiples of 16 and the V·p steps inside the cache
  * (n_up ≤ n_ctx): the same outputs. Returns -1 without memory. */
-static int attn_prefill16(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t, int64_t n_ctx,
+AVX512_FN static int attn_prefill16(const float *q, int64_t n_q, int n_head, int d, const uint16_t *k16, const uint16_t *v16t, int64_t n_ctx,
                           int64_t n_kv, int n_head_kv, int dv, const float *mask, float scale, float softcap, float *out,
                           int n_threads) {
     const int rep = n_head / n_head_kv;
@@ -127,14 +121,25 @@ static int attn_prefill16(const float *q, int64_t n_q, int n_head, int d, const 
             for (int64_t j0 = JLO; j0 < JHI; j0 += 4) {
                 const uint16_t *kb[4];
                 for (int k = 0; k < 4; k++) kb[k] = k16 + ((j0 + k < n_kv ? j0 + k : n_kv - 1) * n_head_kv + hk) * d;
-                float s[4][4];
-                dot4x4_f16(qf, d, kb, d, s);
+                const __m512 sv = dot4x4_f16(qf, d, kb, d); /* lane 4i + k: row i, key j0 + k */
+                if (softcap == 0.0f && j0 + 4 <= JHI) { /* x·scale + mask, −inf where masked, four keys a row */
+                    __m512 m = _mm512_undefined_ps();
+                    for (int i = 0; i < 4; i++)
+                        m = _mm512_insertf32x4(m, _mm_loadu_ps(mask + (t0 + (i < nt ? i : 0)) * n_kv + j0), i);
+                    const __m512 x = _mm512_add_ps(_mm512_mul_ps(sv, _mm512_set1_ps(scale)), m);
+                    const __m512 r = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(m, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ),
+                                                        _mm512_set1_ps(-INFINITY));
+                    for (int i = 0; i < 4; i++) _mm_storeu_ps(w + i * n_pad + j0, _mm512_extractf32x4_ps(r, i));
+                    continue;
+                }
+                float s[16];
+                _mm512_storeu_ps(s, sv);
                 for (int i = 0; i < 4; i++) {
                     const float *mt = mask + (t0 + (i < nt ? i : 0)) * n_kv;
                     for (int k = 0; k < 4 && j0 + k < JHI; k++) {
                         const int64_t j = j0 + k;
                         if (mt[j] == -INFINITY) continue;
-                        float x = s[i][k];
+                        float x = s[4 * i + k];
                         if (softcap > 0.0f) x = tanhf(x * inv_cap) * softcap;
                         w[i * n_pad + j] = x * scale + mt[j];
                     }
@@ -154,11 +159,11 @@ static int attn_prefill16(const float *q, int64_t n_q, int n_head, int d, const 
             for (int e0 = 0; e0 < dv; e0 += 4) {
                 const uint16_t *vb[4];
                 for (int k = 0; k < 4; k++) vb[k] = v16t + ((int64_t)hk * dv + e0 + k) * n_ctx;
-                float o[4][4];
-                if (S1 > S0) dot4x4_f16_range(pf, n_up, vb, S0, S1, o);
+                float o[16];
+                if (S1 > S0) _mm512_storeu_ps(o, dot4x4_f16_range(pf, n_up, vb, S0, S1));
                 for (int i = 0; i < nt; i++) {
                     float *ot = out + ((t0 + i) * n_head + h) * dv + e0;
-                    for (int k = 0; k < 4; k++) ot[k] = s1[i] > s0[i] ? o[i][k] : 0.0f;
+                    for (int k = 0; k < 4; k++) ot[k] = s1[i] > s0[i] ? o[4 * i + k] : 0.0f;
                 }
             }
         }

@@ -55,6 +55,8 @@ void cv_geglu(const float *gu, float *y, int64_t n_rows, int64_t n_ff, int n_thr
 int cv_ggml_lanes(void);
 int cv_set_rope_vec(int norm_pairs, int neox_pairs);
 int cv_rope_vec(int neox);
+int cv_kv_store_f16(const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t n, int n_head_kv, int d, int dv, uint16_t *kc,
+                    uint16_t *vct, int64_t n_ctx, int64_t p0);
 int cv_rms_norm_rows(const float *x, int64_t ldx, int64_t n_tok, int64_t n_sub, int64_t n, const float *w, float eps, float *y,
                      int n_threads);
 int cv_rope_rows(const float *x, int64_t ldx, float *y, int64_t ldy, int64_t n_tok, int n_heads, int head_dim, int n_rot, int neox,

@@ -130,3 +130,21 @@ int cv_rope_rows(const float *x, int64_t ldx, float *y, int64_t ldy, int64_t n_t
     }
     return 0;
 }
+
+/* a batch's keys and values into llama.cpp's F16 cache layout (ggml_cpy to F16: round to nearest even):
+ * k row t (n_head_kv × d floats at k + t·ldk) → kc row p0 + t; v row t (n_head_kv × dv at v + t·ldv) →
+ * vct[(h·dv + e)·n_ctx + p0 + t] (V transposed) */
+int cv_kv_store_f16(const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t n, int n_head_kv, int d, int dv, uint16_t *kc,
+                    uint16_t *vct, int64_t n_ctx, int64_t p0) {
+    const int64_t nk = (int64_t)n_head_kv * d, nv = (int64_t)n_head_kv * dv;
+    if (p0 < 0 || p0 + n > n_ctx || ldk < nk || ldv < nv) return -1;
+    uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)(nv > 0 ? nv : 1));
+    if (!tmp) return -1;
+    for (int64_t t = 0; t < n; t++) {
+        f2h_row(k + t * ldk, kc + (p0 + t) * nk, nk);
+        f2h_row(v + t * ldv, tmp, nv);
+        for (int64_t i = 0; i < nv; i++) vct[i * n_ctx + p0 + t] = tmp[i];
+    }
+    free(tmp);
+    return 0;
+}
