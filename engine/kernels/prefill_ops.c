@@ -138,13 +138,14 @@ int cv_kv_store_f16(const float *k, int64_t ldk, const float *v, int64_t ldv, in
                     uint16_t *vct, int64_t n_ctx, int64_t p0) {
     const int64_t nk = (int64_t)n_head_kv * d, nv = (int64_t)n_head_kv * dv;
     if (p0 < 0 || p0 + n > n_ctx || ldk < nk || ldv < nv) return -1;
-    uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)(nv > 0 ? nv : 1));
+    uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)(n * nv > 0 ? n * nv : 1));
     if (!tmp) return -1;
     for (int64_t t = 0; t < n; t++) {
         f2h_row(k + t * ldk, kc + (p0 + t) * nk, nk);
-        f2h_row(v + t * ldv, tmp, nv);
-        for (int64_t i = 0; i < nv; i++) vct[i * n_ctx + p0 + t] = tmp[i];
+        f2h_row(v + t * ldv, tmp + t * nv, nv);
     }
+    for (int64_t i = 0; i < nv; i++) /* each cache row of V written front to back */
+        for (int64_t t = 0; t < n; t++) vct[i * n_ctx + p0 + t] = tmp[t * nv + i];
     free(tmp);
     return 0;
 }

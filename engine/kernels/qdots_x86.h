@@ -769,7 +769,7 @@ CV_FN static inline void CV_SFX(rep16mm_q4_0_tile)(const uint8_t *u, const float
     int64_t tt[8];
     for (int t = 0; t < NT; t++) tt[t] = t0 + (t < nt ? t : 0), a[t] = (const blk_q8_0 *)(xq + tt[t] * arow);
     __m512 acc[8];
-    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    for (int t = 0; t < 8; t++) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const uint8_t *ub = u + (size_t)b * 512;
         __m512i l[8];
@@ -786,11 +786,7 @@ CV_FN static inline void CV_SFX(rep16mm_q4_0_tile)(const uint8_t *u, const float
         for (int t = 0; t < NT; t++)
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l[t]), _mm512_mul_ps(dwb, _mm512_set1_ps(da[tt[t] * nb + b])), acc[t]);
     }
-    for (int t = 0; t < nt; t++) {
-        float o[16];
-        _mm512_storeu_ps(o, acc[t]);
-        for (int i = 0; i < 16; i++) Y[(t0 + t) * ldy + r + i] = o[i];
-    }
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(Y + (t0 + t) * ldy + r, acc[t]);
 }
 #endif
 
@@ -810,8 +806,11 @@ CV_FN static int CV_SFX(rep8mm_q4_0)(const char *W, int64_t n_rows, int nb, cons
         for (int64_t t = 0; t < n_tok; t++)
             for (int b = 0; b < nb; b++) {
                 const blk_q8_0 *a = (const blk_q8_0 *)(xq + t * arow) + b;
-                int s = 0;
-                for (int j = 0; j < 32; j++) s += a->qs[j];
+                const __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)a->qs)); /* exact */
+                const __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+                const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+                const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+                const int s = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
                 noff[t * nb + b] = -8 * s, da[t * nb + b] = _cvtsh_ss(a->d);
             }
         uint8_t *u = malloc((size_t)nb * 512 + sizeof(float) * 16 * (size_t)nb); /* u[b][k][row][4], dw[b][row] */

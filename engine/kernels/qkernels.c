@@ -829,7 +829,38 @@ static int vec_ok(int lanes);
  * scalar d and id, and each value's nearbyintf(x·id) as vcvtps2dq under the default round-to-nearest-even */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c"))) static void quantize_q8_0_avx512(const float *x, void *vy, int64_t k) {
     blk_q8_0 *y = (blk_q8_0 *)vy;
-    for (int64_t b = 0; b < k / 32; b++) {
+    int64_t b = 0;
+    /* sixteen blocks at a time: their sixteen maxima by a transposed max tree (lane j: block j), then d,
+     * id and f2h(d) for all sixteen in vectors — the same IEEE divisions, comparison and rounding */
+    for (; b + 16 <= k / 32; b += 16) {
+        __m512 m[16];
+        for (int j = 0; j < 16; j++) { /* m[q + 4r] holds block 4q + r: the tree leaves lane 4q + r to it */
+            const float *xb = x + 32 * (b + j);
+            m[(j / 4) + 4 * (j % 4)] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb)), _mm512_abs_ps(_mm512_loadu_ps(xb + 16)));
+        }
+        __m512 s8[8], t4[4], u2[2];
+        for (int i = 0; i < 8; i++)
+            s8[i] = _mm512_max_ps(_mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0x44), _mm512_shuffle_f32x4(m[2 * i], m[2 * i + 1], 0xEE));
+        for (int i = 0; i < 4; i++)
+            t4[i] = _mm512_max_ps(_mm512_shuffle_f32x4(s8[2 * i], s8[2 * i + 1], 0x88), _mm512_shuffle_f32x4(s8[2 * i], s8[2 * i + 1], 0xDD));
+        for (int i = 0; i < 2; i++)
+            u2[i] = _mm512_max_ps(_mm512_shuffle_ps(t4[2 * i], t4[2 * i + 1], 0x44), _mm512_shuffle_ps(t4[2 * i], t4[2 * i + 1], 0xEE));
+        const __m512 amax = _mm512_max_ps(_mm512_shuffle_ps(u2[0], u2[1], 0x88), _mm512_shuffle_ps(u2[0], u2[1], 0xDD));
+        const __m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
+        const __m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(127.0f), amax);
+        uint16_t dh[16];
+        float idv[16];
+        _mm256_storeu_si256((__m256i *)dh, _mm512_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm512_storeu_ps(idv, id);
+        for (int j = 0; j < 16; j++) {
+            const float *xb = x + 32 * (b + j);
+            const __m512 vid = _mm512_set1_ps(idv[j]);
+            y[b + j].d = dh[j];
+            _mm_storeu_si128((__m128i *)y[b + j].qs, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb), vid))));
+            _mm_storeu_si128((__m128i *)(y[b + j].qs + 16), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16), vid))));
+        }
+    }
+    for (; b < k / 32; b++) {
         const __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
         const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
