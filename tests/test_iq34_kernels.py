@@ -101,11 +101,12 @@ def test_tiled_route_is_llamacpps_chain(qtype):
     np.testing.assert_array_equal(y, K.matmul_prequantized(w, qtype, xq, 11, n, threads=2))
 
 
-@pytest.mark.parametrize("rows", [16, 9], ids=["repacked", "tinyBLAS"])
+@pytest.mark.parametrize("rows", [16, 40, 9], ids=["repacked", "repacked-16k+8", "tinyBLAS"])
 def test_iq4_nl_batched_routes_are_llamacpps_chains(rows):
     """IQ4_NL matrices of 8k rows are repacked (iq4_nl_8x8_q8_0): per output, float(block sum) times
-    d_w·d_a, one FMA chain — for one activation row as for many. Other matrices with 2+ activation
-    rows go through tinyBLAS: 8 lanes (4 values each), each an FMA chain with d_w·d_a, hsum at the end."""
+    d_w·d_a, one FMA chain — for one activation row as for many (40 rows: the AVX-512 kernel's groups
+    of 16 rows, then 8 alone). Other matrices with 2+ activation rows go through tinyBLAS: 8 lanes
+    (4 values each), each an FMA chain with d_w·d_a, hsum at the end."""
     if K.lib.cv_simd() < 2:
         pytest.skip("repacking and tinyBLAS are llama.cpp's x86 AVX2 paths")
     n, n_tok = 32 * 9, 19  # 16 activation rows per unpacked block, then 3

@@ -412,6 +412,57 @@ IQ4_NL_REP8(rep8_iq4_nl_avx2, AVX2_FN, IQ4_PAIRS_AVX2)
     }
 IQ4_NL_REP8T(rep8t_iq4_nl_avxvnni, __attribute__((target("avx2,fma,f16c,avxvnni"))), _mm256_dpbusd_avx_epi32)
 IQ4_NL_REP8T(rep8t_iq4_nl_avx512vnni, __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))), _mm256_dpbusd_epi32)
+
+/* AVX-512 VNNI: sixteen rows per pass, lane i of every zmm row i's — the transposed kernel's integers
+ * and per-row chain (acc = fma(float(sum), d_w·d_a, acc), block after block), with the transpose done
+ * on the packed bytes: the 16 qs bytes of rows r, r+4, r+8, r+12 fill the four 128-bit lanes of z[r]
+ * (r = 0..3), so a 4×4 dword transpose inside each 128-bit lane (unpack 32, then 64) gives t[k],
+ * lane i = qs dword k of row i (its low nibbles are values 4k..4k+3, its high ones 16+4k..16+4k+3);
+ * one table lookup per nibble half (kvalues + 128, the unsigned bytes dpbusd takes) gives u[k] and
+ * u[k+4]. The rows' fp16 scales are gathered (byte offsets i·wrow, so 15·wrow < 2³¹). Y + t·ldy
+ * receives the 16 outputs of activation row t ≤ nt ≤ 16. */
+#define IQ4Z_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+IQ4Z_FN static void rep16z_iq4_nl(const char *W, int64_t wrow, const void *xq, int64_t arow, int nt, int nb, const int32_t *ysum, float *Y,
+                                  int64_t ldy) {
+    __m512 acc[16];
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    const __m512i kvu = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)cv_kvalues_iq4nl)), _mm512_set1_epi8((char)0x80));
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i roff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)wrow));
+    for (int b = 0; b < nb; b++) {
+        const char *p = W + (int64_t)b * 18 + 2; /* qs of row 0's block b */
+        __m512i z[4];
+        for (int r = 0; r < 4; r++) {
+            __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + r * wrow)));
+            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (r + 4) * wrow)), 1);
+            v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (r + 8) * wrow)), 2);
+            z[r] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + (r + 12) * wrow)), 3);
+        }
+        const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+        const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+        const __m512i tk[4] = {_mm512_unpacklo_epi64(a0, a2), _mm512_unpackhi_epi64(a0, a2), _mm512_unpacklo_epi64(a1, a3),
+                               _mm512_unpackhi_epi64(a1, a3)};
+        __m512i u[8];
+        for (int k = 0; k < 4; k++) {
+            u[k] = _mm512_shuffle_epi8(kvu, _mm512_and_si512(tk[k], m4));
+            u[k + 4] = _mm512_shuffle_epi8(kvu, _mm512_and_si512(_mm512_srli_epi16(tk[k], 4), m4));
+        }
+        const __m512i dh = _mm512_i32gather_epi32(roff, (const void *)(W + (int64_t)b * 18), 1);
+        const __m512 vdw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh));
+        for (int t = 0; t < nt; t++) {
+            const blk_q8_0 *a = (const blk_q8_0 *)((const char *)xq + t * arow) + b;
+            const int32_t *y4 = (const int32_t *)a->qs;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, u[k], _mm512_set1_epi32(y4[k]));
+                s1 = _mm512_dpbusd_epi32(s1, u[k + 1], _mm512_set1_epi32(y4[k + 1]));
+            }
+            const __m512i sums = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(128 * ysum[t * nb + b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(vdw, _mm512_set1_ps(_cvtsh_ss(a->d))), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(Y + t * ldy, acc[t]);
+}
 #endif
 
 /* layout() for these types; unsupported until their tables arrived */
@@ -450,14 +501,21 @@ static void iq34_matmul(int wt, const void *W, int64_t n_rows, int nb, const voi
                     ysum[t * nb + b] = sy;
                 }
         }
+        /* AVX-512 VNNI: groups of 16 rows (rep16z_iq4_nl), the last 8 of a 16k + 8 matrix alone */
+        const int64_t n16 = ysum && vnni == 2 && 15 * wrow < INT32_MAX ? n_rows / 16 * 16 : 0, n_groups = n16 / 16 + (n_rows - n16) / 8;
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
-        for (int64_t r = 0; r < n_rows; r += 8) {
-            const char *next = (const char *)W + (r + 8) * wrow;
-            for (int64_t o = 0; r + 8 < n_rows && o < 8 * wrow; o += 64) __builtin_prefetch(next + o);
+        for (int64_t g = 0; g < n_groups; g++) {
+            const int64_t r = g < n16 / 16 ? 16 * g : n16 + 8 * (g - n16 / 16), rows = r < n16 ? 16 : 8;
+            const char *next = (const char *)W + (r + rows) * wrow;
+            for (int64_t o = 0; r + rows < n_rows && o < rows * wrow; o += 64) __builtin_prefetch(next + o);
             for (int64_t t0 = 0; t0 < n_tok; t0 += 16) {
                 const int nt = n_tok - t0 < 16 ? (int)(n_tok - t0) : 16;
                 float o[128];
                 const char *wr8 = (const char *)W + r * wrow, *a = (const char *)xq + t0 * arow;
+                if (rows == 16) {
+                    rep16z_iq4_nl(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, Y + t0 * ldy + r, ldy);
+                    continue;
+                }
                 if (ysum && vnni == 2) rep8t_iq4_nl_avx512vnni(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, o);
                 else if (ysum) rep8t_iq4_nl_avxvnni(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, o);
                 else rep8_iq4_nl_avx2(wr8, wrow, a, arow, nt, nb, o);

@@ -9,6 +9,7 @@
  * time by the CPU's features (GCC target_clones); rows are split across threads with OpenMP.
  */
 #include <math.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
