@@ -234,6 +234,25 @@ def test_float_weight_matmul_rows_are_their_dots(wtype):
                     assert got[t, r] == np.float32(want), (rows, n, ntok, t, r)
 
 
+def test_f16_weight_matmul_rows_are_their_dots():
+    """F16 weights likewise: one activation row takes ggml_vec_dot_f16 (cv_dot_f16, tiny 0), batches of
+    rows % 4 == 0 tinyBLAS (tiny 1: four weight rows × up to four activation rows per pass), each
+    output that single dot of the F16-rounded activations."""
+    rng = np.random.default_rng(16)
+    lanes = K.ggml_lanes()
+    for rows, n in ((12, 640), (13, 576), (8, 100)):
+        w = (rng.standard_normal((rows, n)) * rng.uniform(0.01, 3, (rows, 1))).astype(np.float16)
+        x = rng.standard_normal((7, n)).astype(np.float32)
+        x16 = x.astype(np.float16)  # ggml_fp32_to_fp16: round to nearest even, as f2h
+        for ntok in (1, 2, 7):
+            got = K.matmul_f16(w, x[:ntok])
+            tiny = int(lanes > 0 and ntok >= 2 and rows % 4 == 0 and n % lanes == 0)
+            for t in range(ntok):
+                for r in range(rows):
+                    want = K.lib.cv_dot_f16(K._ptr(w[r], "uint16_t *"), K._ptr(np.ascontiguousarray(x16[t]), "uint16_t *"), n, lanes, tiny)
+                    assert got[t, r] == np.float32(want), (rows, n, ntok, t, r)
+
+
 def test_bf16_dot_setting_is_validated(monkeypatch):
     monkeypatch.setenv("ENGINE_GGML_BF16", "2")
     with pytest.raises(ValueError, match="ENGINE_GGML_BF16"):

@@ -1250,6 +1250,26 @@ AVX512_FN static float dot16_f16(const uint16_t *x, const uint16_t *y, int64_t n
     return (float)sumf;
 }
 
+/* dot16_f16's tinyBLAS chain (tiny = 1: one accumulator per output, FMAs over steps of 16, then hsum)
+ * for four weight rows (ldw apart) × nt ≤ 4 activation rows, the activations already rounded to F16
+ * and widened back to float (xf: the same values the chain converts); out[4·t + r]. Each weight
+ * vector is converted once for the nt activation rows. */
+AVX512_FN static void tile4_f16_16(const uint16_t *w, int64_t ldw, const float *xf, int64_t ldx, int nt, int64_t n, float *out) {
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i + 16 <= n; i += 16) {
+        __m512 xv[4];
+        for (int t = 0; t < nt; t++) xv[t] = _mm512_loadu_ps(xf + t * ldx + i);
+        for (int r = 0; r < 4; r++) {
+            const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + r * ldw + i)));
+            for (int t = 0; t < nt; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < 4; r++) out[4 * t + r] = hsum16_vec(acc[r][t]);
+}
+
 AVX2_FN static float dot8_f16(const uint16_t *x, const uint16_t *y, int64_t n, int tiny, int padded) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     const int step = tiny ? 8 : 32, nacc = tiny ? 1 : 4;
@@ -1389,6 +1409,24 @@ int cv_matmul_f16(const uint16_t *W, int64_t n_rows, int64_t n_cols, const float
     h2f_table_init();
     f2h_row(X, x16, n_tok * n_cols);
     const int tiny = lanes > 0 && n_tok >= 2 && n_rows % 4 == 0 && n_cols % lanes == 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    float *xf = tiny && lanes == 16 && vec_ok(16) ? malloc((size_t)(n_tok * n_cols) * sizeof *xf) : NULL;
+    if (xf) { /* tinyBLAS four weight rows × four activation rows at a time (tile4_f16_16) */
+        for (int64_t i = 0; i < n_tok * n_cols; i++) xf[i] = h2f_tab[x16[i]];
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+        for (int64_t r = 0; r < n_rows; r += 4)
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+                const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+                float o[16];
+                tile4_f16_16(W + r * n_cols, n_cols, xf + t0 * n_cols, n_cols, nt, n_cols, o);
+                for (int t = 0; t < nt; t++)
+                    for (int k = 0; k < 4; k++) Y[(t0 + t) * ldy + r + k] = o[4 * t + k];
+            }
+        free(xf);
+        free(x16);
+        return 0;
+    }
+#endif
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < n_rows; r++)
         for (int64_t t = 0; t < n_tok; t++) Y[t * ldy + r] = dot_f16(W + r * n_cols, x16 + t * n_cols, n_cols, lanes, tiny, 0);
