@@ -359,6 +359,44 @@ CV_FN static inline __m512i CV_SFX(q5u64)(const uint8_t *qs0, const uint8_t *qh0
                                                   MINS ? 6 : 3, MINS ? 6 : 3, MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2, \
                                                   MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2, MINS ? 4 : 2)};             \
         int64_t r = r0;                                                                                                 \
+        for (; r + 8 <= r1; r += 8) { /* eight rows: the activation block's lanes and d_a once for four pairs */      \
+            for (int64_t o = 0; r + 16 <= r1 && o < 8 * wrow; o += 64) __builtin_prefetch(W + (r + 8) * wrow + o);     \
+            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};     \
+            __m512 summs = _mm512_setzero_ps(); /* MINS: lane 2i+1 is row i's Σ m_w·s_a */                             \
+            for (int b = 0; b < nb; b++) {                                                                              \
+                const char *a = (const char *)xq + (int64_t)b * ab;                                                     \
+                const __m256i y = _mm256_loadu_si256((const __m256i *)(a + yoff));                                      \
+                const __m512i y2 = _mm512_broadcast_i64x4(y), no = _mm512_broadcast_i64x4(CV_SFX(neg_off)(y, OFF));     \
+                const BT *w[8];                                                                                         \
+                uint32_t sc[8];                                                                                         \
+                for (int i = 0; i < 8; i++) w[i] = (const BT *)(W + (r + i) * wrow) + b, memcpy(&sc[i], w[i], 4);     \
+                const uint16_t *ah = (const uint16_t *)a;                                                               \
+                __m512 d; /* MINS: d0·d_a m0·d_a d1·d_a … ; else d0·d_a … d7·d_a */                                    \
+                if (MINS) {                                                                                             \
+                    const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)sc));                         \
+                    d = _mm512_mul_ps(f, _mm512_set1_ps(_cvtsh_ss(ah[0])));                                             \
+                    summs = _mm512_add_ps(summs, _mm512_mul_ps(f, _mm512_set1_ps(_cvtsh_ss(ah[1]))));                   \
+                } else {                                                                                                \
+                    uint64_t hl = 0, hh = 0;                                                                            \
+                    for (int i = 0; i < 4; i++) hl |= (uint64_t)(sc[i] & 0xffffu) << (16 * i), hh |= (uint64_t)(sc[4 + i] & 0xffffu) << (16 * i); \
+                    d = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)hh, (long long)hl)), \
+                                                             _mm256_set1_ps(_cvtsh_ss(ah[0]))));                        \
+                }                                                                                                       \
+                for (int q = 0; q < 4; q++) {                                                                           \
+                    const int k0 = MINS ? 4 * q : 2 * q, k1 = MINS ? 4 * q + 2 : 2 * q + 1;                            \
+                    const __m512i pk = _mm512_inserti64x4(_mm512_set1_epi32(k0), _mm256_set1_epi32(k1), 1);             \
+                    const BT *w0 = w[2 * q], *w1 = w[2 * q + 1];                                                        \
+                    const __m512i u = UNPACK2;                                                                          \
+                    acc[q] = _mm512_fmadd_ps(_mm512_permutexvar_ps(pk, d), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(no, u, y2)), acc[q]); \
+                }                                                                                                       \
+            }                                                                                                           \
+            float sm[16];                                                                                               \
+            _mm512_storeu_ps(sm, summs);                                                                                \
+            for (int q = 0; q < 4; q++) {                                                                               \
+                const float h0 = hsum8(_mm512_castps512_ps256(acc[q])), h1 = hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[q]), 1))); \
+                Y[r + 2 * q] = MINS ? h0 + sm[4 * q + 1] : h0, Y[r + 2 * q + 1] = MINS ? h1 + sm[4 * q + 3] : h1;        \
+            }                                                                                                           \
+        }                                                                                                               \
         for (; r + 4 <= r1; r += 4) {                                                                                   \
             CV_GEMV4_PREFETCH(W, wrow, r, r1);                                                                          \
             __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};                                                 \
