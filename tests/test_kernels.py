@@ -261,10 +261,10 @@ def test_bf16_dot_setting_is_validated(monkeypatch):
     assert K.ggml_bf16_dot() is False
 
 
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K], ids=lambda t: t.name)
 def test_vnni_and_plain_avx2_kernels_agree_bit_for_bit(qtype):
-    """The VNNI copies (one dpbusd per 32 products; Q4_K's repacked gemv with AVX-512 in zmm, 64 rows
-    here) and the maddubs+madd ones form the same integers."""
+    """The VNNI copies (one dpbusd per 32 products; Q4_K's repacked gemv and Q6_K's gemv with AVX-512
+    in zmm, 64 rows here) and the maddubs+madd ones form the same integers."""
     w = _weights(qtype, 64, 512, seed=7)
     x = np.random.default_rng(4).standard_normal((9, 512)).astype(np.float32)
     try:

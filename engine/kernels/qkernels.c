@@ -657,6 +657,62 @@ int cv_set_simd(int level) {
 typedef void (*gemv_fn)(const char *, int64_t, int64_t, int64_t, const void *, int, float *);
 #if defined(__x86_64__) && defined(__GNUC__)
 CV_GEMV(AVX2_FN, gemv_q6_K_avx2, dot_q6_K_avx2)
+
+/* Q6_K decode with AVX-512: dot_q6_K_avx2's operations on two rows at once, row A in the low and row B in
+ * the high 256 bits of each zmm (q6_K_half's unpack, maddubs against the activation's 32-byte vectors
+ * broadcast to both halves, madd with each 16 values' scale — a vpermw of the two rows' sixteen int16
+ * scales —, minus 32·Σ scale·bsums), so every int32 lane is that row's lane of dot_q6_K_avx2 and each
+ * float chain its own; four rows a pass, the rows left over through dot_q6_K_avx2 */
+#define AVX512BW_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq")))
+AVX512BW_FN static inline __m512i ld2x256(const void *pa, const void *pb) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)pa)), _mm256_loadu_si256((const __m256i *)pb), 1);
+}
+AVX512BW_FN static void gemvz_q6_K(const char *W, int64_t wrow, int64_t r0, int64_t r1, const void *xq, int nb, float *Y) {
+    const blk_q8_K *a = xq;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
+    __m512i spread[8]; /* 128-bit lanes: scale 2k, 2k+1 of row A, then of row B (int16 words 0..15: A, 16..31: B) */
+    for (int k = 0; k < 8; k++) {
+        int16_t ix[32];
+        for (int l = 0; l < 32; l++) ix[l] = (int16_t)(16 * (l / 16) + 2 * k + (l / 8) % 2);
+        spread[k] = _mm512_loadu_si512((const void *)ix);
+    }
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        for (int64_t o = 0; r + 8 <= r1 && o < 4 * wrow; o += 64) __builtin_prefetch(W + (r + 4) * wrow + o);
+        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int b = 0; b < nb; b++) {
+            const __m512i bs = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)a[b].bsums));
+            __m512i y[8];
+            for (int k = 0; k < 8; k++) y[k] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a[b].qs + 32 * k)));
+            for (int p = 0; p < 2; p++) {
+                const blk_q6_K *wa = (const blk_q6_K *)(W + (r + 2 * p) * wrow) + b, *wb = (const blk_q6_K *)(W + (r + 2 * p + 1) * wrow) + b;
+                const __m512i sc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wa->scales))),
+                                                      _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wb->scales)), 1);
+                __m512i sumi = _mm512_setzero_si512();
+                for (int h = 0; h < 2; h++) {
+                    const __m512i qa = ld2x256(wa->ql + 64 * h, wb->ql + 64 * h), qb = ld2x256(wa->ql + 64 * h + 32, wb->ql + 64 * h + 32);
+                    const __m512i qh = ld2x256(wa->qh + 32 * h, wb->qh + 32 * h);
+                    __m512i v[4];
+                    v[0] = _mm512_or_si512(_mm512_and_si512(qa, m4), _mm512_slli_epi16(_mm512_and_si512(qh, m2), 4));
+                    v[1] = _mm512_or_si512(_mm512_and_si512(qb, m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 2), m2), 4));
+                    v[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qa, 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), m2), 4));
+                    v[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qb, 4), m4), _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 6), m2), 4));
+                    for (int k = 0; k < 4; k++)
+                        sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(v[k], y[4 * h + k]), _mm512_permutexvar_epi16(spread[4 * h + k], sc)));
+                }
+                sumi = _mm512_sub_epi32(sumi, _mm512_slli_epi32(_mm512_madd_epi16(bs, sc), 5));
+                const __m512 d = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(_cvtsh_ss(wa->d) * a[b].d)),
+                                                    _mm256_set1_ps(_cvtsh_ss(wb->d) * a[b].d), 1);
+                acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc[p]);
+            }
+        }
+        for (int p = 0; p < 2; p++) {
+            Y[r + 2 * p] = hsum8(_mm512_castps512_ps256(acc[p]));
+            Y[r + 2 * p + 1] = hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[p]), 1)));
+        }
+    }
+    for (; r < r1; r++) Y[r] = dot_q6_K_avx2(W + r * wrow, xq, nb);
+}
 #endif
 /* How the llama.cpp being matched adds the odd last block of ggml_vec_dot_iq4_nl_q8_0 and
  * ggml_vec_dot_mxfp4_q8_0 (after the block pairs' two 8-lane accumulators): `sumf += d·Σ` is the
@@ -746,7 +802,7 @@ static gemv_fn gemv_for(int wtype) {
         if (wtype == T_Q5_0) return CV_PICK(gemv4_q5_0);
         if (wtype == T_Q4_0) return CV_PICK(gemv4_q4_0);
         if (wtype == T_Q5_1) return CV_PICK(gemv4_q5_1);
-        if (wtype == T_Q6_K) return gemv_q6_K_avx2;
+        if (wtype == T_Q6_K) return vnni_kind() == 2 ? gemvz_q6_K : gemv_q6_K_avx2;
         if (iq2_type(wtype)) return iq2_gemv_for(wtype);
     }
 #endif
