@@ -340,6 +340,32 @@ def test_batched_attention_is_the_per_dot_loop(n_head, n_head_kv, d, dv, n_past,
     np.testing.assert_array_equal(batched.view(np.uint32), tight.view(np.uint32))
 
 
+@pytest.mark.skipif(K.ggml_lanes() != 16, reason="the four-row V·p loop is AVX-512's")
+@pytest.mark.parametrize("n_head, n_head_kv, d, dv, n_kv, window, softcap",
+                         [(4, 1, 256, 256, 17, 0, 0.0), (4, 1, 256, 256, 150, 40, 0.0), (8, 4, 32, 6, 70, 0, 50.0),
+                          (9, 3, 64, 20, 129, 0, 0.0)])  # fmt: skip
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_attention_is_the_per_dot_loop(n_head, n_head_kv, d, dv, n_kv, window, softcap, threads):
+    """One query row (decode): V·p four V rows at a time over whole 64-value steps (a cache with room
+    past them) gives the per-dot loop's results (a cache without: n_kv not a multiple of 64) bit for
+    bit — windows that skip leading steps, several steps, a dv with a remainder, GQA, softcap."""
+    from engine.attention import attention_mask
+
+    rng = np.random.default_rng(n_head * 100 + dv)
+    assert n_kv % 64
+    k16 = (rng.standard_normal((n_kv, n_head_kv, d)) * 0.5).astype(np.float16)
+    v16t = rng.standard_normal((n_head_kv, dv, n_kv)).astype(np.float16)
+    q = (rng.standard_normal((1, n_head, d)) * 0.3).astype(np.float32)
+    mask = attention_mask(np.arange(n_kv - 1, n_kv), n_kv, window)
+    k_big = np.zeros((256, n_head_kv, d), dtype=np.float16)
+    v_big = np.zeros((n_head_kv, dv, 256), dtype=np.float16)
+    k_big[:n_kv], v_big[:, :, :n_kv] = k16, v16t
+    tight = K.attention_f16(q, k16, v16t, n_kv, mask, 0.125, softcap, threads=threads)
+    roomy = K.attention_f16(q, k_big, v_big, n_kv, mask, 0.125, softcap, threads=threads)
+    assert np.isfinite(tight).all()
+    np.testing.assert_array_equal(roomy.view(np.uint32), tight.view(np.uint32))
+
+
 def test_kv_store_f16_rounds_as_numpy_and_transposes_v():
     """kernels.kv_store_f16 (F16C's round to nearest even; V transposed as llama.cpp keeps it) writes the
     bits numpy's float16 cast does — subnormals, overflow to inf included — from strided V rows."""

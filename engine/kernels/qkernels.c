@@ -1418,6 +1418,34 @@ static float dot_f16(const uint16_t *x, const uint16_t *y, int64_t n, int lanes,
     return tiny ? dot_f16_tiny(x, y, n, lanes) : dot_f16_vecdot(x, y, n, lanes, padded);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* One query's V·p (decode) over whole 64-value steps [s0, s1): out[e] for V rows e of v (row stride
+ * n_ctx), four rows at a time against p's steps converted once — each row dot16_f16's four accumulators,
+ * its tree and its reduce, so each out[e] is dot16_f16(v_e + s0, p + s0, s1 − s0); → rows done (a
+ * multiple of four) */
+AVX512_FN static int pv16_rows(const uint16_t *v, int64_t n_ctx, const uint16_t *p, int64_t s0, int64_t s1, int n_rows, float *out) {
+    int e = 0;
+    for (; e + 4 <= n_rows; e += 4) {
+        __m512 acc[4][4];
+        for (int k = 0; k < 4; k++)
+            for (int j = 0; j < 4; j++) acc[k][j] = _mm512_setzero_ps();
+        for (int64_t i = s0; i < s1; i += 64) {
+            __m512 pj[4];
+            for (int j = 0; j < 4; j++) pj[j] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + i + 16 * j)));
+            for (int k = 0; k < 4; k++) {
+                const uint16_t *ve = v + (int64_t)(e + k) * n_ctx + i;
+                for (int j = 0; j < 4; j++) acc[k][j] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ve + 16 * j))), pj[j], acc[k][j]);
+            }
+        }
+        for (int k = 0; k < 4; k++) {
+            const __m512 a0 = _mm512_add_ps(acc[k][0], acc[k][2]), a1 = _mm512_add_ps(acc[k][1], acc[k][3]);
+            out[e + k] = (float)(double)hsum16_vec(_mm512_add_ps(a0, a1));
+        }
+    }
+    return e;
+}
+#endif
+
 /* ggml_vec_soft_max_f32: y = exp(x − max) over whole SIMD chunks (each chunk's lanes summed in
  * float, added to a double), then libm's expf one by one for the tail; returns the sum */
 double cv_vec_soft_max(float *y, const float *x, int64_t n, float max, int lanes) {
@@ -1554,7 +1582,12 @@ int cv_attention_f16(const float *q, int64_t n_q, int n_head, int d, const uint1
                 const int64_t n = direct ? n_up : n_kv, step = lanes ? (tiny_kqv ? lanes : 4 * lanes) : 0;
                 const int64_t s0 = step ? jlo / step * step : 0, s1 = step ? ((jhi + step - 1) / step * step < n ? (jhi + step - 1) / step * step : n) : n;
                 float *ot = out + (t * n_head + h) * dv;
-                for (int e = 0; e < dv; e++) {
+                int e0 = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+                if (lanes == 16 && !tiny_kqv && direct && s1 > s0 && vec_ok(16)) /* whole steps: four V rows at a time */
+                    e0 = pv16_rows(v16t + (int64_t)hk * dv * n_ctx, n_ctx, p16, s0, s1, dv, ot);
+#endif
+                for (int e = e0; e < dv; e++) {
                     const uint16_t *ve = v16t + ((int64_t)hk * dv + e) * n_ctx;
                     ot[e] = s1 > s0 ? dot_f16(ve + s0, p16 + s0, s1 - s0, lanes, tiny_kqv, 1) : 0.0f;
                 }
