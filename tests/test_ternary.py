@@ -106,5 +106,6 @@ def test_bitnet_tiny_ternary_quants_are_bit_exact_against_llamacpp(quant):
             assert np.abs(e.prompt_logits - r.prompt_logits).max() == 0.0, pr.id
             assert e.tokens == r.tokens, pr.id
             assert np.abs(e.step_logits - r.step_logits).max() == 0.0, pr.id
+        assert eng.engine.model.w._decoder is not None  # the steps ran every layer in C (cv_layer_decode, bitnet's sub-norms)
     finally:
         ref.close()

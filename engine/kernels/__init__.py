@@ -252,7 +252,8 @@ class LayerDecoder:
     engine/models/llama.py / gemma.py / families.py for one position, in the same ggml arithmetic as
     the per-op kernels. layers: per layer, the norm weights (float32 arrays or None) and the seven matmul
     weights (q, k, v, o, gate, up, down) as (raw blocks, ggml type), and optionally q/k/v biases,
-    rope frequency factors (bq, bk, bv, rope_ff) and the matmuls' `.scale` values (q_scale … down_scale:
+    rope frequency factors (bq, bk, bv, rope_ff), bitnet's sub-norms (attn_sub_norm before o,
+    ffn_sub_norm before down) and the matmuls' `.scale` values (q_scale … down_scale:
     one float, or one per expert); per_layer: rope base and window of each layer, and
     optionally a dict of its own cfg fields (e.g. rope_dim 0 on smollm3's no-rope layers). Everything the C side points at is kept alive here."""
 
@@ -265,7 +266,8 @@ class LayerDecoder:
             c = ffi.new("cv_layer_cfg *", dict(dims, lanes=ggml_lanes(), threads=int(threads), rope_base=float(rope_base),
                                                window=int(window), **(overrides[0] if overrides else {})))  # fmt: skip
             w = ffi.new("cv_layer_w *")
-            for name in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm", "bq", "bk", "bv", "rope_ff"):
+            for name in ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm", "bq", "bk", "bv", "rope_ff",
+                         "attn_sub_norm", "ffn_sub_norm"):
                 arr = L.get(name)
                 if arr is not None:
                     arr = np.ascontiguousarray(arr, dtype=np.float32)

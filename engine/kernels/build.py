@@ -34,6 +34,7 @@ typedef struct {
     int t_gate_inp;
     int64_t exp_stride[3];
     const float *s[7];
+    const float *attn_sub_norm, *ffn_sub_norm;
 } cv_layer_w;
 int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64_t pos, uint16_t *k16, uint16_t *v16t,
                     int64_t n_ctx);

@@ -1728,6 +1728,8 @@ typedef struct {
     int t_gate_inp;
     int64_t exp_stride[3];     /* bytes from one expert's gate / up / down matrix to the next */
     const float *s[7];         /* `.scale` of q … down (or NULL): y = (W·x) · s[0], experts' y · s[e] */
+    const float *attn_sub_norm, *ffn_sub_norm; /* bitnet: RMS norms of the attention output before o and of the
+                                                  FFN activation before down (or NULL) */
 } cv_layer_w;
 
 static void rms_norm_row(const float *x, const float *w, float *y, int64_t n, float eps) {
@@ -1856,6 +1858,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
                                 c->softcap, c->lanes, a, c->threads) != 0;
     }
     if (!err) {
+        if (lw->attn_sub_norm) rms_norm_row(a, lw->attn_sub_norm, a, na, c->rms_eps);
         err |= mm1(lw->t[3], lw->w[3], E, na, a, o, xq, c->threads, 1, c->lanes);
         scale_row(o, E, lw->s[3]);
         if (c->post_norms) rms_norm_row(o, lw->attn_post_norm, o, E, c->rms_eps);
@@ -1874,6 +1877,7 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
             scale_row(gu, F, lw->s[4]), scale_row(gu + F, F, lw->s[5]);
             if (c->gelu) cv_geglu(gu, f, 1, F, 1);
             else cv_swiglu(gu, f, 1, F, c->lanes, 1);
+            if (lw->ffn_sub_norm) rms_norm_row(f, lw->ffn_sub_norm, f, F, c->rms_eps);
             err |= mm1(lw->t[6], lw->w[6], E, F, f, o, xq, c->threads, 1, c->lanes);
             scale_row(o, E, lw->s[6]);
         }

@@ -33,6 +33,9 @@ from engine.quants import I2_S
 from engine.weights import FloatWeights, NativeWeights, make_weights
 
 
+MATMULS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
 class BitnetModel:
     def __init__(self, g: GGUFFile, cfg: ModelConfig, mode: str = "float", threads: int = 1):
         self.g, self.cfg = g, cfg
@@ -41,6 +44,8 @@ class BitnetModel:
         # bitnet.cpp's arithmetic in faithful mode: decided by the file (it holds I2_S tensors)
         self.fork = mode == "faithful" and any(t.type == I2_S for t in g.tensors.values())
         self._i2s: dict[str, np.ndarray] = {}
+        if not self.fork:  # llama.cpp's bitnet graph multiplies every matmul by its `.scale` (FloatWeights.use_scales)
+            self.w.use_scales([n for il in range(cfg.n_layer) for k, n in self._names(il).items() if k in MATMULS])
 
     def _scale(self, weight_name: str) -> np.float32:
         name = weight_name.replace(".weight", ".scale")
@@ -71,9 +76,22 @@ class BitnetModel:
             t = self.g.tensor(name)
             y = kb.i2s_matmul(self.g.raw(name), t.ne[1], t.ne[0], xq if xq is not None else kb.i2s_quantize_acts(x), self.w.threads)
         else:
-            y = self.w.matmul(x, (name,))
+            return self.w.matmul(x, (name,))  # · its `.scale` (use_scales)
         s = self._scale(name)
         return y if s == 1 else y * s
+
+    def _decoder_spec(self):
+        """(dims, layers, per_layer) of the C decode path (kernels.LayerDecoder; faithful mode, llama.cpp's
+        `bitnet` graph): the llama layer with the attention output's and the FFN activation's sub-norms."""
+        c = self.cfg
+        dims = dict(n_embd=c.n_embd, n_head=c.n_head, n_head_kv=c.n_head_kv, head_dim=c.head_dim, head_dim_v=c.head_dim_v,
+                    n_ff=c.n_ff, rope_dim=c.rope_dim, neox=int(c.rope_neox), gelu=0, post_norms=0, qk_norm=0, rms_eps=c.rms_eps,
+                    attn_scale=1.0, kq_scale=c.attn_scale, softcap=0.0)  # fmt: skip
+        names = [self._names(il) for il in range(c.n_layer)]
+        layers = [dict(attn_norm=w["attn_norm"], ffn_norm=w["ffn_norm"], attn_sub_norm=w["attn_sub_norm"], ffn_sub_norm=w["ffn_sub_norm"],
+                       q=w["attn_q"], k=w["attn_k"], v=w["attn_v"], o=w["attn_output"], gate=w["ffn_gate"], up=w["ffn_up"],
+                       down=w["ffn_down"]) for w in names]  # fmt: skip
+        return dims, layers, [(c.rope_base, 0)] * c.n_layer
 
     def _acts(self, x: np.ndarray):
         """x quantized once as the fork's I2_S matmuls quantize it (None outside the fork's mode)."""
@@ -105,11 +123,16 @@ class BitnetModel:
         c = self.cfg
         n = len(ids)
         cache.check_room(n)
-        pos = np.arange(cache.n_past, cache.n_past + n)
-        cos, sin = rope_cache(pos, c.rope_dim, c.rope_base)
-        mask = attention_mask(pos, cache.n_past + n, prefix_end=prefix_end)
         x = self.w.embedding_rows("token_embd.weight", ids)  # (n, n_embd)
-        for il in range(c.n_layer):
+        # one decode step of llama.cpp's `bitnet` graph: every layer in C (the loop below, op for op)
+        dec = None if self.fork or self.relu_sqr else self.w.decoder(cache, n, tap, prefix_end, self._decoder_spec)
+        if dec is not None:
+            x = dec(x[0], cache)[None]
+        else:
+            pos = np.arange(cache.n_past, cache.n_past + n)
+            cos, sin = rope_cache(pos, c.rope_dim, c.rope_base)
+            mask = attention_mask(pos, cache.n_past + n, prefix_end=prefix_end)
+        for il in range(c.n_layer if dec is None else 0):
             w = self._names(il)
             h = rms_norm(x, self.w[w["attn_norm"]], c.rms_eps)
             if tap:
