@@ -423,13 +423,15 @@ IQ4_NL_REP8T(rep8t_iq4_nl_avx512vnni, __attribute__((target("avx2,fma,f16c,avx51
  * receives the 16 outputs of activation row t ≤ nt ≤ 16. */
 #define IQ4Z_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 IQ4Z_FN static void rep16z_iq4_nl(const char *W, int64_t wrow, const void *xq, int64_t arow, int nt, int nb, const int32_t *ysum, float *Y,
-                                  int64_t ldy) {
+                                  int64_t ldy, const char *pf, int64_t pf_bytes) {
+    const int64_t pf_step = (pf_bytes / nb + 63) / 64 * 64; /* the next group's bytes, prefetched a slice per block */
     __m512 acc[16];
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     const __m512i kvu = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)cv_kvalues_iq4nl)), _mm512_set1_epi8((char)0x80));
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i roff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)wrow));
     for (int b = 0; b < nb; b++) {
+        for (int64_t o = b * pf_step; pf && o < (b + 1) * pf_step && o < pf_bytes; o += 64) __builtin_prefetch(pf + o);
         const char *p = W + (int64_t)b * 18 + 2; /* qs of row 0's block b */
         __m512i z[4];
         for (int r = 0; r < 4; r++) {
@@ -507,13 +509,15 @@ static void iq34_matmul(int wt, const void *W, int64_t n_rows, int nb, const voi
         for (int64_t g = 0; g < n_groups; g++) {
             const int64_t r = g < n16 / 16 ? 16 * g : n16 + 8 * (g - n16 / 16), rows = r < n16 ? 16 : 8;
             const char *next = (const char *)W + (r + rows) * wrow;
-            for (int64_t o = 0; r + rows < n_rows && o < rows * wrow; o += 64) __builtin_prefetch(next + o);
+            const int64_t next_bytes = r + rows < n_rows ? (n_rows - r - rows < 16 ? n_rows - r - rows : 16) * wrow : 0;
+            if (rows != 16) /* the 16-row kernel prefetches the next group itself, a slice per block */
+                for (int64_t o = 0; o < next_bytes; o += 64) __builtin_prefetch(next + o);
             for (int64_t t0 = 0; t0 < n_tok; t0 += 16) {
                 const int nt = n_tok - t0 < 16 ? (int)(n_tok - t0) : 16;
                 float o[128];
                 const char *wr8 = (const char *)W + r * wrow, *a = (const char *)xq + t0 * arow;
                 if (rows == 16) {
-                    rep16z_iq4_nl(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, Y + t0 * ldy + r, ldy);
+                    rep16z_iq4_nl(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, Y + t0 * ldy + r, ldy, t0 ? NULL : next, next_bytes);
                     continue;
                 }
                 if (ysum && vnni == 2) rep8t_iq4_nl_avx512vnni(wr8, wrow, a, arow, nt, nb, ysum + t0 * nb, o);
