@@ -703,24 +703,24 @@ CV_FN static int CV_SFX(u8mm)(int wtype, const char *W, int64_t n_rows, int nb, 
     if (!da || (!p.mins && !nob)) return free(da), free(nob), -1;
     float *sa = da + n_tok * nb;
     int err = 0;
+    /* activation scales (and −off·Σy lanes) on the calling thread; rows in chunks on demand (as rep8mm_q4_0) */
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int b = 0; b < nb; b++) {
+            const uint16_t *ab = (const uint16_t *)(xq + t * p.arow + b * p.ab);
+            da[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[0]);
+            if (!p.mins)
+                _mm256_store_si256(nob + (int64_t)b * n_tok + t, CV_SFX(neg_off)(_mm256_loadu_si256((const __m256i *)(ab + 1)), p.off));
+            if (p.mins) sa[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[1]);
+        }
 #pragma omp parallel num_threads(n_threads)
     {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < n_tok; t++)
-            for (int b = 0; b < nb; b++) {
-                const uint16_t *ab = (const uint16_t *)(xq + t * p.arow + b * p.ab);
-                da[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[0]);
-                if (!p.mins)
-                    _mm256_store_si256(nob + (int64_t)b * n_tok + t, CV_SFX(neg_off)(_mm256_loadu_si256((const __m256i *)(ab + 1)), p.off));
-                if (p.mins) sa[(int64_t)b * n_tok + t] = _cvtsh_ss(ab[1]);
-            }
         uint8_t *u = malloc((size_t)nb * 4 * 32 + sizeof(float) * (size_t)nb * 8);
         if (!u) {
 #pragma omp atomic write
             err = 1;
         }
         float *dw = (float *)(u + (size_t)nb * 4 * 32), *mw = dw + 4 * nb;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
         for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
             if (!u) continue;
             const int nr = n_rows - r0 < 4 ? (int)(n_rows - r0) : 4;
@@ -837,27 +837,30 @@ CV_FN static int CV_SFX(rep8mm_q4_0)(const char *W, int64_t n_rows, int nb, cons
     const int64_t wrow = (int64_t)nb * 18, arow = (int64_t)nb * 34;
     int32_t *noff = malloc(sizeof(int32_t) * (size_t)(n_tok * nb));
     float *da = malloc(sizeof(float) * (size_t)(n_tok * nb));
-    int err = !noff || !da;
-#pragma omp parallel num_threads(n_threads) if (!err)
+    if (!noff || !da) return free(noff), free(da), -1;
+    int err = 0;
+    /* −8·Σy and d_a per (token, block) on the calling thread (a few µs), so the team has no barrier
+     * before the rows; they go out in 16-row chunks on demand (a thread the OS delays leaves its share to
+     * the other instead of holding the join) — each output is one thread's either way */
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int b = 0; b < nb; b++) {
+            const blk_q8_0 *a = (const blk_q8_0 *)(xq + t * arow) + b;
+            const __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)a->qs)); /* exact */
+            const __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+            const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+            const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+            const int s = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+            noff[t * nb + b] = -8 * s, da[t * nb + b] = _cvtsh_ss(a->d);
+        }
+#pragma omp parallel num_threads(n_threads)
     {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < n_tok; t++)
-            for (int b = 0; b < nb; b++) {
-                const blk_q8_0 *a = (const blk_q8_0 *)(xq + t * arow) + b;
-                const __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)a->qs)); /* exact */
-                const __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
-                const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
-                const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-                const int s = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
-                noff[t * nb + b] = -8 * s, da[t * nb + b] = _cvtsh_ss(a->d);
-            }
         uint8_t *u = malloc((size_t)nb * 512 + sizeof(float) * 16 * (size_t)nb); /* u[b][k][row][4], dw[b][row] */
         float *dw = (float *)(u + (size_t)nb * 512);
         if (!u) {
 #pragma omp atomic write
             err = 1;
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 2)
         for (int64_t r = 0; r < n_rows; r += 8) {
             if (!u) continue;
 #ifdef CV_MASK_BYTES
