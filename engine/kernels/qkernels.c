@@ -1849,9 +1849,13 @@ int cv_layer_decode(const cv_layer_cfg *c, const cv_layer_w *lw, float *x, int64
         rope_row(k, c->n_head_kv, c->head_dim, c->rope_dim, c->neox, cs, sn);
         if (c->attn_scale != 1.0f)
             for (int64_t i = 0; i < nq; i++) q[i] = q[i] * c->attn_scale;
-        for (int64_t i = 0; i < nk; i++) k16[pos * nk + i] = f2h(k[i]);
-        for (int hh = 0; hh < c->n_head_kv; hh++)
-            for (int e = 0; e < c->head_dim_v; e++) v16t[((int64_t)hh * c->head_dim_v + e) * n_ctx + pos] = f2h(v[(int64_t)hh * c->head_dim_v + e]);
+        f2h_row(k, k16 + pos * nk, nk); /* F16C where the CPU has it: f2h's values */
+        for (int64_t i0 = 0; i0 < nv; i0 += 64) { /* V's row pos, transposed: (head, e) → v16t[head][e][pos] */
+            uint16_t t16[64];
+            const int64_t m = nv - i0 < 64 ? nv - i0 : 64;
+            f2h_row(v + i0, t16, m);
+            for (int64_t i = 0; i < m; i++) v16t[(i0 + i) * n_ctx + pos] = t16[i];
+        }
         const int64_t lo = c->window > 0 ? pos - (c->window - 1 < pos ? c->window - 1 : pos) : 0;
         for (int64_t j = 0; j < n_kv; j++) mask[j] = j >= lo ? 0.0f : -INFINITY;
         err |= cv_attention_f16(q, 1, c->n_head, c->head_dim, k16, v16t, n_ctx, n_kv, c->n_head_kv, c->head_dim_v, mask, c->kq_scale,
