@@ -234,7 +234,9 @@ def table(args) -> int:
         k, n = ex.get((m, c["quant"]), (None, None))
         exact = "–" if n is None else "unquantizable" if n == 0 else "yes" if k == n else f"no ({n - k}/{n})"
         if "error" in c:
-            note = "llama.cpp refuses the type for this model" if "no tensor type fallback" in c["error"] else c["error"]
+            refused = "no tensor type fallback" in c["error"]
+            note = "llama.cpp refuses the type for this model" if refused else c["error"]
+            exact = "n/a" if refused and n is None else exact
             lines.append(f"| {m} | {c['quant']} | {exact} | – | – | | {note} | {c['load_before']:.1f} |")
             continue
         lines.append(f"| {m} | {c['quant']} | {exact} | {c['decode_ratio']:.2f} | {c['prefill_ratio']:.2f} | {cpu_col} | "
