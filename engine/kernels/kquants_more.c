@@ -155,10 +155,18 @@ AVX2_FN static inline void q2_K_lanes(const blk_q2_K *w, const blk_q8_K *a, __m2
     }
 }
 
+/* q3_K_scales in a register (the same four words, minus 32 per byte), not through memory */
+AVX2_FN static inline __m128i q3_K_scales128(const uint8_t *s) {
+    uint32_t aux[3];
+    memcpy(aux, s, 12);
+    const uint32_t m1 = 0x03030303u, m2 = 0x0f0f0f0fu;
+    const __m128i v = _mm_set_epi32((int)(((aux[1] >> 4) & m2) | (((aux[2] >> 6) & m1) << 4)), (int)(((aux[0] >> 4) & m2) | (((aux[2] >> 4) & m1) << 4)),
+                                    (int)((aux[1] & m2) | (((aux[2] >> 2) & m1) << 4)), (int)((aux[0] & m2) | (((aux[2] >> 0) & m1) << 4)));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
 AVX2_FN static inline void q3_K_lanes(const blk_q3_K *w, const blk_q8_K *a, __m256i *sj) {
-    int8_t sc[16];
-    q3_K_scales(w->scales, sc);
-    const __m256i all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)), m3 = _mm256_set1_epi8(3);
+    const __m256i all = _mm256_cvtepi8_epi16(q3_K_scales128(w->scales)), m3 = _mm256_set1_epi8(3);
     const __m256i hbits = _mm256_loadu_si256((const __m256i *)w->hmask);
     for (int j = 0; j < 2; j++) {
         const __m128i sc16 = j ? _mm256_extracti128_si256(all, 1) : _mm256_castsi256_si128(all);
@@ -295,9 +303,7 @@ AVX2_FN static inline void q2_K_block4(const blk_q2_K *w, const blk_q8_K *const 
 }
 
 AVX2_FN static inline void q3_K_block4(const blk_q3_K *w, const blk_q8_K *const *a, int nt, __m256i sj[4][2], __m256i *mn) {
-    int8_t scl[16];
-    q3_K_scales(w->scales, scl);
-    const __m256i all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scl)), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i all = _mm256_cvtepi8_epi16(q3_K_scales128(w->scales)), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const __m256i hbits = _mm256_loadu_si256((const __m256i *)w->hmask);
     for (int t = 0; t < nt; t++) mn[t] = _mm256_setzero_si256();
     for (int j = 0; j < 2; j++) {
@@ -386,6 +392,16 @@ static int kq_matmul(int wtype, const void *W, int64_t n_rows, int nb, const voi
     const int64_t n_gemm = route == 1 ? n_tok - n_tok % 4 : 0;
     if (n_threads < 1) n_threads = 1;
 #if defined(__x86_64__) && defined(__GNUC__)
+    if (simd && route == 0 && n_tok == 1) { /* decode's vec_dot: the one-row dot itself, row after row */
+        float (*dot)(const void *, const void *, int) = wtype == T_Q2_K ? dot_q2_K_avx2 : dot_q3_K_avx2;
+        const int64_t wrow = nb * (int64_t)(wtype == T_Q2_K ? sizeof(blk_q2_K) : sizeof(blk_q3_K));
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+        for (int64_t r = 0; r < n_rows; r++) {
+            for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch((const char *)W + (r + 4) * wrow + o);
+            Y[r] = dot((const char *)W + r * wrow, xq, nb);
+        }
+        return 0;
+    }
     if (simd) {
         (wtype == T_Q2_K ? kq_rows_q2_K_avx2 : kq_rows_q3_K_avx2)(W, n_rows, nb, xq, n_tok, Y, ldy, route, n_gemm, n_threads);
         return 0;
