@@ -384,6 +384,29 @@ KQ_ROWS4(kq_rows_q2_K_avx2, blk_q2_K, q2_K_block4, q2_K_dmin, 1)
 KQ_ROWS4(kq_rows_q3_K_avx2, blk_q3_K, q3_K_block4, q3_K_dmin, 0)
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* the repacked Q2_K gemv (route 1, one activation row): per row the integer sum and min sum of each
+ * block (q2_K_lanes' lanes, totalled) into the two chains of KQ_ROWS4's gemv branch */
+AVX2_FN static void gemv_q2_K_rep_avx2(const void *W, int64_t n_rows, int nb, const void *xq, float *Y, int n_threads) {
+    const int64_t wrow = nb * (int64_t)sizeof(blk_q2_K);
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
+    for (int64_t r = 0; r < n_rows; r++) {
+        const blk_q2_K *w = (const blk_q2_K *)((const char *)W + r * wrow);
+        const blk_q8_K *a = xq;
+        for (int64_t o = 0; o < wrow; o += 64) __builtin_prefetch((const char *)w + 4 * wrow + o);
+        float acc = 0.0f, accm = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            __m256i sj[2], mn;
+            q2_K_lanes(&w[b], &a[b], sj, &mn);
+            const float da = a[b].d;
+            acc = fmaf((float)kq_hsum_i32(_mm256_add_epi32(sj[0], sj[1])), _cvtsh_ss(w[b].d) * da, acc);
+            accm = fmaf((float)kq_hsum_i32(mn), _cvtsh_ss(w[b].dmin) * da, accm);
+        }
+        Y[r] = acc - accm;
+    }
+}
+#endif
+
 /* Y (n_tok × n_rows, stride ldy) for Q2_K / Q3_K weights, by llama.cpp's route (see the top) */
 static int kq_matmul(int wtype, const void *W, int64_t n_rows, int nb, const void *xq, int64_t n_tok, float *Y, int64_t ldy,
                      int n_threads) {
@@ -392,6 +415,12 @@ static int kq_matmul(int wtype, const void *W, int64_t n_rows, int nb, const voi
     const int64_t n_gemm = route == 1 ? n_tok - n_tok % 4 : 0;
     if (n_threads < 1) n_threads = 1;
 #if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (simd && route == 1 && n_tok == 1) { /* decode's repacked Q2_K gemv: its two chains per row, one block's lanes at a time */
+        gemv_q2_K_rep_avx2(W, n_rows, nb, xq, Y, n_threads);
+        return 0;
+    }
+#endif
     if (simd && route == 0 && n_tok == 1) { /* decode's vec_dot: the one-row dot itself, row after row */
         float (*dot)(const void *, const void *, int) = wtype == T_Q2_K ? dot_q2_K_avx2 : dot_q3_K_avx2;
         const int64_t wrow = nb * (int64_t)(wtype == T_Q2_K ? sizeof(blk_q2_K) : sizeof(blk_q3_K));
