@@ -112,51 +112,16 @@ class _InitParams(ctypes.Structure):
     _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
-def cpu_rope(x: np.ndarray, positions: np.ndarray, n_dims: int, neox: bool, freq_base: float = 10000.0) -> np.ndarray:
-    """ggml-cpu's rope of x (n_pos, n_heads, head_dim) float32 at the given positions (mode NORM,
-    or NEOX), computed by ggml_graph_compute_with_ctx on one thread: what llama.cpp's graph does."""
+def _one_op_graph(x: np.ndarray, op) -> np.ndarray:
+    """Run one ggml op on the float32 array x through the CPU backend (ggml_graph_compute_with_ctx,
+    one thread) and return its float32 result, shaped like x. op(base, ctx, a) builds the op's node
+    from `a`, x's data as a ggml F32 tensor of x's shape (ggml's dimension order is numpy's reversed)."""
     base, cpu = _lib(), _cpu_lib()
     vp, i64, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     sigs = {"ggml_init": (vp, [_InitParams]), "ggml_free": (None, [vp]), "ggml_get_data": (vp, [vp]),
-            "ggml_new_tensor_1d": (vp, [vp, ctypes.c_int, i64]), "ggml_new_tensor_3d": (vp, [vp, ctypes.c_int, i64, i64, i64]),
-            "ggml_rope_ext": (vp, [vp, vp, vp, vp] + [ctypes.c_int] * 3 + [f] * 6), "ggml_new_graph": (vp, [vp]),
-            "ggml_build_forward_expand": (None, [vp, vp])}  # fmt: skip
-    for name, (res, args) in sigs.items():
-        fn = getattr(base, name)
-        fn.restype, fn.argtypes = res, args
-    cpu.ggml_cpu_init()
-    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
-    cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n_pos, n_heads, head_dim = x.shape
-    ctx = base.ggml_init(_InitParams(64 * 1024 * 1024 + 4 * x.size * 4, None, False))
-    if not ctx:
-        raise RuntimeError("ggml_init failed")
-    try:
-        a = base.ggml_new_tensor_3d(ctx, 0, head_dim, n_heads, n_pos)  # GGML_TYPE_F32
-        p = base.ggml_new_tensor_1d(ctx, 26, n_pos)  # GGML_TYPE_I32
-        ctypes.memmove(base.ggml_get_data(a), x.ctypes.data, x.nbytes)
-        pos = np.ascontiguousarray(positions, dtype=np.int32)
-        ctypes.memmove(base.ggml_get_data(p), pos.ctypes.data, pos.nbytes)
-        r = base.ggml_rope_ext(ctx, a, p, None, n_dims, 2 if neox else 0, 0, freq_base, 1.0, 0.0, 1.0, 32.0, 1.0)
-        g = base.ggml_new_graph(ctx)
-        base.ggml_build_forward_expand(g, r)
-        if cpu.ggml_graph_compute_with_ctx(ctx, g, 1) != 0:
-            raise RuntimeError("ggml_graph_compute_with_ctx failed")
-        out = np.empty_like(x)
-        ctypes.memmove(out.ctypes.data, base.ggml_get_data(r), out.nbytes)
-        return out
-    finally:
-        base.ggml_free(ctx)
-
-
-def cpu_rms_norm(x: np.ndarray, eps: float) -> np.ndarray:
-    """ggml-cpu's rms_norm of each row of x (n_rows, n) float32 (no weight), computed by
-    ggml_graph_compute_with_ctx on one thread (ops.cpp ggml_compute_forward_rms_norm_f32)."""
-    base, cpu = _lib(), _cpu_lib()
-    vp, i64 = ctypes.c_void_p, ctypes.c_int64
-    sigs = {"ggml_init": (vp, [_InitParams]), "ggml_free": (None, [vp]), "ggml_get_data": (vp, [vp]),
-            "ggml_new_tensor_2d": (vp, [vp, ctypes.c_int, i64, i64]), "ggml_rms_norm": (vp, [vp, vp, ctypes.c_float]),
+            "ggml_new_tensor_1d": (vp, [vp, ctypes.c_int, i64]), "ggml_new_tensor_2d": (vp, [vp, ctypes.c_int, i64, i64]),
+            "ggml_new_tensor_3d": (vp, [vp, ctypes.c_int, i64, i64, i64]),
+            "ggml_rope_ext": (vp, [vp, vp, vp, vp] + [ctypes.c_int] * 3 + [f] * 6), "ggml_rms_norm": (vp, [vp, vp, f]),
             "ggml_new_graph": (vp, [vp]), "ggml_build_forward_expand": (None, [vp, vp])}  # fmt: skip
     for name, (res, args) in sigs.items():
         fn = getattr(base, name)
@@ -165,14 +130,14 @@ def cpu_rms_norm(x: np.ndarray, eps: float) -> np.ndarray:
     cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
     cpu.ggml_graph_compute_with_ctx.argtypes = [vp, vp, ctypes.c_int]
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n_rows, n = x.shape
     ctx = base.ggml_init(_InitParams(64 * 1024 * 1024 + 4 * x.size * 4, None, False))
     if not ctx:
         raise RuntimeError("ggml_init failed")
     try:
-        a = base.ggml_new_tensor_2d(ctx, 0, n, n_rows)  # GGML_TYPE_F32
+        dims = x.shape[::-1]
+        a = (base.ggml_new_tensor_2d if len(dims) == 2 else base.ggml_new_tensor_3d)(ctx, 0, *dims)  # GGML_TYPE_F32
         ctypes.memmove(base.ggml_get_data(a), x.ctypes.data, x.nbytes)
-        r = base.ggml_rms_norm(ctx, a, eps)
+        r = op(base, ctx, a)
         g = base.ggml_new_graph(ctx)
         base.ggml_build_forward_expand(g, r)
         if cpu.ggml_graph_compute_with_ctx(ctx, g, 1) != 0:
@@ -182,6 +147,25 @@ def cpu_rms_norm(x: np.ndarray, eps: float) -> np.ndarray:
         return out
     finally:
         base.ggml_free(ctx)
+
+
+def cpu_rope(x: np.ndarray, positions: np.ndarray, n_dims: int, neox: bool, freq_base: float = 10000.0) -> np.ndarray:
+    """ggml-cpu's rope of x (n_pos, n_heads, head_dim) float32 at the given positions (mode NORM,
+    or NEOX), computed by ggml_graph_compute_with_ctx on one thread: what llama.cpp's graph does."""
+    pos = np.ascontiguousarray(positions, dtype=np.int32)
+
+    def rope(base, ctx, a):
+        p = base.ggml_new_tensor_1d(ctx, 26, len(pos))  # GGML_TYPE_I32
+        ctypes.memmove(base.ggml_get_data(p), pos.ctypes.data, pos.nbytes)
+        return base.ggml_rope_ext(ctx, a, p, None, n_dims, 2 if neox else 0, 0, freq_base, 1.0, 0.0, 1.0, 32.0, 1.0)
+
+    return _one_op_graph(x, rope)
+
+
+def cpu_rms_norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """ggml-cpu's rms_norm of each row of x (n_rows, n) float32 (no weight), computed by
+    ggml_graph_compute_with_ctx on one thread (ops.cpp ggml_compute_forward_rms_norm_f32)."""
+    return _one_op_graph(x, lambda base, ctx, a: base.ggml_rms_norm(ctx, a, eps))
 
 
 def rope_fused(n_rot: int, neox: bool) -> list[bool]:
