@@ -28,24 +28,9 @@ AVX512_FN static inline __m512 hsum16x16(const __m512 *v) {
 }
 
 
-/* lane 4i + k = Σ_x a[i][x]·cvtph(b_k[x]) for four f32 rows a (stride lda) and four f16 rows b_k, x < n
- * (n % 16 == 0): sixteen chains, each one accumulator from +0 (accumulator i + 4k: hsum16x16 puts its
- * sum in lane 4i + k) */
-AVX512_FN static inline __m512 dot4x4_f16(const float *a, int64_t lda, const uint16_t *const b[4], int64_t n) {
-    __m512 acc[16];
-    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t x = 0; x < n; x += 16) {
-        __m512 bv[4];
-        for (int k = 0; k < 4; k++) bv[k] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b[k] + x)));
-        for (int i = 0; i < 4; i++) {
-            const __m512 av = _mm512_loadu_ps(a + i * lda + x);
-            for (int k = 0; k < 4; k++) acc[i + 4 * k] = _mm512_fmadd_ps(av, bv[k], acc[i + 4 * k]);
-        }
-    }
-    return hsum16x16(acc);
-}
-
-/* the same over [x0, x1) with four f32 rows a (probabilities, stride lda) and four f16 V rows b_k */
+/* lane 4i + k = Σ_x a[i][x]·cvtph(b_k[x]) over x in [x0, x1) (a multiple of 16 long) for four f32 rows a
+ * (stride lda: queries, or probabilities) and four f16 rows b_k (keys, or V rows): sixteen chains, each
+ * one accumulator from +0 (accumulator i + 4k: hsum16x16 puts its sum in lane 4i + k) */
 AVX512_FN static inline __m512 dot4x4_f16_range(const float *a, int64_t lda, const uint16_t *const b[4], int64_t x0, int64_t x1) {
     __m512 acc[16];
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
@@ -58,6 +43,11 @@ AVX512_FN static inline __m512 dot4x4_f16_range(const float *a, int64_t lda, con
         }
     }
     return hsum16x16(acc);
+}
+
+/* the same over [0, n), n % 16 == 0 */
+AVX512_FN static inline __m512 dot4x4_f16(const float *a, int64_t lda, const uint16_t *const b[4], int64_t n) {
+    return dot4x4_f16_range(a, lda, b, 0, n);
 }
 
 /* x rounded to F16 (nearest even, as f2h) and back: n % 16 == 0 */
