@@ -16,6 +16,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from conftest import needs_llamacpp
+from tiny_models import QUANTIZE_NVFP4
 from crossval import libggml
 from engine import kernels as K
 from test_kernels import _vec_dot, simd  # noqa: F401 — the simd fixture: SIMD and portable runs
@@ -119,18 +120,6 @@ def test_the_float_order_is_what_decides():
     assert (other != K.matmul(w[6:], Q.NVFP4, x)).any()
 
 
-_QUANTIZE_NVFP4 = """
-import sys, llama_cpp
-src, dst = sys.argv[1:]
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype, p.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, 1
-tt = (llama_cpp.llama_model_tensor_override * 2)()
-tt[0].pattern, tt[0].type = b".", llama_cpp.GGML_TYPE_NVFP4  # llama-quantize --tensor-type .=nvfp4
-p.tt_overrides = tt
-sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p))
-"""
-
-
 def test_faithful_tiny_nvfp4_llama_is_llamacpp_bit_for_bit(tmp_path):
     """A tiny llama made all-NVFP4 by llama.cpp's quantizer (llama-quantize has no NVFP4 file type: a
     tensor-type override over Q8_0, as crossval matrix makes NVFP4): the prompt's batch and 8 decode steps
@@ -140,7 +129,7 @@ def test_faithful_tiny_nvfp4_llama_is_llamacpp_bit_for_bit(tmp_path):
 
     f32 = write_tiny_model(tmp_path / "f32.gguf", arch="llama", n_embd=128, n_head=4, n_head_kv=1, n_ff=256)
     model = tmp_path / "nvfp4.gguf"
-    q = subprocess.run([sys.executable, "-c", _QUANTIZE_NVFP4, str(f32), str(model)], capture_output=True, text=True, timeout=300)
+    q = subprocess.run([sys.executable, "-c", QUANTIZE_NVFP4, str(f32), str(model)], capture_output=True, text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-2000:]
     assert {t.type for t in open_gguf(model).tensors.values() if len(t.ne) >= 2} == {Q.NVFP4}
     prompts = tmp_path / "p.jsonl"

@@ -23,21 +23,11 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from conftest import needs_llamacpp
+from tiny_models import QUANTIZE_NVFP4
 from crossval import receipts
 from engine import kernels as K
 
 pytestmark = [pytest.mark.skipif(not K.available(), reason=K.load_error() or ""), needs_llamacpp]
-
-_QUANTIZE_NVFP4 = """
-import sys, llama_cpp
-src, dst = sys.argv[1:]
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype, p.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, 1
-tt = (llama_cpp.llama_model_tensor_override * 2)()
-tt[0].pattern, tt[0].type = b".", llama_cpp.GGML_TYPE_NVFP4  # llama-quantize --tensor-type .=nvfp4
-p.tt_overrides = tt
-sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p))
-"""
 
 DENSE = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 EXPERTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
@@ -59,7 +49,7 @@ def _scales(n_layer: int, mats: tuple[str, ...], seed: int, n_expert: int = 0, o
 
 
 def _quantize_nvfp4(src, dst):
-    q = subprocess.run([sys.executable, "-c", _QUANTIZE_NVFP4, str(src), str(dst)], capture_output=True, text=True, timeout=300)
+    q = subprocess.run([sys.executable, "-c", QUANTIZE_NVFP4, str(src), str(dst)], capture_output=True, text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-2000:]
     return dst
 

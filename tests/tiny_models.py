@@ -109,6 +109,19 @@ def write_tiny_model(path: str | Path, arch: str = "llama", *, n_layer: int = 2,
 
 
 # The fixture set the tests run (arch, kwargs): every arch, GQA, windows shorter than the prompts.
+# llama.cpp's quantizer making every matrix NVFP4 over a Q8_0 file type, as `llama-quantize --tensor-type
+# .=nvfp4 SRC DST Q8_0` does (it names no NVFP4 file type): `python -c QUANTIZE_NVFP4 SRC DST`
+QUANTIZE_NVFP4 = """
+import sys, llama_cpp
+src, dst = sys.argv[1:]
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, 1
+tt = (llama_cpp.llama_model_tensor_override * 2)()
+tt[0].pattern, tt[0].type = b".", llama_cpp.GGML_TYPE_NVFP4  # llama-quantize --tensor-type .=nvfp4
+p.tt_overrides = tt
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p))
+"""
+
 TINY_MODELS = {
     "llama": dict(arch="llama", n_layer=2),
     "gemma": dict(arch="gemma", n_layer=2, n_head_kv=1, head_dim=32),
