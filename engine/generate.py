@@ -43,15 +43,20 @@ class Generation:
 class Engine:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 2048, kv_type: str = "f32", mode: str = "float", tap: Tap | None = None,
                  threads: int = 1, simd_target: str | None = None, gguf: GGUFFile | None = None,
-                 gemmacpp_workers: int = 2):  # fmt: skip
+                 gemmacpp_workers: int = 2, resident: bool = True):  # fmt: skip
         """simd_target: mode bf16 follows gemma.cpp built for this Highway target (e.g. AVX3_SPR;
         None: the one this CPU's features give); gemmacpp_workers: the thread-pool size of that
         gemma.cpp (its FlashAttention tiles by it on targets without a native bf16 dot). gguf:
-        `path` already opened (open_gguf), reused."""
+        `path` already opened (open_gguf), reused. resident: in faithful mode, stream the weights
+        from a huge-page copy of the tensor data where affordable (GGUFFile.make_resident) — it pays
+        back over many decode steps (≈ 10 % a token on gemma-3-270m); a caller decoding a few
+        hundred tokens on a host where huge pages are slow to come by passes False."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.path = str(path)
         self.gguf = gguf if gguf is not None else open_gguf(path)
+        if mode == "faithful" and resident:
+            self.gguf.make_resident()  # before the model takes views of its tensors
         self.config: ModelConfig = read_config(self.gguf)
         self.model = build_model(self.gguf, self.config, mode=mode, threads=threads, simd_target=simd_target,
                                  gemmacpp_workers=gemmacpp_workers)  # fmt: skip

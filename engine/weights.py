@@ -230,7 +230,6 @@ class NativeWeights(FloatWeights):
         if not kernels.available():
             raise ValueError(f"--mode faithful: {kernels.load_error()}")
         self.kernels, self.threads = kernels, threads
-        g.make_resident()  # the weights streamed from huge pages where affordable (GGUFFile.make_resident)
 
     def prepare(self, names: tuple[str, ...]) -> list:
         groups = self._groups.get(("native",) + names)

@@ -56,8 +56,10 @@ class EngineBackend(Backend):
 
             simd, workers = built_simd_target(), gemmacpp_workers(gemmacpp_threads)
         try:
+            # resident=False: a comparison decodes tens of tokens per prompt, too few to pay for the
+            # huge-page copy of the weights (Engine; `crossval bench` measures with it)
             self.engine = Engine(model_path, n_ctx=n_ctx, kv_type=kv_type, mode=mode, threads=threads, simd_target=simd, gguf=gguf,
-                                 gemmacpp_workers=workers).load()  # fmt: skip
+                                 gemmacpp_workers=workers, resident=False).load()  # fmt: skip
         except ValueError as e:  # e.g. mode bf16 for a target this CPU cannot run
             raise BackendError(str(e)) from None
         self.load_s = time.perf_counter() - t
