@@ -885,10 +885,12 @@ def build_parser() -> argparse.ArgumentParser:
 def prepare(args) -> None:
     """Before any work: resolve `--mode auto` (crossval/modes.py; args.notice says so when float is
     the fallback, printed after the command's output), then limit numpy's BLAS pool through threadpoolctl — to one thread in faithful
-    mode, where the native kernels' OpenMP threads do the work, else to --threads."""
+    mode, where the native kernels' OpenMP threads do the work, else to --threads; and numpy's large
+    arrays on ordinary pages (crossval/process.py small_pages)."""
     from crossval.modes import resolve_mode
-    from crossval.process import limit_blas
+    from crossval.process import limit_blas, small_pages
 
+    small_pages()
     args.notice = None
     if getattr(args, "mode", None) is not None:
         args.mode, args.notice = resolve_mode(args.mode, getattr(args, "engine", "engine"), getattr(args, "reference", None) or "llamacpp")

@@ -230,11 +230,14 @@ class Backend:
         return {**fields, "capabilities": self.capabilities.to_dict()}
 
 
-def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None, choose=None) -> ComparePass:
+def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None, choose=None, alloc=None) -> ComparePass:
     """compare_pass for something with reset / prefill_all / decode_step / truncate (a llama.cpp
     context, the engine): one prefill, the forced tokens decoded and rolled back, then `steps`
-    steps. choose(logits) → the token picked each step (default: argmax)."""
+    steps. choose(logits) → the token picked each step (default: argmax). alloc(name, shape) → the
+    float32 array the "forced" / "steps" rows are written into, one row as it comes (default
+    np.empty; a child passes files its parent maps)."""
     choose = choose or (lambda row: int(np.argmax(row)))
+    alloc = alloc or (lambda name, shape: np.empty(shape, dtype=np.float32))
     t = time.perf_counter()
     b.reset()
     prompt = b.prefill_all(ids)
@@ -243,16 +246,19 @@ def greedy_compare_pass(b, ids: list[int], steps: int, forced: list[int] | None,
     forced_logits = None
     if forced:
         t = time.perf_counter()
-        forced_logits = np.stack([b.decode_step(tok) for tok in forced])
+        forced_logits = alloc("forced", (len(forced), prompt.shape[-1]))
+        for i, tok in enumerate(forced):
+            forced_logits[i] = b.decode_step(tok)
         sec["forced_s"] = time.perf_counter() - t
         b.truncate(n0)
     t = time.perf_counter()
-    last, toks, logs = prompt[-1], [], []
+    last, toks = prompt[-1], []
+    logs = alloc("steps", (steps, prompt.shape[-1])) if steps else None
     for i in range(steps):
-        logs.append(last)
+        logs[i] = last
         tok = choose(last)
         toks.append(tok)
         if i + 1 < steps:
             last = b.decode_step(tok)
     sec["generate_s"] = time.perf_counter() - t
-    return ComparePass(prompt, toks, np.stack(logs) if logs else None, forced_logits, sec)
+    return ComparePass(prompt, toks, logs, forced_logits, sec)

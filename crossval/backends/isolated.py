@@ -292,12 +292,19 @@ class ChildBackend(ChildProcess):
 
     def start_compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> None:
         """Start a compare_pass in the child (greedy, or the backend's own seeded sampler chain) and
-        return at once (finish_compare_pass waits)."""
+        return at once (finish_compare_pass waits). The files its rows go to are made here, their
+        memory allocated by a thread of this process while the child computes (prepare_arrays)."""
+        self.wait_loaded()
+        shapes = {"prompt": len(ids), "steps": steps, "forced": len(forced or [])}
+        self._preparing = prepare_arrays(self._npy("pass"), {k: (n, self.n_vocab) for k, n in shapes.items() if n})
         self._send_ready("compare_pass", ids=[int(i) for i in ids], steps=steps, forced=[int(t) for t in forced or []],
                          out=self._npy("pass"), sampling=None if sampling is None else vars(sampling))  # fmt: skip
 
     def finish_compare_pass(self) -> ComparePass:
-        r = self._receive()
+        try:
+            r = self._receive()
+        finally:
+            self._preparing.join()
         arrs = map_arrays(self._npy("pass"), r["arrays"])
         return ComparePass(arrs["prompt"], r["tokens"], arrs.get("steps"), arrs.get("forced"), r["seconds"])
 
@@ -381,8 +388,54 @@ def save_arrays(prefix: str, arrays: dict[str, np.ndarray]) -> list[str]:
 
 
 def array_file(prefix: str, name: str):
-    """Child side: alloc(shape, dtype) → an array mapping <prefix>.<name>.npy, written in place."""
-    return lambda shape, dtype: np.lib.format.open_memmap(f"{prefix}.{name}.npy", mode="w+", dtype=dtype, shape=shape)
+    """Child side: alloc(shape, dtype) → an array mapping <prefix>.<name>.npy, written in place —
+    the file prepare_arrays made when its shape and dtype are these, else a new one."""
+
+    def alloc(shape, dtype):
+        path = f"{prefix}.{name}.npy"
+        try:
+            arr = np.lib.format.open_memmap(path, mode="r+")
+            if arr.shape == tuple(shape) and arr.dtype == np.dtype(dtype):
+                return arr
+            del arr
+        except (OSError, ValueError):
+            pass
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+    return alloc
+
+
+def prepare_arrays(prefix: str, shapes: dict[str, tuple[int, ...]]) -> threading.Thread:
+    """Parent side: make <prefix>.<name>.npy (float32, each shape) for the child's array_file, and
+    allocate their memory (posix_fallocate: shared memory's pages, zeroed) in a thread, started
+    and returned; join it before the files go. Why: pages a process touches first cost it the
+    allocation, and on a virtual machine whose free memory goes back to its host that is the
+    largest part of writing a long prompt's logits (641 MB for gemma-3's 611 × 262,144; measured
+    2.0–4.1 s of the child's 2.4–5.0 s copy, crossval/process.py small_pages). The child computes
+    meanwhile; this process's engine side has the time."""
+    paths = []
+    for name, shape in shapes.items():
+        path = f"{prefix}.{name}.npy"
+        m = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)  # header and size; no page touched
+        paths.append((path, m.offset, m.nbytes))
+        del m
+
+    def allocate():
+        for path, offset, nbytes in paths:
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue  # already mapped and unlinked by the parent, or never used
+            try:
+                os.posix_fallocate(fd, offset, nbytes)
+            except OSError:
+                pass  # out of shared memory: the child's writes fault the pages in (or fail) as before
+            finally:
+                os.close(fd)
+
+    t = threading.Thread(target=allocate, name="crossval-prepare-arrays", daemon=True)
+    t.start()
+    return t
 
 
 def map_arrays(prefix: str, names: list[str]) -> dict[str, np.ndarray]:
@@ -435,6 +488,9 @@ def serve(load, capture_model, free_sampler) -> int:
     The model answers tokenize, detokenize, logits, generate, capture_logits, sampler_chain,
     sample_logits, n_vocab and close, as crossval.backends.base.greedy_compare_pass expects.
     """
+    from crossval.process import small_pages
+
+    small_pages()  # the logits arrays on ordinary pages, as in the parent
     # the protocol gets a private copy of fd 1; fd 1 itself (and sys.stdout) then point at stderr,
     # so nothing the C library or Python prints can corrupt the protocol stream
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -519,8 +575,9 @@ def serve(load, capture_model, free_sampler) -> int:
                     chain = m.sampler_chain(SamplingParams(**a["sampling"]))
                     choose = lambda row, chain=chain, m=m: m.sample_logits(chain, row)  # noqa: E731
                 m.rows_out = array_file(a["out"], "prompt")  # the prompt's logits straight into the file the parent maps
-                try:
-                    cp = greedy_compare_pass(m, a["ids"], a["steps"], a["forced"] or None, choose)
+                try:  # and every other row too, as it comes
+                    cp = greedy_compare_pass(m, a["ids"], a["steps"], a["forced"] or None, choose,
+                                             lambda name, shape: array_file(a["out"], name)(shape, np.float32))  # fmt: skip
                 finally:
                     m.rows_out = None
                     if chain is not None:
