@@ -120,15 +120,16 @@ def test_run_against_gemmacpp_default_prompts(tmp_path):
     sliding-window softmaxes over stale scores (Highway targets with a native bf16 dot), a run past
     the window is failed with that quirk named, and the positions before the window are held to
     the same bounds as everywhere else (the long prompt, the one past the window, with
-    CROSSVAL_GEMMACPP_LONG)."""
-    r, summary, recs = _run(tmp_path, "--reference", "gemmacpp", "--mode", "float", "--steps", "32", *_default_prompts_file(tmp_path))
+    CROSSVAL_GEMMACPP_LONG, which also runs 32 steps a prompt instead of 8)."""
+    steps = 32 if LONG else 8
+    r, summary, recs = _run(tmp_path, "--reference", "gemmacpp", "--mode", "float", "--steps", str(steps), *_default_prompts_file(tmp_path))
     assert len(recs) == (8 if LONG else 7)
     stale = {pid for pid, rec in recs.items() if any(q["code"] == STALE for q in rec["parity"]["reference_quirks"])}
     target = next(iter(recs.values()))["backends"]["reference"]["build"]["simd_target"]
     from engine.kernels.gemmacpp import TARGETS
 
     native_dot = TARGETS.get(target, (False, 0))[0]
-    long_run = {pid for pid, rec in recs.items() if rec["prompt"]["n_tokens"] + 32 > 512}
+    long_run = {pid for pid, rec in recs.items() if rec["prompt"]["n_tokens"] + steps > 512}
     assert stale == (long_run if native_dot else set()), (target, stale)
     assert r.returncode == (1 if stale else 0), r.stderr
     for pid in stale:
