@@ -247,6 +247,8 @@ def test_bf16_mode_follows_gemmacpps_thread_count(kit):
 
 
 @needs_llamacpp
+@pytest.mark.skipif(not LONG, reason="three engines in float mode (a minute): CROSSVAL_GEMMACPP_LONG=1 (nightly); "
+                                     "test_bitnetcpp's three-way runs always")  # fmt: skip
 def test_three_way_names_the_odd_one_out(tmp_path):
     from crossval.prompts import load_set
 
