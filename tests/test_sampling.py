@@ -39,6 +39,24 @@ def test_canonical_in_unit_interval_and_uses_two_draws():
 
 
 @needs_llamacpp
+def test_token_data_cells_are_llamacpps_struct():
+    """The numpy cells handed to llama_sampler_apply have llama_token_data's size and field offsets,
+    and hold (i, logits[i], 0)."""
+    import ctypes
+
+    import llama_cpp
+
+    from crossval.backends.llamacpp import TOKEN_DATA, token_data
+
+    st = llama_cpp.llama_token_data
+    assert ctypes.sizeof(st) == TOKEN_DATA.itemsize
+    assert [getattr(st, f).offset for f in TOKEN_DATA.names] == [TOKEN_DATA.fields[f][1] for f in TOKEN_DATA.names]
+    logits = np.array([0.5, -np.inf, 3.25], dtype=np.float32)
+    cells = (st * 3).from_buffer(token_data(logits))
+    assert [(c.id, c.logit, c.p) for c in cells] == [(0, 0.5, 0.0), (1, -np.inf, 0.0), (2, 3.25, 0.0)]
+
+
+@needs_llamacpp
 @pytest.mark.parametrize("params", CONFIGS, ids=lambda p: f"t{p.temperature}-k{p.top_k}-p{p.top_p}-m{p.min_p}-s{p.seed}")
 def test_sampler_equals_llamacpp_chain(tiny_model, params):
     """Identical picks to llama.cpp's own sampler chain on the same logits, draw after draw.

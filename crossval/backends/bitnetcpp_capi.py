@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossval.backends.llamacpp import GreedyDecoding, sampler_chain, tensor_array
+from crossval.backends.llamacpp import GreedyDecoding, sampler_chain, tensor_array, token_data
 
 CDEF = """
 typedef int32_t llama_token;
@@ -303,11 +303,9 @@ class BitnetCppModel(GreedyDecoding):
         return sampler_chain(self.lib, params)
 
     def sample_logits(self, chain, logits: np.ndarray) -> int:
-        n = len(logits)
-        data = self.ffi.new("llama_token_data[]", n)
-        for i, v in enumerate(np.asarray(logits, dtype=np.float32).tolist()):
-            data[i].id, data[i].logit, data[i].p = i, v, 0.0
-        arr = self.ffi.new("llama_token_data_array *", {"data": data, "size": n, "selected": -1, "sorted": False})
+        cells = token_data(logits)
+        data = self.ffi.from_buffer("llama_token_data[]", cells)
+        arr = self.ffi.new("llama_token_data_array *", {"data": data, "size": len(cells), "selected": -1, "sorted": False})
         self.lib.llama_sampler_apply(chain, arr)
         tok = int(data[arr.selected].id)
         self.lib.llama_sampler_accept(chain, tok)

@@ -85,6 +85,19 @@ def _read_tensor(t: GGMLTensor) -> np.ndarray | None:
     return tensor_array(t.type, t.ne, t.nb, lambda span: (ctypes.c_char * span).from_address(t.data))
 
 
+# struct llama_token_data { llama_token id; float logit; float p; } (llama.h): 12 bytes, no padding
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+def token_data(logits: np.ndarray) -> np.ndarray:
+    """The candidates a sampler chain reads for a logits vector: llama_token_data[n] with
+    cell i = (i, logits[i], 0), as llama-cpp-python fills them, built in one numpy pass."""
+    cells = np.zeros(len(logits), dtype=TOKEN_DATA)
+    cells["id"] = np.arange(len(logits), dtype=np.int32)
+    cells["logit"] = logits
+    return cells
+
+
 def sampler_chain(api, params):
     """The chain llama-cpp-python builds (llama.py _init_sampler): top-k → typical → top-p →
     min-p → temperature → dist(seed), from `api`'s llama_sampler_* functions (llama.cpp's through
@@ -327,15 +340,13 @@ class LlamaCppBackend(GreedyDecoding):
     def sample_logits(self, chain, logits: np.ndarray) -> int:
         """Apply a sampler chain to a logits vector (llama_sampler_apply on a token-data array)."""
         lc = self.lc
-        n = len(logits)
-        data = (lc.llama_token_data * n)()
-        for i, v in enumerate(np.asarray(logits, dtype=np.float32).tolist()):
-            data[i].id, data[i].logit, data[i].p = i, v, 0.0
-        arr = lc.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+        cells = token_data(logits)
+        data = (lc.llama_token_data * len(cells)).from_buffer(cells)  # the numpy cells themselves, no copy
+        arr = lc.llama_token_data_array(data=data, size=len(cells), selected=-1, sorted=False)
         lc.llama_sampler_apply(chain, ctypes.byref(arr))
-        tok = data[arr.selected].id
+        tok = int(data[arr.selected].id)
         lc.llama_sampler_accept(chain, tok)
-        return int(tok)
+        return tok
 
     # --- provenance ----------------------------------------------------------------------------
     def provenance(self) -> dict:
