@@ -24,27 +24,29 @@ N_CTX = 1280
 
 
 def _run(path, kv_type: str, mode: str = "float"):
+    """Each prompt through both engines as `crossval run` takes it: one prefill with every
+    position's logits, then STEPS greedy steps from the same cache (greedy_compare_pass)."""
+    from crossval.backends.base import greedy_compare_pass
+    from crossval.backends.engine import EngineBackend
     from crossval.backends.llamacpp import LlamaCppBackend
-    from engine.generate import Engine
 
     rows = {}
-    eng = Engine(path, n_ctx=N_CTX, kv_type=kv_type, mode=mode)
-    tmpl = eng.gguf.get("tokenizer.chat_template")
+    eng = EngineBackend(path, n_ctx=N_CTX, kv_type=kv_type, mode=mode)
+    tmpl = eng.engine.gguf.get("tokenizer.chat_template")
     with LlamaCppBackend(path, n_ctx=N_CTX, threads=2, kv_type=kv_type) as ref:
         for p in PROMPTS:
             ids = ref.tokenize(render(p, tmpl), add_bos=True, parse_special=p.is_chat)
-            want = ref.logits(ids)
-            got = eng.logits(ids)
-            ref_gen, _ = ref.generate(ids, STEPS)
-            eng_gen = eng.generate(ids, STEPS).tokens
-            cos = cosine_rows(got, want)
+            want = greedy_compare_pass(ref, ids, STEPS, None)
+            got = eng.compare_pass(ids, STEPS)
+            cos = cosine_rows(got.prompt_logits, want.prompt_logits)
             rows[p.id] = dict(
                 n=len(ids),
                 cos=cos,
-                top1=float(np.mean(got.argmax(-1) == want.argmax(-1))),
-                div=first_divergence(ref_gen, eng_gen),
+                top1=float(np.mean(got.prompt_logits.argmax(-1) == want.prompt_logits.argmax(-1))),
+                div=first_divergence(want.tokens, got.tokens),
             )
             print(f"{path.name} {p.id:13s} n={len(ids):4d} min_cos={cos.min():.7f} top1={rows[p.id]['top1']:.3f} first_div={rows[p.id]['div']}")
+    eng.close()
     return rows
 
 
