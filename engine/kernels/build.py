@@ -96,22 +96,35 @@ int64_t cv_merge(const void *t, const void *tokens, int spm, const uint8_t *text
 uint64_t cv_stream_read(const uint64_t *buf, int64_t n_words, int threads);
 """ + (HERE / "gemma_kernels.h").read_text()
 
-ffibuilder = cffi.FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source(
-    "engine.kernels._qkernels",
-    (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n#include "gemma_kernels.h"\n#include "stream_bench.h"\n',
-    extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
-    # the tokenizers' merge loops (engine/tokenizer/native.py); gemma.cpp's arithmetic (engine mode bf16)
-    sources=[_rel(HERE / "tokmerge.c"), _rel(HERE / "gemma_kernels.c"), _rel(HERE / "stream_bench.c")],  # + the bench's read-bandwidth kernel
-    include_dirs=[_rel(HERE)],  # qdots_x86.h, iq_tables.h, tokmerge.h, gemma_kernels.h and the .c files qkernels.c includes
-    depends=sorted(_rel(p) for p in [*HERE.glob("*.h"), *HERE.glob("*.c")] if not p.name.startswith("_")),  # rebuild when one changes
-    extra_link_args=["-fopenmp"],
-    libraries=["m"],
-)
+
+def builder(path=_rel) -> cffi.FFI:
+    """The extension's description; path(file) names each source as the build wants it
+    (setuptools: relative to ROOT; a build by hand: absolute)."""
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        "engine.kernels._qkernels",
+        (HERE / "qkernels.c").read_text() + '\n#include "tokmerge.h"\n#include "gemma_kernels.h"\n#include "stream_bench.h"\n',
+        extra_compile_args=["-O3", "-fopenmp", "-std=c11"],
+        # the tokenizers' merge loops (engine/tokenizer/native.py); gemma.cpp's arithmetic (engine mode bf16)
+        sources=[path(HERE / "tokmerge.c"), path(HERE / "gemma_kernels.c"), path(HERE / "stream_bench.c")],  # + the bench's read-bandwidth kernel
+        include_dirs=[path(HERE)],  # qdots_x86.h, iq_tables.h, tokmerge.h, gemma_kernels.h and the .c files qkernels.c includes
+        depends=sorted(path(p) for p in [*HERE.glob("*.h"), *HERE.glob("*.c")] if not p.name.startswith("_")),  # rebuild when one changes
+        extra_link_args=["-fopenmp"],
+        libraries=["m"],
+    )
+    return ffi
+
+
+ffibuilder = builder()  # setup.py's cffi_modules
 
 if __name__ == "__main__":
-    import os
+    import shutil
+    import tempfile
 
-    os.chdir(ROOT)  # the paths above are relative to it, and the module lands in engine/kernels/
-    ffibuilder.compile(verbose=False)
+    # built in an empty folder: setuptools reads the pyproject.toml of the folder it builds in, and
+    # one older than the project's build requirement refuses its fields (a pip install gets a new one)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = Path(builder(lambda p: str(p)).compile(tmpdir=tmp, verbose=False))
+        shutil.copy2(so, HERE / so.name)
+    print(HERE / so.name)
