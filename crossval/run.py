@@ -26,7 +26,7 @@ import functools
 import json
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -120,6 +120,8 @@ def resolve(cfg: RunConfig) -> list[ModelPlan]:
     cfg.mode, _ = resolve_mode(cfg.mode, cfg.engine, cfg.reference)
     for spec in (cfg.engine, cfg.reference, *([_third(cfg)] if cfg.three_way else [])):
         backend_class(spec)  # an unknown backend name is bad input
+    if cfg.sampling is not None:
+        cfg.sampling = replace(cfg.sampling, chain=sampling_chain(cfg))
     receipts.ensure_dir(cfg.out_dir)
     plans = []
     for name in cfg.models:
@@ -140,6 +142,18 @@ def resolve(cfg: RunConfig) -> list[ModelPlan]:
         plans.append(ModelPlan(name, label, path, g, section, thr, g.get("tokenizer.chat_template"), bos, eos,
                                provenance.tokenizer_fingerprint(g, tok.vocab if tok is not None else None), tok))  # fmt: skip
     return plans
+
+
+def sampling_chain(cfg: RunConfig) -> str:
+    """The sampler chain a sampled run draws with: the one its native side declares
+    (Backend.sampling_chain: bitnet.cpp's fork draws differently from llama.cpp); the engine
+    follows it. Two sides with different chains could never draw alike: bad input."""
+    own = {spec: backend_class(spec).sampling_chain for spec in (cfg.engine, cfg.reference)}
+    chains = set(own.values()) - {None}
+    if len(chains) > 1:
+        raise InputError(f"a sampled run needs one sampler chain: {cfg.engine} draws with {own[cfg.engine]}'s, "
+                         f"{cfg.reference} with {own[cfg.reference]}'s")  # fmt: skip
+    return chains.pop() if chains else cfg.sampling.chain
 
 
 def _engine_tokenizer(g):
@@ -539,7 +553,8 @@ def receipt(cfg: RunConfig, run_id: str, plan: ModelPlan, c: Comparison, engine_
         "config": {
             "steps": cfg.steps, "threads": cfg.threads, "seed": cfg.seed,
             "sampling": {"method": "greedy", "temperature": None, "top_k": None, "top_p": None, "min_p": None,
-                         "typical_p": None, "seed": None} if cfg.sampling is None else {"method": "sampled", **cfg.sampling.to_dict()},
+                         "typical_p": None, "seed": None, "chain": None}
+            if cfg.sampling is None else {"method": "sampled", **cfg.sampling.to_dict()},
             "n_ctx": cfg.n_ctx, "mode": cfg.mode, "kv_type": cfg.kv_type, "deterministic": cfg.deterministic,
             "timeout_s": cfg.timeout, "perturbation": {"layer": cfg.perturb[0], "scale": cfg.perturb[1]} if cfg.perturb else None,
             "prefix_end": cfg.prefix_end, "three_way": cfg.three_way,

@@ -14,9 +14,34 @@ sampled run gives the same tokens as llama.cpp's (src/llama-sampler.cpp):
   std::uniform_real_distribution<double>(0, 1) draw = generate_canonical<double, 53> (two
   mt19937 outputs, r1 + r2·2³² in double, divided by 2⁶⁴); the first token whose double running
   sum reaches sum·u is chosen.
+
+`chain="bitnet.cpp"` (SamplingParams.chain) runs the same six samplers as bitnet.cpp's llama.cpp
+fork (October 2024, src/llama-sampling.cpp) has them. Its dist does not softmax: it draws from the
+`p` fields the candidates still carry, so only top-p writes what is drawn from:
+
+- top-k (llama_sampler_top_k_impl): k ≤ 0 means k = n; the k largest, sorted descending — always,
+  so the candidates stay sorted for min-p (std::partial_sort for k ≤ 128; above, 128 buckets of
+  the logits over [−10, 10] and std::sort within each: the same order but for ties).
+- typical: only p ≥ 1 (a no-op).
+- top-p (llama_sampler_top_p_apply), only for p < 1: llama_sampler_softmax_impl writes
+  p_i = expf(l_i − l_0) / Σ_f expf(l_j − l_0) (float running sum, float division) into every
+  candidate, then cuts as above. For p ≥ 1 every p_i stays the 0 the caller set.
+- min-p (llama_sampler_min_p_apply, its sorted path): keep while l_i ≥ l_0 + logf(min_p), at least
+  max(1, min_keep).
+- temperature (llama_sampler_temp_apply): l_i / t on the logits alone, which dist never reads:
+  no effect on the pick.
+- dist (llama_sampler_dist_apply → llama_sample_dist): std::discrete_distribution<int> over the n
+  candidates' p_i (libstdc++, bits/random.tcc): n < 2 → index 0, no draw; else w_i = (double) p_i,
+  S = Σ w_i in double from 0.0 in order (std::accumulate), c_i = Σ_{j≤i} w_j / S in double
+  (std::partial_sum), c_{n−1} := 1; u = generate_canonical<double, 53> as above; the pick is the
+  first i with c_i ≥ u (std::lower_bound). S = 0 (no top-p) makes every c_i but the last NaN and
+  lower_bound stops at i = 0: the largest logit after top-k, whatever u and the temperature.
+- seed (llama_sampler_init_dist): std::mt19937(seed), as above.
+
 gemma.cpp's mode (its defaults: top_k 1 = argmax, temperature 1.0) is `gemmacpp_defaults`.
 Known difference: exactly tied logits are ordered lower id first here, while llama.cpp orders them
-by std::partial_sort's heap mechanics; a tie inside the candidate set can change a sampled pick.
+by std::partial_sort's heap mechanics (the fork's top-k above 128: by std::sort's); a tie inside the
+candidate set can change a sampled pick.
 """
 
 from __future__ import annotations
@@ -26,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 F32 = np.float32
+CHAINS = ("llama.cpp", "bitnet.cpp")  # SamplingParams.chain: whose sampler chain Sampler runs
 
 
 def greedy(logits: np.ndarray) -> int:
@@ -88,10 +114,11 @@ class SamplingParams:
     typical_p: float = 1.0
     seed: int = 42
     min_keep: int = 1
+    chain: str = "llama.cpp"  # one of CHAINS: llama.cpp's chain, or bitnet.cpp's fork's (module docstring)
 
     def to_dict(self) -> dict:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p,
-                "typical_p": self.typical_p, "seed": self.seed}  # fmt: skip
+                "typical_p": self.typical_p, "seed": self.seed, "chain": self.chain}  # fmt: skip
 
 
 def gemmacpp_defaults(seed: int = 42) -> SamplingParams:
@@ -100,11 +127,14 @@ def gemmacpp_defaults(seed: int = 42) -> SamplingParams:
 
 
 class Sampler:
-    """llama.cpp's default sampler chain with its RNG; one instance per generation."""
+    """llama.cpp's default sampler chain (or bitnet.cpp's, params.chain) with its RNG; one
+    instance per generation."""
 
     def __init__(self, params: SamplingParams):
         if params.typical_p < 1.0:
             raise ValueError("typical sampling (typical_p < 1) is not supported")
+        if params.chain not in CHAINS:
+            raise ValueError(f"sampler chain must be one of {', '.join(CHAINS)}, not {params.chain!r}")
         self.p = params
         self.rng = MT19937(params.seed)
         # per call: the uniform draw u and the chosen token's interval [lo, hi) of cumulative
@@ -112,6 +142,9 @@ class Sampler:
         self.trace: list[dict] = []
 
     def __call__(self, logits: np.ndarray) -> int:
+        return self._bitnetcpp(logits) if self.p.chain == "bitnet.cpp" else self._llamacpp(logits)
+
+    def _llamacpp(self, logits: np.ndarray) -> int:
         p = self.p
         logit = np.asarray(logits, dtype=F32)
         ids = np.arange(len(logit))
@@ -160,4 +193,44 @@ class Sampler:
         run = np.cumsum(_expf(logit - max_l).astype(np.float64))  # sequential double sums, in order
         j = min(int(np.searchsorted(run, run[-1] * u, side="left")), len(ids) - 1)
         self.trace.append({"u": u, "lo": float(run[j - 1] / run[-1]) if j else 0.0, "hi": float(run[j] / run[-1])})
+        return int(ids[j])
+
+    def _bitnetcpp(self, logits: np.ndarray) -> int:
+        """The fork's chain (module docstring): a draw over the p fields top-p left, or index 0."""
+        p = self.p
+        logit = np.asarray(logits, dtype=F32)
+        n = len(logit)
+        # top-k (the fork's llama_sampler_top_k_impl): k ≤ 0 sorts all n; ties keep the lower id first
+        k = n if p.top_k <= 0 else min(p.top_k, n)
+        part = np.argpartition(-logit, k - 1)[:k] if k < n else np.arange(n)
+        ids = part[np.lexsort((part, -logit[part]))]
+        logit = logit[ids]
+        prob = np.zeros(k, dtype=F32)  # the p fields (crossval/backends/llamacpp.py token_data: 0)
+        # top-p (llama_sampler_top_p_apply → llama_sampler_softmax_impl), float throughout
+        if F32(p.top_p) < F32(1.0):
+            e = _expf(logit - logit[0])
+            prob = e / np.cumsum(e, dtype=F32)[-1]
+            cum = np.cumsum(prob, dtype=F32)
+            hit = np.nonzero((cum >= F32(p.top_p)) & (np.arange(1, k + 1) >= p.min_keep))[0]
+            last = int(hit[0]) + 1 if len(hit) else k
+            ids, logit, prob = ids[:last], logit[:last], prob[:last]
+        # min-p (llama_sampler_min_p_apply, sorted path)
+        if F32(p.min_p) > F32(0.0) and len(logit):
+            below = np.nonzero((logit < logit[0] + _logf(p.min_p)) & (np.arange(len(logit)) >= max(1, p.min_keep)))[0]
+            if len(below):
+                ids, prob = ids[: below[0]], prob[: below[0]]
+        # temperature divides the logits only; dist (llama_sample_dist: std::discrete_distribution)
+        if len(ids) < 2:
+            self.trace.append({"u": None, "lo": 0.0, "hi": 1.0})
+            return int(ids[0])
+        w = prob.astype(np.float64)
+        total = np.cumsum(w)[-1]  # std::accumulate from 0.0, in order
+        u = self.rng.canonical()
+        if total == 0.0:  # no top-p: NaN cumulative values, lower_bound stops at the first candidate
+            self.trace.append({"u": u, "lo": 0.0, "hi": 1.0})
+            return int(ids[0])
+        cp = np.cumsum(w / total)  # std::partial_sum in double
+        cp[-1] = 1.0
+        j = int(np.searchsorted(cp, u, side="left"))  # std::lower_bound: first c_j ≥ u
+        self.trace.append({"u": u, "lo": float(cp[j - 1]) if j else 0.0, "hi": float(cp[j])})
         return int(ids[j])

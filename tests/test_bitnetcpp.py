@@ -282,6 +282,52 @@ def test_faithful_equals_bitnetcpp_bit_for_bit(arch, size, kit, prompts):
         ref.close()
 
 
+SAMPLING_CONFIGS = [  # (temperature, top_k, top_p, min_p, seed): the default, top-p 1, top-k 0, top-k > 128 (bucket sort)
+    (0.8, 40, 0.95, 0.05, 42), (0.8, 40, 1.0, 0.05, 1), (1.0, 0, 0.9, 0.0, 2), (0.7, 0, 1.0, 0.0, 3),
+    (1.3, 500, 0.98, 0.01, 4), (0.5, 200, 1.0, 0.02, 5), (1.0, 1000, 0.5, 0.0, 6), (0.3, 5, 0.5, 0.05, 0),
+]
+
+
+@pytest.fixture(scope="module")
+def fork_model(kit):
+    """bitnet-tiny in bitnet.cpp's libllama, in this process (its sampler chain needs no child)."""
+    from crossval.backends.bitnetcpp_capi import BitnetCppModel
+    from crossval.models import resolve_model
+
+    m = BitnetCppModel(kit.libllama, resolve_model("bitnet-tiny:I2_S"), n_ctx=32)
+    yield m
+    m.close()
+
+
+@pytest.mark.parametrize("config", SAMPLING_CONFIGS, ids=lambda c: "t{}-k{}-p{}-m{}-s{}".format(*c))
+def test_sampler_equals_bitnetcpp_chain(fork_model, config):
+    """engine.sampling's chain="bitnet.cpp" picks what the fork's own sampler chain
+    (bitnetcpp_capi sample_logits) picks on the same logits, draw after draw; llama.cpp's chain does
+    not. (Exactly tied logits are left out: the fork orders them by std::partial_sort's or, above
+    128 candidates, std::sort's mechanics; engine/sampling.py puts the lower id first.)"""
+    from engine.sampling import Sampler, SamplingParams
+
+    t, k, top_p, min_p, seed = config
+    params = SamplingParams(temperature=t, top_k=k, top_p=top_p, min_p=min_p, seed=seed, chain="bitnet.cpp")
+    rng = np.random.default_rng(seed)
+    chain = fork_model.sampler_chain(params)
+    ours, llama = Sampler(params), Sampler(SamplingParams(**{**vars(params), "chain": "llama.cpp"}))
+    differs = 0
+    try:
+        for i in range(150):
+            logits = np.zeros(2, np.float32)
+            while len(np.unique(logits)) < len(logits):  # no exact ties
+                logits = (rng.standard_normal(3000) * rng.uniform(0.5, 6)).astype(np.float32)
+                if i % 7 == 0:
+                    logits[:50] += 8.0  # a dominant head of candidates
+            theirs = fork_model.sample_logits(chain, logits)
+            assert ours(logits) == theirs, f"draw {i}"
+            differs += llama(logits) != theirs
+    finally:
+        fork_model.free_sampler(chain)
+    assert differs > 0
+
+
 def test_child_crash_and_hang_become_backend_errors(kit):
     """A child killed by SIGSEGV mid-request raises BackendCrashed naming the signal; a hung child
     is killed at the deadline and raises BackendTimeout; neither leaves a process behind."""
@@ -374,6 +420,27 @@ def test_run_against_bitnetcpp_in_both_directions(tmp_path, kit):
     r = _crossval("run", "--model", "bitnet-tiny:I2_S", "--engine", "bitnetcpp", "--reference", "engine", "--mode", "faithful",
                   "--prompt-file", _prompts(tmp_path), "--steps", 8, "--out", out2)  # fmt: skip
     assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_sampled_run_against_bitnetcpp_in_both_directions(tmp_path, kit):
+    """A seeded sampled run (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, seed 3) in faithful mode:
+    the engine draws with the fork's chain, so both prompts' tokens are bitnet.cpp's (with
+    llama.cpp's chain: exact_match_rate 0.06 and 0.69), with bitnet.cpp on either side, and the
+    receipt names the chain."""
+    import json
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in (("a", "the cat sat"), ("b", "once upon a time"))))
+    for sides in (("--reference", "bitnetcpp"), ("--engine", "bitnetcpp", "--reference", "engine")):
+        out = tmp_path / sides[0].strip("-")
+        r = _crossval("run", "--model", "bitnet-tiny:I2_S", *sides, "--mode", "faithful", "--prompt-file", f, "--steps", 16,
+                      "--temperature", 0.8, "--seed", 3, "--out", out)  # fmt: skip
+        assert r.returncode == 0, r.stderr + r.stdout
+        recs = _receipts(out, "*__*.json")
+        assert len(recs) == 2
+        for rec in recs:
+            assert rec["config"]["sampling"]["method"] == "sampled" and rec["config"]["sampling"]["chain"] == "bitnet.cpp"
+            assert rec["parity"]["exact_match_rate"] == 1.0, (sides, rec["prompt"]["id"])
 
 
 def test_localise_against_bitnetcpp_names_the_perturbed_layer(tmp_path, kit):

@@ -159,3 +159,54 @@ def test_seeded_sampling_matches_llamacpp_on_float_copies(tmp_path, model):
             assert div["near_tie"], row
     assert r.returncode == 0, r.stderr
     assert identical >= len(summary["receipts"]) - 1
+
+
+# --- bitnet.cpp's fork: dist draws from the probabilities top-p left (engine/sampling.py) ------------
+def test_bitnetcpp_chain_draws_from_top_p_probabilities_whatever_the_temperature():
+    """chain="bitnet.cpp": with top-p < 1 each pick is the first of the top-p-truncated
+    distribution's cumulative values (renormalised, last one 1) that reaches the mt19937 draw u, at
+    every temperature; with top-p 1 (no probabilities written) it is the argmax, and one candidate
+    left consumes no draw. The llama.cpp chain's picks on the same draws differ."""
+    rng = np.random.default_rng(5)
+    rows = [(rng.standard_normal(300) * 2).astype(np.float32) for _ in range(200)]
+    picks = {}
+    for t in (0.3, 0.8, 2.0):
+        s = Sampler(SamplingParams(temperature=t, top_k=40, top_p=0.9, min_p=0.0, seed=11, chain="bitnet.cpp"))
+        picks[t] = [s(x) for x in rows]
+    assert picks[0.3] == picks[0.8] == picks[2.0]
+    u = MT19937(11)
+    for x, pick, tr in zip(rows, picks[0.8], s.trace):
+        order = np.argsort(-x.astype(np.float64), kind="stable")[:40]
+        p = np.exp(x[order].astype(np.float64) - x[order[0]])
+        p /= p.sum()
+        keep = int(np.searchsorted(np.cumsum(p), 0.9)) + 1  # the shortest prefix reaching 0.9
+        cp = np.cumsum(p[:keep] / p[:keep].sum())
+        cp[-1] = 1.0
+        assert tr["u"] == u.canonical() and tr["lo"] <= tr["u"] <= tr["hi"]
+        assert pick == order[int(np.searchsorted(cp, tr["u"]))]
+    ll = Sampler(SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.0, seed=11))
+    assert [ll(x) for x in rows] != picks[0.8]
+    s = Sampler(SamplingParams(temperature=0.5, top_k=0, top_p=1.0, min_p=0.05, seed=1, chain="bitnet.cpp"))
+    assert [s(x) for x in rows] == [int(np.argmax(x)) for x in rows]
+    one = np.zeros(300, np.float32)
+    one[7] = 40.0  # top-p keeps token 7 alone: no draw
+    s = Sampler(SamplingParams(seed=3, chain="bitnet.cpp"))
+    assert [s(one) for _ in range(5)] == [7] * 5 and s.rng.idx == MT19937(3).idx
+    with pytest.raises(ValueError, match="sampler chain"):
+        Sampler(SamplingParams(chain="bitnet"))
+
+
+def test_run_samples_with_the_chain_of_its_native_side():
+    """crossval run sets SamplingParams.chain from the backends (Backend.sampling_chain): the engine
+    follows bitnet.cpp's fork on either side, llama.cpp's elsewhere; llama.cpp against bitnet.cpp
+    could never draw alike and is refused."""
+    from types import SimpleNamespace
+
+    from crossval.errors import InputError
+    from crossval.run import sampling_chain
+
+    cfg = lambda e, r: SimpleNamespace(engine=e, reference=r, sampling=SamplingParams())  # noqa: E731
+    assert sampling_chain(cfg("engine", "bitnetcpp")) == sampling_chain(cfg("bitnetcpp:i2s", "engine")) == "bitnet.cpp"
+    assert sampling_chain(cfg("engine", "llamacpp")) == sampling_chain(cfg("engine", "engine")) == "llama.cpp"
+    with pytest.raises(InputError, match="one sampler chain"):
+        sampling_chain(cfg("llamacpp", "bitnetcpp"))

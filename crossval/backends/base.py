@@ -94,7 +94,7 @@ class Capabilities:
     tokenize: bool = True  # tokenize / detokenize with the backend's own vocabulary code
     logits: bool = True  # teacher-forced logits (every backend: the comparison needs them)
     generate: bool = True  # greedy generation (every backend)
-    sampling: bool = False  # compare_pass(sampling=...) with llama.cpp's sampler chain and seed
+    sampling: bool = False  # compare_pass(sampling=...) with its sampler chain (Backend.sampling_chain) and seed
     capture: bool = False  # capture_rows: per-layer outputs under llama.cpp's tensor names
     concurrent: bool = False  # runs apart (a child process): start_compare_pass returns at once
 
@@ -134,6 +134,9 @@ class Backend:
 
     name: str = "backend"
     capabilities: Capabilities = Capabilities()
+    # the seeded chain compare_pass(sampling=...) draws with (engine.sampling.CHAINS); None: the one
+    # SamplingParams.chain names (the engine, which a run sets to its other side's: crossval/run.py)
+    sampling_chain: str | None = "llama.cpp"
     load_s: float | None = None  # seconds the model took to load (None until known)
 
     @classmethod
@@ -175,7 +178,7 @@ class Backend:
     def compare_pass(self, ids: list[int], steps: int, forced: list[int] | None = None, sampling=None) -> ComparePass:
         """Every prompt position's logits, then — if forced — the logits after each forced token,
         then `steps` free-running steps from the end of the prompt: greedy, or (capability
-        `sampling`) llama.cpp's seeded sampler chain for engine.sampling.SamplingParams.
+        `sampling`) the backend's seeded sampler chain for engine.sampling.SamplingParams.
         Default: logits() over the prompt (and prompt + forced), then generate()."""
         if sampling is not None:
             raise Unsupported(self.name, "sampled compare passes")

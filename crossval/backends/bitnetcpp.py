@@ -30,6 +30,7 @@ class BitnetCpp(ChildBackend, Backend):
 
     name = "bitnetcpp"
     capabilities = Capabilities(sampling=True, capture=True, concurrent=True)
+    sampling_chain = "bitnet.cpp"  # the fork's dist draws from top-p's probabilities (engine/sampling.py)
 
     @classmethod
     def from_settings(cls, model_path, s: BackendSettings, arg: str | None = None) -> "BitnetCpp":

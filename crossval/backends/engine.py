@@ -33,6 +33,7 @@ def _match_ggml_build() -> None:
 
 class EngineBackend(Backend):
     name = "engine"
+    sampling_chain = None  # engine.sampling.Sampler runs the chain SamplingParams.chain names
 
     @classmethod
     def from_settings(cls, model_path, s: BackendSettings) -> "EngineBackend":
