@@ -115,7 +115,7 @@ STALE = "reference_stale_attention_scores"
 
 
 @needs_llamacpp
-def test_run_against_gemmacpp_default_prompts(tmp_path):
+def test_run_against_gemmacpp_default_prompts(tmp_path, kit):
     """Float mode against gemma.cpp on the default prompts. Where gemma.cpp's build normalises
     sliding-window softmaxes over stale scores (Highway targets with a native bf16 dot), a run past
     the window is failed with that quirk named, and the positions before the window are held to
