@@ -376,7 +376,8 @@ def test_report_of_perf_receipts_shows_the_roofline(tmp_path):
     receipt's own; a receipt from before the roofline shows dashes in those columns."""
     perf = Path(__file__).resolve().parent.parent / "receipts" / "perf"
     recs = {p.name: receipts.read_valid(p) for p in perf.glob("*.json")}
-    new = max((n for n, r in recs.items() if r.get("roofline")), key=lambda n: recs[n]["timestamp"])
+    before = {r["model"]["name"] for r in recs.values() if not r.get("roofline")}  # models recorded before the roofline too
+    new = max((n for n, r in recs.items() if r.get("roofline") and r["model"]["name"] in before), key=lambda n: recs[n]["timestamp"])
     old = min((n for n, r in recs.items() if not r.get("roofline") and r["model"]["name"] == recs[new]["model"]["name"]),
               key=lambda n: recs[n]["timestamp"])  # fmt: skip
     folder = tmp_path / "perf"
