@@ -126,6 +126,32 @@ def gemmacpp_defaults(seed: int = 42) -> SamplingParams:
     return SamplingParams(temperature=1.0, top_k=1, top_p=1.0, min_p=0.0, seed=seed)
 
 
+def _top_k(ids: np.ndarray, logit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """llama_sampler_top_k_impl (both chains): the k ≤ n largest logits, sorted descending; ties
+    keep the lower id first → (ids, logits)."""
+    part = np.argpartition(-logit, k - 1)[:k] if k < len(logit) else np.arange(len(logit))
+    order = part[np.lexsort((part, -logit[part]))]
+    return ids[order], logit[order]
+
+
+def _top_p(logit: np.ndarray, top_p: float, min_keep: int) -> tuple[np.ndarray, int]:
+    """llama_sampler_softmax_impl and top-p's cut over sorted logits (both chains) → (p, last):
+    p_i = expf(l_i − l_0) / Σ p (float running sum, float division), and the length of the shortest
+    prefix whose float cumulative p reaches top_p (at least min_keep)."""
+    e = _expf(logit - logit[0])
+    probs = e / np.cumsum(e, dtype=F32)[-1]
+    cum = np.cumsum(probs, dtype=F32)
+    hit = np.nonzero((cum >= F32(top_p)) & (np.arange(1, len(cum) + 1) >= min_keep))[0]
+    return probs, int(hit[0]) + 1 if len(hit) else len(cum)
+
+
+def _min_p_sorted(logit: np.ndarray, min_p: float, min_keep: int) -> int:
+    """llama_sampler_min_p_apply's sorted path (both chains): how many leading candidates keep
+    l_i ≥ l_0 + logf(min_p) (at least max(1, min_keep))."""
+    below = np.nonzero((logit < logit[0] + _logf(min_p)) & (np.arange(len(logit)) >= max(1, min_keep)))[0]
+    return int(below[0]) if len(below) else len(logit)
+
+
 class Sampler:
     """llama.cpp's default sampler chain (or bitnet.cpp's, params.chain) with its RNG; one
     instance per generation."""
@@ -151,27 +177,19 @@ class Sampler:
         is_sorted = False
         # top-k (llama_sampler_top_k_impl): k largest, descending; ties keep the lower id first
         if p.top_k > 0:
-            k = min(p.top_k, len(logit))
-            part = np.argpartition(-logit, k - 1)[:k] if k < len(logit) else ids
-            order = part[np.lexsort((part, -logit[part]))]
-            ids, logit, is_sorted = order, logit[order], True
+            ids, logit = _top_k(ids, logit, min(p.top_k, len(logit)))
+            is_sorted = True
         # top-p (llama_sampler_top_p_apply)
         if p.top_p < 1.0:
             if not is_sorted:
                 order = np.lexsort((ids, -logit))
                 ids, logit, is_sorted = ids[order], logit[order], True
-            e = _expf(logit - logit[0])
-            probs = e / np.cumsum(e, dtype=F32)[-1]
-            cum = np.cumsum(probs, dtype=F32)
-            hit = np.nonzero((cum >= F32(p.top_p)) & (np.arange(1, len(cum) + 1) >= p.min_keep))[0]
-            last = int(hit[0]) + 1 if len(hit) else len(cum)
+            _, last = _top_p(logit, p.top_p, p.min_keep)
             ids, logit = ids[:last], logit[:last]
         # min-p (llama_sampler_min_p_apply)
         if p.min_p > 0.0 and len(logit):
             if is_sorted:
-                min_logit = logit[0] + _logf(p.min_p)
-                below = np.nonzero((logit < min_logit) & (np.arange(len(logit)) >= max(1, p.min_keep)))[0]
-                n = int(below[0]) if len(below) else len(logit)
+                n = _min_p_sorted(logit, p.min_p, p.min_keep)
                 ids, logit = ids[:n], logit[:n]
             else:
                 min_logit = logit.max() + _logf(p.min_p)
@@ -202,23 +220,16 @@ class Sampler:
         n = len(logit)
         # top-k (the fork's llama_sampler_top_k_impl): k ≤ 0 sorts all n; ties keep the lower id first
         k = n if p.top_k <= 0 else min(p.top_k, n)
-        part = np.argpartition(-logit, k - 1)[:k] if k < n else np.arange(n)
-        ids = part[np.lexsort((part, -logit[part]))]
-        logit = logit[ids]
+        ids, logit = _top_k(np.arange(n), logit, k)
         prob = np.zeros(k, dtype=F32)  # the p fields (crossval/backends/llamacpp.py token_data: 0)
         # top-p (llama_sampler_top_p_apply → llama_sampler_softmax_impl), float throughout
         if F32(p.top_p) < F32(1.0):
-            e = _expf(logit - logit[0])
-            prob = e / np.cumsum(e, dtype=F32)[-1]
-            cum = np.cumsum(prob, dtype=F32)
-            hit = np.nonzero((cum >= F32(p.top_p)) & (np.arange(1, k + 1) >= p.min_keep))[0]
-            last = int(hit[0]) + 1 if len(hit) else k
+            prob, last = _top_p(logit, p.top_p, p.min_keep)
             ids, logit, prob = ids[:last], logit[:last], prob[:last]
         # min-p (llama_sampler_min_p_apply, sorted path)
         if F32(p.min_p) > F32(0.0) and len(logit):
-            below = np.nonzero((logit < logit[0] + _logf(p.min_p)) & (np.arange(len(logit)) >= max(1, p.min_keep)))[0]
-            if len(below):
-                ids, prob = ids[: below[0]], prob[: below[0]]
+            m = _min_p_sorted(logit, p.min_p, p.min_keep)
+            ids, prob = ids[:m], prob[:m]
         # temperature divides the logits only; dist (llama_sample_dist: std::discrete_distribution)
         if len(ids) < 2:
             self.trace.append({"u": None, "lo": 0.0, "hi": 1.0})
