@@ -125,6 +125,6 @@ if __name__ == "__main__":
     # built in an empty folder: setuptools reads the pyproject.toml of the folder it builds in, and
     # one older than the project's build requirement refuses its fields (a pip install gets a new one)
     with tempfile.TemporaryDirectory() as tmp:
-        so = Path(builder(lambda p: str(p)).compile(tmpdir=tmp, verbose=False))
+        so = Path(builder(str).compile(tmpdir=tmp, verbose=False))
         shutil.copy2(so, HERE / so.name)
     print(HERE / so.name)
