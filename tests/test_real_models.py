@@ -31,9 +31,9 @@ def _run(path, kv_type: str, mode: str = "float"):
     from crossval.backends.llamacpp import LlamaCppBackend
 
     rows = {}
-    eng = EngineBackend(path, n_ctx=N_CTX, kv_type=kv_type, mode=mode)
-    tmpl = eng.engine.gguf.get("tokenizer.chat_template")
-    with LlamaCppBackend(path, n_ctx=N_CTX, threads=2, kv_type=kv_type) as ref:
+    with EngineBackend(path, n_ctx=N_CTX, kv_type=kv_type, mode=mode) as eng, \
+            LlamaCppBackend(path, n_ctx=N_CTX, threads=2, kv_type=kv_type) as ref:
+        tmpl = eng.engine.gguf.get("tokenizer.chat_template")
         for p in PROMPTS:
             ids = ref.tokenize(render(p, tmpl), add_bos=True, parse_special=p.is_chat)
             want = greedy_compare_pass(ref, ids, STEPS, None)
@@ -46,7 +46,6 @@ def _run(path, kv_type: str, mode: str = "float"):
                 div=first_divergence(want.tokens, got.tokens),
             )
             print(f"{path.name} {p.id:13s} n={len(ids):4d} min_cos={cos.min():.7f} top1={rows[p.id]['top1']:.3f} first_div={rows[p.id]['div']}")
-    eng.close()
     return rows
 
 
